@@ -1,0 +1,38 @@
+// Turning the binaries' HOST and PORT arguments into addresses, with the
+// one-line errors a user should see.
+#pragma once
+
+#include <ringframe/address.hpp>
+
+#include <string>
+#include <vector>
+
+namespace ringframe::cli {
+
+// HOST may be an IP literal, a host name (resolved, blocking) or
+// "unix:/path" for a Unix-domain socket (PORT is then ignored).
+// On failure, `error` holds a message such as "bad port 'x': ...".
+inline std::vector<address> resolve_endpoint(const std::string& host, const std::string& port_text,
+                                             std::string& error) {
+  if (host.rfind("unix:", 0) == 0) {
+    auto a = address::from_unix_path(host.substr(5));
+    if (!a) {
+      error = "bad unix socket path '" + host.substr(5) + "': " + a.error().message();
+      return {};
+    }
+    return {*a};
+  }
+  auto port = parse_port(port_text);
+  if (!port) {
+    error = "bad port '" + port_text + "': expected a whole number from 0 to 65535";
+    return {};
+  }
+  auto addrs = address::resolve(host, *port);
+  if (!addrs) {
+    error = "cannot resolve host '" + host + "': " + addrs.error().message();
+    return {};
+  }
+  return *addrs;
+}
+
+}  // namespace ringframe::cli

@@ -1,0 +1,23 @@
+// The completion key. Every SQE's user_data is the address of a `completion`
+// living in the awaiting coroutine's frame (low bit set for the linked timeout
+// that guards it); user_data 0 marks SQEs whose CQE nobody waits for
+// (cancel requests). So a CQE finds its coroutine with no lookup table.
+#pragma once
+
+#include <cstdint>
+
+namespace ringframe::detail {
+
+struct completion {
+  // `from_timer`: this CQE is the linked timeout's, not the operation's.
+  using callback = void (*)(completion* self, int res, unsigned flags, bool from_timer);
+  callback on_cqe;
+};
+
+inline constexpr std::uint64_t timer_tag = 1;
+
+inline std::uint64_t key_of(completion* c, bool timer = false) noexcept {
+  return reinterpret_cast<std::uintptr_t>(c) | (timer ? timer_tag : 0);
+}
+
+}  // namespace ringframe::detail

@@ -1,0 +1,121 @@
+// executor: one io_uring and the loop that drives the coroutines using it.
+//
+// One executor per thread; nothing in it is thread-safe. The loop submits every
+// queued SQE in one io_uring_enter, then reaps every completion that is ready
+// before it waits again, so a busy executor makes one system call per batch,
+// not per operation.
+#pragma once
+
+#include <ringframe/task.hpp>
+
+#include <liburing.h>
+
+#include <coroutine>
+#include <cstdint>
+#include <deque>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+
+namespace ringframe {
+
+namespace detail {
+struct completion;
+struct detached_promise;
+}  // namespace detail
+
+struct executor_options {
+  // Submission queue entries. The completion queue gets cq_factor times as
+  // many: completions arrive in bursts (a recv on every connection at once),
+  // while submissions are flushed whenever the queue fills.
+  unsigned sq_entries = 1024;
+  unsigned cq_factor = 4;
+};
+
+// Thrown by the executor's constructor only (see result.hpp for why).
+class setup_error : public std::system_error {
+ public:
+  using std::system_error::system_error;
+};
+
+class executor {
+ public:
+  explicit executor(executor_options opts = {});
+  ~executor();
+  executor(const executor&) = delete;
+  executor& operator=(const executor&) = delete;
+
+  // Can this process create an io_uring here? Empty string when it can, else a
+  // one-paragraph diagnosis naming the cause and the fix.
+  static std::string probe();
+
+  // Run `t` to completion on this thread, driving all I/O and spawned tasks
+  // meanwhile. Returns its value or rethrows its exception.
+  template <class T>
+  T run(task<T> t) {
+    auto h = t.handle();
+    h.resume();
+    while (!h.done()) {
+      if (!run_once(true))
+        throw std::logic_error("ringframe: run(): the task waits, but no I/O is in flight and nothing is ready (deadlock)");
+    }
+    return t.take_result();
+  }
+
+  // Start `t` as a detached coroutine owned by the executor. It begins on the
+  // next loop iteration. An exception escaping it is logged to stderr and
+  // dropped: one connection's failure never reaches another.
+  void spawn(task<void> t);
+
+  // Number of spawned coroutines that have not finished.
+  std::size_t live_tasks() const noexcept { return live_; }
+
+  // Stop: every operation in flight is cancelled (its awaiter sees
+  // ECANCELED) and every operation started from now on fails at once with
+  // ECANCELED, so coroutines unwind by themselves.
+  void stop();
+  bool stopping() const noexcept { return stopping_; }
+
+  // Run the loop until every spawned task has finished or `stop()` unwound them.
+  void run_until_idle();
+
+  // Queue a coroutine to be resumed on the next loop iteration.
+  void post(std::coroutine_handle<> h) { ready_.push_back(h); }
+
+  // ---- for operations (detail) ----
+  // Space for `n` consecutive SQEs is guaranteed (linked SQEs must not be split
+  // across submissions); returns the first, the next come from io_uring_get_sqe.
+  io_uring_sqe* get_sqe(unsigned n = 1);
+  // Every SQE that will post a CQE is counted, so that teardown can wait for
+  // all of them before coroutine frames (which the kernel writes into) go away.
+  void note_submitted(unsigned n = 1) noexcept { inflight_ += n; }
+  io_uring* ring() noexcept { return &ring_; }
+  std::size_t inflight() const noexcept { return inflight_; }
+
+  // One loop iteration: resume what is ready, submit, reap. Waits for at
+  // least one completion when `block` and nothing is ready. Returns false when
+  // it had nothing to do and nothing could ever arrive.
+  bool run_once(bool block);
+
+ private:
+  friend struct detail::detached_promise;
+  void submit_pending();
+  void reap_into_backlog();
+  void dispatch(std::uint64_t user_data, int res, unsigned flags);
+
+  io_uring ring_{};
+  std::deque<std::coroutine_handle<>> ready_;
+  // CQEs reaped while submitting under CQ pressure (-EBUSY), dispatched next.
+  struct cqe_copy {
+    std::uint64_t user_data;
+    int res;
+    unsigned flags;
+  };
+  std::deque<cqe_copy> backlog_;
+  std::size_t inflight_ = 0;
+  std::size_t live_ = 0;
+  bool stopping_ = false;
+  detail::detached_promise* detached_head_ = nullptr;
+};
+
+}  // namespace ringframe

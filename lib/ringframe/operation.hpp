@@ -1,0 +1,147 @@
+// operation: the awaitable base of every io_uring primitive.
+//
+// An operation lives in the awaiting coroutine's frame. await_suspend fills
+// one SQE (plus a linked timeout when the operation has a deadline) whose
+// user_data is the operation's address; the completion stores `res` and
+// resumes the coroutine. No allocation, no id-to-coroutine map.
+//
+// Deadlines are linked timeouts (IOSQE_IO_LINK + IORING_OP_LINK_TIMEOUT). The
+// kernel posts a CQE for both the operation and the timeout, in either order,
+// so the operation resumes only after both have arrived: the frame must not
+// go away while the kernel still holds its address. An operation cancelled by
+// its timer reports ETIMEDOUT; one cancelled by its stop_token or by
+// executor::stop() reports ECANCELED.
+#pragma once
+
+#include <ringframe/detail/completion.hpp>
+#include <ringframe/executor.hpp>
+
+#include <liburing.h>
+
+#include <chrono>
+#include <coroutine>
+#include <optional>
+#include <stop_token>
+#include <type_traits>
+
+namespace ringframe {
+
+struct op_options {
+  // 0 means no deadline. Measured from when the operation starts.
+  std::chrono::nanoseconds timeout{0};
+  // Cancellation: when stop is requested the operation ends with ECANCELED.
+  // A pointer, not a copy: the token must outlive the operation (it does when
+  // it lives in the awaiting coroutine or in the socket).
+  const std::stop_token* stop = nullptr;
+};
+// op_options is written as a braced temporary inside co_await expressions
+// (`co_await s.recv(buf, {.timeout = 1s})`). g++ 12 destroys such aggregate
+// temporaries twice; that is harmless only while destruction is trivial.
+static_assert(std::is_trivially_destructible_v<op_options>);
+
+namespace detail {
+
+template <class Derived>
+class operation : public completion {
+ public:
+  operation(executor& ex, op_options opts) noexcept : ex_(ex), opts_(opts) {
+    on_cqe = &operation::handle_cqe;
+  }
+  operation(const operation&) = delete;
+  operation& operator=(const operation&) = delete;
+
+  bool await_ready() noexcept {
+    if (ex_.stopping() || stop_requested()) {
+      res_ = -ECANCELED;
+      return true;
+    }
+    return false;
+  }
+
+  void await_suspend(std::coroutine_handle<> h) {
+    waiter_ = h;
+    if (opts_.timeout.count() > 0) {
+      auto deadline = std::chrono::steady_clock::now() + opts_.timeout;
+      auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.time_since_epoch()).count();
+      ts_.tv_sec = ns / 1000000000;
+      ts_.tv_nsec = ns % 1000000000;
+      has_deadline_ = true;
+    }
+    issue();
+    if (opts_.stop && opts_.stop->stop_possible()) stop_cb_.emplace(*opts_.stop, canceller{this});
+  }
+
+ protected:
+  // Submit (or resubmit, for operations that loop like send_all) the SQE.
+  void issue() {
+    io_uring_sqe* sqe = ex_.get_sqe(has_deadline_ ? 2 : 1);
+    static_cast<Derived*>(this)->prepare(sqe);
+    io_uring_sqe_set_data64(sqe, key_of(this));
+    pending_ = 1;
+    if (has_deadline_) {
+      sqe->flags |= IOSQE_IO_LINK;
+      io_uring_sqe* t = io_uring_get_sqe(ex_.ring());
+      // steady_clock is CLOCK_MONOTONIC, the kernel's default timeout clock.
+      io_uring_prep_link_timeout(t, &ts_, IORING_TIMEOUT_ABS);
+      io_uring_sqe_set_data64(t, key_of(this, true));
+      pending_ = 2;
+    }
+    ex_.note_submitted(pending_);
+  }
+
+  // Derived may override: return true to keep going (it called issue() again).
+  bool on_complete() { return false; }
+
+  // The operation's own result, mapped: a timer-cancelled op reads -ETIMEDOUT.
+  int result_code() const noexcept {
+    if (timer_fired_ && res_ < 0 && (res_ == -ECANCELED || res_ == -EINTR)) return -ETIMEDOUT;
+    return res_;
+  }
+
+  bool stop_requested() const noexcept { return opts_.stop && opts_.stop->stop_requested(); }
+
+  executor& ex_;
+  op_options opts_;
+  int res_ = 0;
+  unsigned flags_ = 0;
+
+ private:
+  struct canceller {
+    operation* op;
+    void operator()() noexcept { op->cancel(); }
+  };
+
+  void cancel() noexcept {
+    if (pending_ == 0) return;
+    io_uring_sqe* sqe = ex_.get_sqe(1);
+    io_uring_prep_cancel64(sqe, key_of(this), 0);
+    io_uring_sqe_set_data64(sqe, 0);
+    ex_.note_submitted(1);
+  }
+
+  static void handle_cqe(completion* c, int res, unsigned flags, bool from_timer) {
+    auto* self = static_cast<operation*>(c);
+    if (from_timer) {
+      if (res == -ETIME) self->timer_fired_ = true;
+    } else {
+      self->res_ = res;
+      self->flags_ = flags;
+    }
+    if (--self->pending_ != 0) return;
+    // An operation that loops (send_all) continues unless something stopped it.
+    bool stopped = self->timer_fired_ || self->ex_.stopping() || self->stop_requested();
+    if (!stopped && static_cast<Derived*>(self)->on_complete()) return;
+    self->stop_cb_.reset();
+    self->waiter_.resume();
+  }
+
+  std::coroutine_handle<> waiter_;
+  __kernel_timespec ts_{};
+  std::optional<std::stop_callback<canceller>> stop_cb_;
+  unsigned char pending_ = 0;
+  bool has_deadline_ = false;
+  bool timer_fired_ = false;
+};
+
+}  // namespace detail
+}  // namespace ringframe

@@ -1,0 +1,99 @@
+// server: owns listening sockets, the accept loops, the connection limit and
+// shutdown; runs one coroutine per accepted connection with the user's
+// handler. Framed-message handlers are adapted to this in connection.hpp.
+#pragma once
+
+#include <ringframe/address.hpp>
+#include <ringframe/executor.hpp>
+#include <ringframe/socket.hpp>
+#include <ringframe/task.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+namespace ringframe {
+
+struct server_options {
+  // Connections beyond this are accepted and closed at once (and counted as
+  // rejected), so the listen queue never silently fills.
+  std::size_t max_connections = 100000;
+  // One line per event (connections, errors). Empty: silent.
+  std::function<void(const std::string&)> log;
+  // Log "Connected by (...)" / "Closing connection to (...)" for each connection.
+  bool log_connections = true;
+};
+
+// Counters. Single-threaded (one server per executor), so plain integers.
+struct server_stats {
+  std::uint64_t accepted = 0;
+  std::uint64_t closed = 0;
+  std::uint64_t rejected = 0;
+  std::uint64_t accept_errors = 0;
+  std::uint64_t bytes_in = 0;
+  std::uint64_t bytes_out = 0;
+  std::uint64_t messages_in = 0;
+  std::uint64_t messages_out = 0;
+  std::uint64_t malformed = 0;
+};
+
+// What a handler gets besides the socket.
+struct connection_info {
+  address peer;
+  class server* server;
+};
+
+class server {
+ public:
+  // A coroutine that serves one connection and returns when it is done. The
+  // socket's operations are cancelled (ECANCELED) when the server stops.
+  using stream_handler = std::function<task<void>(socket, connection_info)>;
+
+  explicit server(executor& ex, server_options opts = {});
+  server(const server&) = delete;
+  server& operator=(const server&) = delete;
+  ~server();
+
+  // Bind and listen; may be called for several addresses. Errors as errno
+  // (EADDRINUSE, EACCES, EADDRNOTAVAIL ...).
+  result<void> listen(const address& at, listen_options o = {});
+  // The bound addresses (port 0 resolved to the real port).
+  std::vector<address> local_addresses() const;
+
+  // Accept and serve until stop(); then wait for every connection's handler
+  // to return. Each connection runs `h` in a coroutine of its own.
+  task<void> serve(stream_handler h);
+
+  // Stop accepting and cancel what every connection is waiting on.
+  void stop();
+  bool stopped() const noexcept { return stop_.stop_requested(); }
+  std::stop_token stop_token() const noexcept { return stop_.get_token(); }
+
+  std::size_t live_connections() const noexcept { return live_; }
+  server_stats& stats() noexcept { return stats_; }
+  const server_options& options() const noexcept { return opts_; }
+  executor& get_executor() noexcept { return ex_; }
+  void log(const std::string& line) const {
+    if (opts_.log) opts_.log(line);
+  }
+
+ private:
+  static task<void> accept_loop(server* self, socket* listener);
+  static task<void> run_connection(server* self, socket s, address peer);
+  void connection_finished();
+
+  executor& ex_;
+  server_options opts_;
+  stream_handler handler_;
+  std::vector<std::unique_ptr<socket>> listeners_;
+  std::stop_source stop_;
+  server_stats stats_;
+  std::size_t live_ = 0;
+  std::size_t loops_ = 0;
+  std::coroutine_handle<> drained_waiter_;
+};
+
+}  // namespace ringframe

@@ -1,0 +1,58 @@
+// signal_set: wait for POSIX signals as an awaitable (signalfd read through
+// the ring). Constructing it blocks those signals in the calling thread, so
+// they are delivered to the set instead of interrupting the process; create
+// it before any other thread starts, so that every thread inherits the mask.
+#pragma once
+
+#include <ringframe/operation.hpp>
+#include <ringframe/result.hpp>
+
+#include <sys/signalfd.h>
+
+#include <initializer_list>
+
+namespace ringframe {
+
+namespace detail {
+class read_op : public operation<read_op> {
+ public:
+  read_op(executor& ex, int fd, void* buf, unsigned len, op_options o)
+      : operation(ex, o), fd_(fd), buf_(buf), len_(len) {}
+  void prepare(io_uring_sqe* sqe) { io_uring_prep_read(sqe, fd_, buf_, len_, static_cast<__u64>(-1)); }
+  bool on_complete() {
+    if (res_ == -EINTR || res_ == -EAGAIN) {
+      issue();
+      return true;
+    }
+    return false;
+  }
+  result<std::size_t> await_resume() {
+    int r = result_code();
+    if (r < 0) return errno_code(-r);
+    return static_cast<std::size_t>(r);
+  }
+
+ private:
+  int fd_;
+  void* buf_;
+  unsigned len_;
+};
+}  // namespace detail
+
+class signal_set {
+ public:
+  // Throws std::system_error when signalfd cannot be created (out of fds).
+  signal_set(executor& ex, std::initializer_list<int> signals);
+  ~signal_set();
+  signal_set(const signal_set&) = delete;
+  signal_set& operator=(const signal_set&) = delete;
+
+  // The next signal's number.
+  task<result<int>> wait(op_options o = {});
+
+ private:
+  executor& ex_;
+  int fd_ = -1;
+};
+
+}  // namespace ringframe

@@ -1,0 +1,248 @@
+// socket: an owned socket descriptor bound to one executor, whose operations
+// are awaitables backed by io_uring (see operation.hpp). Every operation
+// returns result<T>; its error keeps the errno (ECONNRESET, EPIPE, ETIMEDOUT
+// for a deadline, ECANCELED for a cancellation or a stopping executor).
+//
+//   auto n = co_await sock.recv(buf, {.timeout = 5s});
+//   if (!n) log(n.error().message()); else if (*n == 0) /* peer closed */;
+#pragma once
+
+#include <ringframe/address.hpp>
+#include <ringframe/operation.hpp>
+#include <ringframe/result.hpp>
+#include <ringframe/task.hpp>
+
+#include <sys/socket.h>
+
+#include <cstddef>
+#include <span>
+#include <stop_token>
+#include <string>
+#include <string_view>
+
+namespace ringframe {
+
+class socket;
+
+namespace detail {
+
+class accept_op : public operation<accept_op> {
+ public:
+  accept_op(executor& ex, int fd, address* peer, op_options o) : operation(ex, o), fd_(fd), peer_(peer) {}
+  void prepare(io_uring_sqe* sqe) {
+    if (peer_) *peer_->size_ptr() = address::capacity();
+    io_uring_prep_accept(sqe, fd_, peer_ ? peer_->data() : nullptr, peer_ ? peer_->size_ptr() : nullptr, SOCK_CLOEXEC);
+  }
+  bool on_complete() { return false; }
+  result<socket> await_resume();
+
+ private:
+  int fd_;
+  address* peer_;
+};
+
+class connect_op : public operation<connect_op> {
+ public:
+  connect_op(executor& ex, int fd, const address& a, op_options o) : operation(ex, o), fd_(fd), addr_(a) {}
+  void prepare(io_uring_sqe* sqe) { io_uring_prep_connect(sqe, fd_, addr_.data(), addr_.size()); }
+  bool on_complete() { return false; }
+  result<void> await_resume() {
+    int r = result_code();
+    if (r < 0) return errno_code(-r);
+    return {};
+  }
+
+ private:
+  int fd_;
+  address addr_;  // by value: the kernel reads it after await_suspend returns
+};
+
+class recv_op : public operation<recv_op> {
+ public:
+  recv_op(executor& ex, int fd, std::span<std::byte> buf, int flags, op_options o)
+      : operation(ex, o), fd_(fd), flags_(flags), buf_(buf) {}
+  void prepare(io_uring_sqe* sqe) { io_uring_prep_recv(sqe, fd_, buf_.data(), buf_.size(), flags_); }
+  bool on_complete() {
+    // A recv interrupted before it read anything is retried, never reported.
+    if (res_ == -EINTR || res_ == -EAGAIN) {
+      issue();
+      return true;
+    }
+    return false;
+  }
+  result<std::size_t> await_resume() {
+    int r = result_code();
+    if (r < 0) return errno_code(-r);
+    return static_cast<std::size_t>(r);
+  }
+
+ private:
+  int fd_;
+  int flags_;
+  std::span<std::byte> buf_;
+};
+
+// One send, or (all = true) as many as it takes to send every byte: a short
+// send resubmits the rest from the completion, without resuming the coroutine.
+class send_op : public operation<send_op> {
+ public:
+  send_op(executor& ex, int fd, std::span<const std::byte> buf, bool all, op_options o)
+      : operation(ex, o), fd_(fd), all_(all), buf_(buf) {}
+  void prepare(io_uring_sqe* sqe) {
+    io_uring_prep_send(sqe, fd_, buf_.data() + sent_, buf_.size() - sent_, MSG_NOSIGNAL);
+  }
+  bool on_complete() {
+    if (res_ == -EINTR || res_ == -EAGAIN) {
+      issue();
+      return true;
+    }
+    if (res_ > 0) sent_ += static_cast<std::size_t>(res_);
+    if (all_ && res_ > 0 && sent_ < buf_.size()) {
+      issue();
+      return true;
+    }
+    return false;
+  }
+  bool await_ready() noexcept {
+    if (buf_.empty()) return true;  // nothing to send: no system call
+    return operation::await_ready();
+  }
+  result<std::size_t> await_resume() {
+    if (buf_.empty()) return std::size_t{0};
+    int r = result_code();
+    if (r < 0) return errno_code(-r);
+    return all_ ? sent_ : static_cast<std::size_t>(r);
+  }
+  std::size_t sent() const noexcept { return sent_; }
+
+ private:
+  int fd_;
+  bool all_;
+  std::span<const std::byte> buf_;
+  std::size_t sent_ = 0;
+};
+
+class shutdown_op : public operation<shutdown_op> {
+ public:
+  shutdown_op(executor& ex, int fd, int how, op_options o) : operation(ex, o), fd_(fd), how_(how) {}
+  void prepare(io_uring_sqe* sqe) { io_uring_prep_shutdown(sqe, fd_, how_); }
+  bool on_complete() { return false; }
+  result<void> await_resume() {
+    int r = result_code();
+    if (r < 0) return errno_code(-r);
+    return {};
+  }
+
+ private:
+  int fd_, how_;
+};
+
+class close_op : public operation<close_op> {
+ public:
+  close_op(executor& ex, int fd) : operation(ex, {}), fd_(fd) {}
+  bool await_ready() noexcept {
+    if (fd_ < 0) {
+      res_ = -EBADF;
+      return true;
+    }
+    // A stopping executor still closes: a descriptor must never leak.
+    if (ex_.stopping()) {
+      res_ = ::close(fd_) == 0 ? 0 : -errno;
+      return true;
+    }
+    return false;
+  }
+  void prepare(io_uring_sqe* sqe) { io_uring_prep_close(sqe, fd_); }
+  bool on_complete() { return false; }
+  result<void> await_resume() {
+    if (res_ < 0) return errno_code(-res_);
+    return {};
+  }
+
+ private:
+  int fd_;
+};
+
+}  // namespace detail
+
+class socket {
+ public:
+  socket() noexcept = default;
+  socket(executor& ex, int fd) noexcept : ex_(&ex), fd_(fd) {}
+  socket(socket&& o) noexcept;
+  socket& operator=(socket&& o) noexcept;
+  socket(const socket&) = delete;
+  socket& operator=(const socket&) = delete;
+  ~socket();  // closes synchronously if still open
+
+  // A new socket of `family` (AF_INET, AF_INET6, AF_UNIX), close-on-exec.
+  static result<socket> open(executor& ex, int family, int type = SOCK_STREAM);
+
+  int fd() const noexcept { return fd_; }
+  bool is_open() const noexcept { return fd_ >= 0; }
+  executor& get_executor() const noexcept { return *ex_; }
+  int release() noexcept;
+
+  // Operations that do not name a stop_token of their own use this one. A
+  // server gives each accepted socket its stop token this way, so stopping
+  // the server cancels whatever its handlers are waiting on.
+  void set_stop_token(std::stop_token t) noexcept { stop_ = std::move(t); }
+
+  [[nodiscard]] detail::accept_op accept(address* peer = nullptr, op_options o = {}) {
+    return {*ex_, fd_, peer, with_stop(o)};
+  }
+  [[nodiscard]] detail::connect_op connect(const address& to, op_options o = {}) {
+    return {*ex_, fd_, to, with_stop(o)};
+  }
+  // Reads what is there, up to buf.size(); 0 means the peer closed its side.
+  [[nodiscard]] detail::recv_op recv(std::span<std::byte> buf, op_options o = {}) {
+    return {*ex_, fd_, buf, 0, with_stop(o)};
+  }
+  // One send: may write fewer bytes than given.
+  [[nodiscard]] detail::send_op send(std::span<const std::byte> buf, op_options o = {}) {
+    return {*ex_, fd_, buf, false, with_stop(o)};
+  }
+  // Every byte, or an error: short sends are continued inside the operation.
+  [[nodiscard]] detail::send_op send_all(std::span<const std::byte> buf, op_options o = {}) {
+    return {*ex_, fd_, buf, true, with_stop(o)};
+  }
+  [[nodiscard]] detail::send_op send_all(std::string_view s, op_options o = {}) {
+    return send_all(std::as_bytes(std::span(s.data(), s.size())), o);
+  }
+  [[nodiscard]] detail::shutdown_op shutdown(int how = SHUT_WR, op_options o = {}) {
+    return {*ex_, fd_, how, with_stop(o)};
+  }
+  // Close through the ring; the socket is empty afterwards whatever the result.
+  [[nodiscard]] detail::close_op close() { return {*ex_, release()}; }
+
+  result<void> set_option(int level, int name, int value) noexcept;
+  result<address> local_address() const;
+  result<address> peer_address() const;
+
+ private:
+  op_options with_stop(op_options o) const {
+    if (!o.stop) o.stop = &stop_;
+    return o;
+  }
+  executor* ex_ = nullptr;
+  int fd_ = -1;
+  std::stop_token stop_;
+};
+
+struct listen_options {
+  int backlog = SOMAXCONN;
+  bool reuse_address = true;  // restart at once after a crash (TIME_WAIT)
+  bool reuse_port = false;    // several listeners on one port (a thread each)
+};
+
+// socket + bind + listen. These three are synchronous system calls: they run
+// once per listener, and io_uring gained bind/listen only in Linux 6.11.
+result<socket> listen(executor& ex, const address& at, listen_options o = {});
+
+// A connected socket to `to`.
+task<result<socket>> connect(executor& ex, address to, op_options o = {});
+// Resolves `host` (blocking: see address::resolve), then tries each address
+// in turn; the error is the last address's.
+task<result<socket>> connect(executor& ex, std::string host, std::uint16_t port, op_options o = {});
+
+}  // namespace ringframe

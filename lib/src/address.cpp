@@ -1,0 +1,131 @@
+#include <ringframe/address.hpp>
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/un.h>
+
+#include <charconv>
+#include <cstring>
+
+namespace ringframe {
+
+namespace {
+class resolver_category_impl : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "resolver"; }
+  std::string message(int ev) const override { return ::gai_strerror(ev); }
+};
+}  // namespace
+
+const std::error_category& resolver_category() noexcept {
+  static resolver_category_impl cat;
+  return cat;
+}
+
+address::address() noexcept : storage_{}, len_(0) {}
+
+address::address(const sockaddr* sa, socklen_t len) noexcept : storage_{}, len_(len) {
+  if (len_ > sizeof(storage_)) len_ = sizeof(storage_);
+  std::memcpy(&storage_, sa, len_);
+}
+
+result<address> address::from_ip(std::string_view host, std::uint16_t port) {
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  std::string h(host);
+  address a;
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&a.storage_);
+  if (::inet_pton(AF_INET, h.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+    a.len_ = sizeof(sockaddr_in);
+    return a;
+  }
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&a.storage_);
+  if (::inet_pton(AF_INET6, h.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(port);
+    a.len_ = sizeof(sockaddr_in6);
+    return a;
+  }
+  return std::errc::invalid_argument;
+}
+
+result<address> address::from_unix_path(std::string_view path) {
+  address a;
+  auto* un = reinterpret_cast<sockaddr_un*>(&a.storage_);
+  if (path.empty() || path.size() >= sizeof(un->sun_path)) return std::errc::filename_too_long;
+  un->sun_family = AF_UNIX;
+  std::memcpy(un->sun_path, path.data(), path.size());
+  if (path[0] == '@') un->sun_path[0] = '\0';  // abstract namespace
+  a.len_ = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + (path[0] == '@' ? 0 : 1));
+  return a;
+}
+
+result<std::vector<address>> address::resolve(std::string_view host, std::uint16_t port) {
+  if (auto ip = from_ip(host, port)) return std::vector<address>{*ip};
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  std::string h(host), p = std::to_string(port);
+  int rc = ::getaddrinfo(h.c_str(), p.c_str(), &hints, &res);
+  if (rc != 0) {
+    if (rc == EAI_SYSTEM) return errno_code(errno);
+    return std::error_code(rc, resolver_category());
+  }
+  std::vector<address> out;
+  for (addrinfo* ai = res; ai; ai = ai->ai_next) out.emplace_back(ai->ai_addr, ai->ai_addrlen);
+  ::freeaddrinfo(res);
+  if (out.empty()) return std::error_code(EAI_NONAME, resolver_category());
+  return out;
+}
+
+std::uint16_t address::port() const noexcept {
+  if (family() == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&storage_)->sin_port);
+  if (family() == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6*>(&storage_)->sin6_port);
+  return 0;
+}
+
+std::string address::host() const {
+  char buf[INET6_ADDRSTRLEN] = {};
+  if (family() == AF_INET) {
+    ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&storage_)->sin_addr, buf, sizeof buf);
+    return buf;
+  }
+  if (family() == AF_INET6) {
+    ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage_)->sin6_addr, buf, sizeof buf);
+    return buf;
+  }
+  if (family() == AF_UNIX) {
+    auto* un = reinterpret_cast<const sockaddr_un*>(&storage_);
+    std::size_t n = len_ > offsetof(sockaddr_un, sun_path) ? len_ - offsetof(sockaddr_un, sun_path) : 0;
+    if (n == 0) return "";
+    if (un->sun_path[0] == '\0') return "@" + std::string(un->sun_path + 1, n - 1);
+    return std::string(un->sun_path, strnlen(un->sun_path, n));
+  }
+  return "";
+}
+
+std::string address::to_string() const {
+  if (family() == AF_INET) return host() + ":" + std::to_string(port());
+  if (family() == AF_INET6) return "[" + host() + "]:" + std::to_string(port());
+  if (family() == AF_UNIX) return "unix:" + host();
+  return "(unknown)";
+}
+
+std::string address::to_python() const {
+  if (family() == AF_INET) return "('" + host() + "', " + std::to_string(port()) + ")";
+  if (family() == AF_INET6) return "('" + host() + "', " + std::to_string(port()) + ", 0, 0)";
+  if (family() == AF_UNIX) return "'" + host() + "'";
+  return "''";
+}
+
+result<std::uint16_t> parse_port(std::string_view text) {
+  unsigned v = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (text.empty() || ec != std::errc{} || p != text.data() + text.size() || v > 65535) return std::errc::invalid_argument;
+  return static_cast<std::uint16_t>(v);
+}
+
+}  // namespace ringframe

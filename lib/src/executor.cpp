@@ -1,0 +1,289 @@
+#include <ringframe/detail/completion.hpp>
+#include <ringframe/executor.hpp>
+#include <ringframe/result.hpp>
+
+#include <array>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+
+namespace ringframe {
+
+namespace detail {
+
+// The frame of a spawned coroutine. It is linked into its executor's list so
+// that teardown can find (and, as a last resort, destroy) what still runs.
+struct detached_promise {
+  executor* ex;
+  detached_promise* prev = nullptr;
+  detached_promise* next = nullptr;
+
+  detached_promise(executor* e, task<void>&) noexcept : ex(e) {
+    next = ex->detached_head_;
+    if (next) next->prev = this;
+    ex->detached_head_ = this;
+    ++ex->live_;
+  }
+  ~detached_promise() {
+    if (prev) prev->next = next;
+    else ex->detached_head_ = next;
+    if (next) next->prev = prev;
+    --ex->live_;
+  }
+  std::coroutine_handle<detached_promise> handle() noexcept {
+    return std::coroutine_handle<detached_promise>::from_promise(*this);
+  }
+  struct detached get_return_object() noexcept;
+  std::suspend_always initial_suspend() noexcept { return {}; }
+  std::suspend_never final_suspend() noexcept { return {}; }
+  void return_void() noexcept {}
+  void unhandled_exception() noexcept {}
+};
+
+struct detached {
+  using promise_type = detached_promise;
+  std::coroutine_handle<detached_promise> h;
+};
+
+detached detached_promise::get_return_object() noexcept { return detached{handle()}; }
+
+namespace {
+detached run_detached(executor* /*ex, read by the promise*/, task<void> t) {
+  try {
+    co_await std::move(t);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ringframe: a spawned task ended with an exception: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "ringframe: a spawned task ended with an unknown exception\n");
+  }
+}
+}  // namespace
+
+}  // namespace detail
+
+namespace {
+
+int read_sysctl_int(const char* path) {
+  std::ifstream f(path);
+  int v = -1;
+  if (f) f >> v;
+  return v;
+}
+
+std::string explain_setup_failure(int err) {
+  std::string why;
+  switch (err) {
+    case ENOSYS:
+      why = "this kernel has no io_uring (it is older than 5.1 or was built without CONFIG_IO_URING); "
+            "run on Linux 5.19 or newer with io_uring enabled";
+      break;
+    case EPERM:
+    case EACCES: {
+      int disabled = read_sysctl_int("/proc/sys/kernel/io_uring_disabled");
+      if (disabled == 2)
+        why = "io_uring is disabled system-wide (sysctl kernel.io_uring_disabled=2); "
+              "as root run: sysctl -w kernel.io_uring_disabled=0";
+      else if (disabled == 1)
+        why = "io_uring is restricted to root and the group in kernel.io_uring_group "
+              "(sysctl kernel.io_uring_disabled=1); run as root, join that group, or as root run: "
+              "sysctl -w kernel.io_uring_disabled=0";
+      else
+        why = "io_uring_setup was denied by a seccomp or LSM policy (container runtimes such as "
+              "Docker and Podman block io_uring by default); run with a seccomp profile that allows "
+              "io_uring_setup, io_uring_enter and io_uring_register";
+      break;
+    }
+    case ENOMEM:
+      why = "the kernel could not allocate the ring: on kernels before 5.12 ring memory counts "
+            "against the locked-memory limit; raise it (ulimit -l) or use a smaller ring";
+      break;
+    case EMFILE:
+    case ENFILE:
+      why = "no file descriptor is left for the ring; raise the limit (ulimit -n)";
+      break;
+    case EINVAL:
+      why = "the kernel rejected the ring parameters; it is likely too old (ringframe needs Linux 5.19 or newer)";
+      break;
+    default:
+      why = std::string("io_uring_setup failed: ") + std::strerror(err);
+  }
+  return "ringframe: cannot create an io_uring: " + why + " (" + std::strerror(err) + ")";
+}
+
+// Operations the library issues; all exist since Linux 5.11.
+constexpr std::array<std::pair<int, const char*>, 10> required_ops{{
+    {IORING_OP_ACCEPT, "ACCEPT"},
+    {IORING_OP_CONNECT, "CONNECT"},
+    {IORING_OP_RECV, "RECV"},
+    {IORING_OP_SEND, "SEND"},
+    {IORING_OP_SHUTDOWN, "SHUTDOWN"},
+    {IORING_OP_CLOSE, "CLOSE"},
+    {IORING_OP_TIMEOUT, "TIMEOUT"},
+    {IORING_OP_LINK_TIMEOUT, "LINK_TIMEOUT"},
+    {IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL"},
+    {IORING_OP_READ, "READ"},
+}};
+
+std::string missing_ops(io_uring* ring) {
+  std::unique_ptr<io_uring_probe, void (*)(io_uring_probe*)> probe(io_uring_get_probe_ring(ring),
+                                                                    io_uring_free_probe);
+  if (!probe) return "";  // probing needs 5.6; the ops will report their own errors
+  std::string missing;
+  for (auto [op, name] : required_ops)
+    if (!io_uring_opcode_supported(probe.get(), op)) missing += std::string(missing.empty() ? "" : ", ") + name;
+  return missing;
+}
+
+}  // namespace
+
+std::string executor::probe() {
+  io_uring ring{};
+  int r = io_uring_queue_init(8, &ring, 0);
+  if (r < 0) return explain_setup_failure(-r);
+  std::string missing = missing_ops(&ring);
+  io_uring_queue_exit(&ring);
+  if (!missing.empty())
+    return "ringframe: this kernel's io_uring lacks operations ringframe needs (" + missing +
+           "); run on Linux 5.19 or newer";
+  return "";
+}
+
+executor::executor(executor_options opts) {
+  io_uring_params p{};
+  p.flags = IORING_SETUP_CQSIZE;
+  p.cq_entries = opts.sq_entries * (opts.cq_factor ? opts.cq_factor : 1);
+  int r = io_uring_queue_init_params(opts.sq_entries, &ring_, &p);
+  if (r < 0) throw setup_error(errno_code(-r), explain_setup_failure(-r));
+  std::string missing = missing_ops(&ring_);
+  if (!missing.empty()) {
+    io_uring_queue_exit(&ring_);
+    throw setup_error(errno_code(EOPNOTSUPP), "ringframe: this kernel's io_uring lacks operations ringframe needs (" +
+                                                  missing + "); run on Linux 5.19 or newer");
+  }
+}
+
+executor::~executor() {
+  if (live_ > 0 || inflight_ > 0 || !ready_.empty()) {
+    stop();
+    // Let cancelled coroutines unwind through their own code paths.
+    for (int spins = 0; spins < 100000 && (live_ > 0 || !ready_.empty()); ++spins)
+      if (!run_once(true)) break;
+    // What is left waits on something that is not I/O and never will resume.
+    while (detached_head_) detached_head_->handle().destroy();
+    // The kernel may still write into frames' memory until every CQE is in.
+    ready_.clear();
+    for (int spins = 0; spins < 1000 && inflight_ > 0; ++spins) {
+      __kernel_timespec ts{0, 10 * 1000 * 1000};
+      io_uring_cqe* cqe = nullptr;
+      io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+      unsigned head, n = 0;
+      io_uring_for_each_cqe(&ring_, head, cqe) {
+        ++n;
+        if (!(cqe->flags & IORING_CQE_F_MORE)) --inflight_;
+      }
+      io_uring_cq_advance(&ring_, n);
+    }
+  }
+  io_uring_queue_exit(&ring_);
+}
+
+void executor::spawn(task<void> t) {
+  auto d = detail::run_detached(this, std::move(t));
+  ready_.push_back(d.h);
+}
+
+void executor::stop() {
+  if (stopping_) return;
+  stopping_ = true;
+  if (inflight_ == 0) return;
+  io_uring_sqe* sqe = get_sqe(1);
+  // Cancel every request in flight (Linux 5.19+). On an older kernel this
+  // CQE says -EINVAL and operations finish on their own deadlines instead.
+  io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+  io_uring_sqe_set_data64(sqe, 0);
+  note_submitted(1);
+}
+
+void executor::run_until_idle() {
+  while (live_ > 0 || !ready_.empty())
+    if (!run_once(true)) break;
+}
+
+io_uring_sqe* executor::get_sqe(unsigned n) {
+  if (io_uring_sq_space_left(&ring_) < n) submit_pending();
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (!sqe) throw std::logic_error("ringframe: submission queue full after submit");
+  return sqe;
+}
+
+void executor::submit_pending() {
+  for (int attempt = 0;; ++attempt) {
+    int r = io_uring_submit(&ring_);
+    if (r >= 0 && io_uring_sq_ready(&ring_) == 0) return;
+    if (r == -EINTR) continue;
+    if (r >= 0 || r == -EBUSY || r == -EAGAIN) {
+      // The completion queue is under pressure: move completions aside (to be
+      // dispatched by the loop, in order) so the kernel can take more work.
+      reap_into_backlog();
+      if (attempt > 1000) throw std::system_error(errno_code(EAGAIN), "ringframe: io_uring submission stalled");
+      continue;
+    }
+    throw std::system_error(errno_code(-r), "ringframe: io_uring_submit");
+  }
+}
+
+void executor::reap_into_backlog() {
+  io_uring_cqe* cqes[256];
+  unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, 256);
+  for (unsigned i = 0; i < n; ++i) backlog_.push_back({cqes[i]->user_data, cqes[i]->res, cqes[i]->flags});
+  io_uring_cq_advance(&ring_, n);
+}
+
+void executor::dispatch(std::uint64_t user_data, int res, unsigned flags) {
+  if (!(flags & IORING_CQE_F_MORE)) --inflight_;
+  if (user_data == 0) return;
+  auto* c = reinterpret_cast<detail::completion*>(user_data & ~detail::timer_tag);
+  c->on_cqe(c, res, flags, (user_data & detail::timer_tag) != 0);
+}
+
+bool executor::run_once(bool block) {
+  bool did = false;
+  for (std::size_t n = ready_.size(); n > 0 && !ready_.empty(); --n) {
+    auto h = ready_.front();
+    ready_.pop_front();
+    h.resume();
+    did = true;
+  }
+  while (!backlog_.empty()) {
+    cqe_copy c = backlog_.front();
+    backlog_.pop_front();
+    dispatch(c.user_data, c.res, c.flags);
+    did = true;
+  }
+  bool wait = block && !did && ready_.empty() && inflight_ > 0;
+  for (;;) {
+    int r = wait ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit(&ring_);
+    if (r >= 0 || r == -EINTR || r == -ETIME) break;
+    if (r == -EBUSY || r == -EAGAIN) {  // CQ overflow: reap below, submit next time
+      break;
+    }
+    throw std::system_error(errno_code(-r), "ringframe: io_uring_enter");
+  }
+  // Copy the batch out before dispatching: a resumed coroutine may submit,
+  // and under CQ pressure submitting reaps, which must not see these again.
+  io_uring_cqe* cqes[256];
+  cqe_copy batch[256];
+  for (;;) {
+    unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, 256);
+    if (n == 0) break;
+    for (unsigned i = 0; i < n; ++i) batch[i] = {cqes[i]->user_data, cqes[i]->res, cqes[i]->flags};
+    io_uring_cq_advance(&ring_, n);
+    for (unsigned i = 0; i < n; ++i) dispatch(batch[i].user_data, batch[i].res, batch[i].flags);
+    did = true;
+    if (n < 256) break;
+  }
+  return did || inflight_ > 0 || !ready_.empty() || !backlog_.empty();
+}
+
+}  // namespace ringframe

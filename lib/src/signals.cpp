@@ -1,0 +1,30 @@
+#include <ringframe/signals.hpp>
+
+#include <pthread.h>
+#include <unistd.h>
+
+namespace ringframe {
+
+signal_set::signal_set(executor& ex, std::initializer_list<int> signals) : ex_(ex) {
+  sigset_t mask;
+  sigemptyset(&mask);
+  for (int s : signals) sigaddset(&mask, s);
+  if (int e = pthread_sigmask(SIG_BLOCK, &mask, nullptr); e != 0)
+    throw std::system_error(errno_code(e), "pthread_sigmask");
+  fd_ = ::signalfd(-1, &mask, SFD_CLOEXEC);
+  if (fd_ < 0) throw std::system_error(errno_code(errno), "signalfd");
+}
+
+signal_set::~signal_set() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+task<result<int>> signal_set::wait(op_options o) {
+  signalfd_siginfo info{};
+  result<std::size_t> n = co_await detail::read_op(ex_, fd_, &info, sizeof info, o);
+  if (!n) co_return n.error();
+  if (*n != sizeof info) co_return errno_code(EIO);
+  co_return static_cast<int>(info.ssi_signo);
+}
+
+}  // namespace ringframe
