@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""End to end: the built ringframe-server (echo) and ringframe-client, as a user runs them."""
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+server_bin, client_bin = sys.argv[1], sys.argv[2]
+failures = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what)
+    if not cond:
+        failures.append(what)
+
+
+def run(*args, timeout=60):
+    return subprocess.run([client_bin, *args], capture_output=True, text=True, timeout=timeout)
+
+
+srv = subprocess.Popen([server_bin, "-q", "127.0.0.1", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+try:
+    line = srv.stdout.readline()
+    m = re.match(r"Listening on \('127\.0\.0\.1', (\d+)\)", line)
+    check(m is not None, f"server announces its address: {line.strip()!r}")
+    port = m.group(1)
+
+    r = run("echo", "127.0.0.1", port)
+    check(r.returncode == 0 and r.stdout == "Received b'Hello, world'\n", f"echo client: {r.stdout!r}")
+
+    r = run("multiconn", "127.0.0.1", port, "200")
+    lines = r.stdout.splitlines()
+    check(r.returncode == 0, f"multiconn 200 exits 0 (stderr {r.stderr[-300:]!r})")
+    check(lines[-1] == "multiconn: 200 of 200 connections echoed every byte", f"summary: {lines[-1]!r}")
+    check("Starting connection 1 to ('127.0.0.1', %s)" % port in lines, "tutorial-style 'Starting connection' line")
+    check("Sending b'Message 1 from client.' to connection 1" in lines, "tutorial-style 'Sending' line")
+    check(sum(1 for l in lines if l.startswith("Closing connection ")) == 200, "200 'Closing connection' lines")
+
+    # A client killed mid-transfer and a reset connection leave the server serving.
+    victim = subprocess.Popen([client_bin, "-q", "multiconn", "127.0.0.1", port, "300"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.05)
+    victim.kill()
+    victim.wait()
+    s = socket.create_connection(("127.0.0.1", int(port)))
+    s.sendall(b"x" * 100000)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    r = run("-q", "multiconn", "127.0.0.1", port, "200")
+    check(r.returncode == 0, "server keeps serving after a killed client and a reset")
+
+    r = run("echo", "127.0.0.1", port, "it's \x01 done")
+    check(r.stdout == "Received b\"it's \\x01 done\"\n", f"bytes printed as Python does: {r.stdout!r}")
+
+    # Errors a user makes.
+    r = run("echo", "127.0.0.1", "1")
+    check(r.returncode == 1 and "Connection refused" in r.stderr, f"connection refused: {r.stderr.strip()!r}")
+    r = run("echo", "127.0.0.1", "99999")
+    check(r.returncode == 2 and "bad port '99999'" in r.stderr, f"bad port: {r.stderr.strip()!r}")
+    r2 = subprocess.run([server_bin, "127.0.0.1", port], capture_output=True, text=True, timeout=10)
+    check(r2.returncode == 1 and "Address already in use" in r2.stderr, f"address in use: {r2.stderr.strip()!r}")
+    r2 = subprocess.run([server_bin, "--help"], capture_output=True, text=True, timeout=10)
+    check(r2.returncode == 0 and "Usage: ringframe-server" in r2.stdout, "server --help")
+    r = run("--help")
+    check(r.returncode == 0 and "Usage: ringframe-client" in r.stdout, "client --help")
+    r = run("--version")
+    check(r.returncode == 0 and r.stdout.startswith("ringframe-client "), "client --version")
+    r = run("nonsense")
+    check(r.returncode == 2 and "unknown command" in r.stderr, "unknown command")
+
+    srv.send_signal(signal.SIGTERM)
+    out, err = srv.communicate(timeout=10)
+    check(srv.returncode == 0, f"SIGTERM exits 0 (rc {srv.returncode}, stderr {err[-300:]!r})")
+    check(re.search(r"stopped by SIGTERM: served \d+ connections", out) is not None, f"summary line: {out.strip()[-200:]!r}")
+finally:
+    if srv.poll() is None:
+        srv.kill()
+
+print(f"{0 if failures else 1} passed, {len(failures)} failed")
+sys.exit(1 if failures else 0)

@@ -1,0 +1,62 @@
+// Test helpers: loopback sockets made with plain blocking calls, so a test's
+// setup does not depend on the code under test.
+#pragma once
+
+#include <ringframe/address.hpp>
+#include <ringframe/executor.hpp>
+#include <ringframe/socket.hpp>
+
+#include <doctest/doctest.h>
+
+#include <netinet/in.h>
+#include <dirent.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <utility>
+
+namespace testing {
+
+// A connected pair of AF_UNIX stream sockets, both owned by `ex`.
+inline std::pair<ringframe::socket, ringframe::socket> socket_pair(ringframe::executor& ex) {
+  int fds[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+  return {ringframe::socket(ex, fds[0]), ringframe::socket(ex, fds[1])};
+}
+
+// A listener on 127.0.0.1 with a kernel-chosen port.
+inline ringframe::socket loopback_listener(ringframe::executor& ex, ringframe::address& bound) {
+  auto at = ringframe::address::from_ip("127.0.0.1", 0);
+  REQUIRE(at);
+  auto l = ringframe::listen(ex, *at);
+  REQUIRE(l);
+  auto a = l->local_address();
+  REQUIRE(a);
+  bound = *a;
+  return std::move(*l);
+}
+
+// Make room for `n` descriptors; fails the test (never skips it) when the
+// hard limit is too low.
+inline void require_fd_limit(rlim_t n) {
+  rlimit rl{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &rl) == 0);
+  if (rl.rlim_cur < n) {
+    INFO("this test needs RLIMIT_NOFILE >= " << n << "; hard limit is " << rl.rlim_max);
+    REQUIRE(rl.rlim_max >= n);
+    rl.rlim_cur = n;
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &rl) == 0);
+  }
+}
+
+inline int open_fd_count() {
+  int n = 0;
+  if (auto* d = ::opendir("/proc/self/fd")) {
+    while (::readdir(d)) ++n;
+    ::closedir(d);
+  }
+  return n;
+}
+
+}  // namespace testing

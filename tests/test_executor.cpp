@@ -1,0 +1,172 @@
+// executor and operation: timers, deadlines, cancellation, stop, teardown.
+#include "loopback.hpp"
+
+#include <ringframe/executor.hpp>
+#include <ringframe/socket.hpp>
+#include <ringframe/timer.hpp>
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <optional>
+#include <stop_token>
+#include <vector>
+
+using namespace ringframe;
+using namespace std::chrono_literals;
+using clk = std::chrono::steady_clock;
+
+namespace {
+
+task<void> sleep_then_record(executor* ex, std::chrono::milliseconds d, std::vector<int>* order, int id) {
+  result<void> r = co_await sleep_for(*ex, d);
+  CHECK(r);
+  order->push_back(id);
+}
+
+task<std::error_code> recv_with_timeout(ringframe::socket* s, std::chrono::milliseconds t) {
+  std::byte buf[16];
+  result<std::size_t> n = co_await s->recv(buf, {.timeout = t});
+  co_return n.error();
+}
+
+task<std::size_t> recv_some(ringframe::socket* s, std::chrono::milliseconds t) {
+  std::byte buf[16];
+  result<std::size_t> n = co_await s->recv(buf, {.timeout = t});
+  REQUIRE(n);
+  co_return *n;
+}
+
+task<void> send_later(executor* ex, ringframe::socket* s, std::chrono::milliseconds d) {
+  result<void> slept = co_await sleep_for(*ex, d);
+  CHECK(slept);
+  result<std::size_t> n = co_await s->send_all(std::string_view("hi"));
+  CHECK(n);
+}
+
+task<std::size_t> recv_after_peer_send(executor* ex, ringframe::socket* a, ringframe::socket* b) {
+  ex->spawn(send_later(ex, b, 10ms));
+  std::size_t n = co_await recv_some(a, 2000ms);
+  co_return n;
+}
+
+task<void> request_stop_later(executor* ex, std::stop_source* src, std::chrono::milliseconds d) {
+  result<void> slept = co_await sleep_for(*ex, d);
+  CHECK(slept);
+  src->request_stop();
+}
+
+task<std::error_code> recv_cancellable(executor* ex, ringframe::socket* s, std::stop_source* src) {
+  ex->spawn(request_stop_later(ex, src, 10ms));
+  std::stop_token tok = src->get_token();
+  std::byte buf[16];
+  result<std::size_t> n = co_await s->recv(buf, {.stop = &tok});
+  co_return n.error();
+}
+
+task<void> recv_until_error(ringframe::socket* s, std::error_code* out) {
+  std::byte buf[16];
+  result<std::size_t> n = co_await s->recv(buf);
+  *out = n ? std::error_code{} : n.error();
+}
+
+task<void> stop_executor_later(executor* ex, std::chrono::milliseconds d) {
+  result<void> slept = co_await sleep_for(*ex, d);
+  CHECK(slept);
+  ex->stop();
+}
+
+task<void> long_sleep(executor* ex, std::error_code* out) {
+  result<void> r = co_await sleep_for(*ex, 60s);
+  *out = r.error();
+}
+
+}  // namespace
+
+TEST_CASE("the kernel accepts an io_uring here (probe)") {
+  CHECK(executor::probe() == "");
+}
+
+TEST_CASE("timers fire in deadline order, not start order") {
+  executor ex;
+  std::vector<int> order;
+  ex.spawn(sleep_then_record(&ex, 60ms, &order, 3));
+  ex.spawn(sleep_then_record(&ex, 20ms, &order, 1));
+  ex.spawn(sleep_then_record(&ex, 40ms, &order, 2));
+  auto t0 = clk::now();
+  ex.run_until_idle();
+  CHECK(order == std::vector<int>{1, 2, 3});
+  CHECK(clk::now() - t0 >= 60ms);
+}
+
+TEST_CASE("a deadline that fires ends the operation with ETIMEDOUT") {
+  executor ex;
+  auto [a, b] = testing::socket_pair(ex);
+  auto t0 = clk::now();
+  std::error_code ec = ex.run(recv_with_timeout(&a, 30ms));
+  CHECK(ec == std::errc::timed_out);
+  CHECK(clk::now() - t0 >= 30ms);
+  CHECK(ex.inflight() == 0);  // both CQEs (op and timer) were consumed
+}
+
+TEST_CASE("a deadline that does not fire leaves the result alone") {
+  executor ex;
+  auto [a, b] = testing::socket_pair(ex);
+  CHECK(ex.run(recv_after_peer_send(&ex, &a, &b)) == 2);
+  CHECK(ex.inflight() == 0);
+}
+
+TEST_CASE("a stop_token cancels an operation in flight with ECANCELED") {
+  executor ex;
+  auto [a, b] = testing::socket_pair(ex);
+  std::stop_source src;
+  CHECK(ex.run(recv_cancellable(&ex, &a, &src)) == std::errc::operation_canceled);
+}
+
+TEST_CASE("an operation started after stop was requested fails at once") {
+  executor ex;
+  auto [a, b] = testing::socket_pair(ex);
+  std::stop_source src;
+  src.request_stop();
+  std::stop_token tok = src.get_token();
+  a.set_stop_token(tok);  // the socket's default token
+  CHECK(ex.run(recv_with_timeout(&a, 5000ms)) == std::errc::operation_canceled);
+  CHECK(ex.inflight() == 0);  // nothing was submitted
+}
+
+TEST_CASE("executor::stop cancels every operation in flight and lets tasks unwind") {
+  executor ex;
+  auto [a, b] = testing::socket_pair(ex);
+  std::error_code recv_err, sleep_err;
+  ex.spawn(recv_until_error(&a, &recv_err));
+  ex.spawn(long_sleep(&ex, &sleep_err));
+  ex.spawn(stop_executor_later(&ex, 10ms));
+  auto t0 = clk::now();
+  ex.run_until_idle();
+  CHECK(clk::now() - t0 < 5s);
+  CHECK(recv_err == std::errc::operation_canceled);
+  CHECK(sleep_err == std::errc::operation_canceled);
+  CHECK(ex.live_tasks() == 0);
+}
+
+TEST_CASE("destroying an executor with operations in flight cancels them cleanly") {
+  std::error_code recv_err;
+  std::optional<executor> ex(std::in_place);
+  auto [a, b] = testing::socket_pair(*ex);
+  ex->spawn(recv_until_error(&a, &recv_err));
+  ex->run_once(false);  // started, now waiting on the kernel
+  CHECK(ex->inflight() == 1);
+  ex.reset();  // ~executor: stop, drain; the sanitizer build checks nothing leaks
+  CHECK(recv_err == std::errc::operation_canceled);
+}
+
+TEST_CASE("setup errors explain themselves (message format)") {
+  // Cannot disable io_uring here; check that a real failure is explained by
+  // asking for an impossible ring size.
+  CHECK_THROWS_AS(executor(executor_options{1u << 30, 1}), setup_error);
+  try {
+    executor ex(executor_options{1u << 30, 1});
+  } catch (const setup_error& e) {
+    CHECK(std::string(e.what()).find("cannot create an io_uring") != std::string::npos);
+  }
+}

@@ -1,0 +1,177 @@
+// server with the raw echo handler: concurrency, limits, stop, faults.
+#include "loopback.hpp"
+
+#include <ringframe/echo.hpp>
+#include <ringframe/server.hpp>
+#include <ringframe/timer.hpp>
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+using namespace ringframe;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct tally {
+  int ok = 0;
+  int failed = 0;
+};
+
+task<void> echo_client(executor* ex, address to, int id, tally* t) {
+  result<ringframe::socket> s = co_await ringframe::connect(*ex, to, {.timeout = 10s});
+  if (!s) {
+    ++t->failed;
+    co_return;
+  }
+  std::string msg = "client " + std::to_string(id) + " says hello";
+  for (int round = 0; round < 2; ++round) {
+    result<std::size_t> sent = co_await s->send_all(msg, {.timeout = 10s});
+    if (!sent) {
+      ++t->failed;
+      co_return;
+    }
+    std::string got(msg.size(), '\0');
+    std::size_t have = 0;
+    while (have < got.size()) {
+      result<std::size_t> n =
+          co_await s->recv(std::as_writable_bytes(std::span(got.data() + have, got.size() - have)), {.timeout = 10s});
+      if (!n || *n == 0) break;
+      have += *n;
+    }
+    if (have != got.size() || got != msg) {
+      ++t->failed;
+      co_return;
+    }
+  }
+  ++t->ok;
+}
+
+task<void> clients_then_stop(executor* ex, server* srv, address to, int n, tally* t) {
+  for (int i = 0; i < n; ++i) ex->spawn(echo_client(ex, to, i, t));
+  // Wait for the clients by polling their tally: bounded, never a blind sleep.
+  for (int i = 0; i < 3000 && t->ok + t->failed < n; ++i) {
+    result<void> r = co_await sleep_for(*ex, 10ms);
+    CHECK(r);
+  }
+  srv->stop();
+}
+
+task<void> run_server(server* srv) { co_await srv->serve(&echo_handler); }
+
+address start(server& srv) {
+  auto at = address::from_ip("127.0.0.1", 0);
+  REQUIRE(at);
+  REQUIRE(srv.listen(*at));
+  auto addrs = srv.local_addresses();
+  REQUIRE(addrs.size() == 1);
+  return addrs.front();
+}
+
+task<void> idle_client(executor* ex, address to, std::vector<ringframe::socket>* keep) {
+  result<ringframe::socket> s = co_await ringframe::connect(*ex, to, {.timeout = 5s});
+  REQUIRE(s);
+  keep->push_back(std::move(*s));
+}
+
+task<std::size_t> read_until_close(ringframe::socket* s) {
+  std::byte buf[64];
+  result<std::size_t> n = co_await s->recv(buf, {.timeout = 5s});
+  REQUIRE(n);
+  co_return *n;
+}
+
+// Sends half a megabyte and then resets the connection without reading.
+task<void> rude_client(executor* ex, address to) {
+  result<ringframe::socket> s = co_await ringframe::connect(*ex, to, {.timeout = 5s});
+  REQUIRE(s);
+  std::vector<std::byte> junk(512 * 1024, std::byte{'x'});
+  result<std::size_t> sent = co_await s->send(junk);
+  CHECK(sent);
+  linger lg{1, 0};
+  ::setsockopt(s->fd(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+}
+
+task<void> rude_then_polite(executor* ex, server* srv, address to, tally* t) {
+  for (int i = 0; i < 20; ++i) ex->spawn(rude_client(ex, to));
+  for (int i = 0; i < 20; ++i) ex->spawn(echo_client(ex, to, i, t));
+  for (int i = 0; i < 1000 && t->ok + t->failed < 20; ++i) {
+    result<void> r = co_await sleep_for(*ex, 10ms);
+    CHECK(r);
+  }
+  // And a fresh client after the storm.
+  task<void> last = echo_client(ex, to, 99, t);
+  co_await std::move(last);
+  srv->stop();
+}
+
+}  // namespace
+
+TEST_CASE("1,000 concurrent echo connections against one server") {
+  testing::require_fd_limit(2100 + 64);
+  executor ex;
+  server srv(ex);
+  address to = start(srv);
+  tally t;
+  ex.spawn(clients_then_stop(&ex, &srv, to, 1000, &t));
+  ex.run(run_server(&srv));
+  CHECK(t.ok == 1000);
+  CHECK(t.failed == 0);
+  CHECK(srv.stats().accepted == 1000);
+  CHECK(srv.stats().closed == 1000);
+  CHECK(srv.stats().bytes_in == srv.stats().bytes_out);
+  CHECK(srv.live_connections() == 0);
+}
+
+TEST_CASE("stop() ends serve() while connections are open, and closes them") {
+  executor ex;
+  server srv(ex);
+  address to = start(srv);
+  std::vector<ringframe::socket> clients;
+  for (int i = 0; i < 5; ++i) ex.spawn(idle_client(&ex, to, &clients));
+  task<void> serving = run_server(&srv);
+  ex.spawn(std::move(serving));
+  for (int i = 0; i < 500 && srv.live_connections() < 5; ++i) ex.run_once(true);
+  REQUIRE(srv.live_connections() == 5);
+  int fds_before_stop = testing::open_fd_count();
+  srv.stop();
+  ex.run_until_idle();
+  CHECK(srv.live_connections() == 0);
+  CHECK(srv.stats().closed == 5);
+  // The server side of every connection is closed: each client reads EOF.
+  for (auto& c : clients) CHECK(ex.run(read_until_close(&c)) == 0);
+  CHECK(testing::open_fd_count() <= fds_before_stop - 5);
+}
+
+TEST_CASE("beyond max_connections, new connections are closed at once and counted") {
+  executor ex;
+  server_options o;
+  o.max_connections = 2;
+  server srv(ex, o);
+  address to = start(srv);
+  std::vector<ringframe::socket> clients;
+  ex.spawn(run_server(&srv));
+  for (int i = 0; i < 3; ++i) ex.spawn(idle_client(&ex, to, &clients));
+  for (int i = 0; i < 500 && srv.stats().rejected < 1; ++i) ex.run_once(true);
+  REQUIRE(clients.size() == 3);
+  CHECK(srv.live_connections() == 2);
+  CHECK(srv.stats().rejected == 1);
+  srv.stop();
+  ex.run_until_idle();
+}
+
+TEST_CASE("clients that reset mid-transfer do not disturb the others") {
+  executor ex;
+  server srv(ex);
+  address to = start(srv);
+  tally t;
+  ex.spawn(rude_then_polite(&ex, &srv, to, &t));
+  ex.run(run_server(&srv));
+  CHECK(t.ok == 21);
+  CHECK(t.failed == 0);
+  CHECK(srv.stats().accepted == 41);
+  CHECK(srv.live_connections() == 0);
+}
