@@ -42,7 +42,10 @@ class [[nodiscard]] result {
   const T& value() const& { check(); return std::get<0>(v_); }
   T&& value() && { check(); return std::get<0>(std::move(v_)); }
   T* operator->() { return &value(); }
+  const T* operator->() const { return &value(); }
   T& operator*() & { return value(); }
+  const T& operator*() const& { return value(); }
+  T&& operator*() && { return std::move(*this).value(); }
 
   std::error_code error() const noexcept {
     return has_value() ? std::error_code{} : std::get<1>(v_);

@@ -1,0 +1,25 @@
+// The README's example: a raw stream server that answers in upper case.
+// Try it: build/examples/uppercase-server & build/cmd/ringframe-client echo 127.0.0.1 65433 hello
+#include <ringframe/server.hpp>
+
+#include <cctype>
+#include <chrono>
+#include <cstdio>
+
+ringframe::task<void> shout(ringframe::socket s, ringframe::connection_info) {
+  std::byte buf[4096];
+  for (;;) {
+    auto n = co_await s.recv(buf, {.timeout = std::chrono::seconds(30)});
+    if (!n || *n == 0) co_return;  // error (errno kept) or peer closed
+    for (auto& b : std::span(buf, *n)) b = std::byte(std::toupper(int(b)));
+    if (!co_await s.send_all(std::span<const std::byte>(buf, *n))) co_return;
+  }
+}
+
+int main() {
+  ringframe::executor ex;
+  ringframe::server srv(ex);
+  if (!srv.listen(*ringframe::address::from_ip("127.0.0.1", 65433))) return 1;
+  std::puts("uppercase-server on 127.0.0.1:65433");
+  ex.run(srv.serve(&shout));
+}
