@@ -2,6 +2,7 @@
 #include "endpoint.hpp"
 #include "python_repr.hpp"
 
+#include <ringframe/connection.hpp>
 #include <ringframe/executor.hpp>
 #include <ringframe/socket.hpp>
 #include <ringframe_version.hpp>
@@ -29,12 +30,17 @@ const char* const usage_text =
     "                                     server (default 127.0.0.1 65432), print the echo\n"
     "  multiconn HOST PORT NUM_CONNS      open NUM_CONNS connections at once, each sending\n"
     "                                     two messages and verifying their echo\n"
+    "  app HOST PORT ACTION VALUE         one framed request to an app server: 'search VALUE'\n"
+    "                                     sends a text/json search; any other ACTION sends the\n"
+    "                                     bytes ACTION+VALUE as binary/custom-client-binary-type\n"
     "\n"
     "HOST may be an IPv4 or IPv6 address, a host name, or unix:/path/to/socket.\n"
     "\n"
     "Options:\n"
     "  -t, --timeout SECONDS  give up on any one network operation after this long (default 10)\n"
-    "  -q, --quiet            multiconn: print only the summary line\n"
+    "  -q, --quiet            multiconn, app: print only the summary line\n"
+    "  -n, --repeat N         app: send the request N times over one connection (default 1)\n"
+    "  -p, --pipeline D       app: keep up to D requests in flight (default 1)\n"
     "  -h, --help             show this help and exit\n"
     "  -V, --version          show the version and exit\n"
     "\n"
@@ -43,6 +49,8 @@ const char* const usage_text =
 struct options {
   std::chrono::nanoseconds timeout = 10s;
   bool quiet = false;
+  long repeat = 1;
+  long pipeline = 1;
   std::vector<std::string> args;
 };
 
@@ -55,12 +63,14 @@ options parse(int argc, char** argv) {
   options o;
   static const option longopts[] = {{"timeout", required_argument, nullptr, 't'},
                                     {"quiet", no_argument, nullptr, 'q'},
+                                    {"repeat", required_argument, nullptr, 'n'},
+                                    {"pipeline", required_argument, nullptr, 'p'},
                                     {"help", no_argument, nullptr, 'h'},
                                     {"version", no_argument, nullptr, 'V'},
                                     {nullptr, 0, nullptr, 0}};
   int c;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, "t:qhV", longopts, nullptr)) != -1) {
+  while ((c = getopt_long(argc, argv, "t:qn:p:hV", longopts, nullptr)) != -1) {
     switch (c) {
       case 't': {
         char* end = nullptr;
@@ -70,13 +80,22 @@ options parse(int argc, char** argv) {
         break;
       }
       case 'q': o.quiet = true; break;
+      case 'n':
+      case 'p': {
+        char* end = nullptr;
+        long v = std::strtol(optarg, &end, 10);
+        if (!*optarg || *end || v < 1 || v > 100000000)
+          fail_usage(std::string("bad ") + (c == 'n' ? "--repeat" : "--pipeline") + " '" + optarg + "'");
+        (c == 'n' ? o.repeat : o.pipeline) = v;
+        break;
+      }
       case 'h': std::fputs(usage_text, stdout); std::exit(0);
       case 'V': std::printf("ringframe-client %s\n", RINGFRAME_VERSION); std::exit(0);
       default: fail_usage(std::string("unknown option '") + argv[optind - 1] + "'");
     }
   }
   for (int i = optind; i < argc; ++i) o.args.emplace_back(argv[i]);
-  if (o.args.empty()) fail_usage("missing COMMAND (echo or multiconn)");
+  if (o.args.empty()) fail_usage("missing COMMAND (echo, multiconn or app)");
   return o;
 }
 
@@ -175,6 +194,114 @@ task<void> multiconn_one(multiconn_state* st, int connid) {
 }
 
 
+// ---- app: the tutorial's app-client.py, plus repetition and pipelining ----
+
+struct app_request {
+  std::string action, value;
+  long repeat, pipeline;
+  bool quiet;
+  std::chrono::nanoseconds timeout;
+};
+
+message build_request(const app_request& r) {
+  if (r.action == "search") {
+    // As the tutorial writes it: json.dumps(..., ensure_ascii=False).
+    std::string json = "{\"action\": ";
+    append_json_string(json, r.action);
+    json += ", \"value\": ";
+    append_json_string(json, r.value);
+    json += "}";
+    return message::json(std::move(json));
+  }
+  return message::binary(r.action + r.value, "binary/custom-client-binary-type");
+}
+
+// Prints a response as the tutorial's client does; false for an error reply.
+bool print_response(const message_view& m, const address& peer) {
+  if (m.content_type == "text/json") {
+    simdjson::dom::parser parser;
+    simdjson::padded_string padded(m.content_text());
+    simdjson::dom::element doc;
+    if (parser.parse(padded).get(doc)) {
+      std::fprintf(stderr, "ringframe-client: the response is not JSON\n");
+      return false;
+    }
+    std::printf("Received response %s from %s\n", cli::python_json_repr(doc).c_str(), peer.to_python().c_str());
+    simdjson::dom::element v;
+    if (!doc["result"].get(v)) {
+      std::string_view text;
+      std::printf("Got result: %s\n", v.get(text) ? simdjson::minify(v).c_str() : std::string(text).c_str());
+      return true;
+    }
+    if (!doc["error"].get(v)) {
+      std::fprintf(stderr, "ringframe-client: the server answered with an error: %s\n", simdjson::minify(v).c_str());
+      return false;
+    }
+    std::printf("Got result: None\n");
+    return true;
+  }
+  std::printf("Received %s response from %s\n", std::string(m.content_type).c_str(), peer.to_python().c_str());
+  std::printf("Got response: %s\n", cli::python_bytes_repr(m.content).c_str());
+  return true;
+}
+
+task<int> app_client(executor* ex, address to, app_request r) {
+  if (!r.quiet) std::printf("Starting connection to %s\n", to.to_python().c_str());
+  result<ringframe::socket> s = co_await ringframe::connect(*ex, to, {.timeout = r.timeout});
+  if (!s) {
+    std::fprintf(stderr, "ringframe-client: cannot connect to %s: %s\n", to.to_string().c_str(), s.error().message().c_str());
+    co_return 1;
+  }
+  connection_options co;
+  co.idle_timeout = co.message_timeout = co.write_timeout = r.timeout;
+  connection conn(std::move(*s), co);
+  std::string frame;
+  if (auto enc = encode_frame(build_request(r), frame); !enc) {
+    std::fprintf(stderr, "ringframe-client: cannot encode the request: %s\n", enc.error().message().c_str());
+    co_return 2;
+  }
+  if (!r.quiet) std::printf("Sending %s to %s\n", cli::python_bytes_repr(frame).c_str(), to.to_python().c_str());
+  const auto frame_bytes = std::as_bytes(std::span(frame.data(), frame.size()));
+
+  std::string first_type, first_content;
+  long sent = 0, received = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  while (received < r.repeat) {
+    while (sent < r.repeat && sent - received < r.pipeline) {
+      result<void> w = co_await conn.write_raw(frame_bytes);
+      if (!w) {
+        std::fprintf(stderr, "ringframe-client: send failed: %s\n", w.error().message().c_str());
+        co_return 1;
+      }
+      ++sent;
+    }
+    result<message_view> m = co_await conn.read_message();
+    if (!m) {
+      std::string why = m.error().category() == frame_category() && conn.last_frame_error().code != frame_errc{}
+                            ? conn.last_frame_error().detail
+                            : m.error().message();
+      if (m.error() == make_error_code(frame_errc::end_of_stream)) why = "the server closed the connection";
+      std::fprintf(stderr, "ringframe-client: after %ld of %ld responses: %s\n", received, r.repeat, why.c_str());
+      co_return 1;
+    }
+    if (received == 0) {
+      first_type = m->content_type;
+      first_content = m->content_text();
+      if (!r.quiet && !print_response(*m, to)) co_return 1;
+    } else if (m->content_type != first_type || m->content_text() != first_content) {
+      std::fprintf(stderr, "ringframe-client: response %ld differs from the first\n", received + 1);
+      co_return 1;
+    }
+    ++received;
+  }
+  auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!r.quiet) std::printf("Closing connection to %s\n", to.to_python().c_str());
+  if (r.repeat > 1 || r.quiet)
+    std::printf("app: %ld responses, all alike, in %.1f ms (%.0f requests/s, pipeline depth %ld)\n", received,
+                secs * 1e3, received / (secs > 0 ? secs : 1e-9), r.pipeline);
+  co_return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -209,7 +336,15 @@ int main(int argc, char** argv) {
                   rc == 0 ? "" : " (FAILED)");
       return rc;
     }
-    fail_usage("unknown command '" + cmd + "' (expected echo or multiconn)");
+    if (cmd == "app") {
+      if (a.size() != 4) fail_usage("usage: app HOST PORT ACTION VALUE");
+      std::string error;
+      auto addrs = cli::resolve_endpoint(a[0], a[1], error);
+      if (addrs.empty()) fail_usage(error);
+      executor ex;
+      return ex.run(app_client(&ex, addrs.front(), app_request{a[2], a[3], o.repeat, o.pipeline, o.quiet, o.timeout}));
+    }
+    fail_usage("unknown command '" + cmd + "' (expected echo, multiconn or app)");
   } catch (const setup_error& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

@@ -2,7 +2,9 @@
 // Thin by design: parse arguments, pick a handler, run the library's server.
 #include "endpoint.hpp"
 
+#include <ringframe/app.hpp>
 #include <ringframe/echo.hpp>
+#include <ringframe/handler.hpp>
 #include <ringframe/executor.hpp>
 #include <ringframe/server.hpp>
 #include <ringframe/signals.hpp>
@@ -11,6 +13,7 @@
 #include <getopt.h>
 #include <signal.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -27,7 +30,14 @@ const char* const usage_text =
     "\n"
     "Options:\n"
     "  -m, --mode MODE          echo: bytes in, same bytes out (default)\n"
+    "                           app: the tutorial's search / binary application, framed\n"
+    "                           frame-echo: every framed message sent back unchanged\n"
     "  -c, --max-connections N  accept at most N connections at once (default 100000)\n"
+    "      --max-content BYTES  framed modes: largest content-length accepted (default 16777216)\n"
+    "      --idle-timeout SECS  framed modes: close a connection idle this long (default 300)\n"
+    "      --message-timeout SECS\n"
+    "                           framed modes: close a connection whose message takes longer\n"
+    "                           than this from its first byte to its last (default 30)\n"
     "  -q, --quiet              do not log each connection\n"
     "  -h, --help               show this help and exit\n"
     "  -V, --version            show the version and exit\n"
@@ -37,6 +47,7 @@ const char* const usage_text =
 
 struct options {
   std::string mode = "echo";
+  connection_options conn;
   std::string host = "127.0.0.1";
   std::string port = "65432";
   std::size_t max_connections = 100000;
@@ -48,11 +59,20 @@ struct options {
   std::exit(2);
 }
 
+std::chrono::nanoseconds parse_seconds(const char* what, const char* text) {
+  char* end = nullptr;
+  double v = std::strtod(text, &end);
+  if (!*text || *end || !(v > 0) || v > 1e6) fail_usage(std::string("bad ") + what + " '" + text + "'");
+  return std::chrono::nanoseconds(static_cast<long long>(v * 1e9));
+}
+
 options parse(int argc, char** argv) {
   options o;
   static const option longopts[] = {
       {"mode", required_argument, nullptr, 'm'},    {"max-connections", required_argument, nullptr, 'c'},
       {"quiet", no_argument, nullptr, 'q'},         {"help", no_argument, nullptr, 'h'},
+      {"max-content", required_argument, nullptr, 1}, {"idle-timeout", required_argument, nullptr, 2},
+      {"message-timeout", required_argument, nullptr, 3},
       {"version", no_argument, nullptr, 'V'},       {nullptr, 0, nullptr, 0}};
   int c;
   opterr = 0;
@@ -67,6 +87,15 @@ options parse(int argc, char** argv) {
         break;
       }
       case 'q': o.quiet = true; break;
+      case 1: {
+        char* end = nullptr;
+        unsigned long long v = std::strtoull(optarg, &end, 10);
+        if (!*optarg || *end || *optarg == '-') fail_usage(std::string("bad --max-content '") + optarg + "'");
+        o.conn.limits.max_content_length = v;
+        break;
+      }
+      case 2: o.conn.idle_timeout = parse_seconds("--idle-timeout", optarg); break;
+      case 3: o.conn.message_timeout = parse_seconds("--message-timeout", optarg); break;
       case 'h': std::fputs(usage_text, stdout); std::exit(0);
       case 'V': std::printf("ringframe-server %s\n", RINGFRAME_VERSION); std::exit(0);
       default: fail_usage(std::string("unknown option '") + argv[optind - 1] + "'");
@@ -76,7 +105,8 @@ options parse(int argc, char** argv) {
   if (rest > 2) fail_usage("too many arguments");
   if (rest >= 1) o.host = argv[optind];
   if (rest >= 2) o.port = argv[optind + 1];
-  if (o.mode != "echo") fail_usage("unknown mode '" + o.mode + "' (expected echo)");
+  if (o.mode != "echo" && o.mode != "app" && o.mode != "frame-echo")
+    fail_usage("unknown mode '" + o.mode + "' (expected echo, app or frame-echo)");
   return o;
 }
 
@@ -89,9 +119,15 @@ task<void> stop_on_signal(signal_set* sigs, server* srv, int* which) {
   }
 }
 
-task<void> run_server(executor* ex, server* srv, signal_set* sigs, int* which) {
+server::stream_handler handler_for(const options& o) {
+  if (o.mode == "app") return per_request(&app_handler, o.conn);
+  if (o.mode == "frame-echo") return framed(&frame_echo_handler, o.conn);
+  return &echo_handler;
+}
+
+task<void> run_server(executor* ex, server* srv, signal_set* sigs, int* which, server::stream_handler h) {
   ex->spawn(stop_on_signal(sigs, srv, which));
-  co_await srv->serve(&echo_handler);
+  co_await srv->serve(std::move(h));
 }
 
 }  // namespace
@@ -122,11 +158,16 @@ int main(int argc, char** argv) {
     }
     for (const address& a : srv.local_addresses()) std::printf("Listening on %s\n", a.to_python().c_str());
     int which = 0;
-    ex.run(run_server(&ex, &srv, &sigs, &which));
+    ex.run(run_server(&ex, &srv, &sigs, &which, handler_for(o)));
     const server_stats& st = srv.stats();
-    std::printf("ringframe-server: stopped by %s: served %llu connections (%llu rejected), %llu bytes in, %llu bytes out\n",
+    std::string messages;
+    if (o.mode != "echo")
+      messages = ", " + std::to_string(st.messages_in) + " messages in, " + std::to_string(st.messages_out) +
+                 " out, " + std::to_string(st.malformed) + " malformed";
+    std::printf("ringframe-server: stopped by %s: served %llu connections (%llu rejected), %llu bytes in, %llu bytes out%s\n",
                 which ? (std::string("SIG") + sigabbrev_np(which)).c_str() : "request", (unsigned long long)st.accepted,
-                (unsigned long long)st.rejected, (unsigned long long)st.bytes_in, (unsigned long long)st.bytes_out);
+                (unsigned long long)st.rejected, (unsigned long long)st.bytes_in, (unsigned long long)st.bytes_out,
+                messages.c_str());
     return 0;
   } catch (const setup_error& e) {
     std::fprintf(stderr, "%s\n", e.what());

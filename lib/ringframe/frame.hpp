@@ -1,0 +1,157 @@
+// The I/O-free codec of the framed protocol. Bytes in, messages out; messages
+// in, bytes out. It knows nothing of sockets, so it is tested, fuzzed and
+// benchmarked alone; connection.hpp is only plumbing around it.
+#pragma once
+
+#include <ringframe/message.hpp>
+#include <ringframe/result.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+namespace simdjson::dom {
+class parser;
+}
+
+namespace ringframe {
+
+// Why a frame was rejected (PROTOCOL.md section 3), or why a stream ended.
+enum class frame_errc {
+  header_length_zero = 1,    // prefix says 0: no header can be empty
+  header_not_utf8,           // the JSON header is not valid UTF-8
+  header_not_json,           // ... is not valid JSON
+  header_not_object,         // ... is valid JSON but not an object
+  missing_key,               // a required key is absent
+  bad_key_type,              // byteorder / content-type / content-encoding not a string
+  bad_content_length,        // not a non-negative integer
+  content_too_large,         // content-length above the configured limit
+  content_not_utf8,          // text/json content that is not valid UTF-8
+  content_not_json,          // text/json content that is not valid JSON
+  unsupported_encoding,      // text/json in an encoding other than UTF-8
+  header_too_large,          // encoder: the header would exceed 65,535 bytes
+  truncated,                 // the peer closed in the middle of a frame
+  end_of_stream,             // the peer closed between frames (not a fault)
+};
+const std::error_category& frame_category() noexcept;
+inline std::error_code make_error_code(frame_errc e) noexcept { return {static_cast<int>(e), frame_category()}; }
+
+// A rejected frame: what was wrong, precisely, and whether the stream is
+// still in sync (the frame's end is known and was skipped, so the next frame
+// can be read) or not (the connection must be closed).
+struct frame_error {
+  frame_errc code{};
+  bool in_sync = false;
+  std::string detail;
+};
+
+struct frame_limits {
+  // The largest content accepted; checked against content-length before
+  // any memory is reserved for the content.
+  std::size_t max_content_length = 16 * 1024 * 1024;
+  // Parse text/json content to check it is JSON (section 3). A server that
+  // only forwards bytes may turn this off.
+  bool validate_json_content = true;
+};
+
+// ---- encoding ----
+
+struct header_fields {
+  std::string_view content_type;
+  std::string_view content_encoding;
+  std::string_view byteorder = native_byteorder();
+  const header_extras* extra = nullptr;
+};
+
+// Appends one frame to `out`: prefix, compact JSON header (every string
+// escaped as JSON requires), content. Fails without touching `out` when a
+// header string is not valid UTF-8 or the header would exceed 65,535 bytes.
+result<void> encode_frame(const header_fields& h, std::span<const std::byte> content, std::string& out);
+result<void> encode_frame(const message& m, std::string& out);
+
+// Appends `s` to `out` as a JSON string literal, quotes included.
+void append_json_string(std::string& out, std::string_view s);
+
+// ---- decoding ----
+
+// An incremental decoder. Feed it bytes in chunks of any size; it yields
+// complete messages in order. Bytes can arrive by copy (feed) or be received
+// straight into its buffer (prepare, then commit): the connection does the
+// latter, so content is handed out without a copy.
+//
+// Each byte is examined a bounded number of times whatever the chunking: the
+// decoder waits until a whole header is buffered before parsing it once, and
+// until the whole content is buffered before handing it out.
+class frame_decoder {
+ public:
+  enum class status { message, need_more, error };
+
+  explicit frame_decoder(frame_limits limits = {}, simdjson::dom::parser* parser = nullptr);
+  ~frame_decoder();
+  frame_decoder(frame_decoder&&) noexcept;
+  frame_decoder& operator=(frame_decoder&&) noexcept;
+
+  // Writable space at the end of the buffer, at least `min_free` bytes (more
+  // when the frame being read needs it).
+  std::span<std::byte> prepare(std::size_t min_free = 16 * 1024);
+  // `n` bytes were written into the span prepare() returned.
+  void commit(std::size_t n) noexcept { end_ += n; }
+  // Copy bytes in (equivalent to prepare + memcpy + commit).
+  void feed(std::span<const std::byte> bytes);
+  void feed(std::string_view bytes) { feed(std::as_bytes(std::span(bytes.data(), bytes.size()))); }
+
+  // The next complete message, or need_more, or an error. A message's views
+  // stay valid until the next call to next(), prepare() or feed(). After an
+  // error that is in sync the bad frame has been skipped and next() may be
+  // called again; after one that is not, every call returns that error.
+  status next(message_view& out);
+  const frame_error& error() const noexcept { return error_; }
+
+  // Bytes received and not yet handed out.
+  std::size_t buffered() const noexcept { return end_ - begin_; }
+  // True when a frame has started (some of its bytes are buffered).
+  bool mid_frame() const noexcept { return buffered() > 0; }
+  std::size_t capacity() const noexcept { return cap_; }
+  // Give back a large buffer when nothing is buffered (idle connections).
+  void shrink_if_idle() noexcept;
+  const frame_limits& limits() const noexcept { return limits_; }
+
+ private:
+  status fail(frame_errc code, bool in_sync, std::string detail);
+  status parse_header(const std::byte* header, std::size_t len);
+  bool validate_content(const std::byte* content, std::size_t len);
+  void reserve_free(std::size_t free_needed);
+
+  frame_limits limits_;
+  simdjson::dom::parser* parser_;
+  std::unique_ptr<std::byte[]> buf_;
+  std::size_t cap_ = 0;    // usable bytes; SIMDJSON_PADDING more are allocated
+  std::size_t begin_ = 0;  // first byte not yet handed out
+  std::size_t end_ = 0;    // one past the last byte received
+  std::size_t consume_on_next_ = 0;  // the last message's size, dropped lazily
+
+  // The frame being read: known once its header was parsed.
+  bool have_header_ = false;
+  std::size_t header_len_ = 0;
+  std::size_t frame_len_ = 0;
+  bool header_ok_ = true;  // false: in-sync error to report once the frame is in
+  // The header's string fields, copied out of the JSON parser (whose memory
+  // the next parse reuses); their capacity is reused, so steady state
+  // decoding allocates nothing.
+  std::string byteorder_, content_type_, content_encoding_;
+  bool is_text_json_ = false;
+  frame_error error_;
+  bool broken_ = false;
+};
+
+// The JSON text of an error reply: {"error": "<detail>"}.
+std::string error_reply_json(std::string_view detail);
+
+}  // namespace ringframe
+
+template <>
+struct std::is_error_code_enum<ringframe::frame_errc> : std::true_type {};

@@ -1,0 +1,157 @@
+#include <ringframe/connection.hpp>
+
+#include <utility>
+
+namespace ringframe {
+
+namespace detail {
+
+bool read_message_awaitable::await_ready() {
+  ready_ = c_->try_read_buffered();
+  return ready_.has_value();
+}
+
+std::coroutine_handle<> read_message_awaitable::await_suspend(std::coroutine_handle<> h) {
+  // Only here, when the peer must be waited for, is a coroutine frame made.
+  slow_ = c_->read_slow();
+  slow_.handle().promise().continuation = h;
+  return slow_.handle();
+}
+
+result<message_view> read_message_awaitable::await_resume() {
+  if (ready_) return std::move(*ready_);
+  return slow_.take_result();
+}
+
+bool write_awaitable::await_ready() const noexcept {
+  return !queued_ || c_->unsent_bytes() < c_->opts_.max_unsent_bytes;
+}
+
+std::coroutine_handle<> write_awaitable::await_suspend(std::coroutine_handle<> h) {
+  flush_ = c_->flush();
+  flush_.handle().promise().continuation = h;
+  return flush_.handle();
+}
+
+result<void> write_awaitable::await_resume() {
+  if (!queued_ || !flush_.valid()) return queued_;
+  return flush_.take_result();
+}
+
+}  // namespace detail
+
+connection::connection(socket s, connection_options o)
+    : sock_(std::move(s)), opts_(o), decoder_(o.limits) {}
+
+std::optional<result<message_view>> connection::try_read_buffered() {
+  if (unsent_bytes() >= opts_.max_unsent_bytes) return std::nullopt;  // send first
+  message_view v;
+  switch (decoder_.next(v)) {
+    case frame_decoder::status::message:
+      ++messages_in;
+      timing_message_ = false;
+      return result<message_view>(v);
+    case frame_decoder::status::error:
+      timing_message_ = false;
+      return result<message_view>(make_error_code(decoder_.error().code));
+    case frame_decoder::status::need_more:
+      break;
+  }
+  return std::nullopt;
+}
+
+task<result<message_view>> connection::read_slow() {
+  for (;;) {
+    if (unsent_bytes() >= opts_.max_unsent_bytes) {
+      result<void> f = co_await flush();
+      if (!f) co_return f.error();
+    }
+    if (std::optional<result<message_view>> r = try_read_buffered()) co_return std::move(*r);
+    // Nothing complete is buffered: send the queued replies before waiting.
+    if (!queued_.empty()) {
+      result<void> f = co_await flush();
+      if (!f) co_return f.error();
+    }
+    if (peer_closed_)
+      co_return make_error_code(decoder_.mid_frame() ? frame_errc::truncated : frame_errc::end_of_stream);
+
+    auto now = std::chrono::steady_clock::now();
+    std::chrono::nanoseconds timeout = opts_.idle_timeout;
+    if (decoder_.mid_frame()) {
+      if (!timing_message_) {
+        timing_message_ = true;
+        message_started_ = now;
+      }
+      timeout = message_started_ + opts_.message_timeout - now;
+      if (timeout.count() <= 0) co_return std::make_error_code(std::errc::timed_out);
+    } else {
+      decoder_.shrink_if_idle();
+    }
+    std::span<std::byte> room = decoder_.prepare(opts_.read_size);
+    result<std::size_t> n = co_await sock_.recv(room, {.timeout = timeout});
+    if (!n) co_return n.error();
+    if (*n == 0) {
+      peer_closed_ = true;
+      continue;
+    }
+    if (!decoder_.mid_frame() && !timing_message_) {
+      timing_message_ = true;
+      message_started_ = now;
+    }
+    decoder_.commit(*n);
+    bytes_in += *n;
+  }
+}
+
+detail::write_awaitable connection::queued(result<void> r) {
+  if (r) ++messages_out;
+  return detail::write_awaitable(this, r);
+}
+
+detail::write_awaitable connection::write(const message& m) {
+  if (write_error_) return detail::write_awaitable(this, write_error_);
+  return queued(encode_frame(m, queued_));
+}
+
+detail::write_awaitable connection::write(const header_fields& h, std::span<const std::byte> content) {
+  if (write_error_) return detail::write_awaitable(this, write_error_);
+  return queued(encode_frame(h, content, queued_));
+}
+
+detail::write_awaitable connection::write_raw(std::span<const std::byte> frame) {
+  if (write_error_) return detail::write_awaitable(this, write_error_);
+  queued_.append(reinterpret_cast<const char*>(frame.data()), frame.size());
+  return queued({});
+}
+
+detail::write_awaitable connection::write_error(std::string_view detail) {
+  std::string json = error_reply_json(detail);
+  header_fields h{"text/json", "utf-8"};
+  return write(h, std::as_bytes(std::span(json.data(), json.size())));
+}
+
+task<result<void>> connection::flush() {
+  if (write_error_) co_return write_error_;
+  if (flushing_) co_return result<void>{};  // the running flush sends our bytes too
+  flushing_ = true;
+  while (!queued_.empty()) {
+    std::swap(sending_, queued_);
+    result<std::size_t> n =
+        co_await sock_.send_all(std::as_bytes(std::span(sending_.data(), sending_.size())), {.timeout = opts_.write_timeout});
+    sending_.clear();
+    if (!n) {
+      write_error_ = n.error();
+      queued_.clear();
+      break;
+    }
+    bytes_out += *n;
+  }
+  flushing_ = false;
+  // A burst of large replies should not pin megabytes to an idle connection.
+  if (queued_.capacity() > 4 * opts_.max_unsent_bytes) std::string().swap(queued_);
+  if (sending_.capacity() > 4 * opts_.max_unsent_bytes) std::string().swap(sending_);
+  if (write_error_) co_return write_error_;
+  co_return result<void>{};
+}
+
+}  // namespace ringframe

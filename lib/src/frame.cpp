@@ -1,0 +1,359 @@
+#include <ringframe/frame.hpp>
+
+#include <simdjson.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace ringframe {
+
+namespace {
+
+class frame_category_impl : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "ringframe.frame"; }
+  std::string message(int ev) const override {
+    switch (static_cast<frame_errc>(ev)) {
+      case frame_errc::header_length_zero: return "header length is 0";
+      case frame_errc::header_not_utf8: return "JSON header is not valid UTF-8";
+      case frame_errc::header_not_json: return "JSON header is not valid JSON";
+      case frame_errc::header_not_object: return "JSON header is not an object";
+      case frame_errc::missing_key: return "JSON header lacks a required key";
+      case frame_errc::bad_key_type: return "JSON header key has the wrong type";
+      case frame_errc::bad_content_length: return "content-length is not a non-negative integer";
+      case frame_errc::content_too_large: return "content-length exceeds the limit";
+      case frame_errc::content_not_utf8: return "text/json content is not valid UTF-8";
+      case frame_errc::content_not_json: return "text/json content is not valid JSON";
+      case frame_errc::unsupported_encoding: return "unsupported content-encoding for text/json";
+      case frame_errc::header_too_large: return "JSON header longer than 65535 bytes";
+      case frame_errc::truncated: return "peer closed the connection in the middle of a message";
+      case frame_errc::end_of_stream: return "peer closed the connection";
+    }
+    return "unknown frame error";
+  }
+};
+
+simdjson::dom::parser& thread_parser() {
+  // One parser per thread, shared by every decoder on it: a DOM parser keeps
+  // buffers sized for the largest document it has seen, too much to keep per
+  // connection. Decoders copy what they need out of it before yielding.
+  static thread_local simdjson::dom::parser p;
+  return p;
+}
+
+const char* type_name(simdjson::dom::element_type t) {
+  using T = simdjson::dom::element_type;
+  switch (t) {
+    case T::ARRAY: return "an array";
+    case T::OBJECT: return "an object";
+    case T::INT64: case T::UINT64: return "an integer";
+    case T::DOUBLE: return "a number with a fraction or exponent";
+    case T::STRING: return "a string";
+    case T::BOOL: return "a boolean";
+    case T::NULL_VALUE: return "null";
+  }
+  return "an unknown type";
+}
+
+// A JSON value as text for an error message, cut short if long.
+std::string shown(simdjson::dom::element e) {
+  std::string s = simdjson::minify(e);
+  if (s.size() > 40) s = s.substr(0, 37) + "...";
+  return s;
+}
+
+bool is_utf8_name(std::string_view enc) {
+  std::string lower(enc);
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  return lower == "utf-8" || lower == "utf8" || lower == "utf_8";
+}
+
+}  // namespace
+
+const std::error_category& frame_category() noexcept {
+  static frame_category_impl cat;
+  return cat;
+}
+
+// ---------------------------------------------------------------- encoding
+
+void append_json_string(std::string& out, std::string_view s) {
+  static const char hex[] = "0123456789abcdef";
+  out.push_back('"');
+  std::size_t run = 0;  // start of the current run of bytes that need no escape
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    out.append(s.data() + run, i - run);
+    run = i + 1;
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      default:
+        out += "\\u00";
+        out.push_back(hex[c >> 4]);
+        out.push_back(hex[c & 15]);
+    }
+  }
+  out.append(s.data() + run, s.size() - run);
+  out.push_back('"');
+}
+
+result<void> encode_frame(const header_fields& h, std::span<const std::byte> content, std::string& out) {
+  // Header strings become JSON strings, which must be UTF-8; content is bytes.
+  if (!simdjson::validate_utf8(h.content_type) || !simdjson::validate_utf8(h.content_encoding) ||
+      !simdjson::validate_utf8(h.byteorder))
+    return make_error_code(frame_errc::header_not_utf8);
+  if (h.extra)
+    for (const auto& [k, v] : *h.extra)
+      if (!simdjson::validate_utf8(k) || !simdjson::validate_utf8(v)) return make_error_code(frame_errc::header_not_utf8);
+
+  const std::size_t start = out.size();
+  out.reserve(start + 2 + 96 + h.content_type.size() + h.content_encoding.size() + content.size());
+  out.append(2, '\0');  // the length prefix, patched below
+  out += "{\"byteorder\":";
+  append_json_string(out, h.byteorder);
+  out += ",\"content-type\":";
+  append_json_string(out, h.content_type);
+  out += ",\"content-encoding\":";
+  append_json_string(out, h.content_encoding);
+  out += ",\"content-length\":";
+  out += std::to_string(content.size());
+  if (h.extra)
+    for (const auto& [k, v] : *h.extra) {
+      out.push_back(',');
+      append_json_string(out, k);
+      out.push_back(':');
+      append_json_string(out, v);
+    }
+  out.push_back('}');
+  const std::size_t header_len = out.size() - start - 2;
+  if (header_len > 0xffff) {
+    out.resize(start);
+    return make_error_code(frame_errc::header_too_large);
+  }
+  out[start] = static_cast<char>(header_len >> 8);
+  out[start + 1] = static_cast<char>(header_len & 0xff);
+  out.append(reinterpret_cast<const char*>(content.data()), content.size());
+  return {};
+}
+
+result<void> encode_frame(const message& m, std::string& out) {
+  header_fields h{m.content_type, m.content_encoding, m.byteorder, m.extra.empty() ? nullptr : &m.extra};
+  return encode_frame(h, std::as_bytes(std::span(m.content.data(), m.content.size())), out);
+}
+
+std::string error_reply_json(std::string_view detail) {
+  std::string s = "{\"error\":";
+  append_json_string(s, detail);
+  s.push_back('}');
+  return s;
+}
+
+// ---------------------------------------------------------------- decoding
+
+frame_decoder::frame_decoder(frame_limits limits, simdjson::dom::parser* parser)
+    : limits_(limits), parser_(parser ? parser : &thread_parser()) {}
+frame_decoder::~frame_decoder() = default;
+frame_decoder::frame_decoder(frame_decoder&&) noexcept = default;
+frame_decoder& frame_decoder::operator=(frame_decoder&&) noexcept = default;
+
+frame_decoder::status frame_decoder::fail(frame_errc code, bool in_sync, std::string detail) {
+  error_.code = code;
+  error_.in_sync = in_sync;
+  error_.detail = std::move(detail);
+  if (!in_sync) broken_ = true;
+  return status::error;
+}
+
+void frame_decoder::reserve_free(std::size_t free_needed) {
+  if (consume_on_next_) {
+    begin_ += consume_on_next_;
+    consume_on_next_ = 0;
+  }
+  if (begin_ == end_) begin_ = end_ = 0;
+  if (cap_ - end_ >= free_needed) return;
+  const std::size_t live = end_ - begin_;
+  if (cap_ - live >= free_needed && buf_) {
+    std::memmove(buf_.get(), buf_.get() + begin_, live);
+    begin_ = 0;
+    end_ = live;
+    return;
+  }
+  std::size_t newcap = std::max({live + free_needed, cap_ * 2, std::size_t{4096}});
+  // Never more than the largest frame the limits allow, plus the read size.
+  const std::size_t largest = 2 + 0xffff + limits_.max_content_length + free_needed;
+  newcap = std::min(newcap, std::max(largest, live + free_needed));
+  // Default-initialised: only the padding simdjson may read past the end of
+  // a document is cleared, not the whole buffer.
+  std::unique_ptr<std::byte[]> nb(new std::byte[newcap + simdjson::SIMDJSON_PADDING]);
+  std::memset(nb.get() + newcap, 0, simdjson::SIMDJSON_PADDING);
+  if (live) std::memcpy(nb.get(), buf_.get() + begin_, live);
+  buf_ = std::move(nb);
+  cap_ = newcap;
+  begin_ = 0;
+  end_ = live;
+}
+
+std::span<std::byte> frame_decoder::prepare(std::size_t min_free) {
+  if (consume_on_next_) {
+    begin_ += consume_on_next_;
+    consume_on_next_ = 0;
+  }
+  const std::size_t avail = end_ - begin_;
+  // How much of the current frame is still to come, when known: a large
+  // frame gets room for all of it, so its content ends up contiguous.
+  std::size_t frame_total = 2;
+  if (have_header_) frame_total = frame_len_;
+  else if (avail >= 2)
+    frame_total = 2 + ((static_cast<std::size_t>(buf_[begin_]) << 8) | static_cast<std::size_t>(buf_[begin_ + 1]));
+  const std::size_t missing = frame_total > avail ? frame_total - avail : 0;
+  reserve_free(std::max(min_free, missing));
+  return {buf_.get() + end_, cap_ - end_};
+}
+
+void frame_decoder::feed(std::span<const std::byte> bytes) {
+  while (!bytes.empty()) {
+    std::span<std::byte> room = prepare(bytes.size());
+    std::size_t n = std::min(room.size(), bytes.size());
+    std::memcpy(room.data(), bytes.data(), n);
+    commit(n);
+    bytes = bytes.subspan(n);
+  }
+}
+
+void frame_decoder::shrink_if_idle() noexcept {
+  if (end_ - begin_ == 0 && cap_ > 64 * 1024) {
+    buf_.reset();
+    cap_ = begin_ = end_ = consume_on_next_ = 0;
+  }
+}
+
+frame_decoder::status frame_decoder::parse_header(const std::byte* header, std::size_t len) {
+  using namespace simdjson;
+  dom::element doc;
+  error_code err = parser_->parse(reinterpret_cast<const uint8_t*>(header), len, false).get(doc);
+  if (err == UTF8_ERROR) return fail(frame_errc::header_not_utf8, false, "JSON header is not valid UTF-8");
+  if (err) return fail(frame_errc::header_not_json, false, std::string("JSON header is not valid JSON: ") + error_message(err));
+  dom::object obj;
+  if (doc.get(obj))
+    return fail(frame_errc::header_not_object, false, std::string("JSON header must be an object, got ") + type_name(doc.type()));
+
+  // One pass over the keys; a repeated key's last value wins, as in Python.
+  dom::element length, byteorder, ctype, cenc;
+  bool has_length = false, has_byteorder = false, has_ctype = false, has_cenc = false;
+  for (dom::key_value_pair kv : obj) {
+    std::string_view k = kv.key;
+    if (k == "content-length") length = kv.value, has_length = true;
+    else if (k == "content-type") ctype = kv.value, has_ctype = true;
+    else if (k == "content-encoding") cenc = kv.value, has_cenc = true;
+    else if (k == "byteorder") byteorder = kv.value, has_byteorder = true;
+  }
+
+  // content-length first: it decides whether the stream stays in sync.
+  if (!has_length)
+    return fail(frame_errc::missing_key, false, "JSON header lacks required key \"content-length\"");
+  std::uint64_t clen = 0;
+  if (length.is_uint64()) clen = length.get_uint64().value_unsafe();
+  else
+    return fail(frame_errc::bad_content_length, false,
+                "\"content-length\" must be a non-negative integer, got " + shown(length));
+  if (clen > limits_.max_content_length)
+    return fail(frame_errc::content_too_large, false,
+                "\"content-length\" " + std::to_string(clen) + " exceeds the limit of " +
+                    std::to_string(limits_.max_content_length) + " bytes");
+
+  have_header_ = true;
+  header_len_ = len;
+  frame_len_ = 2 + len + static_cast<std::size_t>(clen);
+  header_ok_ = true;
+  is_text_json_ = false;
+
+  // The other keys: a fault here leaves the stream in sync (the frame's end
+  // is known), so it is reported once the frame is in, and then skipped.
+  struct field {
+    const char* name;
+    bool present;
+    dom::element* value;
+    std::string* into;
+  } fields[] = {{"byteorder", has_byteorder, &byteorder, &byteorder_},
+                {"content-type", has_ctype, &ctype, &content_type_},
+                {"content-encoding", has_cenc, &cenc, &content_encoding_}};
+  for (field& f : fields) {
+    if (!f.present) {
+      header_ok_ = false;
+      fail(frame_errc::missing_key, true, std::string("JSON header lacks required key \"") + f.name + "\"");
+      return status::need_more;
+    }
+    std::string_view sv;
+    if (f.value->get(sv)) {
+      header_ok_ = false;
+      fail(frame_errc::bad_key_type, true,
+           std::string("\"") + f.name + "\" must be a string, got " + type_name(f.value->type()));
+      return status::need_more;
+    }
+    f.into->assign(sv);
+  }
+  is_text_json_ = content_type_ == "text/json";
+  if (is_text_json_ && limits_.validate_json_content && !is_utf8_name(content_encoding_)) {
+    header_ok_ = false;
+    fail(frame_errc::unsupported_encoding, true,
+         "content-encoding \"" + content_encoding_.substr(0, 40) + "\" is not supported for text/json (use utf-8)");
+  }
+  return status::need_more;
+}
+
+bool frame_decoder::validate_content(const std::byte* content, std::size_t len) {
+  simdjson::dom::element doc;
+  simdjson::error_code err = parser_->parse(reinterpret_cast<const uint8_t*>(content), len, false).get(doc);
+  if (!err) return true;
+  if (err == simdjson::UTF8_ERROR) fail(frame_errc::content_not_utf8, true, "text/json content is not valid UTF-8");
+  else
+    fail(frame_errc::content_not_json, true,
+         std::string("text/json content is not valid JSON: ") + simdjson::error_message(err));
+  return false;
+}
+
+frame_decoder::status frame_decoder::next(message_view& out) {
+  if (broken_) return status::error;
+  if (consume_on_next_) {
+    begin_ += consume_on_next_;
+    consume_on_next_ = 0;
+  }
+  const std::size_t avail = end_ - begin_;
+  const std::byte* frame = buf_.get() + begin_;
+  if (!have_header_) {
+    if (avail < 2) return status::need_more;
+    const std::size_t hlen = (static_cast<std::size_t>(frame[0]) << 8) | static_cast<std::size_t>(frame[1]);
+    if (hlen == 0) return fail(frame_errc::header_length_zero, false, "header length is 0: a frame must carry a JSON header");
+    if (avail < 2 + hlen) return status::need_more;
+    if (parse_header(frame + 2, hlen) == status::error) return status::error;
+  }
+  if (avail < frame_len_) return status::need_more;
+
+  // The whole frame is here.
+  have_header_ = false;
+  const std::byte* content = frame + 2 + header_len_;
+  const std::size_t content_len = frame_len_ - 2 - header_len_;
+  if (!header_ok_ ||
+      (is_text_json_ && limits_.validate_json_content && !validate_content(content, content_len))) {
+    begin_ += frame_len_;  // skip the bad frame; the stream stays in sync
+    return status::error;
+  }
+  out.byteorder = byteorder_;
+  out.content_type = content_type_;
+  out.content_encoding = content_encoding_;
+  out.content_length = content_len;
+  out.header_json = {reinterpret_cast<const char*>(frame + 2), header_len_};
+  out.content = {content, content_len};
+  out.wire = {frame, frame_len_};
+  consume_on_next_ = frame_len_;
+  return status::message;
+}
+
+}  // namespace ringframe

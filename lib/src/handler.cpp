@@ -1,0 +1,105 @@
+#include <ringframe/handler.hpp>
+
+#include <memory>
+
+namespace ringframe {
+
+namespace {
+
+task<void> run_framed(socket s, connection_info info, const connection_handler* h, connection_options o) {
+  auto conn = std::make_unique<connection>(std::move(s), o);
+  task<void> t = (*h)(*conn, info);
+  co_await std::move(t);
+  result<void> f = co_await conn->flush();
+  (void)f;  // a peer gone before its last reply: nothing left to tell it
+  server_stats& st = info.server->stats();
+  st.bytes_in += conn->bytes_in;
+  st.bytes_out += conn->bytes_out;
+  st.messages_in += conn->messages_in;
+  st.messages_out += conn->messages_out;
+}
+
+task<void> request_loop(connection& conn, connection_info info, const request_handler* h) {
+  for (;;) {
+    result<message_view> m = co_await conn.read_message();
+    if (!m) {
+      bool go_on = co_await answer_read_error(conn, info, m.error());
+      if (go_on) continue;
+      co_return;
+    }
+    message reply;
+    bool failed = false;
+    std::string failure;  // co_await is not allowed inside a catch block
+    try {
+      task<message> t = (*h)(*m, info);
+      reply = co_await std::move(t);
+    } catch (const std::exception& e) {
+      failed = true;
+      failure = e.what();
+    } catch (...) {
+      failed = true;
+      failure = "unknown exception";
+    }
+    if (failed) {
+      // The request was well-formed, so the stream is in sync: answer it.
+      info.server->log("Handler failed for " + info.peer.to_python() + ": " + failure);
+      result<void> w = co_await conn.write_error("internal error: " + failure);
+      if (!w) co_return;
+      continue;
+    }
+    result<void> w = co_await conn.write(reply);
+    if (!w) {
+      if (w.error().category() == frame_category()) {  // the handler built a bad message
+        info.server->log("Handler reply to " + info.peer.to_python() + " cannot be encoded: " + w.error().message());
+        result<void> e = co_await conn.write_error("internal error: reply cannot be encoded");
+        if (!e) co_return;
+        continue;
+      }
+      co_return;
+    }
+  }
+}
+
+}  // namespace
+
+task<bool> answer_read_error(connection& conn, connection_info info, std::error_code ec) {
+  if (ec.category() == frame_category()) {
+    auto code = static_cast<frame_errc>(ec.value());
+    if (code == frame_errc::end_of_stream) co_return false;
+    if (code == frame_errc::truncated) {
+      info.server->log("Connection from " + info.peer.to_python() + " closed in the middle of a message");
+      co_return false;
+    }
+    const frame_error& fe = conn.last_frame_error();
+    ++info.server->stats().malformed;
+    info.server->log("Malformed message from " + info.peer.to_python() + ": " + fe.detail +
+                     (fe.in_sync ? " (answered with an error)" : " (answered with an error, closing)"));
+    result<void> w = co_await conn.write_error(fe.detail);
+    if (!w) co_return false;
+    if (!fe.in_sync) {
+      result<void> f = co_await conn.flush();
+      (void)f;
+      co_return false;
+    }
+    co_return true;
+  }
+  if (ec == std::errc::timed_out) {
+    info.server->log("Connection from " + info.peer.to_python() + " timed out");
+  } else if (ec != std::errc::operation_canceled && ec != std::errc::connection_reset && ec != std::errc::broken_pipe) {
+    info.server->log("Connection from " + info.peer.to_python() + " failed: " + ec.message());
+  }
+  co_return false;
+}
+
+server::stream_handler framed(connection_handler h, connection_options o) {
+  auto held = std::make_shared<connection_handler>(std::move(h));
+  return [held, o](socket s, connection_info info) { return run_framed(std::move(s), info, held.get(), o); };
+}
+
+server::stream_handler per_request(request_handler h, connection_options o) {
+  auto held = std::make_shared<request_handler>(std::move(h));
+  connection_handler loop = [held](connection& c, connection_info info) { return request_loop(c, info, held.get()); };
+  return framed(std::move(loop), o);
+}
+
+}  // namespace ringframe
