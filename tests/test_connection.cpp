@@ -1,0 +1,296 @@
+// connection.hpp and handler.hpp: framed servers over loopback, with the
+// app and frame-echo handlers, malformed peers and pipelining.
+#include "loopback.hpp"
+
+#include <ringframe/app.hpp>
+#include <ringframe/connection.hpp>
+#include <ringframe/handler.hpp>
+#include <ringframe/server.hpp>
+#include <ringframe/timer.hpp>
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+using namespace ringframe;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string raw_frame(std::string_view header_json, std::string_view content) {
+  std::string f;
+  f.push_back(static_cast<char>(header_json.size() >> 8));
+  f.push_back(static_cast<char>(header_json.size() & 0xff));
+  f += header_json;
+  f += content;
+  return f;
+}
+
+std::string search_frame(std::string_view value) {
+  std::string content = "{\"action\": \"search\", \"value\": ";
+  append_json_string(content, value);
+  content += "}";
+  std::string f;
+  REQUIRE(encode_frame(message::json(content), f));
+  return f;
+}
+
+// What a client saw: each reply's content, then how the stream ended.
+struct exchange {
+  std::vector<std::string> replies;
+  std::vector<std::string> types;
+  std::error_code end;
+};
+
+// Sends `bytes` (then half-closes when `half_close`), then reads `want`
+// replies (or until the stream ends), then checks that nothing else comes.
+task<void> client(executor* ex, address to, std::string bytes, int want, bool half_close, exchange* out) {
+  result<ringframe::socket> s = co_await ringframe::connect(*ex, to, {.timeout = 5s});
+  REQUIRE(s);
+  connection_options o;
+  o.idle_timeout = o.message_timeout = 5s;
+  connection conn(std::move(*s), o);
+  result<std::size_t> sent = co_await conn.get_socket().send_all(bytes, {.timeout = 5s});
+  CHECK(sent);
+  if (half_close) {
+    result<void> sh = co_await conn.get_socket().shutdown(SHUT_WR);
+    CHECK(sh);
+  }
+  for (int i = 0; i < want; ++i) {
+    result<message_view> m = co_await conn.read_message();
+    if (!m) {
+      out->end = m.error();
+      co_return;
+    }
+    out->replies.emplace_back(m->content_text());
+    out->types.emplace_back(m->content_type);
+  }
+  // The server must not send anything more.
+  result<message_view> extra = co_await conn.read_message();
+  out->end = extra ? std::error_code{} : extra.error();
+}
+
+struct framed_server {
+  std::vector<std::string> log;
+  executor ex;
+  server srv;
+  address to;
+
+  explicit framed_server(server::stream_handler h, server_options so = {}) : srv(ex, with_log(so, &log)) {
+    auto at = address::from_ip("127.0.0.1", 0);
+    REQUIRE(at);
+    REQUIRE(srv.listen(*at));
+    to = srv.local_addresses().front();
+    task<void> serving = serve(&srv, std::move(h));
+    ex.spawn(std::move(serving));
+  }
+  static server_options with_log(server_options so, std::vector<std::string>* log) {
+    so.log_connections = false;
+    so.log = [log](const std::string& line) { log->push_back(line); };
+    return so;
+  }
+  static task<void> serve(server* s, server::stream_handler h) { co_await s->serve(std::move(h)); }
+
+  // Runs one client to completion.
+  exchange talk(std::string bytes, int want, bool half_close = true) {
+    exchange e;
+    ex.run(client(&ex, to, std::move(bytes), want, half_close, &e));
+    return e;
+  }
+  ~framed_server() {
+    srv.stop();
+    ex.run_until_idle();
+  }
+};
+
+const std::string morpheus = "{\"result\": \"Follow the white rabbit. \xF0\x9F\x90\xB0\"}";
+
+}  // namespace
+
+TEST_CASE("the app answers every request kind of PROTOCOL.md section 2") {
+  framed_server fs(per_request(&app_handler));
+  struct {
+    std::string request, reply, type;
+  } cases[] = {
+      {search_frame("morpheus"), morpheus, "text/json"},
+      {search_frame("ring"), "{\"result\": \"In the caves beneath the Misty Mountains. \xF0\x9F\x92\x8D\"}", "text/json"},
+      {search_frame("\xF0\x9F\x90\xB6"), "{\"result\": \"\xF0\x9F\x90\xBE Playing ball! \xF0\x9F\x8F\x90\"}", "text/json"},
+      {search_frame("neo"), "{\"result\": \"No match for \\\"neo\\\".\"}", "text/json"},
+      {[] {
+         std::string f;
+         REQUIRE(encode_frame(message::json("{\"action\": \"dance\", \"value\": \"x\"}"), f));
+         return f;
+       }(),
+       "{\"result\": \"Error: invalid action \\\"dance\\\".\"}", "text/json"},
+      {[] {
+         std::string f;
+         REQUIRE(encode_frame(message::binary("searchmorpheus", "binary/custom-client-binary-type"), f));
+         return f;
+       }(),
+       "First 10 bytes of request: searchmorp", "binary/custom-server-binary-type"},
+  };
+  for (auto& c : cases) {
+    exchange e = fs.talk(c.request, 1);
+    REQUIRE(e.replies.size() == 1);
+    CHECK(e.replies[0] == c.reply);
+    CHECK(e.types[0] == c.type);
+    CHECK(e.end == frame_errc::end_of_stream);  // nothing extra came; the server closed after our EOF
+  }
+}
+
+TEST_CASE("1,000 pipelined requests on one connection are answered in order") {
+  framed_server fs(per_request(&app_handler));
+  std::string wire;
+  std::vector<std::string> expect;
+  for (int i = 0; i < 1000; ++i) {
+    std::string v = i % 3 == 0 ? "morpheus" : "v" + std::to_string(i);
+    wire += search_frame(v);
+    expect.push_back(i % 3 == 0 ? morpheus : "{\"result\": \"No match for \\\"" + v + "\\\".\"}");
+  }
+  exchange e = fs.talk(wire, 1000);
+  CHECK(e.replies == expect);
+  fs.srv.stop();
+  fs.ex.run_until_idle();
+  CHECK(fs.srv.stats().messages_in == 1000);
+  CHECK(fs.srv.stats().messages_out == 1000);
+}
+
+TEST_CASE("frame-echo sends every message back byte for byte") {
+  framed_server fs(framed(&frame_echo_handler));
+  std::string wire = raw_frame("{ \"content-length\": 3, \"byteorder\": \"big\", \"content-type\": \"x/y\","
+                               " \"content-encoding\": \"binary\", \"extra\": [1] }",
+                               "abc");
+  std::string m2;
+  REQUIRE(encode_frame(message::binary(std::string(300000, 'z'), "big/one"), m2));
+  exchange e = fs.talk(wire + m2, 2);
+  REQUIRE(e.replies.size() == 2);
+  CHECK(e.replies[0] == "abc");
+  CHECK(e.types[0] == "x/y");
+  CHECK(e.replies[1] == std::string(300000, 'z'));
+}
+
+// Every malformed case of PROTOCOL.md section 3, each checked for the exact
+// error reply, for whether the connection survives, and that another client
+// is still served afterwards.
+TEST_CASE("malformed input gets a precise framed error; other clients are unaffected") {
+  server_options so;
+  connection_options co;
+  co.limits.max_content_length = 1000;
+  framed_server fs(per_request(&app_handler, co), so);
+  const std::string next = search_frame("morpheus");
+  auto error_json = [](std::string detail) { return error_reply_json(detail); };
+  struct bad {
+    const char* what;
+    std::string bytes;
+    std::string detail_prefix;
+    bool in_sync;
+  } cases[] = {
+      {"header length 0", std::string("\0\0", 2), "header length is 0", false},
+      {"invalid JSON", raw_frame("{\"a\": ", ""), "JSON header is not valid JSON: ", false},
+      {"invalid UTF-8", raw_frame("{\"a\": \"\xC0\"}", ""), "JSON header is not valid UTF-8", false},
+      {"non-object", raw_frame("[]", ""), "JSON header must be an object, got an array", false},
+      {"missing content-length", raw_frame("{\"byteorder\": \"little\", \"content-type\": \"a\", \"content-encoding\": \"b\"}", ""),
+       "JSON header lacks required key \"content-length\"", false},
+      {"negative content-length",
+       raw_frame("{\"byteorder\": \"little\", \"content-type\": \"a\", \"content-encoding\": \"b\", \"content-length\": -1}", ""),
+       "\"content-length\" must be a non-negative integer, got -1", false},
+      {"float content-length",
+       raw_frame("{\"byteorder\": \"little\", \"content-type\": \"a\", \"content-encoding\": \"b\", \"content-length\": 2.5}", ""),
+       "\"content-length\" must be a non-negative integer, got 2.5", false},
+      {"string content-length",
+       raw_frame("{\"byteorder\": \"little\", \"content-type\": \"a\", \"content-encoding\": \"b\", \"content-length\": \"3\"}", ""),
+       "\"content-length\" must be a non-negative integer, got \"3\"", false},
+      {"oversized content-length",
+       raw_frame("{\"byteorder\": \"little\", \"content-type\": \"a\", \"content-encoding\": \"b\", \"content-length\": 1001}", ""),
+       "\"content-length\" 1001 exceeds the limit of 1000 bytes", false},
+      {"missing byteorder", raw_frame("{\"content-type\": \"a\", \"content-encoding\": \"b\", \"content-length\": 1}", "x"),
+       "JSON header lacks required key \"byteorder\"", true},
+      {"missing content-type", raw_frame("{\"byteorder\": \"little\", \"content-encoding\": \"b\", \"content-length\": 1}", "x"),
+       "JSON header lacks required key \"content-type\"", true},
+      {"missing content-encoding", raw_frame("{\"byteorder\": \"little\", \"content-type\": \"a\", \"content-length\": 1}", "x"),
+       "JSON header lacks required key \"content-encoding\"", true},
+      {"text/json content not JSON",
+       raw_frame("{\"byteorder\": \"little\", \"content-type\": \"text/json\", \"content-encoding\": \"utf-8\", \"content-length\": 5}",
+                 "{nope"),
+       "text/json content is not valid JSON: ", true},
+      {"text/json content not UTF-8",
+       raw_frame("{\"byteorder\": \"little\", \"content-type\": \"text/json\", \"content-encoding\": \"utf-8\", \"content-length\": 3}",
+                 "\"\xFF\""),
+       "text/json content is not valid UTF-8", true},
+  };
+  for (auto& c : cases) {
+    CAPTURE(c.what);
+    // The bad message, then a good one on the same connection.
+    exchange e = fs.talk(c.bytes + next, c.in_sync ? 2 : 1);
+    REQUIRE(e.replies.size() >= 1);
+    CHECK(e.types[0] == "text/json");
+    CHECK(e.replies[0].rfind(error_json(c.detail_prefix).substr(0, 10 + c.detail_prefix.size()), 0) == 0);
+    if (c.in_sync) {
+      REQUIRE(e.replies.size() == 2);
+      CHECK(e.replies[1] == morpheus);  // still in sync: the next request is served
+      CHECK(e.end == frame_errc::end_of_stream);
+    } else {
+      CHECK(e.replies.size() == 1);     // nothing after the error...
+      CHECK(e.end == frame_errc::end_of_stream);  // ...and the server closed
+    }
+    // Another client is served as usual.
+    exchange ok = fs.talk(next, 1);
+    REQUIRE(ok.replies.size() == 1);
+    CHECK(ok.replies[0] == morpheus);
+  }
+  CHECK(fs.srv.stats().malformed == std::size(cases));
+  // One log line per malformed input, naming the peer and the reason.
+  int lines = 0;
+  for (auto& l : fs.log)
+    if (l.rfind("Malformed message from ('127.0.0.1', ", 0) == 0) ++lines;
+  CHECK(lines == static_cast<int>(std::size(cases)));
+}
+
+TEST_CASE("a text/json request that is JSON but not an object is answered, not fatal") {
+  framed_server fs(per_request(&app_handler));
+  std::string f;
+  REQUIRE(encode_frame(message::json("[1, 2]"), f));
+  exchange e = fs.talk(f + search_frame("morpheus"), 2);
+  REQUIRE(e.replies.size() == 2);
+  CHECK(e.replies[0] == "{\"error\":\"a text/json request must be a JSON object\"}");
+  CHECK(e.replies[1] == morpheus);
+}
+
+namespace {
+task<message> throwing_handler(message_view req, connection_info) {
+  if (req.content_text() == "boom") throw std::runtime_error("kaboom");
+  co_return message::binary(std::string(req.content_text()), "ok");
+}
+}  // namespace
+
+TEST_CASE("a handler that throws gets an error reply sent, and the connection goes on") {
+  framed_server fs(per_request(&throwing_handler));
+  std::string a, b;
+  REQUIRE(encode_frame(message::binary("boom", "t"), a));
+  REQUIRE(encode_frame(message::binary("fine", "t"), b));
+  exchange e = fs.talk(a + b, 2);
+  REQUIRE(e.replies.size() == 2);
+  CHECK(e.replies[0] == "{\"error\":\"internal error: kaboom\"}");
+  CHECK(e.replies[1] == "fine");
+}
+
+TEST_CASE("idle and mid-message timeouts close the connection") {
+  connection_options co;
+  co.idle_timeout = 100ms;
+  co.message_timeout = 100ms;
+  framed_server fs(per_request(&app_handler, co));
+  auto t0 = std::chrono::steady_clock::now();
+  exchange idle = fs.talk("", 1, false);  // says nothing
+  CHECK(idle.end == frame_errc::end_of_stream);
+  CHECK(std::chrono::steady_clock::now() - t0 >= 100ms);
+  std::string part = search_frame("morpheus").substr(0, 10);
+  exchange stalled = fs.talk(part, 1, false);  // starts a message and stalls
+  CHECK(stalled.replies.empty());
+  CHECK(stalled.end == frame_errc::end_of_stream);
+  int timeouts = 0;
+  for (auto& l : fs.log)
+    if (l.find("timed out") != std::string::npos) ++timeouts;
+  CHECK(timeouts == 2);
+}

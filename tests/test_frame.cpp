@@ -1,0 +1,316 @@
+// frame.hpp: the codec alone, no sockets.
+#include <ringframe/frame.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+using namespace ringframe;
+
+namespace {
+
+// A frame built by hand, as a peer (e.g. Python) would write it.
+std::string raw_frame(std::string_view header_json, std::string_view content) {
+  std::string f;
+  f.push_back(static_cast<char>(header_json.size() >> 8));
+  f.push_back(static_cast<char>(header_json.size() & 0xff));
+  f += header_json;
+  f += content;
+  return f;
+}
+
+std::string python_header(std::string_view type, std::string_view enc, std::size_t len) {
+  // json.dumps default separators: ", " and ": ".
+  return "{\"byteorder\": \"little\", \"content-type\": \"" + std::string(type) + "\", \"content-encoding\": \"" +
+         std::string(enc) + "\", \"content-length\": " + std::to_string(len) + "}";
+}
+
+std::string encoded(const message& m) {
+  std::string out;
+  REQUIRE(encode_frame(m, out));
+  return out;
+}
+
+std::string bytes_pattern(std::size_t n) {
+  std::string s(n, '\0');
+  for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 7919) >> 3);
+  return s;
+}
+
+struct decoded {
+  std::string content_type, content_encoding, byteorder, content, header;
+};
+
+// Feeds `wire` in chunks of `chunk` bytes, collecting every message.
+std::vector<decoded> decode_all(std::string_view wire, std::size_t chunk, frame_limits lim = {}) {
+  frame_decoder d(lim);
+  std::vector<decoded> out;
+  for (std::size_t pos = 0; pos < wire.size(); pos += chunk) {
+    d.feed(wire.substr(pos, chunk));
+    message_view v;
+    for (;;) {
+      auto st = d.next(v);
+      if (st == frame_decoder::status::need_more) break;
+      REQUIRE_MESSAGE(st == frame_decoder::status::message, d.error().detail);
+      out.push_back({std::string(v.content_type), std::string(v.content_encoding), std::string(v.byteorder),
+                     std::string(v.content_text()), std::string(v.header_json)});
+    }
+  }
+  CHECK(d.buffered() == 0);
+  return out;
+}
+
+// Decodes one frame that must be rejected; returns the error.
+frame_error reject(std::string_view wire, frame_limits lim = {}) {
+  frame_decoder d(lim);
+  d.feed(wire);
+  message_view v;
+  auto st = d.next(v);
+  REQUIRE(st == frame_decoder::status::error);
+  return d.error();
+}
+
+}  // namespace
+
+TEST_CASE("encoding writes the tutorial's layout: big-endian length, JSON header, content") {
+  std::string f = encoded(message::json("{\"action\": \"search\", \"value\": \"ring\"}"));
+  const std::size_t hlen = (static_cast<unsigned char>(f[0]) << 8) | static_cast<unsigned char>(f[1]);
+  std::string header = f.substr(2, hlen);
+  CHECK(header == "{\"byteorder\":\"" + std::string(native_byteorder()) +
+                      "\",\"content-type\":\"text/json\",\"content-encoding\":\"utf-8\",\"content-length\":37}");
+  CHECK(f.substr(2 + hlen) == "{\"action\": \"search\", \"value\": \"ring\"}");
+}
+
+TEST_CASE("header strings are escaped as JSON requires") {
+  message m = message::binary("x", "odd \"type\"\\\n\t\x01 \xF0\x9F\x90\xB0");
+  m.extra = {{"note", "caf\xC3\xA9 \x1f"}};
+  std::string f = encoded(m);
+  auto msgs = decode_all(f, f.size());
+  REQUIRE(msgs.size() == 1);
+  CHECK(msgs[0].content_type == m.content_type);
+  CHECK(msgs[0].header.find("\"odd \\\"type\\\"\\\\\\n\\t\\u0001 \xF0\x9F\x90\xB0\"") != std::string::npos);
+  CHECK(msgs[0].header.find("\"note\":\"caf\xC3\xA9 \\u001f\"") != std::string::npos);
+}
+
+TEST_CASE("encoding refuses what would not be valid on the wire") {
+  std::string out = "keep";
+  CHECK(encode_frame(message::binary("x", "bad \xC3"), out).error() == frame_errc::header_not_utf8);
+  CHECK(encode_frame(message::binary("x", std::string(70000, 'a')), out).error() == frame_errc::header_too_large);
+  CHECK(out == "keep");  // untouched on failure
+}
+
+TEST_CASE("round trips for content sizes from 0 bytes to several MiB") {
+  for (std::size_t n : {0ul, 1ul, 63ul, 64ul, 1000ul, 65535ul, 65536ul, 1ul << 20, (5ul << 20) + 3}) {
+    CAPTURE(n);
+    message m = message::binary(bytes_pattern(n), "binary/custom-client-binary-type");
+    std::string f = encoded(m);
+    for (std::size_t chunk : {f.size(), std::size_t{4096}, std::size_t{65536 + 17}}) {
+      auto msgs = decode_all(f, chunk);
+      REQUIRE(msgs.size() == 1);
+      CHECK(msgs[0].content == m.content);
+      CHECK(msgs[0].content_type == m.content_type);
+      CHECK(msgs[0].content_encoding == "binary");
+      CHECK(msgs[0].byteorder == native_byteorder());
+    }
+  }
+}
+
+TEST_CASE("a stream of messages split at every byte position decodes the same") {
+  std::string wire = raw_frame(python_header("text/json", "utf-8", 17), "{\"result\": \"ok\"}\n");
+  wire += encoded(message::binary("\x00\x01\x02 binary", "binary/custom-client-binary-type"));
+  wire += encoded(message::json("[1,2,3]"));
+  wire += encoded(message::binary("", "empty"));
+  const auto whole = decode_all(wire, wire.size());
+  REQUIRE(whole.size() == 4);
+  // Two chunks, cut at every position.
+  for (std::size_t cut = 1; cut < wire.size(); ++cut) {
+    CAPTURE(cut);
+    frame_decoder d;
+    std::vector<std::string> got;
+    for (auto part : {std::string_view(wire).substr(0, cut), std::string_view(wire).substr(cut)}) {
+      d.feed(part);
+      message_view v;
+      while (d.next(v) == frame_decoder::status::message) got.emplace_back(v.content_text());
+    }
+    REQUIRE(got.size() == 4);
+    for (std::size_t i = 0; i < 4; ++i) CHECK(got[i] == whole[i].content);
+  }
+  // One byte at a time.
+  auto bytewise = decode_all(wire, 1);
+  REQUIRE(bytewise.size() == 4);
+  for (std::size_t i = 0; i < 4; ++i) CHECK(bytewise[i].content == whole[i].content);
+}
+
+TEST_CASE("Python's header layout, key order and extra keys are read") {
+  std::string h = "{ \"content-length\" : 2 , \"x-trace\": {\"id\": [1, 2]}, \"content-encoding\": \"binary\","
+                  " \"byteorder\": \"big\", \"content-type\": \"a/b\" }";
+  auto msgs = decode_all(raw_frame(h, "hi"), 3);
+  REQUIRE(msgs.size() == 1);
+  CHECK(msgs[0].content == "hi");
+  CHECK(msgs[0].byteorder == "big");
+  CHECK(msgs[0].content_type == "a/b");
+  CHECK(msgs[0].header == h);  // the extra key is there for handlers
+}
+
+TEST_CASE("content is handed out without a copy, and the wire span is the whole frame") {
+  std::string f = encoded(message::binary("payload", "t"));
+  frame_decoder d;
+  auto room = d.prepare(f.size());
+  std::memcpy(room.data(), f.data(), f.size());
+  d.commit(f.size());
+  message_view v;
+  REQUIRE(d.next(v) == frame_decoder::status::message);
+  CHECK(reinterpret_cast<const char*>(v.content.data()) >= reinterpret_cast<const char*>(room.data()));
+  CHECK(reinterpret_cast<const char*>(v.content.data()) < reinterpret_cast<const char*>(room.data() + room.size()));
+  CHECK(std::string_view(reinterpret_cast<const char*>(v.wire.data()), v.wire.size()) == f);
+}
+
+// ---- PROTOCOL.md section 3: every malformed case, with its exact error ----
+
+TEST_CASE("header length 0") {
+  auto e = reject(std::string("\0\0", 2));
+  CHECK(e.code == frame_errc::header_length_zero);
+  CHECK_FALSE(e.in_sync);
+  CHECK(e.detail == "header length is 0: a frame must carry a JSON header");
+}
+
+TEST_CASE("header that is not JSON, not UTF-8, or not an object") {
+  auto e = reject(raw_frame("{\"byteorder\": \"little\",", ""));
+  CHECK(e.code == frame_errc::header_not_json);
+  CHECK_FALSE(e.in_sync);
+  CHECK(e.detail.rfind("JSON header is not valid JSON: ", 0) == 0);
+
+  e = reject(raw_frame("{\"byteorder\": \"l\xFFttle\", \"content-length\": 0}", ""));
+  CHECK(e.code == frame_errc::header_not_utf8);
+  CHECK(e.detail == "JSON header is not valid UTF-8");
+
+  e = reject(raw_frame("[1, 2]", ""));
+  CHECK(e.code == frame_errc::header_not_object);
+  CHECK(e.detail == "JSON header must be an object, got an array");
+  e = reject(raw_frame("\"text\"", ""));
+  CHECK(e.detail == "JSON header must be an object, got a string");
+}
+
+TEST_CASE("content-length missing, negative, fractional, a string, or over the limit") {
+  auto e = reject(raw_frame("{\"byteorder\": \"little\", \"content-type\": \"a\", \"content-encoding\": \"b\"}", ""));
+  CHECK(e.code == frame_errc::missing_key);
+  CHECK_FALSE(e.in_sync);
+  CHECK(e.detail == "JSON header lacks required key \"content-length\"");
+
+  const char* bad[][2] = {{"-5", "-5"}, {"1.5", "1.5"}, {"\"12\"", "\"12\""}, {"1e3", "1000.0"}, {"null", "null"}};
+  for (auto& b : bad) {
+    CAPTURE(b[0]);
+    std::string h = "{\"byteorder\": \"little\", \"content-type\": \"a\", \"content-encoding\": \"b\", \"content-length\": " +
+                    std::string(b[0]) + "}";
+    e = reject(raw_frame(h, ""));
+    CHECK(e.code == frame_errc::bad_content_length);
+    CHECK_FALSE(e.in_sync);
+    CHECK(e.detail.rfind("\"content-length\" must be a non-negative integer, got ", 0) == 0);
+  }
+
+  frame_limits lim;
+  lim.max_content_length = 1000;
+  e = reject(raw_frame(python_header("a", "b", 1001), ""), lim);
+  CHECK(e.code == frame_errc::content_too_large);
+  CHECK(e.detail == "\"content-length\" 1001 exceeds the limit of 1000 bytes");
+  // Checked before any memory is reserved for the content.
+  frame_decoder d(lim);
+  d.feed(raw_frame(python_header("a", "b", 1u << 30), ""));
+  message_view v;
+  CHECK(d.next(v) == frame_decoder::status::error);
+  CHECK(d.capacity() < 64 * 1024);
+}
+
+TEST_CASE("a missing or mistyped key other than content-length keeps the stream in sync") {
+  const char* keys[] = {"byteorder", "content-type", "content-encoding"};
+  for (const char* missing : keys) {
+    CAPTURE(missing);
+    std::string h = "{";
+    for (const char* k : keys)
+      if (std::string_view(k) != missing) h += "\"" + std::string(k) + "\": \"x\", ";
+    h += "\"content-length\": 3}";
+    std::string wire = raw_frame(h, "abc") + encoded(message::binary("next", "t"));
+    frame_decoder d;
+    d.feed(wire);
+    message_view v;
+    REQUIRE(d.next(v) == frame_decoder::status::error);
+    CHECK(d.error().code == frame_errc::missing_key);
+    CHECK(d.error().in_sync);
+    CHECK(d.error().detail == "JSON header lacks required key \"" + std::string(missing) + "\"");
+    REQUIRE(d.next(v) == frame_decoder::status::message);  // the next frame is intact
+    CHECK(v.content_text() == "next");
+  }
+  frame_decoder d;
+  d.feed(raw_frame("{\"byteorder\": \"little\", \"content-type\": 7, \"content-encoding\": \"b\", \"content-length\": 0}", ""));
+  message_view v;
+  REQUIRE(d.next(v) == frame_decoder::status::error);
+  CHECK(d.error().code == frame_errc::bad_key_type);
+  CHECK(d.error().detail == "\"content-type\" must be a string, got an integer");
+}
+
+TEST_CASE("text/json content that is not JSON, not UTF-8, or in another encoding") {
+  struct bad_case {
+    std::string content, encoding;
+    frame_errc code;
+  } cases[] = {
+      {"{\"action\": ", "utf-8", frame_errc::content_not_json},
+      {"", "utf-8", frame_errc::content_not_json},
+      {"\"caf\xE9\"", "utf-8", frame_errc::content_not_utf8},
+      {"{}", "utf-16", frame_errc::unsupported_encoding},
+  };
+  for (auto& c : cases) {
+    CAPTURE(c.content);
+    std::string wire = raw_frame(python_header("text/json", c.encoding, c.content.size()), c.content) +
+                       encoded(message::json("{\"ok\": true}"));
+    frame_decoder d;
+    d.feed(wire);
+    message_view v;
+    REQUIRE(d.next(v) == frame_decoder::status::error);
+    CHECK(d.error().code == c.code);
+    CHECK(d.error().in_sync);
+    REQUIRE(d.next(v) == frame_decoder::status::message);
+    CHECK(v.content_text() == "{\"ok\": true}");
+  }
+  CHECK(reject(raw_frame(python_header("text/json", "utf-8", 3), "{]}")).detail.rfind(
+            "text/json content is not valid JSON: ", 0) == 0);
+  CHECK(reject(raw_frame(python_header("text/json", "utf-16", 2), "{}")).detail ==
+        "content-encoding \"utf-16\" is not supported for text/json (use utf-8)");
+}
+
+TEST_CASE("after an out-of-sync error the decoder stays failed") {
+  frame_decoder d;
+  d.feed(std::string("\0\0", 2) + encoded(message::binary("x", "t")));
+  message_view v;
+  CHECK(d.next(v) == frame_decoder::status::error);
+  CHECK(d.next(v) == frame_decoder::status::error);
+  CHECK(d.error().code == frame_errc::header_length_zero);
+}
+
+TEST_CASE("byte-at-a-time decoding never rescans: the work is linear") {
+  // Every next() call on an incomplete frame is O(1): it only compares the
+  // buffered count with what the frame needs. 1 MiB fed one byte at a time
+  // must finish (quadratic rescanning would take minutes).
+  std::string f = encoded(message::binary(bytes_pattern(1 << 20), "t"));
+  auto msgs = decode_all(f, 1);
+  REQUIRE(msgs.size() == 1);
+  CHECK(msgs[0].content.size() == (1u << 20));
+}
+
+TEST_CASE("an idle decoder gives back a large buffer") {
+  frame_decoder d;
+  std::string f = encoded(message::binary(bytes_pattern(1 << 20), "t"));
+  d.feed(f);
+  message_view v;
+  REQUIRE(d.next(v) == frame_decoder::status::message);
+  CHECK(d.capacity() >= (1u << 20));
+  CHECK(d.next(v) == frame_decoder::status::need_more);
+  d.shrink_if_idle();
+  CHECK(d.capacity() == 0);
+}
+
+TEST_CASE("error replies are framed text/json") {
+  CHECK(error_reply_json("bad \"key\"") == "{\"error\":\"bad \\\"key\\\"\"}");
+}
