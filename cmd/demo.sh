@@ -24,3 +24,25 @@ kill -INT "$srv"
 wait "$srv"
 echo "== server log (last lines)"
 tail -n 3 "$log"
+
+# The framed protocol: the tutorial's app server and client.
+: >"$log"
+"$bin/ringframe-server" --mode app 127.0.0.1 0 >"$log" 2>&1 &
+srv=$!
+for _ in $(seq 100); do grep -q "^Listening on" "$log" && break; sleep 0.05; done
+port=$(sed -n "s/^Listening on ('127.0.0.1', \([0-9]*\))$/\1/p" "$log")
+[ -n "$port" ] || { echo "demo: the app server did not start:"; cat "$log"; exit 1; }
+echo
+echo "== ringframe-server --mode app listening on 127.0.0.1:$port"
+echo "== ringframe-client app 127.0.0.1 $port search morpheus"
+"$bin/ringframe-client" app 127.0.0.1 "$port" search morpheus
+echo "== ringframe-client app 127.0.0.1 $port search 🐶"
+"$bin/ringframe-client" app 127.0.0.1 "$port" search 🐶
+echo "== ringframe-client app 127.0.0.1 $port find morpheus   (a binary request)"
+"$bin/ringframe-client" app 127.0.0.1 "$port" find morpheus
+echo "== ringframe-client --quiet --repeat 20000 --pipeline 16 app 127.0.0.1 $port search ring"
+"$bin/ringframe-client" --quiet --repeat 20000 --pipeline 16 app 127.0.0.1 "$port" search ring
+kill -INT "$srv"
+wait "$srv"
+echo "== server log (last line)"
+tail -n 1 "$log"

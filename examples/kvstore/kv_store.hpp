@@ -1,0 +1,65 @@
+// A key-value store served over the framed protocol: the per-request
+// handler style, with state reached through `this` (a member coroutine).
+//
+// Requests are text/json:
+//   {"op": "put", "key": "k", "value": "v"}  -> {"ok": true}
+//   {"op": "get", "key": "k"}                -> {"ok": true, "value": "v"} or {"ok": false, "error": "no such key"}
+//   {"op": "del", "key": "k"}                -> {"ok": true} or {"ok": false, ...}
+//   {"op": "count"}                          -> {"ok": true, "count": N}
+#pragma once
+
+#include <ringframe/handler.hpp>
+
+#include <simdjson.h>
+
+#include <string>
+#include <unordered_map>
+
+namespace kvstore {
+
+class store {
+ public:
+  ringframe::task<ringframe::message> handle(ringframe::message_view req, ringframe::connection_info) {
+    using ringframe::message;
+    if (req.content_type != "text/json") co_return fail("requests must be text/json");
+    simdjson::padded_string json(req.content_text());
+    simdjson::dom::element doc;
+    if (parser_.parse(json).get(doc)) co_return fail("bad JSON");  // the codec checks; belt and braces
+    std::string_view op, key, value;
+    if (doc["op"].get(op)) co_return fail("\"op\" must be a string");
+    if (op == "count") co_return ok(", \"count\": " + std::to_string(data_.size()));
+    if (doc["key"].get(key)) co_return fail("\"key\" must be a string");
+    if (op == "put") {
+      if (doc["value"].get(value)) co_return fail("\"value\" must be a string");
+      data_[std::string(key)] = std::string(value);
+      co_return ok("");
+    }
+    auto it = data_.find(std::string(key));
+    if (it == data_.end()) co_return fail("no such key");
+    if (op == "get") {
+      std::string v = ", \"value\": ";
+      ringframe::append_json_string(v, it->second);
+      co_return ok(v);
+    }
+    if (op == "del") {
+      data_.erase(it);
+      co_return ok("");
+    }
+    co_return fail("unknown op");
+  }
+
+  std::size_t size() const { return data_.size(); }
+
+ private:
+  static ringframe::message ok(const std::string& more) { return ringframe::message::json("{\"ok\": true" + more + "}"); }
+  static ringframe::message fail(std::string_view why) {
+    std::string j = "{\"ok\": false, \"error\": ";
+    ringframe::append_json_string(j, why);
+    return ringframe::message::json(j + "}");
+  }
+
+  std::unordered_map<std::string, std::string> data_;
+  simdjson::dom::parser parser_;
+};
+
+}  // namespace kvstore

@@ -1,0 +1,61 @@
+// examples/kvstore: the example's handler, served and used over loopback.
+#include "kv_store.hpp"
+
+#include <ringframe/connection.hpp>
+#include <ringframe/server.hpp>
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <functional>
+#include <string>
+#include <vector>
+
+using namespace ringframe;
+using namespace std::chrono_literals;
+
+namespace {
+
+task<void> session(executor* ex, address to, std::vector<std::string> requests, std::vector<std::string>* replies) {
+  result<ringframe::socket> s = co_await ringframe::connect(*ex, to, {.timeout = 5s});
+  REQUIRE(s);
+  connection conn(std::move(*s));
+  // Pipelined: every request goes out before the first reply is read.
+  for (auto& r : requests) {
+    result<void> w = co_await conn.write(message::json(r));
+    REQUIRE(w);
+  }
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    result<message_view> m = co_await conn.read_message();
+    REQUIRE(m);
+    replies->emplace_back(m->content_text());
+  }
+}
+
+task<void> serve(server* srv, kvstore::store* st) { co_await srv->serve(per_request(std::bind_front(&kvstore::store::handle, st))); }
+
+}  // namespace
+
+TEST_CASE("the key-value store example keeps state across connections") {
+  executor ex;
+  server_options so;
+  so.log_connections = false;
+  server srv(ex, so);
+  REQUIRE(srv.listen(*address::from_ip("127.0.0.1", 0)));
+  address to = srv.local_addresses().front();
+  kvstore::store st;
+  ex.spawn(serve(&srv, &st));
+
+  std::vector<std::string> a, b;
+  ex.run(session(&ex, to,
+                 {R"({"op": "put", "key": "k1", "value": "v\"1"})", R"({"op": "put", "key": "🐶", "value": "dog"})",
+                  R"({"op": "get", "key": "k1"})", R"({"op": "del", "key": "nope"})", R"({"op": "fly"})"},
+                 &a));
+  CHECK(a == std::vector<std::string>{R"({"ok": true})", R"({"ok": true})", R"({"ok": true, "value": "v\"1"})",
+                                      R"({"ok": false, "error": "no such key"})",
+                                      R"({"ok": false, "error": "\"key\" must be a string"})"});
+  ex.run(session(&ex, to, {R"({"op": "get", "key": "🐶"})", R"({"op": "count"})"}, &b));
+  CHECK(b == std::vector<std::string>{R"({"ok": true, "value": "dog"})", R"({"ok": true, "count": 2})"});
+  srv.stop();
+  ex.run_until_idle();
+}
