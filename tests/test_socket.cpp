@@ -246,12 +246,22 @@ TEST_CASE("addresses parse, print and resolve") {
   CHECK_FALSE(parse_port(""));
 }
 
+task<std::error_code> close_through_ring(ringframe::socket* s) {
+  result<void> r = co_await s->close();
+  co_return r.error();
+}
+
 TEST_CASE("sockets close their descriptor, through the ring or on destruction") {
   executor ex;
   int before = testing::open_fd_count();
   {
     auto [a, b] = testing::socket_pair(ex);
     CHECK(testing::open_fd_count() == before + 2);
+    CHECK(!ex.run(close_through_ring(&a)));
+    CHECK_FALSE(a.is_open());
+    CHECK(testing::open_fd_count() == before + 1);
+    CHECK(ex.run(recv_once(&b)) == 0);  // the peer saw the close
+    CHECK(ex.run(close_through_ring(&a)) == std::errc::bad_file_descriptor);  // closing twice is an error, not a crash
   }
   CHECK(testing::open_fd_count() == before);
 }
