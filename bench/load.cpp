@@ -1,0 +1,420 @@
+// ringframe-load: an end-to-end load generator on its own io_uring executor.
+//
+//   ringframe-load [-c C] [-d D] [-s S] [-t T | -m M] [--mode framed|raw] HOST PORT
+//   ringframe-load idle -c N --server-pid PID [-s S] HOST PORT
+//
+// C connections each keep D requests in flight: a request is one framed
+// message with S bytes of content whose first bytes carry its sequence
+// number. Against `ringframe-server --mode frame-echo` (framed) or
+// `--mode echo` (raw) every reply must be the request, byte for byte, in
+// order: every byte is checked. The client does the same work in both modes
+// (it compares whole frames, it does not parse them), so the two modes compare
+// the servers. Per message it allocates nothing and reads the clock once per
+// batch of replies. Exit status 1 on any validation error or failed connection.
+//
+// `idle` opens N connections and reports the server's resident memory per
+// connection (from /proc/PID/status), then the same after one message on each.
+#include <ringframe/executor.hpp>
+#include <ringframe/frame.hpp>
+#include <ringframe/socket.hpp>
+#include <ringframe/timer.hpp>
+
+#include <getopt.h>
+#include <signal.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+using namespace ringframe;
+using namespace std::chrono_literals;
+using clk = std::chrono::steady_clock;
+
+namespace {
+
+// Log-linear latency histogram in nanoseconds: 32 buckets per power of two,
+// so a percentile is reported within 3% above the true value.
+class histogram {
+ public:
+  void add(std::uint64_t ns) {
+    ++counts_[index(ns)];
+    ++total_;
+  }
+  std::uint64_t total() const { return total_; }
+  double percentile_us(double p) const {
+    if (total_ == 0) return 0;
+    auto want = static_cast<std::uint64_t>(std::ceil(p / 100.0 * static_cast<double>(total_)));
+    std::uint64_t seen = 0;
+    for (std::size_t i = 0; i < counts_.size(); ++i) {
+      seen += counts_[i];
+      if (seen >= want) return static_cast<double>(upper(i)) / 1000.0;
+    }
+    return static_cast<double>(upper(counts_.size() - 1)) / 1000.0;
+  }
+
+ private:
+  // Values below 64 ns get a bucket each; above, 32 buckets per power of two.
+  static std::size_t index(std::uint64_t v) {
+    if (v < 64) return static_cast<std::size_t>(v);
+    unsigned msb = 63u - static_cast<unsigned>(std::countl_zero(v));
+    unsigned shift = msb - 5;
+    return 64 + (msb - 6) * 32 + static_cast<std::size_t>((v >> shift) - 32);
+  }
+  static std::uint64_t upper(std::size_t i) {
+    if (i < 64) return i;
+    std::size_t k = i - 64;
+    unsigned shift = static_cast<unsigned>(k / 32) + 1;
+    return ((32 + k % 32 + 1) << shift) - 1;
+  }
+  std::array<std::uint64_t, 64 + 58 * 32> counts_{};
+  std::uint64_t total_ = 0;
+};
+
+struct config {
+  std::string mode = "framed";
+  int connections = 50;
+  int depth = 16;
+  std::size_t size = 64;
+  double seconds = 5;
+  std::uint64_t messages = 0;  // 0: run for `seconds`
+  bool quiet = false;
+  pid_t server_pid = 0;
+};
+
+struct run_state {
+  executor* ex = nullptr;
+  address to;
+  config cfg;
+  std::string frame;       // the request template
+  std::size_t seq_offset = 0;  // where the sequence number goes
+  clk::time_point start, deadline;
+  bool stop_sending = false;
+  std::uint64_t sent = 0, completed = 0, completed_in_window = 0, bytes = 0;
+  std::uint64_t errors = 0, failed = 0;
+  int running = 0;
+  histogram lat;
+  std::string first_error;
+};
+
+void put_seq(char* frame, std::size_t off, std::size_t room, std::uint64_t seq) {
+  std::size_t n = std::min<std::size_t>(8, room);
+  std::memcpy(frame + off, &seq, n);
+}
+
+void fail(run_state* st, const std::string& what) {
+  ++st->errors;
+  if (st->first_error.empty()) st->first_error = what;
+}
+
+task<void> load_connection(run_state* st, int id) {
+  const config& c = st->cfg;
+  result<ringframe::socket> s = co_await ringframe::connect(*st->ex, st->to, {.timeout = 10s});
+  if (!s) {
+    ++st->failed;
+    if (st->first_error.empty()) st->first_error = "connect: " + s.error().message();
+    --st->running;
+    co_return;
+  }
+  const std::size_t L = st->frame.size();
+  const std::size_t room = c.size;
+  std::vector<char> out(static_cast<std::size_t>(c.depth) * L);
+  std::vector<char> in(std::max<std::size_t>(256 * 1024, 2 * L));
+  std::vector<char> expect(st->frame.begin(), st->frame.end());
+  std::vector<clk::time_point> sent_at(static_cast<std::size_t>(c.depth));
+  std::uint64_t next = static_cast<std::uint64_t>(id) << 40;  // distinct per connection
+  const std::uint64_t first = next;
+  std::uint64_t acked = next;
+  std::size_t have = 0;
+
+  for (;;) {
+    // Top the window up in one send.
+    std::size_t batch = 0;
+    auto now = clk::now();
+    while (!st->stop_sending && next - acked < static_cast<std::uint64_t>(c.depth)) {
+      if (c.messages && st->sent >= c.messages) break;
+      char* f = out.data() + batch * L;
+      std::memcpy(f, st->frame.data(), L);
+      put_seq(f, st->seq_offset, room, next);
+      sent_at[(next - first) % static_cast<std::uint64_t>(c.depth)] = now;
+      ++next;
+      ++batch;
+      ++st->sent;
+    }
+    if (batch) {
+      result<std::size_t> w = co_await s->send_all(std::span<const std::byte>(reinterpret_cast<std::byte*>(out.data()), batch * L),
+                                                   {.timeout = 10s});
+      if (!w) {
+        fail(st, "send: " + w.error().message());
+        break;
+      }
+    }
+    if (acked == next) break;  // nothing in flight and nothing more to send
+    result<std::size_t> n = co_await s->recv(std::span<std::byte>(reinterpret_cast<std::byte*>(in.data() + have), in.size() - have),
+                                             {.timeout = 10s});
+    if (!n || *n == 0) {
+      fail(st, n ? "the server closed a connection with replies outstanding" : "recv: " + n.error().message());
+      break;
+    }
+    have += *n;
+    now = clk::now();
+    std::size_t off = 0;
+    while (have - off >= L) {
+      put_seq(expect.data(), st->seq_offset, room, acked);
+      if (std::memcmp(in.data() + off, expect.data(), L) != 0) {
+        fail(st, "reply " + std::to_string(acked - first) + " on connection " + std::to_string(id) +
+                     " differs from its request");
+        have = 0;
+        goto done;
+      }
+      auto t = sent_at[(acked - first) % static_cast<std::uint64_t>(c.depth)];
+      st->lat.add(static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now - t).count()));
+      ++acked;
+      ++st->completed;
+      st->bytes += L;
+      if (now <= st->deadline) ++st->completed_in_window;
+      off += L;
+    }
+    if (off) {
+      std::memmove(in.data(), in.data() + off, have - off);
+      have -= off;
+    }
+  }
+done:
+  --st->running;
+}
+
+task<void> progress(run_state* st) {
+  std::uint64_t last = 0;
+  while (!st->stop_sending) {
+    result<void> r = co_await sleep_for(*st->ex, 1s);
+    if (!r || st->stop_sending) co_return;
+    double el = std::chrono::duration<double>(clk::now() - st->start).count();
+    std::fprintf(stderr, "  %5.1f s: %10llu msg/s\n", el, static_cast<unsigned long long>(st->completed - last));
+    last = st->completed;
+  }
+}
+
+task<void> stopper(run_state* st) {
+  while (st->running > 0 && !st->stop_sending) {
+    result<void> r = co_await sleep_for(*st->ex, 5ms);
+    if (!r) co_return;
+    if (clk::now() >= st->deadline || (st->cfg.messages && st->sent >= st->cfg.messages)) st->stop_sending = true;
+  }
+  st->stop_sending = true;
+}
+
+void raise_fd_limit() {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
+std::string make_frame(std::size_t size, std::size_t& seq_offset) {
+  std::string content(size, '\0');
+  for (std::size_t i = 0; i < size; ++i) content[i] = static_cast<char>('a' + i % 26);
+  std::string f;
+  if (!encode_frame(message::binary(content, "binary/ringframe-load"), f)) std::abort();
+  seq_offset = f.size() - size;
+  return f;
+}
+
+int run_load(const config& c, const address& to) {
+  executor ex;
+  run_state st;
+  st.ex = &ex;
+  st.to = to;
+  st.cfg = c;
+  st.frame = make_frame(c.size, st.seq_offset);
+  st.start = clk::now();
+  st.deadline = c.messages ? clk::time_point::max() : st.start + std::chrono::nanoseconds(static_cast<long long>(c.seconds * 1e9));
+  st.running = c.connections;
+  for (int i = 0; i < c.connections; ++i) ex.spawn(load_connection(&st, i));
+  ex.spawn(stopper(&st));
+  if (!c.quiet && !c.messages && c.seconds > 2) ex.spawn(progress(&st));
+  ex.run_until_idle();
+  double secs = c.messages ? std::chrono::duration<double>(clk::now() - st.start).count() : c.seconds;
+  std::uint64_t counted = c.messages ? st.completed : st.completed_in_window;
+  double mps = counted / secs;
+  double mibs = mps * static_cast<double>(st.frame.size()) / (1024.0 * 1024.0);
+  if (!c.quiet)
+    std::printf("%s: %d connections x depth %d, %zu B content (%zu B frames), %.1f s: %.0f msg/s, %.1f MiB/s, "
+                "latency p50 %.0f us, p99 %.0f us, p99.9 %.0f us; %llu errors, %llu failed connections%s%s\n",
+                c.mode.c_str(), c.connections, c.depth, c.size, st.frame.size(), secs, mps, mibs, st.lat.percentile_us(50),
+                st.lat.percentile_us(99), st.lat.percentile_us(99.9), (unsigned long long)st.errors,
+                (unsigned long long)st.failed, st.first_error.empty() ? "" : "; first: ", st.first_error.c_str());
+  std::printf("{\"bench\":\"load\",\"mode\":\"%s\",\"connections\":%d,\"depth\":%d,\"size\":%zu,\"seconds\":%.3f,"
+              "\"messages\":%llu,\"msgs_per_s\":%.0f,\"mib_per_s\":%.2f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
+              "\"errors\":%llu,\"failed_connections\":%llu}\n",
+              c.mode.c_str(), c.connections, c.depth, c.size, secs, (unsigned long long)counted, mps, mibs,
+              st.lat.percentile_us(50), st.lat.percentile_us(99), st.lat.percentile_us(99.9), (unsigned long long)st.errors,
+              (unsigned long long)st.failed);
+  return st.errors || st.failed ? 1 : 0;
+}
+
+// ---- idle: memory per connection ----
+
+long rss_kib(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  return -1;
+}
+
+struct idle_state {
+  executor* ex = nullptr;
+  address to;
+  std::vector<ringframe::socket> socks;
+  std::uint64_t failed = 0;
+  int pending = 0;
+};
+
+task<void> idle_connect(idle_state* st) {
+  result<ringframe::socket> s = co_await ringframe::connect(*st->ex, st->to, {.timeout = 10s});
+  if (s) st->socks.push_back(std::move(*s));
+  else ++st->failed;
+  --st->pending;
+}
+
+task<void> one_message(idle_state* st, ringframe::socket* s, const std::string* frame) {
+  result<std::size_t> w = co_await s->send_all(*frame, {.timeout = 10s});
+  std::string buf(frame->size(), '\0');
+  std::size_t have = 0;
+  while (w && have < buf.size()) {
+    result<std::size_t> n = co_await s->recv(std::as_writable_bytes(std::span(buf.data() + have, buf.size() - have)), {.timeout = 10s});
+    if (!n || *n == 0) break;
+    have += *n;
+  }
+  if (have != buf.size() || buf != *frame) ++st->failed;
+  --st->pending;
+}
+
+task<void> settle(executor* ex) {
+  result<void> r = co_await sleep_for(*ex, 500ms);
+  (void)r;
+}
+
+int run_idle(const config& c, const address& to) {
+  if (!c.server_pid) {
+    std::fprintf(stderr, "ringframe-load idle: --server-pid is required\n");
+    return 2;
+  }
+  executor ex;
+  idle_state st;
+  st.ex = &ex;
+  st.to = to;
+  std::size_t seq_off;
+  std::string frame = make_frame(c.size, seq_off);
+  long before = rss_kib(c.server_pid);
+  st.pending = c.connections;
+  for (int i = 0; i < c.connections; ++i) ex.spawn(idle_connect(&st));
+  ex.run_until_idle();
+  ex.run(settle(&ex));
+  long idle = rss_kib(c.server_pid);
+  st.pending = static_cast<int>(st.socks.size());
+  for (auto& s : st.socks) ex.spawn(one_message(&st, &s, &frame));
+  ex.run_until_idle();
+  ex.run(settle(&ex));
+  long after = rss_kib(c.server_pid);
+  double n = static_cast<double>(st.socks.size());
+  double idle_b = n ? (idle - before) * 1024.0 / n : 0, used_b = n ? (after - before) * 1024.0 / n : 0;
+  if (!c.quiet)
+    std::printf("idle: %zu connections: server RSS %ld KiB -> %ld KiB idle (%.0f B per connection) -> %ld KiB after one "
+                "%zu-byte message each (%.0f B per connection); %llu failed\n",
+                st.socks.size(), before, idle, idle_b, after, c.size, used_b, (unsigned long long)st.failed);
+  std::printf("{\"bench\":\"memory\",\"connections\":%zu,\"rss_before_kib\":%ld,\"rss_idle_kib\":%ld,\"rss_after_kib\":%ld,"
+              "\"idle_bytes_per_conn\":%.0f,\"after_message_bytes_per_conn\":%.0f,\"failed\":%llu}\n",
+              st.socks.size(), before, idle, after, idle_b, used_b, (unsigned long long)st.failed);
+  return st.failed ? 1 : 0;
+}
+
+const char* const usage_text =
+    "Usage: ringframe-load [OPTIONS] HOST PORT\n"
+    "       ringframe-load idle -c N --server-pid PID [-s S] HOST PORT\n"
+    "\n"
+    "Options:\n"
+    "  -c, --connections C   concurrent connections (default 50)\n"
+    "  -d, --depth D         requests in flight per connection (default 16)\n"
+    "  -s, --size S          content bytes per message (default 64)\n"
+    "  -t, --seconds T       run for T seconds (default 5)\n"
+    "  -m, --messages M      stop after M requests instead\n"
+    "      --mode MODE       framed (against --mode frame-echo) or raw (against --mode echo): a label;\n"
+    "                        the traffic is the same, every reply is checked byte for byte\n"
+    "      --server-pid PID  idle: the server whose memory to read\n"
+    "  -q, --quiet           print only the JSON line\n"
+    "  -h, --help            this help\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  config c;
+  bool idle = argc > 1 && std::string(argv[1]) == "idle";
+  if (idle) {
+    --argc;
+    ++argv;
+  }
+  static const option longopts[] = {
+      {"connections", required_argument, nullptr, 'c'}, {"depth", required_argument, nullptr, 'd'},
+      {"size", required_argument, nullptr, 's'},        {"seconds", required_argument, nullptr, 't'},
+      {"messages", required_argument, nullptr, 'm'},    {"mode", required_argument, nullptr, 1},
+      {"server-pid", required_argument, nullptr, 2},    {"quiet", no_argument, nullptr, 'q'},
+      {"help", no_argument, nullptr, 'h'},              {nullptr, 0, nullptr, 0}};
+  int ch;
+  auto number = [](const char* what, const char* s, double lo, double hi) {
+    char* end = nullptr;
+    double v = std::strtod(s, &end);
+    if (!*s || *end || v < lo || v > hi) {
+      std::fprintf(stderr, "ringframe-load: bad %s '%s'\n", what, s);
+      std::exit(2);
+    }
+    return v;
+  };
+  while ((ch = getopt_long(argc, argv, "c:d:s:t:m:qh", longopts, nullptr)) != -1) {
+    switch (ch) {
+      case 'c': c.connections = static_cast<int>(number("--connections", optarg, 1, 1e6)); break;
+      case 'd': c.depth = static_cast<int>(number("--depth", optarg, 1, 1e5)); break;
+      case 's': c.size = static_cast<std::size_t>(number("--size", optarg, 0, 64 << 20)); break;
+      case 't': c.seconds = number("--seconds", optarg, 0.01, 86400); break;
+      case 'm': c.messages = static_cast<std::uint64_t>(number("--messages", optarg, 1, 1e15)); break;
+      case 1:
+        c.mode = optarg;
+        if (c.mode != "framed" && c.mode != "raw") {
+          std::fprintf(stderr, "ringframe-load: --mode is framed or raw\n");
+          return 2;
+        }
+        break;
+      case 2: c.server_pid = static_cast<pid_t>(number("--server-pid", optarg, 1, 1e9)); break;
+      case 'q': c.quiet = true; break;
+      case 'h': std::fputs(usage_text, stdout); return 0;
+      default: std::fputs(usage_text, stderr); return 2;
+    }
+  }
+  if (argc - optind != 2) {
+    std::fputs(usage_text, stderr);
+    return 2;
+  }
+  auto port = parse_port(argv[optind + 1]);
+  auto addrs = port ? address::resolve(argv[optind], *port) : result<std::vector<address>>(port.error());
+  if (!addrs) {
+    std::fprintf(stderr, "ringframe-load: bad address %s %s: %s\n", argv[optind], argv[optind + 1], addrs.error().message().c_str());
+    return 2;
+  }
+  ::signal(SIGPIPE, SIG_IGN);
+  raise_fd_limit();
+  try {
+    return idle ? run_idle(c, addrs->front()) : run_load(c, addrs->front());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ringframe-load: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Turns bench/run's results.jsonl into markdown tables, ratios and PNG plots
+(gnuplot, when installed)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+jsonl, outdir = sys.argv[1], sys.argv[2]
+rows = [json.loads(l) for l in open(jsonl) if l.strip()]
+machine = next((r for r in rows if r["bench"] == "machine"), {})
+decode = [r for r in rows if r["bench"] == "decode"]
+encode = [r for r in rows if r["bench"] == "encode"]
+load = [r for r in rows if r["bench"] == "load"]
+memory = [r for r in rows if r["bench"] == "memory"]
+
+print(f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, Linux {machine.get('kernel')}; {machine.get('date')}\n")
+
+print("### Decode (ringframe-bench-codec; median of repetitions)\n")
+print("| content | feed | msg/s | GB/s | of memcpy | nlohmann msg/s | ours / nlohmann |")
+print("|---:|---|---:|---:|---:|---:|---:|")
+for r in decode:
+    nl = r["nlohmann_msgs_per_s"]
+    ratio = f"{r['msgs_per_s'] / nl:.1f}x" if nl else "-"
+    print(f"| {r['size']} B | {r['feed']} | {r['msgs_per_s']:,.0f} | {r['gb_per_s']:.2f} | "
+          f"{100 * r['gb_per_s'] / r['memcpy_gb_per_s']:.0f}% | {nl:,.0f} | {ratio} |")
+print("\n| content | 1-byte chunks vs whole buffer, time per message |")
+print("|---:|---:|")
+for size in sorted({r["size"] for r in decode}):
+    w = next(r for r in decode if r["size"] == size and r["feed"] == "whole")
+    b = next(r for r in decode if r["size"] == size and r["feed"] == "1B")
+    print(f"| {size} B | {w['msgs_per_s'] / b['msgs_per_s']:.1f}x |")
+print("\n### Encode\n")
+print("| content | msg/s | GB/s |")
+print("|---:|---:|---:|")
+for r in encode:
+    print(f"| {r['size']} B | {r['msgs_per_s']:,.0f} | {r['gb_per_s']:.2f} |")
+
+print("\n### End to end (ringframe-load; framed = frame-echo server, raw = echo server)\n")
+print("| connections | depth | content | framed msg/s | raw msg/s | framed / raw | framed p50 / p99 / p99.9 us | raw p50 / p99 / p99.9 us |")
+print("|---:|---:|---:|---:|---:|---:|---|---|")
+keys = []
+for r in load:
+    k = (r["connections"], r["depth"], r["size"])
+    if k not in keys:
+        keys.append(k)
+by = {(r["mode"],) + (r["connections"], r["depth"], r["size"]): r for r in load}
+for k in keys:
+    f, w = by.get(("framed",) + k), by.get(("raw",) + k)
+    if not f or not w:
+        continue
+    print(f"| {k[0]} | {k[1]} | {k[2]} B | {f['msgs_per_s']:,.0f} | {w['msgs_per_s']:,.0f} | "
+          f"{f['msgs_per_s'] / w['msgs_per_s']:.2f} | {f['p50_us']:.0f} / {f['p99_us']:.0f} / {f['p999_us']:.0f} | "
+          f"{w['p50_us']:.0f} / {w['p99_us']:.0f} / {w['p999_us']:.0f} |")
+errs = sum(r["errors"] + r["failed_connections"] for r in load)
+print(f"\nValidation errors and failed connections over all runs: {errs}")
+
+print("\n### Memory per connection (server RSS, /proc)\n")
+print("| server | connections | idle, per connection | after one message each |")
+print("|---|---:|---:|---:|")
+for r in memory:
+    print(f"| {r.get('mode', '?')} | {r['connections']} | {r['idle_bytes_per_conn']:,.0f} B | {r['after_message_bytes_per_conn']:,.0f} B |")
+
+gp = shutil.which("gnuplot")
+if not gp:
+    print("\n(gnuplot not installed: no plots; apt-get install gnuplot-nox)")
+    sys.exit(0)
+
+
+def plot(name, title, xlabel, ylabel, series, logx=False, style="linespoints"):
+    data = os.path.join(outdir, name + ".dat")
+    with open(data, "w") as f:
+        for label, pts in series:
+            f.write(f"# {label}\n")
+            for x, y in pts:
+                f.write(f"{x} {y}\n")
+            f.write("\n\n")
+    plots = ", ".join(f"'{data}' index {i} with {style} title '{label}'" for i, (label, _) in enumerate(series))
+    script = (f"set terminal pngcairo size 800,500 noenhanced; set output '{os.path.join(outdir, name + '.png')}';"
+              f"set title '{title}'; set xlabel '{xlabel}'; set ylabel '{ylabel}'; set grid; set key left top;"
+              + ("set logscale x 2;" if logx else "") + f"plot {plots}")
+    if subprocess.run([gp, "-e", script], capture_output=True).returncode == 0:
+        print(f"plot: {name}.png")
+
+
+def pts(mode, vary, fixed):
+    out = []
+    for r in load:
+        if r["mode"] == mode and all(r[k] == v for k, v in fixed.items()):
+            out.append((r[vary], r["msgs_per_s"]))
+    return sorted(out)
+
+
+print()
+plot("throughput_vs_connections", "Echo throughput, depth 16, 64 B", "connections", "messages/s",
+     [(m, pts(m, "connections", {"depth": 16, "size": 64})) for m in ("framed", "raw")], logx=True)
+plot("throughput_vs_depth", "Echo throughput, 50 connections, 64 B", "requests in flight per connection", "messages/s",
+     [(m, pts(m, "depth", {"connections": 50, "size": 64})) for m in ("framed", "raw")], logx=True)
+lat = []
+for m in ("framed", "raw"):
+    r = by.get((m, 50, 16, 64))
+    if r:
+        lat.append((m, [(50, r["p50_us"]), (99, r["p99_us"]), (99.9, r["p999_us"])]))
+plot("latency_percentiles", "Latency percentiles, 50 connections x depth 16, 64 B", "percentile", "microseconds", lat)
