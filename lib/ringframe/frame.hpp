@@ -97,7 +97,12 @@ class frame_decoder {
 
   // Writable space at the end of the buffer, at least `min_free` bytes (more
   // when the frame being read needs it).
-  std::span<std::byte> prepare(std::size_t min_free = 16 * 1024);
+  std::span<std::byte> prepare(std::size_t min_free = 16 * 1024) {
+    // Fast path (tiny reads): room enough, and the frame in progress fits.
+    if (!consume_on_next_ && need_ && cap_ - end_ >= min_free && begin_ + need_ <= cap_)
+      return {buf_.get() + end_, cap_ - end_};
+    return prepare_slow(min_free);
+  }
   // `n` bytes were written into the span prepare() returned.
   void commit(std::size_t n) noexcept { end_ += n; }
   // Copy bytes in (equivalent to prepare + memcpy + commit).
@@ -108,7 +113,12 @@ class frame_decoder {
   // stay valid until the next call to next(), prepare() or feed(). After an
   // error that is in sync the bad frame has been skipped and next() may be
   // called again; after one that is not, every call returns that error.
-  status next(message_view& out);
+  status next(message_view& out) {
+    // Fast path: fewer bytes buffered than the frame in progress needs before
+    // anything can happen. O(1), so feeding one byte at a time stays linear.
+    if (!consume_on_next_ && end_ - begin_ < need_) return status::need_more;
+    return next_slow(out);
+  }
   const frame_error& error() const noexcept { return error_; }
 
   // Bytes received and not yet handed out.
@@ -121,6 +131,8 @@ class frame_decoder {
   const frame_limits& limits() const noexcept { return limits_; }
 
  private:
+  status next_slow(message_view& out);
+  std::span<std::byte> prepare_slow(std::size_t min_free);
   status fail(frame_errc code, bool in_sync, std::string detail);
   status parse_header(const std::byte* header, std::size_t len);
   bool validate_content(const std::byte* content, std::size_t len);
@@ -133,6 +145,9 @@ class frame_decoder {
   std::size_t begin_ = 0;  // first byte not yet handed out
   std::size_t end_ = 0;    // one past the last byte received
   std::size_t consume_on_next_ = 0;  // the last message's size, dropped lazily
+  // Bytes (from begin_) the frame in progress needs before next() can make
+  // progress; 0 when unknown. Set only when next() returned need_more.
+  std::size_t need_ = 0;
 
   // The frame being read: known once its header was parsed.
   bool have_header_ = false;

@@ -200,7 +200,7 @@ void frame_decoder::reserve_free(std::size_t free_needed) {
   end_ = live;
 }
 
-std::span<std::byte> frame_decoder::prepare(std::size_t min_free) {
+std::span<std::byte> frame_decoder::prepare_slow(std::size_t min_free) {
   if (consume_on_next_) {
     begin_ += consume_on_next_;
     consume_on_next_ = 0;
@@ -230,7 +230,7 @@ void frame_decoder::feed(std::span<const std::byte> bytes) {
 void frame_decoder::shrink_if_idle() noexcept {
   if (end_ - begin_ == 0 && cap_ > 64 * 1024) {
     buf_.reset();
-    cap_ = begin_ = end_ = consume_on_next_ = 0;
+    cap_ = begin_ = end_ = consume_on_next_ = need_ = 0;
   }
 }
 
@@ -319,7 +319,8 @@ bool frame_decoder::validate_content(const std::byte* content, std::size_t len) 
   return false;
 }
 
-frame_decoder::status frame_decoder::next(message_view& out) {
+frame_decoder::status frame_decoder::next_slow(message_view& out) {
+  need_ = 0;
   if (broken_) return status::error;
   if (consume_on_next_) {
     begin_ += consume_on_next_;
@@ -328,13 +329,22 @@ frame_decoder::status frame_decoder::next(message_view& out) {
   const std::size_t avail = end_ - begin_;
   const std::byte* frame = buf_.get() + begin_;
   if (!have_header_) {
-    if (avail < 2) return status::need_more;
+    if (avail < 2) {
+      need_ = 2;
+      return status::need_more;
+    }
     const std::size_t hlen = (static_cast<std::size_t>(frame[0]) << 8) | static_cast<std::size_t>(frame[1]);
     if (hlen == 0) return fail(frame_errc::header_length_zero, false, "header length is 0: a frame must carry a JSON header");
-    if (avail < 2 + hlen) return status::need_more;
+    if (avail < 2 + hlen) {
+      need_ = 2 + hlen;
+      return status::need_more;
+    }
     if (parse_header(frame + 2, hlen) == status::error) return status::error;
   }
-  if (avail < frame_len_) return status::need_more;
+  if (avail < frame_len_) {
+    need_ = frame_len_;
+    return status::need_more;
+  }
 
   // The whole frame is here.
   have_header_ = false;
