@@ -30,6 +30,7 @@ struct options {
   int reps = 7;
   double min_seconds = 0.05;  // per repetition, at least
   bool json = false;
+  long only_size = -1;  // --size N: just that content size (for profiling)
 };
 
 std::string make_stream(std::size_t content_size, std::size_t target_bytes, std::size_t& count) {
@@ -132,8 +133,10 @@ int main(int argc, char** argv) {
     std::string a = argv[i];
     if (a == "--quick") o.reps = 3, o.min_seconds = 0.02;
     else if (a == "--json") o.json = true;
+    else if (a == "--size" && i + 1 < argc) o.only_size = std::atol(argv[++i]);
     else if (a == "--help" || a == "-h") {
       std::printf("Usage: ringframe-bench-codec [--quick] [--json]\n"
+                  "       ringframe-bench-codec --size N   (one content size, e.g. under callgrind)\n"
                   "Decode/encode throughput of the framing codec; prints a table (and JSON lines with --json).\n");
       return 0;
     } else {
@@ -152,6 +155,7 @@ int main(int argc, char** argv) {
               "of cpy", "nlohmann msg/s", "ours/nl");
   std::vector<row> rows;
   for (std::size_t size : sizes) {
+    if (o.only_size >= 0 && size != static_cast<std::size_t>(o.only_size)) continue;
     for (const feed& f : feeds) {
       std::size_t count = 0;
       std::string stream = make_stream(size, std::max<std::size_t>(f.target_bytes, size * 4), count);
@@ -184,6 +188,7 @@ int main(int argc, char** argv) {
   std::printf("\n%-8s %14s %10s\n", "size", "encode msg/s", "GB/s");
   std::vector<std::pair<std::size_t, std::pair<double, double>>> enc;
   for (std::size_t size : sizes) {
+    if (o.only_size >= 0) break;
     std::string content(size, 'x');
     std::string out;
     std::size_t per_pass = std::max<std::size_t>(1, (8u << 20) / (size + 100));
@@ -203,6 +208,7 @@ int main(int argc, char** argv) {
   // Whole-buffer versus 1-byte chunks, per message: the cost of tiny reads.
   std::printf("\n%-8s %22s\n", "size", "1B/whole time per msg");
   for (std::size_t size : sizes) {
+    if (o.only_size >= 0 && size != static_cast<std::size_t>(o.only_size)) continue;
     double whole = 0, byte = 0;
     for (auto& r : rows) {
       if (r.size != size) continue;
