@@ -8,6 +8,8 @@
 #include <ringframe/server.hpp>
 #include <ringframe/timer.hpp>
 
+#include "frames.hpp"
+
 #include <doctest/doctest.h>
 
 #include <chrono>
@@ -17,16 +19,9 @@
 using namespace ringframe;
 using namespace std::chrono_literals;
 
-namespace {
+using testing::raw_frame;
 
-std::string raw_frame(std::string_view header_json, std::string_view content) {
-  std::string f;
-  f.push_back(static_cast<char>(header_json.size() >> 8));
-  f.push_back(static_cast<char>(header_json.size() & 0xff));
-  f += header_json;
-  f += content;
-  return f;
-}
+namespace {
 
 std::string search_frame(std::string_view value) {
   std::string content = "{\"action\": \"search\", \"value\": ";

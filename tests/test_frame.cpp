@@ -1,6 +1,8 @@
 // frame.hpp: the codec alone, no sockets.
 #include <ringframe/frame.hpp>
 
+#include "frames.hpp"
+
 #include <doctest/doctest.h>
 
 #include <cstdint>
@@ -10,17 +12,9 @@
 
 using namespace ringframe;
 
-namespace {
+using testing::raw_frame;
 
-// A frame built by hand, as a peer (e.g. Python) would write it.
-std::string raw_frame(std::string_view header_json, std::string_view content) {
-  std::string f;
-  f.push_back(static_cast<char>(header_json.size() >> 8));
-  f.push_back(static_cast<char>(header_json.size() & 0xff));
-  f += header_json;
-  f += content;
-  return f;
-}
+namespace {
 
 std::string python_header(std::string_view type, std::string_view enc, std::size_t len) {
   // json.dumps default separators: ", " and ": ".

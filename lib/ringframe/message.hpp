@@ -31,6 +31,10 @@ struct message_view {
   // ones (PROTOCOL.md: unknown keys are kept available to handlers).
   std::string_view header_json;
   std::span<const std::byte> content;
+  // At least SIMDJSON_PADDING (64) readable bytes follow `content` in memory
+  // (the decoder's buffer keeps that slack), so a handler can give it to a
+  // simdjson parser as it is: parser.parse(ptr, size, false), no copy.
+  static constexpr std::size_t content_padding = 64;
   // The complete frame: prefix, header and content, exactly as received.
   std::span<const std::byte> wire;
 

@@ -157,6 +157,9 @@ std::string error_reply_json(std::string_view detail) {
 
 // ---------------------------------------------------------------- decoding
 
+static_assert(message_view::content_padding <= simdjson::SIMDJSON_PADDING,
+              "message_view promises the padding the decoder's buffer keeps");
+
 frame_decoder::frame_decoder(frame_limits limits, simdjson::dom::parser* parser)
     : limits_(limits), parser_(parser ? parser : &thread_parser()) {}
 frame_decoder::~frame_decoder() = default;
