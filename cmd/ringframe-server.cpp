@@ -38,16 +38,21 @@ const char* const usage_text =
     "      --message-timeout SECS\n"
     "                           framed modes: close a connection whose message takes longer\n"
     "                           than this from its first byte to its last (default 30)\n"
+    "      --drain-timeout SECS on SIGINT/SIGTERM, how long connections may take to finish the\n"
+    "                           replies they owe before they are closed (default 10)\n"
     "  -q, --quiet              do not log each connection\n"
     "  -h, --help               show this help and exit\n"
     "  -V, --version            show the version and exit\n"
     "\n"
-    "On SIGINT or SIGTERM the server stops accepting, closes its connections,\n"
-    "prints a one-line summary and exits 0.\n";
+    "On SIGINT or SIGTERM the server stops accepting and reading new requests, lets\n"
+    "each connection send the replies it owes (up to --drain-timeout), closes them,\n"
+    "prints a summary and its counters, and exits 0. A second signal stops at once.\n"
+    "SIGUSR1 prints the counters.\n";
 
 struct options {
   std::string mode = "echo";
   connection_options conn;
+  std::chrono::nanoseconds drain_timeout = std::chrono::seconds(10);
   std::string host = "127.0.0.1";
   std::string port = "65432";
   std::size_t max_connections = 100000;
@@ -72,7 +77,7 @@ options parse(int argc, char** argv) {
       {"mode", required_argument, nullptr, 'm'},    {"max-connections", required_argument, nullptr, 'c'},
       {"quiet", no_argument, nullptr, 'q'},         {"help", no_argument, nullptr, 'h'},
       {"max-content", required_argument, nullptr, 1}, {"idle-timeout", required_argument, nullptr, 2},
-      {"message-timeout", required_argument, nullptr, 3},
+      {"message-timeout", required_argument, nullptr, 3}, {"drain-timeout", required_argument, nullptr, 4},
       {"version", no_argument, nullptr, 'V'},       {nullptr, 0, nullptr, 0}};
   int c;
   opterr = 0;
@@ -96,6 +101,7 @@ options parse(int argc, char** argv) {
       }
       case 2: o.conn.idle_timeout = parse_seconds("--idle-timeout", optarg); break;
       case 3: o.conn.message_timeout = parse_seconds("--message-timeout", optarg); break;
+      case 4: o.drain_timeout = parse_seconds("--drain-timeout", optarg); break;
       case 'h': std::fputs(usage_text, stdout); std::exit(0);
       case 'V': std::printf("ringframe-server %s\n", RINGFRAME_VERSION); std::exit(0);
       default: fail_usage(std::string("unknown option '") + argv[optind - 1] + "'");
@@ -110,12 +116,29 @@ options parse(int argc, char** argv) {
   return o;
 }
 
-task<void> stop_on_signal(signal_set* sigs, server* srv, int* which) {
+// SIGINT/SIGTERM: drain (stop accepting and reading, finish owed replies,
+// close after the grace period); a second one stops at once. SIGUSR1: print
+// the counters. The token is a copy in this frame: once serve() has ended
+// the wait is cancelled and nothing here touches the server again.
+task<void> handle_signals(signal_set* sigs, server* srv, int* which, std::chrono::nanoseconds grace) {
   std::stop_token stop = srv->stop_token();
-  result<int> sig = co_await sigs->wait({.stop = &stop});
-  if (sig) {
-    *which = *sig;
-    srv->stop();
+  for (;;) {
+    result<int> sig = co_await sigs->wait({.stop = &stop});
+    if (!sig) co_return;
+    std::string name = std::string("SIG") + sigabbrev_np(*sig);
+    if (*sig == SIGUSR1) {
+      std::printf("ringframe-server: counters: %s\n", srv->stats().to_string().c_str());
+      continue;
+    }
+    if (!srv->draining()) {
+      *which = *sig;
+      std::printf("ringframe-server: %s: draining %zu connections (at most %.1f s; again to stop now)\n", name.c_str(),
+                  srv->live_connections(), std::chrono::duration<double>(grace).count());
+      srv->drain(grace);
+    } else {
+      std::printf("ringframe-server: %s again: stopping now\n", name.c_str());
+      srv->stop();
+    }
   }
 }
 
@@ -125,8 +148,9 @@ server::stream_handler handler_for(const options& o) {
   return &echo_handler;
 }
 
-task<void> run_server(executor* ex, server* srv, signal_set* sigs, int* which, server::stream_handler h) {
-  ex->spawn(stop_on_signal(sigs, srv, which));
+task<void> run_server(executor* ex, server* srv, signal_set* sigs, int* which, server::stream_handler h,
+                      std::chrono::nanoseconds grace) {
+  ex->spawn(handle_signals(sigs, srv, which, grace));
   co_await srv->serve(std::move(h));
 }
 
@@ -145,7 +169,7 @@ int main(int argc, char** argv) {
   }
   try {
     executor ex;
-    signal_set sigs(ex, {SIGINT, SIGTERM});
+    signal_set sigs(ex, {SIGINT, SIGTERM, SIGUSR1});
     server_options so;
     so.max_connections = o.max_connections;
     so.log_connections = !o.quiet;
@@ -158,7 +182,7 @@ int main(int argc, char** argv) {
     }
     for (const address& a : srv.local_addresses()) std::printf("Listening on %s\n", a.to_python().c_str());
     int which = 0;
-    ex.run(run_server(&ex, &srv, &sigs, &which, handler_for(o)));
+    ex.run(run_server(&ex, &srv, &sigs, &which, handler_for(o), o.drain_timeout));
     const server_stats& st = srv.stats();
     std::string messages;
     if (o.mode != "echo")
@@ -168,6 +192,7 @@ int main(int argc, char** argv) {
                 which ? (std::string("SIG") + sigabbrev_np(which)).c_str() : "request", (unsigned long long)st.accepted,
                 (unsigned long long)st.rejected, (unsigned long long)st.bytes_in, (unsigned long long)st.bytes_out,
                 messages.c_str());
+    std::printf("ringframe-server: counters: %s\n", st.to_string().c_str());
     return 0;
   } catch (const setup_error& e) {
     std::fprintf(stderr, "%s\n", e.what());

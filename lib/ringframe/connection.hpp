@@ -98,6 +98,11 @@ class connection {
   // it returns at once and that flush sends the new bytes too.
   task<result<void>> flush();
 
+  // Cancels only the wait for the peer's next bytes (not sends): a server
+  // that drains stops taking requests but still delivers owed replies.
+  // Complete requests already buffered are still handed out.
+  void set_read_stop(const std::stop_token* t) noexcept { read_stop_ = t; }
+
   const frame_error& last_frame_error() const noexcept { return decoder_.error(); }
   socket& get_socket() noexcept { return sock_; }
   const connection_options& options() const noexcept { return opts_; }
@@ -122,6 +127,7 @@ class connection {
   bool flushing_ = false;
   bool peer_closed_ = false;
   std::error_code write_error_;
+  const std::stop_token* read_stop_ = nullptr;
   bool timing_message_ = false;
   std::chrono::steady_clock::time_point message_started_;
 };

@@ -8,6 +8,8 @@
 #include <ringframe/socket.hpp>
 #include <ringframe/task.hpp>
 
+#include <array>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -29,6 +31,8 @@ struct server_options {
 
 // Counters. Single-threaded (one server per executor), so plain integers.
 struct server_stats {
+  // Indexed by frame_errc's value (frame.hpp); counted by answer_read_error.
+  static constexpr std::size_t reasons = 16;
   std::uint64_t accepted = 0;
   std::uint64_t closed = 0;
   std::uint64_t rejected = 0;
@@ -38,12 +42,22 @@ struct server_stats {
   std::uint64_t messages_in = 0;
   std::uint64_t messages_out = 0;
   std::uint64_t malformed = 0;
+  std::array<std::uint64_t, reasons> malformed_by_reason{};
+  std::uint64_t timeouts = 0;      // idle or mid-message
+  std::uint64_t drained = 0;       // connections that ended because of drain()
+
+  // One line: "accepted=3 closed=3 ... malformed=1 (header_not_json=1)".
+  std::string to_string() const;
 };
 
 // What a handler gets besides the socket.
 struct connection_info {
   address peer;
   class server* server;
+  // Requested when the server drains: use it for operations that wait for
+  // *new* work from the peer (a recv between requests), so that owed
+  // replies still go out while nothing new is taken in.
+  const std::stop_token* read_stop = nullptr;
 };
 
 class server {
@@ -69,7 +83,11 @@ class server {
 
   // Stop accepting and cancel what every connection is waiting on.
   void stop();
+  // Graceful stop: stop accepting and reading new requests at once; let the
+  // connections answer what they already received; after `grace`, stop().
+  void drain(std::chrono::nanoseconds grace);
   bool stopped() const noexcept { return stop_.stop_requested(); }
+  bool draining() const noexcept { return drain_.stop_requested(); }
   std::stop_token stop_token() const noexcept { return stop_.get_token(); }
 
   std::size_t live_connections() const noexcept { return live_; }
@@ -83,13 +101,16 @@ class server {
  private:
   static task<void> accept_loop(server* self, socket* listener);
   static task<void> run_connection(server* self, socket s, address peer);
+  static task<void> stop_after(server* self, std::chrono::nanoseconds grace, std::stop_token cancel);
   void connection_finished();
 
   executor& ex_;
   server_options opts_;
   stream_handler handler_;
   std::vector<std::unique_ptr<socket>> listeners_;
-  std::stop_source stop_;
+  std::stop_source stop_;   // hard stop: every operation of every connection
+  std::stop_source drain_;  // accepting and reading new requests
+  std::stop_token drain_token_ = drain_.get_token();  // what read_stop points to
   server_stats stats_;
   std::size_t live_ = 0;
   std::size_t loops_ = 0;

@@ -88,7 +88,9 @@ task<result<message_view>> connection::read_slow() {
       decoder_.shrink_if_idle();
     }
     std::span<std::byte> room = decoder_.prepare(opts_.read_size);
-    result<std::size_t> n = co_await sock_.recv(room, {.timeout = timeout});
+    // read_stop_ replaces the socket's token for this recv, so it must also
+    // be requested by a hard stop (server::stop requests both).
+    result<std::size_t> n = co_await sock_.recv(room, {.timeout = timeout, .stop = read_stop_});
     if (!n) co_return n.error();
     if (*n == 0) {
       peer_closed_ = true;

@@ -11,7 +11,7 @@ task<void> echo_handler(socket s, connection_info info) {
   std::unique_ptr<std::byte[]> buf(new std::byte[buffer_size]);
   server_stats& stats = info.server->stats();
   for (;;) {
-    result<std::size_t> n = co_await s.recv({buf.get(), buffer_size});
+    result<std::size_t> n = co_await s.recv({buf.get(), buffer_size}, {.stop = info.read_stop});
     if (!n || *n == 0) {
       if (!n && n.error() != std::errc::operation_canceled && n.error() != std::errc::connection_reset)
         info.server->log("recv from " + info.peer.to_python() + " failed: " + n.error().message());

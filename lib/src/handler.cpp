@@ -1,5 +1,6 @@
 #include <ringframe/handler.hpp>
 
+#include <algorithm>
 #include <memory>
 
 namespace ringframe {
@@ -8,6 +9,7 @@ namespace {
 
 task<void> run_framed(socket s, connection_info info, const connection_handler* h, connection_options o) {
   auto conn = std::make_unique<connection>(std::move(s), o);
+  conn->set_read_stop(info.read_stop);
   task<void> t = (*h)(*conn, info);
   co_await std::move(t);
   result<void> f = co_await conn->flush();
@@ -71,7 +73,9 @@ task<bool> answer_read_error(connection& conn, connection_info info, std::error_
       co_return false;
     }
     const frame_error& fe = conn.last_frame_error();
-    ++info.server->stats().malformed;
+    server_stats& st = info.server->stats();
+    ++st.malformed;
+    ++st.malformed_by_reason[std::min<std::size_t>(static_cast<std::size_t>(code), server_stats::reasons - 1)];
     info.server->log("Malformed message from " + info.peer.to_python() + ": " + fe.detail +
                      (fe.in_sync ? " (answered with an error)" : " (answered with an error, closing)"));
     result<void> w = co_await conn.write_error(fe.detail);
@@ -84,6 +88,7 @@ task<bool> answer_read_error(connection& conn, connection_info info, std::error_
     co_return true;
   }
   if (ec == std::errc::timed_out) {
+    ++info.server->stats().timeouts;
     info.server->log("Connection from " + info.peer.to_python() + " timed out");
   } else if (ec != std::errc::operation_canceled && ec != std::errc::connection_reset && ec != std::errc::broken_pipe) {
     info.server->log("Connection from " + info.peer.to_python() + " failed: " + ec.message());

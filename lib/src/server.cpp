@@ -29,7 +29,7 @@ bool transient_accept_error(int e) {
 
 server::server(executor& ex, server_options opts) : ex_(ex), opts_(std::move(opts)) {}
 
-server::~server() { stop_.request_stop(); }
+server::~server() { stop(); }
 
 result<void> server::listen(const address& at, listen_options o) {
   auto s = ringframe::listen(ex_, at, o);
@@ -52,16 +52,37 @@ task<void> server::serve(stream_handler h) {
     ex_.spawn(accept_loop(this, l.get()));
   }
   co_await drained_awaiter{live_ == 0 && loops_ == 0, &drained_waiter_};
+  // Everything has ended: this also cancels a pending drain timer.
+  stop_.request_stop();
 }
 
-void server::stop() { stop_.request_stop(); }
+void server::stop() {
+  drain_.request_stop();
+  stop_.request_stop();
+}
+
+void server::drain(std::chrono::nanoseconds grace) {
+  if (draining()) return;
+  drain_.request_stop();
+  ex_.spawn(stop_after(this, grace, stop_.get_token()));
+}
+
+// `cancel` is a copy held in this frame: when serve() finishes first, the
+// sleep is cancelled and this returns without touching the server, which may
+// be gone by the time the cancellation is delivered.
+task<void> server::stop_after(server* self, std::chrono::nanoseconds grace, std::stop_token cancel) {
+  result<void> slept = co_await sleep_for(self->ex_, grace, &cancel);
+  if (!slept) co_return;
+  self->log("Drain deadline reached: closing " + std::to_string(self->live_) + " connections");
+  self->stop();
+}
 
 void server::connection_finished() {
   if (live_ == 0 && loops_ == 0 && drained_waiter_) ex_.post(std::exchange(drained_waiter_, {}));
 }
 
 task<void> server::accept_loop(server* self, socket* listener) {
-  std::stop_token stop = self->stop_.get_token();
+  std::stop_token stop = self->drain_.get_token();
   while (!stop.stop_requested()) {
     address peer;
     result<socket> s = co_await listener->accept(&peer, {.stop = &stop});
@@ -84,11 +105,14 @@ task<void> server::accept_loop(server* self, socket* listener) {
                 std::to_string(self->opts_.max_connections) + " connections reached");
       continue;  // the socket closes as it goes out of scope
     }
-    s->set_stop_token(stop);
+    s->set_stop_token(self->stop_.get_token());
     ++self->live_;
     ++self->stats_.accepted;
     self->ex_.spawn(run_connection(self, std::move(*s), peer));
   }
+  // Close the listener: while draining, new clients are refused at once
+  // rather than left waiting in the backlog.
+  { socket closing = std::move(*listener); }
   --self->loops_;
   self->connection_finished();
 }
@@ -96,15 +120,46 @@ task<void> server::accept_loop(server* self, socket* listener) {
 task<void> server::run_connection(server* self, socket s, address peer) {
   if (self->opts_.log_connections) self->log("Connected by " + peer.to_python());
   try {
-    task<void> t = self->handler_(std::move(s), connection_info{peer, self});
+    task<void> t = self->handler_(std::move(s), connection_info{peer, self, &self->drain_token_});
     co_await std::move(t);
   } catch (const std::exception& e) {
     self->log("handler for " + peer.to_python() + " failed: " + e.what());
   }
   if (self->opts_.log_connections) self->log("Closing connection to " + peer.to_python());
+  if (self->draining()) ++self->stats_.drained;
   --self->live_;
   ++self->stats_.closed;
   self->connection_finished();
+}
+
+std::string server_stats::to_string() const {
+  static const char* const names[reasons] = {"",
+                                             "header_length_zero",
+                                             "header_not_utf8",
+                                             "header_not_json",
+                                             "header_not_object",
+                                             "missing_key",
+                                             "bad_key_type",
+                                             "bad_content_length",
+                                             "content_too_large",
+                                             "content_not_utf8",
+                                             "content_not_json",
+                                             "unsupported_encoding",
+                                             "header_too_large",
+                                             "truncated",
+                                             "end_of_stream",
+                                             "other"};
+  std::string s = "accepted=" + std::to_string(accepted) + " closed=" + std::to_string(closed) +
+                  " rejected=" + std::to_string(rejected) + " accept_errors=" + std::to_string(accept_errors) +
+                  " messages_in=" + std::to_string(messages_in) + " messages_out=" + std::to_string(messages_out) +
+                  " bytes_in=" + std::to_string(bytes_in) + " bytes_out=" + std::to_string(bytes_out) +
+                  " timeouts=" + std::to_string(timeouts) + " drained=" + std::to_string(drained) +
+                  " malformed=" + std::to_string(malformed);
+  std::string by;
+  for (std::size_t i = 0; i < reasons; ++i)
+    if (malformed_by_reason[i]) by += std::string(by.empty() ? "" : ", ") + names[i] + "=" + std::to_string(malformed_by_reason[i]);
+  if (!by.empty()) s += " (" + by + ")";
+  return s;
 }
 
 }  // namespace ringframe
