@@ -109,6 +109,9 @@ class connection {
   std::size_t unsent_bytes() const noexcept { return queued_.size() + sending_.size(); }
 
   std::uint64_t messages_in = 0, messages_out = 0, bytes_in = 0, bytes_out = 0;
+  // The most reply bytes ever queued at once: what max_unsent_bytes bounds
+  // (it can be exceeded by at most the one reply that crossed it).
+  std::size_t peak_unsent = 0;
 
  private:
   friend class detail::read_message_awaitable;

@@ -45,6 +45,7 @@ struct server_stats {
   std::array<std::uint64_t, reasons> malformed_by_reason{};
   std::uint64_t timeouts = 0;      // idle or mid-message
   std::uint64_t drained = 0;       // connections that ended because of drain()
+  std::uint64_t peak_unsent_bytes = 0;  // largest reply backlog of any connection
 
   // One line: "accepted=3 closed=3 ... malformed=1 (header_not_json=1)".
   std::string to_string() const;

@@ -1,5 +1,6 @@
 #include <ringframe/connection.hpp>
 
+#include <algorithm>
 #include <utility>
 
 namespace ringframe {
@@ -107,6 +108,7 @@ task<result<message_view>> connection::read_slow() {
 
 detail::write_awaitable connection::queued(result<void> r) {
   if (r) ++messages_out;
+  peak_unsent = std::max(peak_unsent, unsent_bytes());
   return detail::write_awaitable(this, r);
 }
 

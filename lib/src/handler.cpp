@@ -19,6 +19,7 @@ task<void> run_framed(socket s, connection_info info, const connection_handler* 
   st.bytes_out += conn->bytes_out;
   st.messages_in += conn->messages_in;
   st.messages_out += conn->messages_out;
+  st.peak_unsent_bytes = std::max<std::uint64_t>(st.peak_unsent_bytes, conn->peak_unsent);
 }
 
 task<void> request_loop(connection& conn, connection_info info, const request_handler* h) {
