@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """End to end: the built ringframe-server (echo) and ringframe-client, as a user runs them."""
+import json
 import re
 import signal
 import socket
@@ -10,9 +11,12 @@ import time
 
 server_bin, client_bin = sys.argv[1], sys.argv[2]
 failures = []
+checks = 0
 
 
 def check(cond, what):
+    global checks
+    checks += 1
     print(("ok   " if cond else "FAIL ") + what)
     if not cond:
         failures.append(what)
@@ -72,13 +76,61 @@ try:
     r = run("nonsense")
     check(r.returncode == 2 and "unknown command" in r.stderr, "unknown command")
 
+    srv.send_signal(signal.SIGUSR1)
+    time.sleep(0.2)
     srv.send_signal(signal.SIGTERM)
     out, err = srv.communicate(timeout=10)
+    check(out.count("ringframe-server: counters: accepted=") == 2, "SIGUSR1 and shutdown print the counters")
     check(srv.returncode == 0, f"SIGTERM exits 0 (rc {srv.returncode}, stderr {err[-300:]!r})")
     check(re.search(r"stopped by SIGTERM: served \d+ connections", out) is not None, f"summary line: {out.strip()[-200:]!r}")
 finally:
     if srv.poll() is None:
         srv.kill()
 
-print(f"{0 if failures else 1} passed, {len(failures)} failed")
+# SIGTERM with requests in flight (app mode): every request the server took
+# in is answered, in order, with whole frames; then it closes and exits 0.
+app = subprocess.Popen([server_bin, "-q", "--mode", "app", "127.0.0.1", "0"], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+try:
+    port = int(re.match(r"Listening on \('127\.0\.0\.1', (\d+)\)", app.stdout.readline()).group(1))
+    content = b'{"action": "search", "value": "ring"}'
+    header = json.dumps({"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8",
+                         "content-length": len(content)}).encode()
+    frame = struct.pack(">H", len(header)) + header + content
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(frame * 2000)
+    first = s.recv(1)  # the server is answering
+    app.send_signal(signal.SIGTERM)
+    data = first
+    s.settimeout(10)
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    replies, pos, whole = 0, 0, True
+    while pos < len(data):
+        if len(data) - pos < 2:
+            whole = False
+            break
+        hl = struct.unpack(">H", data[pos:pos + 2])[0]
+        h = json.loads(data[pos + 2:pos + 2 + hl])
+        end = pos + 2 + hl + h["content-length"]
+        if end > len(data):
+            whole = False
+            break
+        if json.loads(data[pos + 2 + hl:end]) != {"result": "In the caves beneath the Misty Mountains. \U0001f48d"}:
+            whole = False
+        replies += 1
+        pos = end
+    check(whole and replies >= 1, f"drain: {replies} replies, all whole and right, then a clean close")
+    out, err = app.communicate(timeout=15)
+    check(app.returncode == 0 and "SIGTERM: draining 1 connections" in out,
+          f"drain: exit {app.returncode}, {out.strip().splitlines()[-3:]!r}")
+    check(f"messages_out={replies}" in out, f"drain: the server counted {replies} replies sent")
+finally:
+    if app.poll() is None:
+        app.kill()
+
+print(f"{checks - len(failures)} passed, {len(failures)} failed")
 sys.exit(1 if failures else 0)

@@ -38,6 +38,16 @@ class setup_error : public std::system_error {
   using std::system_error::system_error;
 };
 
+// Events worth counting that the executor absorbs by itself.
+struct executor_stats {
+  // io_uring_enter said the completion queue was full (-EBUSY/-EAGAIN), or
+  // the kernel had completions waiting in its overflow list: none is lost
+  // (IORING_FEAT_NODROP), they are reaped and dispatched in order.
+  std::uint64_t cq_overflows = 0;
+  std::uint64_t submits = 0;      // io_uring_enter calls made to submit
+  std::uint64_t completions = 0;  // CQEs dispatched
+};
+
 class executor {
  public:
   explicit executor(executor_options opts = {});
@@ -91,6 +101,7 @@ class executor {
   void note_submitted(unsigned n = 1) noexcept { inflight_ += n; }
   io_uring* ring() noexcept { return &ring_; }
   std::size_t inflight() const noexcept { return inflight_; }
+  const executor_stats& stats() const noexcept { return stats_; }
 
   // One loop iteration: resume what is ready, submit, reap. Waits for at
   // least one completion when `block` and nothing is ready. Returns false when
@@ -113,6 +124,7 @@ class executor {
   };
   std::deque<cqe_copy> backlog_;
   std::size_t inflight_ = 0;
+  executor_stats stats_;
   std::size_t live_ = 0;
   bool stopping_ = false;
   detail::detached_promise* detached_head_ = nullptr;

@@ -220,9 +220,11 @@ io_uring_sqe* executor::get_sqe(unsigned n) {
 void executor::submit_pending() {
   for (int attempt = 0;; ++attempt) {
     int r = io_uring_submit(&ring_);
+    ++stats_.submits;
     if (r >= 0 && io_uring_sq_ready(&ring_) == 0) return;
     if (r == -EINTR) continue;
     if (r >= 0 || r == -EBUSY || r == -EAGAIN) {
+      ++stats_.cq_overflows;
       // The completion queue is under pressure: move completions aside (to be
       // dispatched by the loop, in order) so the kernel can take more work.
       reap_into_backlog();
@@ -241,6 +243,7 @@ void executor::reap_into_backlog() {
 }
 
 void executor::dispatch(std::uint64_t user_data, int res, unsigned flags) {
+  ++stats_.completions;
   if (!(flags & IORING_CQE_F_MORE)) --inflight_;
   if (user_data == 0) return;
   auto* c = reinterpret_cast<detail::completion*>(user_data & ~detail::timer_tag);
@@ -264,12 +267,15 @@ bool executor::run_once(bool block) {
   bool wait = block && !did && ready_.empty() && inflight_ > 0;
   for (;;) {
     int r = wait ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit(&ring_);
+    ++stats_.submits;
     if (r >= 0 || r == -EINTR || r == -ETIME) break;
     if (r == -EBUSY || r == -EAGAIN) {  // CQ overflow: reap below, submit next time
+      ++stats_.cq_overflows;
       break;
     }
     throw std::system_error(errno_code(-r), "ringframe: io_uring_enter");
   }
+  if (io_uring_cq_has_overflow(&ring_)) ++stats_.cq_overflows;
   // Copy the batch out before dispatching: a resumed coroutine may submit,
   // and under CQ pressure submitting reaps, which must not see these again.
   io_uring_cqe* cqes[256];
