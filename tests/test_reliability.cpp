@@ -421,7 +421,7 @@ TEST_CASE("500 peers stalled mid-header do not hold up a well-behaved client") {
   std::string reply;
   ts.ex.run(timed_ask(&ts.ex, ts.to, &took, &reply));
   CHECK(reply == morpheus);
-  // A correctness bound, not a speed goal (bench/RESULTS.md has the figure):
+  // A correctness bound, not a speed goal (the figure is printed above):
   // nothing in the server waits on a stalled peer.
   MESSAGE("request latency beside 500 stalled peers: " << std::chrono::duration<double, std::micro>(took).count() << " us");
   CHECK(took < 1s);
