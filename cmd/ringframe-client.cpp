@@ -281,6 +281,8 @@ task<int> app_client(executor* ex, address to, app_request r) {
                             ? conn.last_frame_error().detail
                             : m.error().message();
       if (m.error() == make_error_code(frame_errc::end_of_stream)) why = "the server closed the connection";
+      // A server that closed after its reply answers the next request with RST.
+      if (m.error() == std::errc::connection_reset && received > 0) why = "the server closed the connection (reset)";
       std::fprintf(stderr, "ringframe-client: after %ld of %ld responses: %s\n", received, r.repeat, why.c_str());
       co_return 1;
     }

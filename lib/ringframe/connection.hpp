@@ -45,6 +45,8 @@ struct connection_options {
   std::size_t max_unsent_bytes = 1024 * 1024;
   // recv size when no frame in progress asks for more.
   std::size_t read_size = 16 * 1024;
+  // close_gracefully: how long to wait for the peer's end of the stream.
+  std::chrono::nanoseconds linger_timeout = std::chrono::seconds(1);
 };
 
 class connection;
@@ -97,6 +99,15 @@ class connection {
   // this after write(); when a flush is already running on this connection
   // it returns at once and that flush sends the new bytes too.
   task<result<void>> flush();
+
+  // The end of a connection that the server decides (drain, a protocol
+  // error, a handler that returns): send what is queued, then FIN, then read
+  // and drop what the peer still sends until it closes or `linger` passes.
+  // Closing a socket with unread input makes the kernel send RST, and an RST
+  // can destroy replies the peer has not read yet: this is the lingering
+  // close that keeps them.
+  task<void> close_gracefully(std::chrono::nanoseconds linger);
+  bool peer_closed() const noexcept { return peer_closed_; }
 
   // Cancels only the wait for the peer's next bytes (not sends): a server
   // that drains stops taking requests but still delivers owed replies.

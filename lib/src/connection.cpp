@@ -134,6 +134,21 @@ detail::write_awaitable connection::write_error(std::string_view detail) {
   return write(h, std::as_bytes(std::span(json.data(), json.size())));
 }
 
+task<void> connection::close_gracefully(std::chrono::nanoseconds linger) {
+  result<void> f = co_await flush();
+  if (!f || peer_closed_ || !sock_.is_open()) co_return;  // nothing more to protect
+  result<void> sh = co_await sock_.shutdown(SHUT_WR);
+  if (!sh) co_return;
+  auto deadline = std::chrono::steady_clock::now() + linger;
+  std::byte scratch[4096];
+  for (;;) {
+    auto left = deadline - std::chrono::steady_clock::now();
+    if (left.count() <= 0) co_return;
+    result<std::size_t> n = co_await sock_.recv(scratch, {.timeout = left});
+    if (!n || *n == 0) co_return;
+  }
+}
+
 task<result<void>> connection::flush() {
   if (write_error_) co_return write_error_;
   if (flushing_) co_return result<void>{};  // the running flush sends our bytes too

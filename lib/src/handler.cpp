@@ -12,8 +12,7 @@ task<void> run_framed(socket s, connection_info info, const connection_handler* 
   conn->set_read_stop(info.read_stop);
   task<void> t = (*h)(*conn, info);
   co_await std::move(t);
-  result<void> f = co_await conn->flush();
-  (void)f;  // a peer gone before its last reply: nothing left to tell it
+  co_await conn->close_gracefully(o.linger_timeout);
   server_stats& st = info.server->stats();
   st.bytes_in += conn->bytes_in;
   st.bytes_out += conn->bytes_out;
