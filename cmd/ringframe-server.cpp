@@ -40,6 +40,8 @@ const char* const usage_text =
     "                           than this from its first byte to its last (default 30)\n"
     "      --drain-timeout SECS on SIGINT/SIGTERM, how long connections may take to finish the\n"
     "                           replies they owe before they are closed (default 10)\n"
+    "      --io-uring SETUP     fastest (default: defer-taskrun, else coop-taskrun, else plain),\n"
+    "                           coop-taskrun or plain; the choice made is logged at start\n"
     "  -q, --quiet              do not log each connection\n"
     "  -h, --help               show this help and exit\n"
     "  -V, --version            show the version and exit\n"
@@ -53,6 +55,7 @@ struct options {
   std::string mode = "echo";
   connection_options conn;
   std::chrono::nanoseconds drain_timeout = std::chrono::seconds(10);
+  ring_setup ring = ring_setup::fastest;
   std::string host = "127.0.0.1";
   std::string port = "65432";
   std::size_t max_connections = 100000;
@@ -78,6 +81,7 @@ options parse(int argc, char** argv) {
       {"quiet", no_argument, nullptr, 'q'},         {"help", no_argument, nullptr, 'h'},
       {"max-content", required_argument, nullptr, 1}, {"idle-timeout", required_argument, nullptr, 2},
       {"message-timeout", required_argument, nullptr, 3}, {"drain-timeout", required_argument, nullptr, 4},
+      {"io-uring", required_argument, nullptr, 5},
       {"version", no_argument, nullptr, 'V'},       {nullptr, 0, nullptr, 0}};
   int c;
   opterr = 0;
@@ -102,6 +106,14 @@ options parse(int argc, char** argv) {
       case 2: o.conn.idle_timeout = parse_seconds("--idle-timeout", optarg); break;
       case 3: o.conn.message_timeout = parse_seconds("--message-timeout", optarg); break;
       case 4: o.drain_timeout = parse_seconds("--drain-timeout", optarg); break;
+      case 5: {
+        std::string m = optarg;
+        if (m == "fastest") o.ring = ring_setup::fastest;
+        else if (m == "coop-taskrun") o.ring = ring_setup::coop_taskrun;
+        else if (m == "plain") o.ring = ring_setup::plain;
+        else fail_usage("bad --io-uring '" + m + "' (expected fastest, coop-taskrun or plain)");
+        break;
+      }
       case 'h': std::fputs(usage_text, stdout); std::exit(0);
       case 'V': std::printf("ringframe-server %s\n", RINGFRAME_VERSION); std::exit(0);
       default: fail_usage(std::string("unknown option '") + argv[optind - 1] + "'");
@@ -168,7 +180,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    executor ex;
+    executor_options eo;
+    eo.setup = o.ring;
+    executor ex(eo);
     signal_set sigs(ex, {SIGINT, SIGTERM, SIGUSR1});
     server_options so;
     so.max_connections = o.max_connections;
@@ -181,6 +195,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     for (const address& a : srv.local_addresses()) std::printf("Listening on %s\n", a.to_python().c_str());
+    std::printf("io_uring: %s\n", ex.setup_mode());
     int which = 0;
     ex.run(run_server(&ex, &srv, &sigs, &which, handler_for(o), o.drain_timeout));
     const server_stats& st = srv.stats();

@@ -24,12 +24,19 @@ struct completion;
 struct detached_promise;
 }  // namespace detail
 
+// How the ring is set up. `fastest` tries, in order: SINGLE_ISSUER +
+// DEFER_TASKRUN (completions are posted only when the loop asks for them, no
+// interrupts of the running thread; Linux 6.1), then COOP_TASKRUN (5.19), then
+// neither; executor::setup_mode() says which one the kernel accepted.
+enum class ring_setup { fastest, coop_taskrun, plain };
+
 struct executor_options {
   // Submission queue entries. The completion queue gets cq_factor times as
   // many: completions arrive in bursts (a recv on every connection at once),
   // while submissions are flushed whenever the queue fills.
   unsigned sq_entries = 1024;
   unsigned cq_factor = 4;
+  ring_setup setup = ring_setup::fastest;
 };
 
 // Thrown by the executor's constructor only (see result.hpp for why).
@@ -54,6 +61,10 @@ class executor {
   ~executor();
   executor(const executor&) = delete;
   executor& operator=(const executor&) = delete;
+
+  // "defer-taskrun", "coop-taskrun" or "plain": what the kernel accepted.
+  // With defer-taskrun the executor must run on the thread that created it.
+  const char* setup_mode() const noexcept { return setup_mode_; }
 
   // Can this process create an io_uring here? Empty string when it can, else a
   // one-paragraph diagnosis naming the cause and the fix.
@@ -125,6 +136,8 @@ class executor {
   std::deque<cqe_copy> backlog_;
   std::size_t inflight_ = 0;
   executor_stats stats_;
+  const char* setup_mode_ = "plain";
+  bool defer_taskrun_ = false;
   std::size_t live_ = 0;
   bool stopping_ = false;
   detail::detached_promise* detached_head_ = nullptr;

@@ -150,10 +150,29 @@ std::string executor::probe() {
 }
 
 executor::executor(executor_options opts) {
-  io_uring_params p{};
-  p.flags = IORING_SETUP_CQSIZE;
-  p.cq_entries = opts.sq_entries * (opts.cq_factor ? opts.cq_factor : 1);
-  int r = io_uring_queue_init_params(opts.sq_entries, &ring_, &p);
+  struct attempt {
+    unsigned flags;
+    const char* name;
+  };
+  const attempt all[] = {
+      {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, "defer-taskrun"},
+      {IORING_SETUP_COOP_TASKRUN, "coop-taskrun"},
+      {0, "plain"},
+  };
+  std::size_t first = opts.setup == ring_setup::fastest ? 0 : opts.setup == ring_setup::coop_taskrun ? 1 : 2;
+  int r = -EINVAL;
+  for (std::size_t i = first; i < std::size(all); ++i) {
+    io_uring_params p{};
+    p.flags = IORING_SETUP_CQSIZE | all[i].flags;
+    p.cq_entries = opts.sq_entries * (opts.cq_factor ? opts.cq_factor : 1);
+    r = io_uring_queue_init_params(opts.sq_entries, &ring_, &p);
+    if (r == -EINVAL && i + 1 < std::size(all)) continue;  // an older kernel: fall back
+    if (r == 0) {
+      setup_mode_ = all[i].name;
+      defer_taskrun_ = (all[i].flags & IORING_SETUP_DEFER_TASKRUN) != 0;
+    }
+    break;
+  }
   if (r < 0) throw setup_error(errno_code(-r), explain_setup_failure(-r));
   std::string missing = missing_ops(&ring_);
   if (!missing.empty()) {
@@ -266,7 +285,10 @@ bool executor::run_once(bool block) {
   }
   bool wait = block && !did && ready_.empty() && inflight_ > 0;
   for (;;) {
-    int r = wait ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit(&ring_);
+    // With DEFER_TASKRUN completions are posted only when asked for
+    // (IORING_ENTER_GETEVENTS), so a busy loop must ask on every pass.
+    int r = wait ? io_uring_submit_and_wait(&ring_, 1)
+                 : defer_taskrun_ ? io_uring_submit_and_get_events(&ring_) : io_uring_submit(&ring_);
     ++stats_.submits;
     if (r >= 0 || r == -EINTR || r == -ETIME) break;
     if (r == -EBUSY || r == -EAGAIN) {  // CQ overflow: reap below, submit next time
