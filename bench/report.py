@@ -37,9 +37,9 @@ print("|---:|---:|---:|")
 for r in encode:
     print(f"| {r['size']} B | {r['msgs_per_s']:,.0f} | {r['gb_per_s']:.2f} |")
 
-print("\n### End to end (ringframe-load; framed = frame-echo server, raw = echo server)\n")
-print("| connections | depth | content | framed msg/s | raw msg/s | framed / raw | framed p50 / p99 / p99.9 us | raw p50 / p99 / p99.9 us |")
-print("|---:|---:|---:|---:|---:|---:|---|---|")
+print("\n### End to end (ringframe-load; framed = frame-echo server, raw = echo server, ceiling = peer-uring-echo)\n")
+print("| connections | depth | content | framed msg/s | raw msg/s | ceiling msg/s | framed / raw | framed / ceiling | raw / ceiling | server CPU ns/msg framed / raw / ceiling | framed p50 / p99 / p99.9 us | raw p50 / p99 / p99.9 us | ceiling p50 / p99 / p99.9 us |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|")
 keys = []
 for r in load:
     k = (r["connections"], r["depth"], r["size"])
@@ -47,12 +47,14 @@ for r in load:
         keys.append(k)
 by = {(r["mode"],) + (r["connections"], r["depth"], r["size"]): r for r in load}
 for k in keys:
-    f, w = by.get(("framed",) + k), by.get(("raw",) + k)
-    if not f or not w:
+    f, w, c = by.get(("framed",) + k), by.get(("raw",) + k), by.get(("ceiling",) + k)
+    if not f or not w or not c:
         continue
-    print(f"| {k[0]} | {k[1]} | {k[2]} B | {f['msgs_per_s']:,.0f} | {w['msgs_per_s']:,.0f} | "
-          f"{f['msgs_per_s'] / w['msgs_per_s']:.2f} | {f['p50_us']:.0f} / {f['p99_us']:.0f} / {f['p999_us']:.0f} | "
-          f"{w['p50_us']:.0f} / {w['p99_us']:.0f} / {w['p999_us']:.0f} |")
+    lat = lambda r: f"{r['p50_us']:.0f} / {r['p99_us']:.0f} / {r['p999_us']:.0f}"
+    cpu = " / ".join(f"{r.get('server_cpu_ns_per_msg', -1):.0f}" for r in (f, w, c))
+    print(f"| {k[0]} | {k[1]} | {k[2]} B | {f['msgs_per_s']:,.0f} | {w['msgs_per_s']:,.0f} | {c['msgs_per_s']:,.0f} | "
+          f"{f['msgs_per_s'] / w['msgs_per_s']:.2f} | {f['msgs_per_s'] / c['msgs_per_s']:.2f} | {w['msgs_per_s'] / c['msgs_per_s']:.2f} | "
+          f"{cpu} | {lat(f)} | {lat(w)} | {lat(c)} |")
 errs = sum(r["errors"] + r["failed_connections"] for r in load)
 print(f"\nValidation errors and failed connections over all runs: {errs}")
 
@@ -94,11 +96,11 @@ def pts(mode, vary, fixed):
 
 print()
 plot("throughput_vs_connections", "Echo throughput, depth 16, 64 B", "connections", "messages/s",
-     [(m, pts(m, "connections", {"depth": 16, "size": 64})) for m in ("framed", "raw")], logx=True)
+     [(m, pts(m, "connections", {"depth": 16, "size": 64})) for m in ("framed", "raw", "ceiling")], logx=True)
 plot("throughput_vs_depth", "Echo throughput, 50 connections, 64 B", "requests in flight per connection", "messages/s",
-     [(m, pts(m, "depth", {"connections": 50, "size": 64})) for m in ("framed", "raw")], logx=True)
+     [(m, pts(m, "depth", {"connections": 50, "size": 64})) for m in ("framed", "raw", "ceiling")], logx=True)
 lat = []
-for m in ("framed", "raw"):
+for m in ("framed", "raw", "ceiling"):
     r = by.get((m, 50, 16, 64))
     if r:
         lat.append((m, [(50, r["p50_us"]), (99, r["p99_us"]), (99.9, r["p999_us"])]))

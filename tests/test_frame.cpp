@@ -308,3 +308,25 @@ TEST_CASE("an idle decoder gives back a large buffer") {
 TEST_CASE("error replies are framed text/json") {
   CHECK(error_reply_json("bad \"key\"") == "{\"error\":\"bad \\\"key\\\"\"}");
 }
+
+TEST_CASE("a repeated header is recognised byte for byte, never by length alone") {
+  // Same length, different bytes: each must be parsed for what it says.
+  std::string a = raw_frame(python_header("a/x", "binary", 1), "1");
+  std::string b = raw_frame(python_header("b/y", "binary", 1), "2");
+  std::string bad = raw_frame("{\"byteorder\": \"little\", \"content-tipe\": \"a/x\", \"content-encoding\": \"binary\", \"content-length\": 1}", "3");
+  frame_decoder d;
+  d.feed(a + b + a + a + bad + a);
+  message_view v;
+  std::vector<std::string> types;
+  for (int i = 0; i < 6; ++i) {
+    auto st = d.next(v);
+    if (st == frame_decoder::status::error) {
+      CHECK(d.error().detail == "JSON header lacks required key \"content-type\"");
+      types.push_back("error");
+    } else {
+      REQUIRE(st == frame_decoder::status::message);
+      types.emplace_back(std::string(v.content_type) + ":" + std::string(v.content_text()));
+    }
+  }
+  CHECK(types == std::vector<std::string>{"a/x:1", "b/y:2", "a/x:1", "a/x:1", "error", "a/x:1"});
+}

@@ -159,6 +159,13 @@ class frame_decoder {
   // decoding allocates nothing.
   std::string byteorder_, content_type_, content_encoding_;
   bool is_text_json_ = false;
+  // The last header that parsed cleanly, byte for byte, with its
+  // content-length. Peers repeat their header (same type, encoding and
+  // length), and identical bytes parse identically: a repeat costs a memcmp
+  // instead of a JSON parse. The fields above still hold its values.
+  std::string cached_header_;
+  std::size_t cached_content_length_ = 0;
+  bool cache_valid_ = false;
   frame_error error_;
   bool broken_ = false;
 };

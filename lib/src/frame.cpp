@@ -239,6 +239,14 @@ void frame_decoder::shrink_if_idle() noexcept {
 
 frame_decoder::status frame_decoder::parse_header(const std::byte* header, std::size_t len) {
   using namespace simdjson;
+  if (cache_valid_ && len == cached_header_.size() && std::memcmp(header, cached_header_.data(), len) == 0) {
+    have_header_ = true;
+    header_len_ = len;
+    frame_len_ = 2 + len + cached_content_length_;
+    header_ok_ = true;  // only clean headers are cached; is_text_json_ and the fields are unchanged
+    return status::need_more;
+  }
+  cache_valid_ = false;
   dom::element doc;
   error_code err = parser_->parse(reinterpret_cast<const uint8_t*>(header), len, false).get(doc);
   if (err == UTF8_ERROR) return fail(frame_errc::header_not_utf8, false, "JSON header is not valid UTF-8");
@@ -307,6 +315,12 @@ frame_decoder::status frame_decoder::parse_header(const std::byte* header, std::
     header_ok_ = false;
     fail(frame_errc::unsupported_encoding, true,
          "content-encoding \"" + content_encoding_.substr(0, 40) + "\" is not supported for text/json (use utf-8)");
+    return status::need_more;
+  }
+  if (len <= 512) {  // headers of real peers are ~100 bytes; don't copy a huge one
+    cached_header_.assign(reinterpret_cast<const char*>(header), len);
+    cached_content_length_ = static_cast<std::size_t>(clen);
+    cache_valid_ = true;
   }
   return status::need_more;
 }
