@@ -62,7 +62,8 @@ print("\n### Memory per connection (server RSS, /proc)\n")
 print("| server | connections | idle, per connection | after one message each |")
 print("|---|---:|---:|---:|")
 for r in memory:
-    print(f"| {r.get('mode', '?')} | {r['connections']} | {r['idle_bytes_per_conn']:,.0f} B | {r['after_message_bytes_per_conn']:,.0f} B |")
+    name = {"frame-echo": "framed (frame-echo)", "echo": "raw (echo)"}.get(r.get("mode"), r.get("mode", "?"))
+    print(f"| {name} | {r['connections']} | {r['idle_bytes_per_conn']:,.0f} B | {r['after_message_bytes_per_conn']:,.0f} B |")
 
 gp = shutil.which("gnuplot")
 if not gp:

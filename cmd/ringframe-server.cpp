@@ -13,7 +13,12 @@
 #include <getopt.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
+#include <latch>
+#include <memory>
+#include <thread>
+#include <vector>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -32,7 +37,9 @@ const char* const usage_text =
     "  -m, --mode MODE          echo: bytes in, same bytes out (default)\n"
     "                           app: the tutorial's search / binary application, framed\n"
     "                           frame-echo: every framed message sent back unchanged\n"
-    "  -c, --max-connections N  accept at most N connections at once (default 100000)\n"
+    "  -t, --threads N          N threads, each with its own io_uring and listener (SO_REUSEPORT);\n"
+    "                           default: the number of cores\n"
+    "  -c, --max-connections N  accept at most N connections at once, per thread (default 100000)\n"
     "      --max-content BYTES  framed modes: largest content-length accepted (default 16777216)\n"
     "      --idle-timeout SECS  framed modes: close a connection idle this long (default 300)\n"
     "      --message-timeout SECS\n"
@@ -56,6 +63,7 @@ struct options {
   connection_options conn;
   std::chrono::nanoseconds drain_timeout = std::chrono::seconds(10);
   ring_setup ring = ring_setup::fastest;
+  unsigned threads = std::max(1u, std::thread::hardware_concurrency());
   std::string host = "127.0.0.1";
   std::string port = "65432";
   std::size_t max_connections = 100000;
@@ -81,11 +89,11 @@ options parse(int argc, char** argv) {
       {"quiet", no_argument, nullptr, 'q'},         {"help", no_argument, nullptr, 'h'},
       {"max-content", required_argument, nullptr, 1}, {"idle-timeout", required_argument, nullptr, 2},
       {"message-timeout", required_argument, nullptr, 3}, {"drain-timeout", required_argument, nullptr, 4},
-      {"io-uring", required_argument, nullptr, 5},
+      {"io-uring", required_argument, nullptr, 5},  {"threads", required_argument, nullptr, 't'},
       {"version", no_argument, nullptr, 'V'},       {nullptr, 0, nullptr, 0}};
   int c;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, "+m:c:qhV", longopts, nullptr)) != -1) {
+  while ((c = getopt_long(argc, argv, "+m:c:t:qhV", longopts, nullptr)) != -1) {
     switch (c) {
       case 'm': o.mode = optarg; break;
       case 'c': {
@@ -96,6 +104,13 @@ options parse(int argc, char** argv) {
         break;
       }
       case 'q': o.quiet = true; break;
+      case 't': {
+        char* end = nullptr;
+        unsigned long v = std::strtoul(optarg, &end, 10);
+        if (!*optarg || *end || v == 0 || v > 1024) fail_usage(std::string("bad --threads '") + optarg + "'");
+        o.threads = static_cast<unsigned>(v);
+        break;
+      }
       case 1: {
         char* end = nullptr;
         unsigned long long v = std::strtoull(optarg, &end, 10);
@@ -128,42 +143,114 @@ options parse(int argc, char** argv) {
   return o;
 }
 
-// SIGINT/SIGTERM: drain (stop accepting and reading, finish owed replies,
-// close after the grace period); a second one stops at once. SIGUSR1: print
-// the counters. The token is a copy in this frame: once serve() has ended
-// the wait is cancelled and nothing here touches the server again.
-task<void> handle_signals(signal_set* sigs, server* srv, int* which, std::chrono::nanoseconds grace) {
-  std::stop_token stop = srv->stop_token();
-  for (;;) {
-    result<int> sig = co_await sigs->wait({.stop = &stop});
-    if (!sig) co_return;
-    std::string name = std::string("SIG") + sigabbrev_np(*sig);
-    if (*sig == SIGUSR1) {
-      std::printf("ringframe-server: counters: %s\n", srv->stats().to_string().c_str());
-      continue;
-    }
-    if (!srv->draining()) {
-      *which = *sig;
-      std::printf("ringframe-server: %s: draining %zu connections (at most %.1f s; again to stop now)\n", name.c_str(),
-                  srv->live_connections(), std::chrono::duration<double>(grace).count());
-      srv->drain(grace);
-    } else {
-      std::printf("ringframe-server: %s again: stopping now\n", name.c_str());
-      srv->stop();
-    }
-  }
-}
-
 server::stream_handler handler_for(const options& o) {
   if (o.mode == "app") return per_request(&app_handler, o.conn);
   if (o.mode == "frame-echo") return framed(&frame_echo_handler, o.conn);
   return &echo_handler;
 }
 
-task<void> run_server(executor* ex, server* srv, signal_set* sigs, int* which, server::stream_handler h,
-                      std::chrono::nanoseconds grace) {
-  ex->spawn(handle_signals(sigs, srv, which, grace));
-  co_await srv->serve(std::move(h));
+// One thread of the server: its own executor (one io_uring), its own server
+// and listener (SO_REUSEPORT: the kernel spreads connections over the
+// threads), nothing shared. The main thread talks to it only through
+// executor::spawn_on.
+struct worker {
+  int index = 0;
+  std::thread thread;
+  executor* ex = nullptr;  // valid from `ready` until `done`
+  server* srv = nullptr;
+  address bound;
+  const char* setup_mode = "";
+  std::string error;
+  server_stats stats;  // copied out when the thread ends
+};
+
+struct shared_state {
+  const options* opts;
+  std::vector<std::unique_ptr<worker>> workers;
+  executor* main_ex = nullptr;
+  std::stop_source all_done;
+  std::size_t finished = 0;  // touched on the main thread only
+  int which = 0;
+};
+
+task<void> worker_finished(shared_state* st) {
+  if (++st->finished == st->workers.size()) st->all_done.request_stop();
+  co_return;
+}
+
+task<void> serve_on_worker(shared_state* st, worker* w, server::stream_handler h) {
+  co_await w->srv->serve(std::move(h));
+  w->stats = w->srv->stats();
+  w->ex->spawn_on(*st->main_ex, worker_finished(st));
+}
+
+void run_worker(shared_state* st, worker* w, address at, std::latch* ready) {
+  const options& o = *st->opts;
+  try {
+    executor_options eo;
+    eo.setup = o.ring;
+    executor ex(eo);  // on this thread: SINGLE_ISSUER wants the creator to submit
+    server_options so;
+    so.max_connections = o.max_connections;
+    so.log_connections = !o.quiet;
+    so.log = [](const std::string& line) { std::printf("%s\n", line.c_str()); };
+    server srv(ex, so);
+    if (auto r = srv.listen(at, {.reuse_port = st->workers.size() > 1}); !r) {
+      w->error = "cannot listen on " + at.to_string() + ": " + r.error().message();
+      ready->count_down();
+      return;
+    }
+    w->bound = srv.local_addresses().front();
+    w->ex = &ex;
+    w->srv = &srv;
+    w->setup_mode = ex.setup_mode();
+    ready->count_down();
+    ex.run(serve_on_worker(st, w, handler_for(o)));
+  } catch (const std::exception& e) {
+    w->error = e.what();
+    ready->count_down();
+  }
+}
+
+// Runs on a worker's thread, sent there by the main thread.
+task<void> drain_worker(worker* w, int sig, std::chrono::nanoseconds grace, std::size_t nworkers) {
+  std::string where = nworkers > 1 ? " on thread " + std::to_string(w->index) : "";
+  std::printf("ringframe-server: SIG%s: draining %zu connections%s (at most %.1f s; again to stop now)\n",
+              sigabbrev_np(sig), w->srv->live_connections(), where.c_str(), std::chrono::duration<double>(grace).count());
+  w->srv->drain(grace);
+  co_return;
+}
+
+task<void> stop_worker(worker* w) {
+  w->srv->stop();
+  co_return;
+}
+
+task<void> print_counters(worker* w, std::size_t nworkers) {
+  std::string where = nworkers > 1 ? " (thread " + std::to_string(w->index) + ")" : "";
+  std::printf("ringframe-server: counters%s: %s\n", where.c_str(), w->srv->stats().to_string().c_str());
+  co_return;
+}
+
+// SIGINT/SIGTERM: drain every thread (stop accepting and reading, finish the
+// replies owed, close after the grace period); a second one stops at once.
+// SIGUSR1: each thread prints its counters. Ends when every thread is done.
+task<void> handle_signals(shared_state* st, signal_set* sigs) {
+  std::stop_token done = st->all_done.get_token();
+  bool draining = false;
+  for (;;) {
+    result<int> sig = co_await sigs->wait({.stop = &done});
+    if (!sig) co_return;
+    for (auto& w : st->workers) {
+      if (*sig == SIGUSR1) st->main_ex->spawn_on(*w->ex, print_counters(w.get(), st->workers.size()));
+      else if (!draining) st->main_ex->spawn_on(*w->ex, drain_worker(w.get(), *sig, st->opts->drain_timeout, st->workers.size()));
+      else st->main_ex->spawn_on(*w->ex, stop_worker(w.get()));
+    }
+    if (*sig == SIGUSR1) continue;
+    if (draining) std::printf("ringframe-server: SIG%s again: stopping now\n", sigabbrev_np(*sig));
+    if (!draining) st->which = *sig;
+    draining = true;
+  }
 }
 
 }  // namespace
@@ -180,34 +267,52 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    executor_options eo;
-    eo.setup = o.ring;
-    executor ex(eo);
-    signal_set sigs(ex, {SIGINT, SIGTERM, SIGUSR1});
-    server_options so;
-    so.max_connections = o.max_connections;
-    so.log_connections = !o.quiet;
-    so.log = [](const std::string& line) { std::printf("%s\n", line.c_str()); };
-    server srv(ex, so);
-    if (auto r = srv.listen(addrs.front()); !r) {
-      std::fprintf(stderr, "ringframe-server: cannot listen on %s: %s\n", addrs.front().to_string().c_str(),
-                   r.error().message().c_str());
-      return 1;
+    // Signals are blocked here, before any thread starts, so that every
+    // thread inherits the mask and only the main thread's signalfd sees them.
+    executor main_ex;
+    signal_set sigs(main_ex, {SIGINT, SIGTERM, SIGUSR1});
+    shared_state st;
+    st.opts = &o;
+    st.main_ex = &main_ex;
+    for (unsigned i = 0; i < o.threads; ++i) {
+      st.workers.push_back(std::make_unique<worker>());
+      st.workers.back()->index = static_cast<int>(i);
     }
-    for (const address& a : srv.local_addresses()) std::printf("Listening on %s\n", a.to_python().c_str());
-    std::printf("io_uring: %s\n", ex.setup_mode());
-    int which = 0;
-    ex.run(run_server(&ex, &srv, &sigs, &which, handler_for(o), o.drain_timeout));
-    const server_stats& st = srv.stats();
+    // Thread 0 binds first (port 0 becomes a real port); the others share it.
+    address at = addrs.front();
+    for (auto& w : st.workers) {
+      std::latch ready(1);
+      w->thread = std::thread(run_worker, &st, w.get(), at, &ready);
+      ready.wait();
+      if (!w->error.empty()) {
+        std::fprintf(stderr, "ringframe-server: %s\n", w->error.c_str());
+        for (auto& other : st.workers)
+          if (other->srv) main_ex.spawn_on(*other->ex, stop_worker(other.get()));
+        for (auto& other : st.workers)
+          if (other->thread.joinable()) other->thread.join();
+        return 1;
+      }
+      at = w->bound;
+    }
+    std::printf("Listening on %s\n", at.to_python().c_str());
+    std::printf("io_uring: %s; %u thread%s\n", st.workers.front()->setup_mode, o.threads,
+                o.threads > 1 ? "s, one ring and one SO_REUSEPORT listener each" : "");
+    main_ex.run(handle_signals(&st, &sigs));
+    server_stats total;
+    for (auto& w : st.workers) {
+      w->thread.join();
+      total += w->stats;
+    }
+    const server_stats& sum = total;
     std::string messages;
     if (o.mode != "echo")
-      messages = ", " + std::to_string(st.messages_in) + " messages in, " + std::to_string(st.messages_out) +
-                 " out, " + std::to_string(st.malformed) + " malformed";
+      messages = ", " + std::to_string(sum.messages_in) + " messages in, " + std::to_string(sum.messages_out) +
+                 " out, " + std::to_string(sum.malformed) + " malformed";
     std::printf("ringframe-server: stopped by %s: served %llu connections (%llu rejected), %llu bytes in, %llu bytes out%s\n",
-                which ? (std::string("SIG") + sigabbrev_np(which)).c_str() : "request", (unsigned long long)st.accepted,
-                (unsigned long long)st.rejected, (unsigned long long)st.bytes_in, (unsigned long long)st.bytes_out,
-                messages.c_str());
-    std::printf("ringframe-server: counters: %s\n", st.to_string().c_str());
+                st.which ? (std::string("SIG") + sigabbrev_np(st.which)).c_str() : "request",
+                (unsigned long long)sum.accepted, (unsigned long long)sum.rejected, (unsigned long long)sum.bytes_in,
+                (unsigned long long)sum.bytes_out, messages.c_str());
+    std::printf("ringframe-server: counters: %s\n", sum.to_string().c_str());
     return 0;
   } catch (const setup_error& e) {
     std::fprintf(stderr, "%s\n", e.what());

@@ -26,7 +26,7 @@ def run(*args, timeout=60):
     return subprocess.run([client_bin, *args], capture_output=True, text=True, timeout=timeout)
 
 
-srv = subprocess.Popen([server_bin, "-q", "127.0.0.1", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+srv = subprocess.Popen([server_bin, "-q", "--threads", "1", "127.0.0.1", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 try:
     line = srv.stdout.readline()
     m = re.match(r"Listening on \('127\.0\.0\.1', (\d+)\)", line)
@@ -86,6 +86,26 @@ try:
 finally:
     if srv.poll() is None:
         srv.kill()
+
+# Several threads: one ring and one SO_REUSEPORT listener each.
+mt = subprocess.Popen([server_bin, "-q", "--threads", "2", "127.0.0.1", "0"], stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, text=True)
+try:
+    port = re.match(r"Listening on \('127\.0\.0\.1', (\d+)\)", mt.stdout.readline()).group(1)
+    check("2 threads" in mt.stdout.readline(), "--threads 2 says so")
+    r = run("-q", "multiconn", "127.0.0.1", port, "400")
+    check(r.returncode == 0, f"multiconn 400 against 2 threads: {r.stdout.strip()!r}")
+    mt.send_signal(signal.SIGUSR1)
+    time.sleep(0.2)
+    mt.send_signal(signal.SIGTERM)
+    out, err = mt.communicate(timeout=15)
+    per_thread = [int(x) for x in re.findall(r"counters \(thread \d\): accepted=(\d+)", out)]
+    check(len(per_thread) == 2 and sum(per_thread) == 400 and min(per_thread) > 0,
+          f"both threads served connections: {per_thread}")
+    check(mt.returncode == 0 and "served 400 connections" in out, f"2 threads: summary adds up, exit {mt.returncode}")
+finally:
+    if mt.poll() is None:
+        mt.kill()
 
 # SIGTERM with requests in flight (app mode): every request the server took
 # in is answered, in order, with whole frames; then it closes and exits 0.

@@ -8,7 +8,9 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <atomic>
 #include <optional>
+#include <thread>
 #include <stop_token>
 #include <vector>
 
@@ -191,4 +193,44 @@ TEST_CASE("a completion queue far smaller than the work in flight loses no compl
   MESSAGE("CQ overflow events: " << ex.stats().cq_overflows << ", submits: " << ex.stats().submits);
   CHECK(ex.stats().cq_overflows > 0);
   CHECK(ex.stats().completions == 5000);
+}
+
+namespace {
+struct handoff {
+  std::thread::id ran_on;
+  std::atomic<bool> done{false};
+  std::stop_source stop_worker;
+};
+
+task<void> record_thread(handoff* h) {
+  h->ran_on = std::this_thread::get_id();
+  h->done = true;
+  h->stop_worker.request_stop();  // the worker was waiting for this
+  co_return;
+}
+
+task<void> wait_until_stopped(executor* ex, std::stop_token tok) {
+  result<void> r = co_await sleep_for(*ex, std::chrono::seconds(30), &tok);
+  (void)r;
+}
+}  // namespace
+
+TEST_CASE("spawn_on hands a task to another thread's executor, ring to ring") {
+  handoff h;
+  std::atomic<executor*> worker_ex{nullptr};
+  std::thread::id worker_id;
+  std::thread worker([&] {
+    executor ex;  // created on its own thread (SINGLE_ISSUER)
+    worker_id = std::this_thread::get_id();
+    task<void> waiting = wait_until_stopped(&ex, h.stop_worker.get_token());
+    worker_ex = &ex;
+    ex.run(std::move(waiting));
+  });
+  while (!worker_ex) std::this_thread::yield();
+  executor here;
+  here.spawn_on(*worker_ex, record_thread(&h));
+  worker.join();
+  CHECK(h.done);
+  CHECK(h.ran_on == worker_id);
+  CHECK(h.ran_on != std::this_thread::get_id());
 }

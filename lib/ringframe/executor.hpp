@@ -88,6 +88,14 @@ class executor {
   // dropped: one connection's failure never reaches another.
   void spawn(task<void> t);
 
+  // Hand `t` to `target`, another thread's executor: it is spawned there, on
+  // that thread. Call it on the thread that runs *this; it returns at once.
+  // The message travels ring to ring (IORING_OP_MSG_RING, Linux 5.18): no
+  // lock, no shared queue. If it cannot be sent (an old kernel) this throws
+  // std::system_error.
+  void spawn_on(executor& target, task<void> t);
+  int ring_fd() const noexcept { return ring_.ring_fd; }
+
   // Number of spawned coroutines that have not finished.
   std::size_t live_tasks() const noexcept { return live_; }
 

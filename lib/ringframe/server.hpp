@@ -49,6 +49,8 @@ struct server_stats {
 
   // One line: "accepted=3 closed=3 ... malformed=1 (header_not_json=1)".
   std::string to_string() const;
+  // Sums (peak_unsent_bytes: the larger), for servers on several threads.
+  server_stats& operator+=(const server_stats& o);
 };
 
 // What a handler gets besides the socket.

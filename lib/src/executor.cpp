@@ -137,6 +137,19 @@ std::string missing_ops(io_uring* ring) {
 
 }  // namespace
 
+namespace {
+// A task in transit between executors. It lives on the heap from spawn_on
+// until the target's thread dispatches its CQE, spawns the task and frees it.
+struct remote_spawn : detail::completion {
+  executor* target;
+  task<void> t;
+  static void arrived(detail::completion* c, int, unsigned, bool) {
+    std::unique_ptr<remote_spawn> self(static_cast<remote_spawn*>(c));
+    self->target->spawn(std::move(self->t));
+  }
+};
+}  // namespace
+
 std::string executor::probe() {
   io_uring ring{};
   int r = io_uring_queue_init(8, &ring, 0);
@@ -199,6 +212,11 @@ executor::~executor() {
       unsigned head, n = 0;
       io_uring_for_each_cqe(&ring_, head, cqe) {
         ++n;
+        if (cqe->user_data & detail::remote_tag) {
+          // A task sent here that will never run: free it (its frame too).
+          delete static_cast<remote_spawn*>(reinterpret_cast<detail::completion*>(cqe->user_data & ~detail::tag_mask));
+          continue;
+        }
         if (!(cqe->flags & IORING_CQE_F_MORE)) --inflight_;
       }
       io_uring_cq_advance(&ring_, n);
@@ -210,6 +228,25 @@ executor::~executor() {
 void executor::spawn(task<void> t) {
   auto d = detail::run_detached(this, std::move(t));
   ready_.push_back(d.h);
+}
+
+
+void executor::spawn_on(executor& target, task<void> t) {
+  if (&target == this) return spawn(std::move(t));
+  auto msg = std::make_unique<remote_spawn>();
+  msg->on_cqe = &remote_spawn::arrived;
+  msg->target = &target;
+  msg->t = std::move(t);
+  io_uring_sqe* sqe = get_sqe(1);
+  io_uring_prep_msg_ring(sqe, target.ring_fd(), 0, reinterpret_cast<std::uintptr_t>(msg.get()) | detail::remote_tag, 0);
+  io_uring_sqe_set_data64(sqe, 0);
+  note_submitted(1);
+  // Submit now: the caller may be about to block (join a thread) instead of
+  // running this loop again.
+  int r = io_uring_submit(&ring_);
+  if (r < 0 && r != -EBUSY && r != -EAGAIN && r != -EINTR)
+    throw std::system_error(errno_code(-r), "ringframe: spawn_on: io_uring_submit");
+  msg.release();  // owned by the message now; freed on the target's thread
 }
 
 void executor::stop() {
@@ -263,9 +300,9 @@ void executor::reap_into_backlog() {
 
 void executor::dispatch(std::uint64_t user_data, int res, unsigned flags) {
   ++stats_.completions;
-  if (!(flags & IORING_CQE_F_MORE)) --inflight_;
+  if (!(flags & IORING_CQE_F_MORE) && !(user_data & detail::remote_tag)) --inflight_;
   if (user_data == 0) return;
-  auto* c = reinterpret_cast<detail::completion*>(user_data & ~detail::timer_tag);
+  auto* c = reinterpret_cast<detail::completion*>(user_data & ~detail::tag_mask);
   c->on_cqe(c, res, flags, (user_data & detail::timer_tag) != 0);
 }
 

@@ -1,6 +1,7 @@
 #include <ringframe/server.hpp>
 #include <ringframe/timer.hpp>
 
+#include <algorithm>
 #include <chrono>
 
 namespace ringframe {
@@ -130,6 +131,23 @@ task<void> server::run_connection(server* self, socket s, address peer) {
   --self->live_;
   ++self->stats_.closed;
   self->connection_finished();
+}
+
+server_stats& server_stats::operator+=(const server_stats& o) {
+  accepted += o.accepted;
+  closed += o.closed;
+  rejected += o.rejected;
+  accept_errors += o.accept_errors;
+  bytes_in += o.bytes_in;
+  bytes_out += o.bytes_out;
+  messages_in += o.messages_in;
+  messages_out += o.messages_out;
+  malformed += o.malformed;
+  for (std::size_t i = 0; i < reasons; ++i) malformed_by_reason[i] += o.malformed_by_reason[i];
+  timeouts += o.timeouts;
+  drained += o.drained;
+  peak_unsent_bytes = std::max(peak_unsent_bytes, o.peak_unsent_bytes);
+  return *this;
 }
 
 std::string server_stats::to_string() const {

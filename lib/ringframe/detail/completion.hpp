@@ -15,6 +15,10 @@ struct completion {
 };
 
 inline constexpr std::uint64_t timer_tag = 1;
+// Posted into this ring by another ring (IORING_OP_MSG_RING): this ring did
+// not submit it, so it is not counted in flight.
+inline constexpr std::uint64_t remote_tag = 2;
+inline constexpr std::uint64_t tag_mask = 3;
 
 inline std::uint64_t key_of(completion* c, bool timer = false) noexcept {
   return reinterpret_cast<std::uintptr_t>(c) | (timer ? timer_tag : 0);
