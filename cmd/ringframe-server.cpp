@@ -49,6 +49,8 @@ const char* const usage_text =
     "                           replies they owe before they are closed (default 10)\n"
     "      --io-uring SETUP     fastest (default: defer-taskrun, else coop-taskrun, else plain),\n"
     "                           coop-taskrun or plain; the choice made is logged at start\n"
+    "      --single-accept      one accept request per connection instead of a multishot one\n"
+    "                           (for comparison)\n"
     "  -q, --quiet              do not log each connection\n"
     "  -h, --help               show this help and exit\n"
     "  -V, --version            show the version and exit\n"
@@ -63,6 +65,7 @@ struct options {
   connection_options conn;
   std::chrono::nanoseconds drain_timeout = std::chrono::seconds(10);
   ring_setup ring = ring_setup::fastest;
+  bool single_accept = false;
   unsigned threads = std::max(1u, std::thread::hardware_concurrency());
   std::string host = "127.0.0.1";
   std::string port = "65432";
@@ -89,7 +92,7 @@ options parse(int argc, char** argv) {
       {"quiet", no_argument, nullptr, 'q'},         {"help", no_argument, nullptr, 'h'},
       {"max-content", required_argument, nullptr, 1}, {"idle-timeout", required_argument, nullptr, 2},
       {"message-timeout", required_argument, nullptr, 3}, {"drain-timeout", required_argument, nullptr, 4},
-      {"io-uring", required_argument, nullptr, 5},  {"threads", required_argument, nullptr, 't'},
+      {"io-uring", required_argument, nullptr, 5},  {"single-accept", no_argument, nullptr, 6},  {"threads", required_argument, nullptr, 't'},
       {"version", no_argument, nullptr, 'V'},       {nullptr, 0, nullptr, 0}};
   int c;
   opterr = 0;
@@ -121,6 +124,7 @@ options parse(int argc, char** argv) {
       case 2: o.conn.idle_timeout = parse_seconds("--idle-timeout", optarg); break;
       case 3: o.conn.message_timeout = parse_seconds("--message-timeout", optarg); break;
       case 4: o.drain_timeout = parse_seconds("--drain-timeout", optarg); break;
+      case 6: o.single_accept = true; break;
       case 5: {
         std::string m = optarg;
         if (m == "fastest") o.ring = ring_setup::fastest;
@@ -193,6 +197,7 @@ void run_worker(shared_state* st, worker* w, address at, std::latch* ready) {
     server_options so;
     so.max_connections = o.max_connections;
     so.log_connections = !o.quiet;
+    so.multishot_accept = !o.single_accept;
     so.log = [](const std::string& line) { std::printf("%s\n", line.c_str()); };
     server srv(ex, so);
     if (auto r = srv.listen(at, {.reuse_port = st->workers.size() > 1}); !r) {

@@ -265,3 +265,56 @@ TEST_CASE("sockets close their descriptor, through the ring or on destruction") 
   }
   CHECK(testing::open_fd_count() == before);
 }
+
+#include <ringframe/acceptor.hpp>
+
+namespace {
+task<void> take_n(acceptor* acc, int n, std::vector<ringframe::socket>* out, std::error_code* last) {
+  for (int i = 0; i < n; ++i) {
+    result<ringframe::socket> s = co_await acc->next();
+    if (!s) {
+      *last = s.error();
+      co_return;
+    }
+    out->push_back(std::move(*s));
+  }
+  result<ringframe::socket> s = co_await acc->next();  // now stop
+  *last = s ? std::error_code{} : s.error();
+}
+
+task<void> connect_n(executor* ex, address to, int n, std::vector<ringframe::socket>* out) {
+  for (int i = 0; i < n; ++i) {
+    result<ringframe::socket> s = co_await ringframe::connect(*ex, to, {.timeout = 5s});
+    REQUIRE(s);
+    out->push_back(std::move(*s));
+  }
+}
+
+task<void> stop_soon(executor* ex, std::stop_source* src) {
+  result<void> r = co_await sleep_for(*ex, 20ms);
+  CHECK(r);
+  src->request_stop();
+}
+}  // namespace
+
+TEST_CASE("a multishot acceptor yields many connections from one request, then stops cleanly") {
+  executor ex;
+  address bound;
+  auto l = testing::loopback_listener(ex, bound);
+  std::stop_source src;
+  std::stop_token tok = src.get_token();
+  std::vector<ringframe::socket> accepted, clients;
+  std::error_code last;
+  {
+    acceptor acc(l, &tok);
+    ex.spawn(take_n(&acc, 50, &accepted, &last));
+    ex.spawn(connect_n(&ex, bound, 50, &clients));
+    for (int i = 0; i < 10000 && accepted.size() < 50; ++i) ex.run_once(true);
+    REQUIRE(accepted.size() == 50);
+    ex.spawn(stop_soon(&ex, &src));
+    ex.run_until_idle();
+    CHECK_FALSE(acc.armed());
+  }
+  CHECK(last == std::errc::operation_canceled);
+  for (auto& s : accepted) CHECK(s.peer_address());
+}

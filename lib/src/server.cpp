@@ -1,3 +1,4 @@
+#include <ringframe/acceptor.hpp>
 #include <ringframe/server.hpp>
 #include <ringframe/timer.hpp>
 
@@ -84,13 +85,30 @@ void server::connection_finished() {
 
 task<void> server::accept_loop(server* self, socket* listener) {
   std::stop_token stop = self->drain_.get_token();
-  while (!stop.stop_requested()) {
+  // One multishot accept stays armed (one SQE for any number of
+  // connections); a kernel without it (EINVAL) gets one accept per connection.
+  acceptor multishot(*listener, &stop);
+  bool use_multishot = self->opts_.multishot_accept;
+  for (;;) {
     address peer;
-    result<socket> s = co_await listener->accept(&peer, {.stop = &stop});
+    result<socket> s = std::errc::operation_canceled;
+    if (use_multishot) {
+      s = co_await multishot.next();
+    } else {
+      s = co_await listener->accept(&peer, {.stop = &stop});
+    }
     if (!s) {
       int e = s.error().value();
-      if (e == ECANCELED) continue;  // the loop condition decides
-      if (transient_accept_error(e)) continue;
+      if (stop.stop_requested() || self->ex_.stopping()) {
+        if (!multishot.armed()) break;  // the kernel has retired the request
+        continue;
+      }
+      if (e == EINVAL && use_multishot) {
+        self->log("multishot accept unavailable on this kernel: accepting one connection per request");
+        use_multishot = false;
+        continue;
+      }
+      if (e == ECANCELED || e == EAGAIN || transient_accept_error(e)) continue;
       ++self->stats_.accept_errors;
       // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of a resource that closing
       // connections gives back. Back off instead of spinning; those already
@@ -99,6 +117,11 @@ task<void> server::accept_loop(server* self, socket* listener) {
       result<void> slept = co_await sleep_for(self->ex_, std::chrono::milliseconds(100), &stop);
       (void)slept;
       continue;
+    }
+    if (use_multishot) {
+      auto a = s->peer_address();
+      if (!a) continue;  // reset before we looked: nothing to serve
+      peer = *a;
     }
     if (self->live_ >= self->opts_.max_connections) {
       ++self->stats_.rejected;
