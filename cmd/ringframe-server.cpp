@@ -51,6 +51,9 @@ const char* const usage_text =
     "                           coop-taskrun or plain; the choice made is logged at start\n"
     "      --single-accept      one accept request per connection instead of a multishot one\n"
     "                           (for comparison)\n"
+    "      --no-provided-buffers\n"
+    "                           framed modes: receive into each connection's own buffer even\n"
+    "                           between messages (for comparison)\n"
     "  -q, --quiet              do not log each connection\n"
     "  -h, --help               show this help and exit\n"
     "  -V, --version            show the version and exit\n"
@@ -92,7 +95,8 @@ options parse(int argc, char** argv) {
       {"quiet", no_argument, nullptr, 'q'},         {"help", no_argument, nullptr, 'h'},
       {"max-content", required_argument, nullptr, 1}, {"idle-timeout", required_argument, nullptr, 2},
       {"message-timeout", required_argument, nullptr, 3}, {"drain-timeout", required_argument, nullptr, 4},
-      {"io-uring", required_argument, nullptr, 5},  {"single-accept", no_argument, nullptr, 6},  {"threads", required_argument, nullptr, 't'},
+      {"io-uring", required_argument, nullptr, 5},  {"single-accept", no_argument, nullptr, 6},
+      {"no-provided-buffers", no_argument, nullptr, 7},  {"threads", required_argument, nullptr, 't'},
       {"version", no_argument, nullptr, 'V'},       {nullptr, 0, nullptr, 0}};
   int c;
   opterr = 0;
@@ -125,6 +129,7 @@ options parse(int argc, char** argv) {
       case 3: o.conn.message_timeout = parse_seconds("--message-timeout", optarg); break;
       case 4: o.drain_timeout = parse_seconds("--drain-timeout", optarg); break;
       case 6: o.single_accept = true; break;
+      case 7: o.conn.provided_buffers = false; break;
       case 5: {
         std::string m = optarg;
         if (m == "fastest") o.ring = ring_setup::fastest;

@@ -55,6 +55,7 @@ struct test_server {
     so.log = [log](const std::string& l) { log->push_back(l); };
     return so;
   }
+  static task<void> serve_plain(server* s) { co_await s->serve(framed(&frame_echo_handler)); }
   static task<void> serve(test_server* t, server::stream_handler h) {
     co_await t->srv.serve(std::move(h));
     t->served = true;
@@ -425,4 +426,33 @@ TEST_CASE("500 peers stalled mid-header do not hold up a well-behaved client") {
   // nothing in the server waits on a stalled peer.
   MESSAGE("request latency beside 500 stalled peers: " << std::chrono::duration<double, std::micro>(took).count() << " us");
   CHECK(took < 1s);
+}
+
+namespace {
+task<void> echo_once_framed(executor* ex, address to, int i, int* ok) {
+  std::string body = "message " + std::to_string(i);
+  task<std::string> t = ask(ex, to, frame_of(message::binary(body, "t")));
+  std::string r = co_await std::move(t);
+  if (r == body) ++*ok;
+}
+}  // namespace
+
+TEST_CASE("when every provided receive buffer is in use, connections read into their own") {
+  executor_options eo;
+  eo.receive_buffers = 2;  // far fewer than connections receiving at once
+  executor ex(eo);
+  server_options so;
+  so.log_connections = false;
+  server srv(ex, so);
+  REQUIRE(srv.listen(*address::from_ip("127.0.0.1", 0)));
+  address to = srv.local_addresses().front();
+  ex.spawn(test_server::serve_plain(&srv));
+  int ok = 0;
+  for (int i = 0; i < 200; ++i) ex.spawn(echo_once_framed(&ex, to, i, &ok));
+  for (int i = 0; i < 100000 && ok < 200; ++i) ex.run_once(true);
+  CHECK(ok == 200);
+  MESSAGE("recvs that found the buffer ring empty: " << ex.stats().buffer_ring_empty);
+  CHECK(ex.stats().buffer_ring_empty > 0);
+  srv.stop();
+  ex.run_until_idle();
 }

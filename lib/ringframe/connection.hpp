@@ -45,6 +45,10 @@ struct connection_options {
   std::size_t max_unsent_bytes = 1024 * 1024;
   // recv size when no frame in progress asks for more.
   std::size_t read_size = 16 * 1024;
+  // Between frames, receive into the executor's provided buffer ring (an
+  // idle connection then holds no receive buffer); false: always receive
+  // into the connection's own buffer.
+  bool provided_buffers = true;
   // close_gracefully: how long to wait for the peer's end of the stream.
   std::chrono::nanoseconds linger_timeout = std::chrono::seconds(1);
 };

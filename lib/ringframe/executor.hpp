@@ -6,6 +6,7 @@
 // not per operation.
 #pragma once
 
+#include <ringframe/buffer_ring.hpp>
 #include <ringframe/task.hpp>
 
 #include <liburing.h>
@@ -13,6 +14,7 @@
 #include <coroutine>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -37,6 +39,12 @@ struct executor_options {
   unsigned sq_entries = 1024;
   unsigned cq_factor = 4;
   ring_setup setup = ring_setup::fastest;
+  // Provided receive buffers (a power of two; 0: none), 16 KiB each. A
+  // buffer is held only from a recv's completion until its bytes are copied
+  // into the connection's decoder, so a few dozen serve any number of
+  // connections; when all are in use a recv fails with ENOBUFS and the
+  // connection reads into its own buffer instead.
+  unsigned receive_buffers = 64;
 };
 
 // Thrown by the executor's constructor only (see result.hpp for why).
@@ -53,6 +61,7 @@ struct executor_stats {
   std::uint64_t cq_overflows = 0;
   std::uint64_t submits = 0;      // io_uring_enter calls made to submit
   std::uint64_t completions = 0;  // CQEs dispatched
+  std::uint64_t buffer_ring_empty = 0;  // -ENOBUFS: every provided buffer in use
 };
 
 class executor {
@@ -95,6 +104,11 @@ class executor {
   // std::system_error.
   void spawn_on(executor& target, task<void> t);
   int ring_fd() const noexcept { return ring_.ring_fd; }
+
+  // The executor's provided receive buffers, registered on first use; null
+  // when the kernel cannot provide them (then receives use their own buffers).
+  buffer_ring* receive_buffers();
+  void count_buffer_ring_empty() noexcept { ++stats_.buffer_ring_empty; }
 
   // Number of spawned coroutines that have not finished.
   std::size_t live_tasks() const noexcept { return live_; }
@@ -145,6 +159,9 @@ class executor {
   std::size_t inflight_ = 0;
   executor_stats stats_;
   const char* setup_mode_ = "plain";
+  std::unique_ptr<buffer_ring> buffers_;
+  bool buffers_tried_ = false;
+  unsigned buffer_count_ = 64;
   bool defer_taskrun_ = false;
   std::size_t live_ = 0;
   bool stopping_ = false;

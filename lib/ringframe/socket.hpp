@@ -8,6 +8,7 @@
 #pragma once
 
 #include <ringframe/address.hpp>
+#include <ringframe/buffer_ring.hpp>
 #include <ringframe/operation.hpp>
 #include <ringframe/result.hpp>
 #include <ringframe/task.hpp>
@@ -23,6 +24,14 @@
 namespace ringframe {
 
 class socket;
+
+// What a recv from the provided buffers got: `len` bytes in buffer `id`
+// (give it back with buffer_ring::recycle), or len 0: the peer closed.
+struct provided_recv {
+  std::uint16_t id = 0;
+  std::size_t len = 0;
+  bool has_buffer = false;
+};
 
 namespace detail {
 
@@ -84,6 +93,38 @@ class recv_op : public operation<recv_op> {
 
 // One send, or (all = true) as many as it takes to send every byte: a short
 // send resubmits the rest from the completion, without resuming the coroutine.
+class recv_provided_op : public operation<recv_provided_op> {
+ public:
+  recv_provided_op(executor& ex, int fd, buffer_ring& br, op_options o) : operation(ex, o), fd_(fd), br_(br) {}
+  void prepare(io_uring_sqe* sqe) {
+    io_uring_prep_recv(sqe, fd_, nullptr, br_.buffer_size(), 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = br_.group();
+  }
+  bool on_complete() {
+    if (res_ == -EINTR || res_ == -EAGAIN) {
+      issue();
+      return true;
+    }
+    return false;
+  }
+  result<provided_recv> await_resume() {
+    int r = result_code();
+    if (r < 0) return errno_code(-r);
+    provided_recv out;
+    out.len = static_cast<std::size_t>(r);
+    if (flags_ & IORING_CQE_F_BUFFER) {
+      out.has_buffer = true;
+      out.id = static_cast<std::uint16_t>(flags_ >> IORING_CQE_BUFFER_SHIFT);
+    }
+    return out;
+  }
+
+ private:
+  int fd_;
+  buffer_ring& br_;
+};
+
 class send_op : public operation<send_op> {
  public:
   send_op(executor& ex, int fd, std::span<const std::byte> buf, bool all, op_options o)
@@ -197,6 +238,11 @@ class socket {
   // Reads what is there, up to buf.size(); 0 means the peer closed its side.
   [[nodiscard]] detail::recv_op recv(std::span<std::byte> buf, op_options o = {}) {
     return {*ex_, fd_, buf, 0, with_stop(o)};
+  }
+  // Reads into one of `br`'s buffers, chosen by the kernel when data arrives:
+  // nothing is held while waiting. -ENOBUFS when every buffer is in use.
+  [[nodiscard]] detail::recv_provided_op recv_provided(buffer_ring& br, op_options o = {}) {
+    return {*ex_, fd_, br, with_stop(o)};
   }
   // One send: may write fewer bytes than given.
   [[nodiscard]] detail::send_op send(std::span<const std::byte> buf, op_options o = {}) {

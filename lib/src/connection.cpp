@@ -68,6 +68,9 @@ task<result<message_view>> connection::read_slow() {
       if (!f) co_return f.error();
     }
     if (std::optional<result<message_view>> r = try_read_buffered()) co_return std::move(*r);
+    // Nothing buffered: give the receive buffer back now, before the flush
+    // below may wait on a slow peer holding it.
+    if (!decoder_.mid_frame()) decoder_.shrink_if_idle();
     // Nothing complete is buffered: send the queued replies before waiting.
     if (!queued_.empty()) {
       result<void> f = co_await flush();
@@ -87,6 +90,32 @@ task<result<message_view>> connection::read_slow() {
       if (timeout.count() <= 0) co_return std::make_error_code(std::errc::timed_out);
     } else {
       decoder_.shrink_if_idle();
+    }
+    // Between frames, read into the executor's provided buffers: a waiting
+    // connection then holds no receive buffer, and the few bytes that
+    // arrive are copied into the decoder (which takes its buffer from a
+    // per-thread pool and gives it back when idle). Mid-frame, read straight
+    // into the decoder, so a large frame is received in place.
+    buffer_ring* br =
+        decoder_.mid_frame() || !opts_.provided_buffers ? nullptr : sock_.get_executor().receive_buffers();
+    if (br) {
+      result<provided_recv> got = co_await sock_.recv_provided(*br, {.timeout = timeout, .stop = read_stop_});
+      if (got || got.error() != std::errc::no_buffer_space) {
+        if (!got) co_return got.error();
+        if (got->len == 0 || !got->has_buffer) {
+          peer_closed_ = true;
+          continue;
+        }
+        if (!timing_message_) {
+          timing_message_ = true;
+          message_started_ = now;
+        }
+        decoder_.feed(br->data(got->id, got->len));
+        br->recycle(got->id);
+        bytes_in += got->len;
+        continue;
+      }
+      sock_.get_executor().count_buffer_ring_empty();  // all in use: read into our own buffer
     }
     std::span<std::byte> room = decoder_.prepare(opts_.read_size);
     // read_stop_ replaces the socket's token for this recv, so it must also

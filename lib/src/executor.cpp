@@ -162,7 +162,8 @@ std::string executor::probe() {
   return "";
 }
 
-executor::executor(executor_options opts) {
+executor::executor(executor_options opts) : buffer_count_(opts.receive_buffers) {
+  if (buffer_count_ & (buffer_count_ - 1)) throw std::invalid_argument("executor_options::receive_buffers must be a power of two");
   struct attempt {
     unsigned flags;
     const char* name;
@@ -222,7 +223,21 @@ executor::~executor() {
       io_uring_cq_advance(&ring_, n);
     }
   }
+  buffers_.reset();  // unregister while the ring is still there
   io_uring_queue_exit(&ring_);
+}
+
+buffer_ring* executor::receive_buffers() {
+  if (!buffers_tried_) {
+    buffers_tried_ = true;
+    if (buffer_count_ == 0) return nullptr;
+    try {
+      buffers_ = std::make_unique<buffer_ring>(&ring_, buffer_count_, 16 * 1024, 1);
+    } catch (const std::system_error&) {
+      buffers_.reset();  // older kernel: receives fall back to their own buffers
+    }
+  }
+  return buffers_.get();
 }
 
 void executor::spawn(task<void> t) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 namespace ringframe {
 
@@ -174,6 +175,18 @@ frame_decoder::status frame_decoder::fail(frame_errc code, bool in_sync, std::st
   return status::error;
 }
 
+namespace {
+// Receive buffers of the common size, kept per thread between uses: an idle
+// connection gives its buffer back (shrink_if_idle) and the next connection
+// with bytes to decode takes one, so thousands of idle connections cost no
+// buffers and busy ones do not allocate per read.
+constexpr std::size_t pooled_size = 16 * 1024;
+std::vector<std::unique_ptr<std::byte[]>>& pool() {
+  static thread_local std::vector<std::unique_ptr<std::byte[]>> p;
+  return p;
+}
+}  // namespace
+
 void frame_decoder::reserve_free(std::size_t free_needed) {
   if (consume_on_next_) {
     begin_ += consume_on_next_;
@@ -188,14 +201,20 @@ void frame_decoder::reserve_free(std::size_t free_needed) {
     end_ = live;
     return;
   }
-  std::size_t newcap = std::max({live + free_needed, cap_ * 2, std::size_t{4096}});
+  std::size_t newcap = std::max({live + free_needed, cap_ * 2, pooled_size});
   // Never more than the largest frame the limits allow, plus the read size.
   const std::size_t largest = 2 + 0xffff + limits_.max_content_length + free_needed;
   newcap = std::min(newcap, std::max(largest, live + free_needed));
   // Default-initialised: only the padding simdjson may read past the end of
   // a document is cleared, not the whole buffer.
-  std::unique_ptr<std::byte[]> nb(new std::byte[newcap + simdjson::SIMDJSON_PADDING]);
-  std::memset(nb.get() + newcap, 0, simdjson::SIMDJSON_PADDING);
+  std::unique_ptr<std::byte[]> nb;
+  if (newcap == pooled_size && !pool().empty()) {
+    nb = std::move(pool().back());
+    pool().pop_back();
+  } else {
+    nb.reset(new std::byte[newcap + simdjson::SIMDJSON_PADDING]);
+    std::memset(nb.get() + newcap, 0, simdjson::SIMDJSON_PADDING);
+  }
   if (live) std::memcpy(nb.get(), buf_.get() + begin_, live);
   buf_ = std::move(nb);
   cap_ = newcap;
@@ -231,7 +250,8 @@ void frame_decoder::feed(std::span<const std::byte> bytes) {
 }
 
 void frame_decoder::shrink_if_idle() noexcept {
-  if (end_ - begin_ == 0 && cap_ > 64 * 1024) {
+  if (end_ - begin_ == 0 && consume_on_next_ == 0 && buf_) {
+    if (cap_ == pooled_size && pool().size() < 1024) pool().push_back(std::move(buf_));
     buf_.reset();
     cap_ = begin_ = end_ = consume_on_next_ = need_ = 0;
   }
