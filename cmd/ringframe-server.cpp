@@ -51,6 +51,9 @@ const char* const usage_text =
     "                           coop-taskrun or plain; the choice made is logged at start\n"
     "      --single-accept      one accept request per connection instead of a multishot one\n"
     "                           (for comparison)\n"
+    "      --zero-copy-threshold BYTES\n"
+    "                           framed modes: send reply batches of at least BYTES with\n"
+    "                           IORING_OP_SEND_ZC (default 0: never)\n"
     "      --no-provided-buffers\n"
     "                           framed modes: receive into each connection's own buffer even\n"
     "                           between messages (for comparison)\n"
@@ -96,7 +99,8 @@ options parse(int argc, char** argv) {
       {"max-content", required_argument, nullptr, 1}, {"idle-timeout", required_argument, nullptr, 2},
       {"message-timeout", required_argument, nullptr, 3}, {"drain-timeout", required_argument, nullptr, 4},
       {"io-uring", required_argument, nullptr, 5},  {"single-accept", no_argument, nullptr, 6},
-      {"no-provided-buffers", no_argument, nullptr, 7},  {"threads", required_argument, nullptr, 't'},
+      {"no-provided-buffers", no_argument, nullptr, 7},
+      {"zero-copy-threshold", required_argument, nullptr, 8},  {"threads", required_argument, nullptr, 't'},
       {"version", no_argument, nullptr, 'V'},       {nullptr, 0, nullptr, 0}};
   int c;
   opterr = 0;
@@ -130,6 +134,13 @@ options parse(int argc, char** argv) {
       case 4: o.drain_timeout = parse_seconds("--drain-timeout", optarg); break;
       case 6: o.single_accept = true; break;
       case 7: o.conn.provided_buffers = false; break;
+      case 8: {
+        char* end = nullptr;
+        unsigned long long v = std::strtoull(optarg, &end, 10);
+        if (!*optarg || *end || *optarg == '-') fail_usage(std::string("bad --zero-copy-threshold '") + optarg + "'");
+        o.conn.zero_copy_threshold = v;
+        break;
+      }
       case 5: {
         std::string m = optarg;
         if (m == "fastest") o.ring = ring_setup::fastest;

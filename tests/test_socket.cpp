@@ -318,3 +318,28 @@ TEST_CASE("a multishot acceptor yields many connections from one request, then s
   CHECK(last == std::errc::operation_canceled);
   for (auto& s : accepted) CHECK(s.peer_address());
 }
+
+namespace {
+task<void> send_everything_zero_copy(ringframe::socket* s, const std::vector<std::byte>* data, std::size_t* sent) {
+  result<std::size_t> n = co_await s->send_all_zero_copy(*data);
+  CHECK(n);
+  if (n) *sent = *n;
+  result<void> sh = co_await s->shutdown(SHUT_WR);
+  CHECK(sh);
+}
+}  // namespace
+
+TEST_CASE("zero-copy send_all delivers every byte, short sends included, and holds the buffer to the end") {
+  executor ex;
+  auto [srv, cli] = tcp_pair(ex);
+  REQUIRE(cli.set_option(SOL_SOCKET, SO_SNDBUF, 16 * 1024));
+  const auto data = pattern(4 * 1024 * 1024 + 7);
+  std::vector<std::byte> got;
+  std::size_t sent = 0;
+  ex.spawn(send_everything_zero_copy(&cli, &data, &sent));
+  ex.spawn(read_slowly(&ex, &srv, &got));
+  ex.run_until_idle();
+  CHECK(sent == data.size());
+  CHECK(got == data);
+  CHECK(ex.inflight() == 0);  // every notification was consumed
+}

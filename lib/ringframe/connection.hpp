@@ -49,6 +49,9 @@ struct connection_options {
   // idle connection then holds no receive buffer); false: always receive
   // into the connection's own buffer.
   bool provided_buffers = true;
+  // Batches of queued replies at least this large are sent with zero-copy
+  // (IORING_OP_SEND_ZC); 0: never. Off by default: see docs/io-path.md.
+  std::size_t zero_copy_threshold = 0;
   // close_gracefully: how long to wait for the peer's end of the stream.
   std::chrono::nanoseconds linger_timeout = std::chrono::seconds(1);
 };
@@ -144,6 +147,7 @@ class connection {
   std::string sending_;  // the batch a send is working on
   bool flushing_ = false;
   bool peer_closed_ = false;
+  bool last_read_large_ = false;
   std::error_code write_error_;
   const std::stop_token* read_stop_ = nullptr;
   bool timing_message_ = false;

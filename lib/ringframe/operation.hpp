@@ -123,9 +123,13 @@ class operation : public completion {
     auto* self = static_cast<operation*>(c);
     if (from_timer) {
       if (res == -ETIME) self->timer_fired_ = true;
+    } else if (flags & IORING_CQE_F_NOTIF) {
+      // Zero-copy send: the kernel is done with the buffer. The result came
+      // in the CQE before this one.
     } else {
       self->res_ = res;
       self->flags_ = flags;
+      if (flags & IORING_CQE_F_MORE) ++self->pending_;  // a notification follows
     }
     if (--self->pending_ != 0) return;
     // An operation that loops (send_all) continues unless something stopped it.

@@ -127,12 +127,20 @@ class recv_provided_op : public operation<recv_provided_op> {
 
 class send_op : public operation<send_op> {
  public:
-  send_op(executor& ex, int fd, std::span<const std::byte> buf, bool all, op_options o)
-      : operation(ex, o), fd_(fd), all_(all), buf_(buf) {}
+  send_op(executor& ex, int fd, std::span<const std::byte> buf, bool all, op_options o, bool zero_copy = false)
+      : operation(ex, o), fd_(fd), all_(all), zero_copy_(zero_copy), buf_(buf) {}
   void prepare(io_uring_sqe* sqe) {
-    io_uring_prep_send(sqe, fd_, buf_.data() + sent_, buf_.size() - sent_, MSG_NOSIGNAL);
+    if (zero_copy_)  // IORING_OP_SEND_ZC: the buffer is held until the kernel's notification
+      io_uring_prep_send_zc(sqe, fd_, buf_.data() + sent_, buf_.size() - sent_, MSG_NOSIGNAL, 0);
+    else
+      io_uring_prep_send(sqe, fd_, buf_.data() + sent_, buf_.size() - sent_, MSG_NOSIGNAL);
   }
   bool on_complete() {
+    if (zero_copy_ && (res_ == -EOPNOTSUPP || res_ == -EINVAL)) {  // no zero-copy here: copy
+      zero_copy_ = false;
+      issue();
+      return true;
+    }
     if (res_ == -EINTR || res_ == -EAGAIN) {
       issue();
       return true;
@@ -159,6 +167,7 @@ class send_op : public operation<send_op> {
  private:
   int fd_;
   bool all_;
+  bool zero_copy_;
   std::span<const std::byte> buf_;
   std::size_t sent_ = 0;
 };
@@ -251,6 +260,12 @@ class socket {
   // Every byte, or an error: short sends are continued inside the operation.
   [[nodiscard]] detail::send_op send_all(std::span<const std::byte> buf, op_options o = {}) {
     return {*ex_, fd_, buf, true, with_stop(o)};
+  }
+  // send_all with IORING_OP_SEND_ZC (Linux 6.0): the kernel sends from `buf`
+  // without copying it and the operation completes when it has let go of it.
+  // Falls back to a copying send where zero-copy is unsupported.
+  [[nodiscard]] detail::send_op send_all_zero_copy(std::span<const std::byte> buf, op_options o = {}) {
+    return {*ex_, fd_, buf, true, with_stop(o), true};
   }
   [[nodiscard]] detail::send_op send_all(std::string_view s, op_options o = {}) {
     return send_all(std::as_bytes(std::span(s.data(), s.size())), o);

@@ -96,8 +96,11 @@ task<result<message_view>> connection::read_slow() {
     // arrive are copied into the decoder (which takes its buffer from a
     // per-thread pool and gives it back when idle). Mid-frame, read straight
     // into the decoder, so a large frame is received in place.
-    buffer_ring* br =
-        decoder_.mid_frame() || !opts_.provided_buffers ? nullptr : sock_.get_executor().receive_buffers();
+    // A connection whose last read was large is busy with large traffic:
+    // reading straight into its own buffer spares the copy out of the ring.
+    buffer_ring* br = decoder_.mid_frame() || !opts_.provided_buffers || last_read_large_
+                          ? nullptr
+                          : sock_.get_executor().receive_buffers();
     if (br) {
       result<provided_recv> got = co_await sock_.recv_provided(*br, {.timeout = timeout, .stop = read_stop_});
       if (got || got.error() != std::errc::no_buffer_space) {
@@ -113,6 +116,7 @@ task<result<message_view>> connection::read_slow() {
         decoder_.feed(br->data(got->id, got->len));
         br->recycle(got->id);
         bytes_in += got->len;
+        last_read_large_ = got->len >= br->buffer_size() / 2;
         continue;
       }
       sock_.get_executor().count_buffer_ring_empty();  // all in use: read into our own buffer
@@ -132,6 +136,7 @@ task<result<message_view>> connection::read_slow() {
     }
     decoder_.commit(*n);
     bytes_in += *n;
+    last_read_large_ = *n >= opts_.read_size / 2;
   }
 }
 
@@ -184,8 +189,10 @@ task<result<void>> connection::flush() {
   flushing_ = true;
   while (!queued_.empty()) {
     std::swap(sending_, queued_);
-    result<std::size_t> n =
-        co_await sock_.send_all(std::as_bytes(std::span(sending_.data(), sending_.size())), {.timeout = opts_.write_timeout});
+    const auto bytes = std::as_bytes(std::span(sending_.data(), sending_.size()));
+    const bool zero_copy = opts_.zero_copy_threshold && sending_.size() >= opts_.zero_copy_threshold;
+    result<std::size_t> n = zero_copy ? co_await sock_.send_all_zero_copy(bytes, {.timeout = opts_.write_timeout})
+                                      : co_await sock_.send_all(bytes, {.timeout = opts_.write_timeout});
     sending_.clear();
     if (!n) {
       write_error_ = n.error();
