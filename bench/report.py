@@ -42,6 +42,8 @@ print("| connections | depth | content | framed msg/s | raw msg/s | ceiling msg/
 print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|")
 keys = []
 for r in load:
+    if r["mode"].startswith("asio-"):
+        continue
     k = (r["connections"], r["depth"], r["size"])
     if k not in keys:
         keys.append(k)
@@ -55,6 +57,19 @@ for k in keys:
     print(f"| {k[0]} | {k[1]} | {k[2]} B | {f['msgs_per_s']:,.0f} | {w['msgs_per_s']:,.0f} | {c['msgs_per_s']:,.0f} | "
           f"{f['msgs_per_s'] / w['msgs_per_s']:.2f} | {f['msgs_per_s'] / c['msgs_per_s']:.2f} | {w['msgs_per_s'] / c['msgs_per_s']:.2f} | "
           f"{cpu} | {lat(f)} | {lat(w)} | {lat(c)} |")
+peers = [r for r in load if r["mode"].startswith("asio-")]
+if peers:
+    print("\n### Against Boost.Asio (same load, 50 connections, 64 B)\n")
+    print("| server | depth | msg/s | server CPU ns/msg | p99 us | framed ringframe / this |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for depth in (16, 1):
+        rows = [("framed (ringframe)", by.get(("framed", 50, depth, 64))), ("ceiling", by.get(("ceiling", 50, depth, 64)))]
+        rows += [(r["mode"], r) for r in peers if r["depth"] == depth]
+        f = by.get(("framed", 50, depth, 64))
+        for name, r in rows:
+            if r and f:
+                print(f"| {name} | {depth} | {r['msgs_per_s']:,.0f} | {r.get('server_cpu_ns_per_msg', -1):,.0f} | "
+                      f"{r['p99_us']:.0f} | {f['msgs_per_s'] / r['msgs_per_s']:.2f} |")
 errs = sum(r["errors"] + r["failed_connections"] for r in load)
 print(f"\nValidation errors and failed connections over all runs: {errs}")
 
