@@ -41,10 +41,11 @@ const char* const usage_text =
     "                           default: the number of cores\n"
     "  -c, --max-connections N  accept at most N connections at once, per thread (default 100000)\n"
     "      --max-content BYTES  framed modes: largest content-length accepted (default 16777216)\n"
-    "      --idle-timeout SECS  framed modes: close a connection idle this long (default 300)\n"
+    "      --idle-timeout SECS  framed modes: close a connection idle this long (default 300;\n"
+    "                           0: never)\n"
     "      --message-timeout SECS\n"
     "                           framed modes: close a connection whose message takes longer\n"
-    "                           than this from its first byte to its last (default 30)\n"
+    "                           than this from its first byte to its last (default 30; 0: never)\n"
     "      --drain-timeout SECS on SIGINT/SIGTERM, how long connections may take to finish the\n"
     "                           replies they owe before they are closed (default 10)\n"
     "      --io-uring SETUP     fastest (default: defer-taskrun, else coop-taskrun, else plain),\n"
@@ -84,10 +85,12 @@ struct options {
   std::exit(2);
 }
 
-std::chrono::nanoseconds parse_seconds(const char* what, const char* text) {
+// `zero_means_never`: 0 is accepted and means no timeout.
+std::chrono::nanoseconds parse_seconds(const char* what, const char* text, bool zero_means_never = false) {
   char* end = nullptr;
   double v = std::strtod(text, &end);
-  if (!*text || *end || !(v > 0) || v > 1e6) fail_usage(std::string("bad ") + what + " '" + text + "'");
+  bool ok = *text && !*end && v <= 1e6 && (v > 0 || (zero_means_never && v == 0));
+  if (!ok) fail_usage(std::string("bad ") + what + " '" + text + "'");
   return std::chrono::nanoseconds(static_cast<long long>(v * 1e9));
 }
 
@@ -129,8 +132,8 @@ options parse(int argc, char** argv) {
         o.conn.limits.max_content_length = v;
         break;
       }
-      case 2: o.conn.idle_timeout = parse_seconds("--idle-timeout", optarg); break;
-      case 3: o.conn.message_timeout = parse_seconds("--message-timeout", optarg); break;
+      case 2: o.conn.idle_timeout = parse_seconds("--idle-timeout", optarg, true); break;
+      case 3: o.conn.message_timeout = parse_seconds("--message-timeout", optarg, true); break;
       case 4: o.drain_timeout = parse_seconds("--drain-timeout", optarg); break;
       case 6: o.single_accept = true; break;
       case 7: o.conn.provided_buffers = false; break;

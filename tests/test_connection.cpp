@@ -289,3 +289,30 @@ TEST_CASE("idle and mid-message timeouts close the connection") {
     if (l.find("timed out") != std::string::npos) ++timeouts;
   CHECK(timeouts == 2);
 }
+
+namespace {
+task<std::string> ask_in_two_parts(executor* ex, address to, std::string request) {
+  result<ringframe::socket> s = co_await ringframe::connect(*ex, to, {.timeout = 5s});
+  REQUIRE(s);
+  connection conn(std::move(*s));
+  std::string_view r(request);
+  result<std::size_t> a = co_await conn.get_socket().send_all(r.substr(0, r.size() / 2));
+  REQUIRE(a);
+  result<void> slept = co_await sleep_for(*ex, 50ms);
+  REQUIRE(slept);
+  result<std::size_t> b = co_await conn.get_socket().send_all(r.substr(r.size() / 2));
+  REQUIRE(b);
+  result<message_view> m = co_await conn.read_message();
+  REQUIRE(m);
+  co_return std::string(m->content_text());
+}
+}  // namespace
+
+TEST_CASE("a message timeout of 0 means no deadline, not an instant one") {
+  connection_options co;
+  co.idle_timeout = std::chrono::nanoseconds{0};
+  co.message_timeout = std::chrono::nanoseconds{0};
+  framed_server fs(per_request(&app_handler, co));
+  // A request that arrives in two parts, 50 ms apart, is still answered.
+  CHECK(fs.ex.run(ask_in_two_parts(&fs.ex, fs.to, search_frame("morpheus"))) == morpheus);
+}

@@ -86,8 +86,12 @@ task<result<message_view>> connection::read_slow() {
         timing_message_ = true;
         message_started_ = now;
       }
-      timeout = message_started_ + opts_.message_timeout - now;
-      if (timeout.count() <= 0) co_return std::make_error_code(std::errc::timed_out);
+      if (opts_.message_timeout.count() > 0) {
+        timeout = message_started_ + opts_.message_timeout - now;
+        if (timeout.count() <= 0) co_return std::make_error_code(std::errc::timed_out);
+      } else {
+        timeout = std::chrono::nanoseconds{0};  // no deadline
+      }
     } else {
       decoder_.shrink_if_idle();
     }
