@@ -7,10 +7,12 @@
 #pragma once
 
 #include <ringframe/buffer_ring.hpp>
+#include <ringframe/deadline.hpp>
 #include <ringframe/task.hpp>
 
 #include <liburing.h>
 
+#include <chrono>
 #include <coroutine>
 #include <cstdint>
 #include <deque>
@@ -18,6 +20,7 @@
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <vector>
 
 namespace ringframe {
 
@@ -62,6 +65,7 @@ struct executor_stats {
   std::uint64_t submits = 0;      // io_uring_enter calls made to submit
   std::uint64_t completions = 0;  // CQEs dispatched
   std::uint64_t buffer_ring_empty = 0;  // -ENOBUFS: every provided buffer in use
+  std::uint64_t deadlines_expired = 0;  // coarse deadlines (deadline.hpp) that fired
 };
 
 class executor {
@@ -125,6 +129,10 @@ class executor {
   // Queue a coroutine to be resumed on the next loop iteration.
   void post(std::coroutine_handle<> h) { ready_.push_back(h); }
 
+  // The loop's clock: steady_clock read once per loop iteration (after the
+  // wait). Coarse deadlines are measured from it.
+  std::chrono::steady_clock::time_point now() const noexcept { return now_; }
+
   // ---- for operations (detail) ----
   // Space for `n` consecutive SQEs is guaranteed (linked SQEs must not be split
   // across submissions); returns the first, the next come from io_uring_get_sqe.
@@ -143,6 +151,11 @@ class executor {
 
  private:
   friend struct detail::detached_promise;
+  friend class deadline;
+  detail::deadline_list* deadline_list_for(std::chrono::nanoseconds d);
+  // The earliest armed coarse deadline, or false when none is armed.
+  bool earliest_deadline(std::chrono::steady_clock::time_point& out) const noexcept;
+  void expire_deadlines();
   void submit_pending();
   void reap_into_backlog();
   void dispatch(std::uint64_t user_data, int res, unsigned flags);
@@ -166,6 +179,9 @@ class executor {
   std::size_t live_ = 0;
   bool stopping_ = false;
   detail::detached_promise* detached_head_ = nullptr;
+  // One FIFO list per duration (deadline.hpp); the lists never move.
+  std::vector<std::unique_ptr<detail::deadline_list>> deadline_lists_;
+  std::chrono::steady_clock::time_point now_ = std::chrono::steady_clock::now();
 };
 
 }  // namespace ringframe

@@ -188,6 +188,11 @@ executor::executor(executor_options opts) : buffer_count_(opts.receive_buffers) 
     break;
   }
   if (r < 0) throw setup_error(errno_code(-r), explain_setup_failure(-r));
+  if (!(ring_.features & IORING_FEAT_EXT_ARG)) {  // waits with a timeout need it (Linux 5.11)
+    io_uring_queue_exit(&ring_);
+    throw setup_error(errno_code(EOPNOTSUPP), "ringframe: this kernel's io_uring cannot wait with a timeout "
+                                              "(no IORING_FEAT_EXT_ARG); run on Linux 5.19 or newer");
+  }
   std::string missing = missing_ops(&ring_);
   if (!missing.empty()) {
     io_uring_queue_exit(&ring_);
@@ -223,8 +228,79 @@ executor::~executor() {
       io_uring_cq_advance(&ring_, n);
     }
   }
+  // Deadlines that outlive the executor must not point into its lists.
+  for (auto& l : deadline_lists_)
+    for (deadline* d = l->head; d;) {
+      deadline* next = d->next_;
+      d->prev_ = d->next_ = nullptr;
+      d->list_ = nullptr;
+      d = next;
+    }
   buffers_.reset();  // unregister while the ring is still there
   io_uring_queue_exit(&ring_);
+}
+
+// ---- coarse deadlines (deadline.hpp) ----
+
+void deadline::arm(executor& ex, std::chrono::nanoseconds after) {
+  cancel();
+  // Strictly in the future: a callback that re-arms with 0 must not be
+  // expired again in the same pass.
+  if (after.count() < 1) after = std::chrono::nanoseconds(1);
+  detail::deadline_list* l = ex.deadline_list_for(after);
+  when_ = ex.now() + after;
+  prev_ = l->tail;
+  next_ = nullptr;
+  if (l->tail) l->tail->next_ = this;
+  else l->head = this;
+  l->tail = this;
+  list_ = l;
+}
+
+void deadline::cancel() noexcept {
+  if (!list_) return;
+  if (prev_) prev_->next_ = next_;
+  else list_->head = next_;
+  if (next_) next_->prev_ = prev_;
+  else list_->tail = prev_;
+  prev_ = next_ = nullptr;
+  list_ = nullptr;
+}
+
+detail::deadline_list* executor::deadline_list_for(std::chrono::nanoseconds d) {
+  for (auto& l : deadline_lists_)
+    if (l->duration == d) return l.get();
+  // A new duration: a server uses a handful (idle, message, write), so a
+  // linear search beats a map. Many distinct durations would still be
+  // correct, only slower to arm.
+  deadline_lists_.push_back(std::make_unique<detail::deadline_list>());
+  deadline_lists_.back()->duration = d;
+  return deadline_lists_.back().get();
+}
+
+bool executor::earliest_deadline(std::chrono::steady_clock::time_point& out) const noexcept {
+  bool any = false;
+  for (const auto& l : deadline_lists_)
+    if (l->head && (!any || l->head->when_ < out)) {
+      out = l->head->when_;
+      any = true;
+    }
+  return any;
+}
+
+void executor::expire_deadlines() {
+  // By index: a callback that arms a new duration appends a list.
+  for (std::size_t i = 0; i < deadline_lists_.size(); ++i) {
+    detail::deadline_list* l = deadline_lists_[i].get();
+    // Unlinked before its callback runs: the callback may re-arm it or
+    // free it (a coroutine that ends).
+    while (l->head && l->head->when_ <= now_) {
+      deadline* d = l->head;
+      d->cancel();
+      ++stats_.deadlines_expired;
+      d->on_expiry_(d);
+    }
+  }
 }
 
 buffer_ring* executor::receive_buffers() {
@@ -335,12 +411,28 @@ bool executor::run_once(bool block) {
     dispatch(c.user_data, c.res, c.flags);
     did = true;
   }
-  bool wait = block && !did && ready_.empty() && inflight_ > 0;
+  std::chrono::steady_clock::time_point next_deadline;
+  const bool has_deadline = earliest_deadline(next_deadline);
+  bool wait = block && !did && ready_.empty() && (inflight_ > 0 || has_deadline);
+  __kernel_timespec wait_for{};
+  if (wait && has_deadline) {
+    auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(next_deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      wait = false;  // already due: expire below without sleeping
+    } else {
+      wait_for.tv_sec = left.count() / 1000000000;
+      wait_for.tv_nsec = left.count() % 1000000000;
+    }
+  }
   for (;;) {
     // With DEFER_TASKRUN completions are posted only when asked for
     // (IORING_ENTER_GETEVENTS), so a busy loop must ask on every pass.
-    int r = wait ? io_uring_submit_and_wait(&ring_, 1)
-                 : defer_taskrun_ ? io_uring_submit_and_get_events(&ring_) : io_uring_submit(&ring_);
+    // A timed wait passes its timeout in the enter call (EXT_ARG): no SQE.
+    io_uring_cqe* unused = nullptr;
+    int r = wait && has_deadline ? io_uring_submit_and_wait_timeout(&ring_, &unused, 1, &wait_for, nullptr)
+            : wait               ? io_uring_submit_and_wait(&ring_, 1)
+            : defer_taskrun_     ? io_uring_submit_and_get_events(&ring_)
+                                 : io_uring_submit(&ring_);
     ++stats_.submits;
     if (r >= 0 || r == -EINTR || r == -ETIME) break;
     if (r == -EBUSY || r == -EAGAIN) {  // CQ overflow: reap below, submit next time
@@ -350,6 +442,7 @@ bool executor::run_once(bool block) {
     throw std::system_error(errno_code(-r), "ringframe: io_uring_enter");
   }
   if (io_uring_cq_has_overflow(&ring_)) ++stats_.cq_overflows;
+  now_ = std::chrono::steady_clock::now();
   // Copy the batch out before dispatching: a resumed coroutine may submit,
   // and under CQ pressure submitting reaps, which must not see these again.
   io_uring_cqe* cqes[256];
@@ -363,7 +456,14 @@ bool executor::run_once(bool block) {
     did = true;
     if (n < 256) break;
   }
-  return did || inflight_ > 0 || !ready_.empty() || !backlog_.empty();
+  if (has_deadline || !deadline_lists_.empty()) {
+    std::chrono::steady_clock::time_point first;
+    if (earliest_deadline(first) && first <= now_) {
+      expire_deadlines();
+      did = true;
+    }
+  }
+  return did || inflight_ > 0 || !ready_.empty() || !backlog_.empty() || earliest_deadline(next_deadline);
 }
 
 }  // namespace ringframe
