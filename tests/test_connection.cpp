@@ -316,3 +316,109 @@ TEST_CASE("a message timeout of 0 means no deadline, not an instant one") {
   // A request that arrives in two parts, 50 ms apart, is still answered.
   CHECK(fs.ex.run(ask_in_two_parts(&fs.ex, fs.to, search_frame("morpheus"))) == morpheus);
 }
+
+namespace {
+// Sends `frame` one byte every `gap`, until the server closes or it is all sent.
+task<std::chrono::milliseconds> trickle(executor* ex, address to, std::string frame, std::chrono::milliseconds gap) {
+  auto t0 = std::chrono::steady_clock::now();
+  result<ringframe::socket> s = co_await ringframe::connect(*ex, to, {.timeout = 5s});
+  REQUIRE(s);
+  for (char ch : frame) {
+    result<std::size_t> n = co_await s->send_all(std::string_view(&ch, 1));
+    if (!n) break;
+    std::byte b[64];
+    // The server's close shows as end of stream (or a reset) within `gap`.
+    result<std::size_t> r = co_await s->recv(b, {.timeout = gap});
+    if (r || r.error() != std::errc::timed_out) break;
+  }
+  co_return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+}
+
+// Sends one large frame and never reads: the echo of it cannot be sent.
+task<void> never_read(executor* ex, address to, std::string frame, server* srv, std::chrono::milliseconds* closed_after) {
+  auto t0 = std::chrono::steady_clock::now();
+  result<ringframe::socket> s = co_await ringframe::connect(*ex, to, {.timeout = 5s});
+  REQUIRE(s);
+  result<std::size_t> n = co_await s->send_all(frame, {.timeout = 5s});
+  REQUIRE(n);
+  // Wait (without reading) until the server has given up on the connection.
+  while (srv->live_connections() > 0 && std::chrono::steady_clock::now() - t0 < 5s) {
+    result<void> slept = co_await sleep_for(*ex, 10ms);
+    REQUIRE(slept);
+  }
+  *closed_after = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+}
+}  // namespace
+
+TEST_CASE("a peer trickling one byte at a time is cut off at the message timeout") {
+  connection_options co;
+  co.idle_timeout = 5s;
+  co.message_timeout = 150ms;
+  framed_server fs(per_request(&app_handler, co));
+  // 20 ms a byte: each recv is quick, the message as a whole is not.
+  std::chrono::milliseconds took = fs.ex.run(trickle(&fs.ex, fs.to, search_frame("morpheus"), 20ms));
+  CHECK(took >= 150ms);
+  CHECK(took < 1000ms);  // the whole frame would take about 1.5 s
+  bool logged = false;
+  for (auto& l : fs.log) logged |= l.find("timed out") != std::string::npos;
+  CHECK(logged);
+  CHECK(fs.srv.stats().timeouts == 1);
+}
+
+TEST_CASE("a peer that never reads its replies is dropped at the write timeout") {
+  connection_options co;
+  co.write_timeout = 200ms;
+  co.limits.max_content_length = 64 * 1024 * 1024;
+  framed_server fs(framed(&frame_echo_handler, co));
+  // 16 MiB cannot sit in loopback socket buffers: the echo blocks.
+  std::string frame = raw_frame("{\"byteorder\":\"little\",\"content-type\":\"binary\",\"content-encoding\":\"binary\","
+                                "\"content-length\":16777216}",
+                                std::string(16 * 1024 * 1024, 'x'));
+  std::chrono::milliseconds closed_after{};
+  fs.ex.run(never_read(&fs.ex, fs.to, frame, &fs.srv, &closed_after));
+  CHECK(fs.srv.live_connections() == 0);
+  CHECK(closed_after >= 200ms);
+  CHECK(closed_after < 3000ms);  // write timeout plus the one-second linger, not the 5 s cap
+}
+
+namespace {
+task<void> flush_from(connection* c, std::string text, int* done) {
+  result<void> w = co_await c->write(message::binary(std::move(text), "t"));
+  REQUIRE(w);
+  result<void> f = co_await c->flush();
+  CHECK(f);
+  CHECK(c->unsent_bytes() == 0);  // a flush returns only once everything is sent
+  ++*done;
+}
+
+task<std::vector<std::string>> read_n(connection* c, int n) {
+  std::vector<std::string> got;
+  for (int i = 0; i < n; ++i) {
+    result<message_view> m = co_await c->read_message();
+    REQUIRE(m);
+    got.emplace_back(m->content_text());
+  }
+  co_return got;
+}
+}  // namespace
+
+TEST_CASE("coroutines flushing one connection at once each wait for their bytes to go out") {
+  executor ex;
+  auto [a, b] = testing::socket_pair(ex);
+  connection writer(std::move(a));
+  connection reader(std::move(b));
+  int done = 0;
+  // 3 writers of 1 MiB each: the first send fills the socket buffer, so the
+  // others find a send in flight and must wait for it, not return at once.
+  ex.spawn(flush_from(&writer, std::string(1 << 20, 'a'), &done));
+  ex.spawn(flush_from(&writer, std::string(1 << 20, 'b'), &done));
+  ex.spawn(flush_from(&writer, std::string(1 << 20, 'c'), &done));
+  std::vector<std::string> got = ex.run(read_n(&reader, 3));
+  ex.run_until_idle();
+  CHECK(done == 3);
+  REQUIRE(got.size() == 3);
+  CHECK(got[0] == std::string(1 << 20, 'a'));
+  CHECK(got[1] == std::string(1 << 20, 'b'));
+  CHECK(got[2] == std::string(1 << 20, 'c'));
+  CHECK(writer.bytes_out > 3u << 20);
+}

@@ -21,20 +21,24 @@
 // errno (ECONNRESET, ECANCELED when the server stops...).
 #pragma once
 
+#include <ringframe/deadline.hpp>
+#include <ringframe/detail/completion.hpp>
 #include <ringframe/frame.hpp>
 #include <ringframe/message.hpp>
 #include <ringframe/socket.hpp>
 #include <ringframe/task.hpp>
 
 #include <chrono>
+#include <coroutine>
 #include <optional>
+#include <stop_token>
 #include <string>
 
 namespace ringframe {
 
-// A timeout of 0 means none (no deadline on that wait). Each deadline is a
-// linked timeout per operation: an extra SQE and CQE and a kernel timer
-// (see bench/RESULTS.md for what that costs at depth 1).
+// A timeout of 0 means none. The idle, message and write timeouts are coarse
+// deadlines kept by the executor's loop (deadline.hpp), not a kernel timer
+// per operation: re-arming one for every request costs a few pointer writes.
 struct connection_options {
   frame_limits limits;
   // Longest wait for the first byte of the next message.
@@ -62,6 +66,12 @@ struct connection_options {
 class connection;
 
 namespace detail {
+// A coroutine waiting for a connection's send to finish.
+struct send_waiter {
+  std::coroutine_handle<> h;
+  send_waiter* next = nullptr;
+};
+
 class read_message_awaitable {
  public:
   explicit read_message_awaitable(connection* c) noexcept : c_(c) {}
@@ -70,7 +80,9 @@ class read_message_awaitable {
   result<message_view> await_resume();
 
  private:
+  friend class ringframe::connection;
   connection* c_;
+  send_waiter wait_;  // wait_.h: the reader
   std::optional<result<message_view>> ready_;
   task<result<message_view>> slow_;
 };
@@ -87,12 +99,16 @@ class write_awaitable {
   result<void> queued_;
   task<result<void>> flush_;
 };
+
+struct read_slot_awaitable;
+struct send_idle_awaitable;
 }  // namespace detail
 
 class connection {
  public:
   explicit connection(socket s, connection_options o = {});
-  connection(connection&&) = delete;  // operations hold pointers into it
+  connection(connection&&) = delete;  // the kernel holds pointers into it
+  ~connection();
 
   // The next message; see the header comment for the errors.
   [[nodiscard]] detail::read_message_awaitable read_message() { return detail::read_message_awaitable(this); }
@@ -105,9 +121,9 @@ class connection {
   // A framed {"error": detail} reply, text/json.
   [[nodiscard]] detail::write_awaitable write_error(std::string_view detail);
 
-  // Send everything queued. Writers on other coroutines (a broadcast) call
-  // this after write(); when a flush is already running on this connection
-  // it returns at once and that flush sends the new bytes too.
+  // Send everything queued, and wait until it is sent. Writers on other
+  // coroutines (a broadcast) call this after write(); any number may wait
+  // on one connection at once, and one send carries all their bytes.
   task<result<void>> flush();
 
   // The end of a connection that the server decides (drain, a protocol
@@ -122,12 +138,12 @@ class connection {
   // Cancels only the wait for the peer's next bytes (not sends): a server
   // that drains stops taking requests but still delivers owed replies.
   // Complete requests already buffered are still handed out.
-  void set_read_stop(const std::stop_token* t) noexcept { read_stop_ = t; }
+  void set_read_stop(const std::stop_token* t);
 
   const frame_error& last_frame_error() const noexcept { return decoder_.error(); }
   socket& get_socket() noexcept { return sock_; }
   const connection_options& options() const noexcept { return opts_; }
-  std::size_t unsent_bytes() const noexcept { return queued_.size() + sending_.size(); }
+  std::size_t unsent_bytes() const noexcept { return queued_.size() + (sending_.size() - sent_); }
 
   std::uint64_t messages_in = 0, messages_out = 0, bytes_in = 0, bytes_out = 0;
   // The most reply bytes ever queued at once: what max_unsent_bytes bounds
@@ -137,24 +153,91 @@ class connection {
  private:
   friend class detail::read_message_awaitable;
   friend class detail::write_awaitable;
+  friend struct detail::read_slot_awaitable;
+  friend struct detail::send_idle_awaitable;
+
+  // One recv and one send may be in flight; each has its completion here
+  // (the CQE's user_data), so waiting needs no operation in a coroutine frame.
+  struct io_slot : detail::completion {
+    connection* owner = nullptr;
+    int res = 0;
+    unsigned flags = 0;
+    bool busy = false;
+  };
+  struct owned_deadline : deadline {
+    owned_deadline(callback cb, connection* c) noexcept : deadline(cb), owner(c) {}
+    connection* owner;
+  };
+  struct stop_reads {
+    connection* c;
+    void operator()() noexcept;
+  };
+  struct stop_all {
+    connection* c;
+    void operator()() noexcept;
+  };
 
   // Decode from what is buffered, without I/O: set when that settles it.
   std::optional<result<message_view>> try_read_buffered();
   task<result<message_view>> read_slow();
   detail::write_awaitable queued(result<void> r);
 
+  // ---- receiving ----
+  // Why a read must not start (ECANCELED, ETIMEDOUT), or 0.
+  int read_refusal() const noexcept;
+  void submit_read(buffer_ring* br, std::span<std::byte> room);
+  // The finished read's result; a read cancelled by its deadline: -ETIMEDOUT.
+  int take_read_result() noexcept;
+  // read_message without a coroutine frame: between frames, one recv from
+  // the provided buffers (and the queued replies' send beside it). False
+  // when that does not apply; read_slow handles everything else.
+  bool start_fast_read(detail::read_message_awaitable* aw);
+  void fast_read_done();
+  void finish_fast_read(detail::read_message_awaitable* aw, result<message_view> r);
+  void continue_slow(detail::read_message_awaitable* aw);
+  static void on_read_cqe(detail::completion* c, int res, unsigned flags, bool);
+  static void on_read_deadline(deadline* d);
+
+  // ---- sending: queued_ is handed to the kernel as one batch (sending_) ----
+  int send_refusal() const noexcept;
+  void start_send();
+  void submit_send();
+  void send_progress(int res);
+  void fail_send(int err);
+  void wake_send_waiters();
+  static void on_send_cqe(detail::completion* c, int res, unsigned flags, bool);
+  static void on_write_deadline(deadline* d);
+
+  void cancel_slot(io_slot& slot);
+
   socket sock_;
   connection_options opts_;
   frame_decoder decoder_;
   std::string queued_;   // replies not yet handed to a send
-  std::string sending_;  // the batch a send is working on
-  bool flushing_ = false;
-  bool peer_closed_ = false;
-  bool last_read_large_ = false;
+  std::string sending_;  // the batch the send is working on
+  std::size_t sent_ = 0;
+  io_slot read_slot_;
+  io_slot send_slot_;
+  std::coroutine_handle<> read_waiter_;                // read_slow, waiting on read_slot_
+  detail::read_message_awaitable* fast_ = nullptr;     // a fast read waiting on read_slot_
+  detail::send_waiter* send_waiters_ = nullptr;
+  // Idle (between frames, while a recv waits) or mid-message (from a
+  // message's first byte to its last).
+  owned_deadline read_deadline_{&connection::on_read_deadline, this};
+  owned_deadline write_deadline_{&connection::on_write_deadline, this};
   std::error_code write_error_;
   const std::stop_token* read_stop_ = nullptr;
-  bool timing_message_ = false;
-  std::chrono::steady_clock::time_point message_started_;
+  std::optional<std::stop_callback<stop_reads>> read_stop_cb_;
+  std::optional<std::stop_callback<stop_all>> stop_cb_;
+  bool peer_closed_ = false;
+  bool last_read_large_ = false;
+  bool skip_ring_once_ = false;   // the ring was empty: next read into our own buffer
+  bool timing_message_ = false;   // bytes of a message not yet handed out are buffered
+  bool message_deadline_ = false; // read_deadline_ is the message's
+  bool read_timed_out_ = false;
+  bool write_timed_out_ = false;
+  bool zero_copy_ = false;        // the batch in flight uses SEND_ZC
+  bool notif_pending_ = false;    // SEND_ZC: the kernel still holds sending_
 };
 
 }  // namespace ringframe

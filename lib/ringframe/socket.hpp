@@ -91,8 +91,6 @@ class recv_op : public operation<recv_op> {
   std::span<std::byte> buf_;
 };
 
-// One send, or (all = true) as many as it takes to send every byte: a short
-// send resubmits the rest from the completion, without resuming the coroutine.
 class recv_provided_op : public operation<recv_provided_op> {
  public:
   recv_provided_op(executor& ex, int fd, buffer_ring& br, op_options o) : operation(ex, o), fd_(fd), br_(br) {}
@@ -125,6 +123,8 @@ class recv_provided_op : public operation<recv_provided_op> {
   buffer_ring& br_;
 };
 
+// One send, or (all = true) as many as it takes to send every byte: a short
+// send resubmits the rest from the completion, without resuming the coroutine.
 class send_op : public operation<send_op> {
  public:
   send_op(executor& ex, int fd, std::span<const std::byte> buf, bool all, op_options o, bool zero_copy = false)
@@ -237,6 +237,7 @@ class socket {
   // server gives each accepted socket its stop token this way, so stopping
   // the server cancels whatever its handlers are waiting on.
   void set_stop_token(std::stop_token t) noexcept { stop_ = std::move(t); }
+  const std::stop_token& stop_token() const noexcept { return stop_; }
 
   [[nodiscard]] detail::accept_op accept(address* peer = nullptr, op_options o = {}) {
     return {*ex_, fd_, peer, with_stop(o)};

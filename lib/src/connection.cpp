@@ -1,7 +1,10 @@
 #include <ringframe/connection.hpp>
 
 #include <algorithm>
+#include <cerrno>
 #include <utility>
+
+#include <liburing.h>
 
 namespace ringframe {
 
@@ -13,7 +16,10 @@ bool read_message_awaitable::await_ready() {
 }
 
 std::coroutine_handle<> read_message_awaitable::await_suspend(std::coroutine_handle<> h) {
-  // Only here, when the peer must be waited for, is a coroutine frame made.
+  wait_.h = h;
+  if (c_->start_fast_read(this)) return std::noop_coroutine();
+  // Everything else (a frame in progress, backpressure, no provided
+  // buffers...) runs in a coroutine of its own, made only now.
   slow_ = c_->read_slow();
   slow_.handle().promise().continuation = h;
   return slow_.handle();
@@ -39,10 +45,75 @@ result<void> write_awaitable::await_resume() {
   return flush_.take_result();
 }
 
+// read_slow's recv: through the connection's read slot.
+struct read_slot_awaitable {
+  connection* c;
+  buffer_ring* br;
+  std::span<std::byte> room;
+  bool await_ready() noexcept {
+    if (int e = c->read_refusal()) {
+      // Reported like a cancelled recv (take_read_result maps a timeout).
+      c->read_slot_.res = e == ETIMEDOUT ? -ECANCELED : -e;
+      c->read_slot_.flags = 0;
+      return true;
+    }
+    return false;
+  }
+  void await_suspend(std::coroutine_handle<> h) {
+    c->read_waiter_ = h;
+    c->submit_read(br, room);
+  }
+  int await_resume() noexcept { return c->take_read_result(); }
+};
+
+// flush: wait until the send in flight has finished (or failed).
+struct send_idle_awaitable {
+  connection* c;
+  send_waiter node;
+  bool await_ready() const noexcept { return !c->send_slot_.busy; }
+  void await_suspend(std::coroutine_handle<> h) noexcept {
+    node.h = h;
+    node.next = c->send_waiters_;
+    c->send_waiters_ = &node;
+  }
+  void await_resume() const noexcept {}
+};
+
 }  // namespace detail
 
 connection::connection(socket s, connection_options o)
-    : sock_(std::move(s)), opts_(o), decoder_(o.limits) {}
+    : sock_(std::move(s)), opts_(o), decoder_(o.limits) {
+  read_slot_.owner = send_slot_.owner = this;
+  read_slot_.on_cqe = &connection::on_read_cqe;
+  send_slot_.on_cqe = &connection::on_send_cqe;
+  // Registered once, not per operation: stopping the socket's owner (the
+  // server) cancels whatever this connection has in flight.
+  if (sock_.stop_token().stop_possible()) stop_cb_.emplace(sock_.stop_token(), stop_all{this});
+}
+
+connection::~connection() = default;
+
+void connection::set_read_stop(const std::stop_token* t) {
+  read_stop_cb_.reset();
+  read_stop_ = t;
+  if (t && t->stop_possible()) read_stop_cb_.emplace(*t, stop_reads{this});
+}
+
+void connection::stop_reads::operator()() noexcept {
+  if (c->read_slot_.busy) c->cancel_slot(c->read_slot_);
+}
+
+void connection::stop_all::operator()() noexcept {
+  stop_reads{c}();
+  if (c->send_slot_.busy && !c->notif_pending_) c->cancel_slot(c->send_slot_);
+}
+
+void connection::cancel_slot(io_slot& slot) {
+  io_uring_sqe* sqe = sock_.get_executor().get_sqe(1);
+  io_uring_prep_cancel64(sqe, detail::key_of(&slot), 0);
+  io_uring_sqe_set_data64(sqe, 0);
+  sock_.get_executor().note_submitted(1);
+}
 
 std::optional<result<message_view>> connection::try_read_buffered() {
   if (unsent_bytes() >= opts_.max_unsent_bytes) return std::nullopt;  // send first
@@ -51,9 +122,18 @@ std::optional<result<message_view>> connection::try_read_buffered() {
     case frame_decoder::status::message:
       ++messages_in;
       timing_message_ = false;
+      if (message_deadline_) {
+        message_deadline_ = false;
+        read_deadline_.cancel();
+        read_timed_out_ = false;  // it came in whole after all
+      }
       return result<message_view>(v);
     case frame_decoder::status::error:
       timing_message_ = false;
+      if (message_deadline_) {
+        message_deadline_ = false;
+        read_deadline_.cancel();
+      }
       return result<message_view>(make_error_code(decoder_.error().code));
     case frame_decoder::status::need_more:
       break;
@@ -61,39 +141,158 @@ std::optional<result<message_view>> connection::try_read_buffered() {
   return std::nullopt;
 }
 
+// ---- receiving ----
+
+int connection::read_refusal() const noexcept {
+  if (read_timed_out_) return ETIMEDOUT;
+  if (sock_.get_executor().stopping()) return ECANCELED;
+  if (read_stop_ && read_stop_->stop_requested()) return ECANCELED;
+  if (sock_.stop_token().stop_requested()) return ECANCELED;
+  return 0;
+}
+
+void connection::submit_read(buffer_ring* br, std::span<std::byte> room) {
+  executor& ex = sock_.get_executor();
+  io_uring_sqe* sqe = ex.get_sqe(1);
+  if (br) {
+    io_uring_prep_recv(sqe, sock_.fd(), nullptr, br->buffer_size(), 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = br->group();
+  } else {
+    io_uring_prep_recv(sqe, sock_.fd(), room.data(), room.size(), 0);
+  }
+  io_uring_sqe_set_data64(sqe, detail::key_of(&read_slot_));
+  ex.note_submitted(1);
+  read_slot_.busy = true;
+}
+
+int connection::take_read_result() noexcept {
+  int r = read_slot_.res;
+  if (read_timed_out_) {
+    // The deadline fired; if the recv finished anyway, the data wins.
+    read_timed_out_ = false;
+    if (r == -ECANCELED || r == -EINTR) r = -ETIMEDOUT;
+  }
+  return r;
+}
+
+void connection::on_read_cqe(detail::completion* c, int res, unsigned flags, bool) {
+  connection* self = static_cast<io_slot*>(c)->owner;
+  self->read_slot_.busy = false;
+  self->read_slot_.res = res;
+  self->read_slot_.flags = flags;
+  if (self->read_waiter_) {
+    std::exchange(self->read_waiter_, {}).resume();
+    return;
+  }
+  if (self->fast_) self->fast_read_done();
+}
+
+void connection::on_read_deadline(deadline* d) {
+  connection* self = static_cast<owned_deadline*>(d)->owner;
+  self->read_timed_out_ = true;
+  self->message_deadline_ = false;
+  if (self->read_slot_.busy) self->cancel_slot(self->read_slot_);
+}
+
+bool connection::start_fast_read(detail::read_message_awaitable* aw) {
+  if (decoder_.mid_frame() || !opts_.provided_buffers || last_read_large_ || skip_ring_once_ || peer_closed_ ||
+      write_error_ || read_slot_.busy || unsent_bytes() >= opts_.max_unsent_bytes || read_refusal())
+    return false;
+  buffer_ring* br = sock_.get_executor().receive_buffers();
+  if (!br) return false;
+  // Nothing buffered: give the receive buffer back before waiting.
+  decoder_.shrink_if_idle();
+  // The replies queued so far go out in one send, submitted beside the recv
+  // (one io_uring_enter for both); the reader resumes once both are done.
+  if (!queued_.empty() && !send_slot_.busy) {
+    start_send();
+    if (write_error_) return false;
+  }
+  if (opts_.idle_timeout.count() > 0) read_deadline_.arm(sock_.get_executor(), opts_.idle_timeout);
+  fast_ = aw;
+  submit_read(br, {});
+  return true;
+}
+
+void connection::fast_read_done() {
+  detail::read_message_awaitable* aw = std::exchange(fast_, nullptr);
+  read_deadline_.cancel();
+  const int res = read_slot_.res;
+  const unsigned flags = read_slot_.flags;
+  buffer_ring* br = sock_.get_executor().receive_buffers();
+  if (res > 0 && (flags & IORING_CQE_F_BUFFER)) {
+    auto id = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+    std::size_t len = static_cast<std::size_t>(res);
+    read_timed_out_ = false;  // data won the race with the deadline
+    timing_message_ = true;
+    decoder_.feed(br->data(id, len));
+    br->recycle(id);
+    bytes_in += len;
+    last_read_large_ = len >= br->buffer_size() / 2;
+    if (std::optional<result<message_view>> r = try_read_buffered()) return finish_fast_read(aw, std::move(*r));
+    return continue_slow(aw);  // a frame in progress: read the rest
+  }
+  if (flags & IORING_CQE_F_BUFFER) br->recycle(static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT));
+  if (res == -ENOBUFS) {  // every ring buffer is in use: read into our own
+    sock_.get_executor().count_buffer_ring_empty();
+    skip_ring_once_ = true;
+    return continue_slow(aw);
+  }
+  if (res == 0 || res == -EINTR || res == -EAGAIN) {
+    if (res == 0) peer_closed_ = true;
+    return continue_slow(aw);  // retries, or flushes and reports the end
+  }
+  int r = take_read_result();
+  // A recv cancelled because the send failed reports the send's error.
+  if (write_error_ && r == -ECANCELED) return finish_fast_read(aw, write_error_);
+  finish_fast_read(aw, errno_code(-r));
+}
+
+void connection::finish_fast_read(detail::read_message_awaitable* aw, result<message_view> r) {
+  aw->ready_.emplace(std::move(r));
+  if (send_slot_.busy) {  // the reader resumes when the send is done too
+    aw->wait_.next = send_waiters_;
+    send_waiters_ = &aw->wait_;
+    return;
+  }
+  aw->wait_.h.resume();
+}
+
+void connection::continue_slow(detail::read_message_awaitable* aw) {
+  aw->slow_ = read_slow();
+  aw->slow_.handle().promise().continuation = aw->wait_.h;
+  aw->slow_.handle().resume();
+}
+
 task<result<message_view>> connection::read_slow() {
+  executor& ex = sock_.get_executor();
   for (;;) {
+    // Backpressure: a peer that does not take its replies is not read from.
     if (unsent_bytes() >= opts_.max_unsent_bytes) {
       result<void> f = co_await flush();
       if (!f) co_return f.error();
     }
     if (std::optional<result<message_view>> r = try_read_buffered()) co_return std::move(*r);
-    // Nothing buffered: give the receive buffer back now, before the flush
-    // below may wait on a slow peer holding it.
-    if (!decoder_.mid_frame()) decoder_.shrink_if_idle();
-    // Nothing complete is buffered: send the queued replies before waiting.
-    if (!queued_.empty()) {
+    // Nothing complete is buffered: send the queued replies before waiting
+    // (and let a send in flight finish: nothing outlives read_message).
+    if (!queued_.empty() || send_slot_.busy) {
       result<void> f = co_await flush();
       if (!f) co_return f.error();
     }
     if (peer_closed_)
       co_return make_error_code(decoder_.mid_frame() ? frame_errc::truncated : frame_errc::end_of_stream);
 
-    auto now = std::chrono::steady_clock::now();
-    std::chrono::nanoseconds timeout = opts_.idle_timeout;
-    if (decoder_.mid_frame()) {
-      if (!timing_message_) {
-        timing_message_ = true;
-        message_started_ = now;
-      }
-      if (opts_.message_timeout.count() > 0) {
-        timeout = message_started_ + opts_.message_timeout - now;
-        if (timeout.count() <= 0) co_return std::make_error_code(std::errc::timed_out);
-      } else {
-        timeout = std::chrono::nanoseconds{0};  // no deadline
-      }
-    } else {
+    const bool between_frames = !decoder_.mid_frame();
+    if (between_frames) {
       decoder_.shrink_if_idle();
+      if (opts_.idle_timeout.count() > 0) read_deadline_.arm(ex, opts_.idle_timeout);
+    } else {
+      timing_message_ = true;
+      if (opts_.message_timeout.count() > 0 && !message_deadline_) {
+        message_deadline_ = true;
+        read_deadline_.arm(ex, opts_.message_timeout);
+      }
     }
     // Between frames, read into the executor's provided buffers: a waiting
     // connection then holds no receive buffer, and the few bytes that
@@ -102,46 +301,140 @@ task<result<message_view>> connection::read_slow() {
     // into the decoder, so a large frame is received in place.
     // A connection whose last read was large is busy with large traffic:
     // reading straight into its own buffer spares the copy out of the ring.
-    buffer_ring* br = decoder_.mid_frame() || !opts_.provided_buffers || last_read_large_
-                          ? nullptr
-                          : sock_.get_executor().receive_buffers();
-    if (br) {
-      result<provided_recv> got = co_await sock_.recv_provided(*br, {.timeout = timeout, .stop = read_stop_});
-      if (got || got.error() != std::errc::no_buffer_space) {
-        if (!got) co_return got.error();
-        if (got->len == 0 || !got->has_buffer) {
-          peer_closed_ = true;
-          continue;
-        }
-        if (!timing_message_) {
-          timing_message_ = true;
-          message_started_ = now;
-        }
-        decoder_.feed(br->data(got->id, got->len));
-        br->recycle(got->id);
-        bytes_in += got->len;
-        last_read_large_ = got->len >= br->buffer_size() / 2;
-        continue;
-      }
-      sock_.get_executor().count_buffer_ring_empty();  // all in use: read into our own buffer
+    buffer_ring* br = !between_frames || !opts_.provided_buffers || last_read_large_ ? nullptr : ex.receive_buffers();
+    if (std::exchange(skip_ring_once_, false)) br = nullptr;
+    std::span<std::byte> room;
+    if (!br) room = decoder_.prepare(opts_.read_size);
+    int res = co_await detail::read_slot_awaitable{this, br, room};
+    if (between_frames) read_deadline_.cancel();
+    const unsigned flags = read_slot_.flags;
+    if (br && (flags & IORING_CQE_F_BUFFER)) {
+      auto id = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+      if (res > 0) decoder_.feed(br->data(id, static_cast<std::size_t>(res)));
+      br->recycle(id);
     }
-    std::span<std::byte> room = decoder_.prepare(opts_.read_size);
-    // read_stop_ replaces the socket's token for this recv, so it must also
-    // be requested by a hard stop (server::stop requests both).
-    result<std::size_t> n = co_await sock_.recv(room, {.timeout = timeout, .stop = read_stop_});
-    if (!n) co_return n.error();
-    if (*n == 0) {
+    if (res == -EINTR || res == -EAGAIN) continue;
+    if (res == -ENOBUFS && br) {
+      ex.count_buffer_ring_empty();
+      skip_ring_once_ = true;
+      continue;
+    }
+    if (res < 0) {
+      if (write_error_ && res == -ECANCELED) co_return write_error_;
+      co_return errno_code(-res);
+    }
+    if (res == 0) {
       peer_closed_ = true;
       continue;
     }
-    if (!decoder_.mid_frame() && !timing_message_) {
-      timing_message_ = true;
-      message_started_ = now;
-    }
-    decoder_.commit(*n);
-    bytes_in += *n;
-    last_read_large_ = *n >= opts_.read_size / 2;
+    if (!br) decoder_.commit(static_cast<std::size_t>(res));
+    if (between_frames) timing_message_ = true;
+    bytes_in += static_cast<std::size_t>(res);
+    last_read_large_ = static_cast<std::size_t>(res) >= (br ? br->buffer_size() : opts_.read_size) / 2;
   }
+}
+
+// ---- sending ----
+
+int connection::send_refusal() const noexcept {
+  if (write_timed_out_) return ETIMEDOUT;
+  if (sock_.get_executor().stopping()) return ECANCELED;
+  if (sock_.stop_token().stop_requested()) return ECANCELED;
+  return 0;
+}
+
+void connection::start_send() {
+  if (int e = send_refusal()) return fail_send(e);
+  std::swap(sending_, queued_);
+  sent_ = 0;
+  zero_copy_ = opts_.zero_copy_threshold && sending_.size() >= opts_.zero_copy_threshold;
+  if (opts_.write_timeout.count() > 0) write_deadline_.arm(sock_.get_executor(), opts_.write_timeout);
+  submit_send();
+}
+
+void connection::submit_send() {
+  executor& ex = sock_.get_executor();
+  io_uring_sqe* sqe = ex.get_sqe(1);
+  const char* p = sending_.data() + sent_;
+  std::size_t n = sending_.size() - sent_;
+  if (zero_copy_)  // IORING_OP_SEND_ZC: sending_ stays the kernel's until the notification
+    io_uring_prep_send_zc(sqe, sock_.fd(), p, n, MSG_NOSIGNAL, 0);
+  else
+    io_uring_prep_send(sqe, sock_.fd(), p, n, MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(sqe, detail::key_of(&send_slot_));
+  ex.note_submitted(1);
+  send_slot_.busy = true;
+}
+
+void connection::on_send_cqe(detail::completion* c, int res, unsigned flags, bool) {
+  connection* self = static_cast<io_slot*>(c)->owner;
+  if (flags & IORING_CQE_F_NOTIF) {
+    self->notif_pending_ = false;  // the result came in the CQE before this one
+  } else {
+    self->send_slot_.res = res;
+    if (flags & IORING_CQE_F_MORE) self->notif_pending_ = true;
+  }
+  if (self->notif_pending_) return;  // the buffer is still the kernel's
+  self->send_progress(self->send_slot_.res);
+}
+
+void connection::send_progress(int res) {
+  if (zero_copy_ && (res == -EOPNOTSUPP || res == -EINVAL)) {  // no zero-copy here: copy
+    zero_copy_ = false;
+    return submit_send();
+  }
+  if (res == -EINTR || res == -EAGAIN) res = 0;  // nothing sent: go on
+  if (res < 0) {
+    int e = -res;
+    if (e == ECANCELED && write_timed_out_) e = ETIMEDOUT;
+    return fail_send(e);
+  }
+  sent_ += static_cast<std::size_t>(res);
+  bytes_out += static_cast<std::size_t>(res);
+  if (sent_ < sending_.size()) {  // a short send: the rest, from the completion
+    if (int e = send_refusal()) return fail_send(e);
+    return submit_send();
+  }
+  sending_.clear();
+  sent_ = 0;
+  if (!queued_.empty()) return start_send();  // written while this batch was out
+  send_slot_.busy = false;
+  write_deadline_.cancel();
+  // A burst of large replies should not pin megabytes to an idle connection.
+  if (sending_.capacity() > 4 * opts_.max_unsent_bytes) std::string().swap(sending_);
+  if (queued_.capacity() > 4 * opts_.max_unsent_bytes) std::string().swap(queued_);
+  wake_send_waiters();
+}
+
+void connection::fail_send(int err) {
+  write_error_ = errno_code(err);
+  write_timed_out_ = false;
+  queued_.clear();
+  sending_.clear();
+  sent_ = 0;
+  send_slot_.busy = false;
+  write_deadline_.cancel();
+  // A reader waiting beside this send learns of the failure now rather than
+  // at its idle timeout.
+  if (fast_ && read_slot_.busy) cancel_slot(read_slot_);
+  wake_send_waiters();
+}
+
+void connection::wake_send_waiters() {
+  // Taken out first: a resumed coroutine may wait again, or end the
+  // connection; nothing of *this is touched after the first resume.
+  detail::send_waiter* w = std::exchange(send_waiters_, nullptr);
+  while (w) {
+    detail::send_waiter* next = w->next;
+    w->h.resume();
+    w = next;
+  }
+}
+
+void connection::on_write_deadline(deadline* d) {
+  connection* self = static_cast<owned_deadline*>(d)->owner;
+  self->write_timed_out_ = true;
+  if (self->send_slot_.busy && !self->notif_pending_) self->cancel_slot(self->send_slot_);
 }
 
 detail::write_awaitable connection::queued(result<void> r) {
@@ -188,29 +481,15 @@ task<void> connection::close_gracefully(std::chrono::nanoseconds linger) {
 }
 
 task<result<void>> connection::flush() {
-  if (write_error_) co_return write_error_;
-  if (flushing_) co_return result<void>{};  // the running flush sends our bytes too
-  flushing_ = true;
-  while (!queued_.empty()) {
-    std::swap(sending_, queued_);
-    const auto bytes = std::as_bytes(std::span(sending_.data(), sending_.size()));
-    const bool zero_copy = opts_.zero_copy_threshold && sending_.size() >= opts_.zero_copy_threshold;
-    result<std::size_t> n = zero_copy ? co_await sock_.send_all_zero_copy(bytes, {.timeout = opts_.write_timeout})
-                                      : co_await sock_.send_all(bytes, {.timeout = opts_.write_timeout});
-    sending_.clear();
-    if (!n) {
-      write_error_ = n.error();
-      queued_.clear();
-      break;
+  for (;;) {
+    if (write_error_) co_return write_error_;
+    if (!send_slot_.busy) {
+      if (queued_.empty()) co_return result<void>{};
+      start_send();
+      continue;  // it may have failed at once
     }
-    bytes_out += *n;
+    co_await detail::send_idle_awaitable{this, {}};
   }
-  flushing_ = false;
-  // A burst of large replies should not pin megabytes to an idle connection.
-  if (queued_.capacity() > 4 * opts_.max_unsent_bytes) std::string().swap(queued_);
-  if (sending_.capacity() > 4 * opts_.max_unsent_bytes) std::string().swap(sending_);
-  if (write_error_) co_return write_error_;
-  co_return result<void>{};
 }
 
 }  // namespace ringframe
