@@ -56,9 +56,11 @@ struct server_stats {
   server_stats& operator+=(const server_stats& o);
 };
 
-// What a handler gets besides the socket.
+// What a handler gets besides the socket. Small, so that it can be passed by
+// value to every coroutine of a connection: the peer's address lives once,
+// in the server's frame for that connection, for as long as it is served.
 struct connection_info {
-  address peer;
+  const address& peer;
   class server* server;
   // Requested when the server drains: use it for operations that wait for
   // *new* work from the peer (a recv between requests), so that owed
