@@ -422,3 +422,63 @@ TEST_CASE("coroutines flushing one connection at once each wait for their bytes 
   CHECK(got[2] == std::string(1 << 20, 'c'));
   CHECK(writer.bytes_out > 3u << 20);
 }
+
+namespace {
+task<void> store_read_error(connection* c, std::error_code* out) {
+  result<message_view> m = co_await c->read_message();
+  *out = m ? std::error_code{} : m.error();
+}
+
+task<void> store_messages(connection* c, int n, std::vector<std::string>* out) {
+  for (int i = 0; i < n; ++i) {
+    result<message_view> m = co_await c->read_message();
+    REQUIRE(m);
+    out->emplace_back(m->content_text());
+  }
+}
+
+task<void> send_after(executor* ex, connection* c, std::string text) {
+  result<void> slept = co_await sleep_for(*ex, 20ms);
+  REQUIRE(slept);
+  result<void> w = co_await c->write(message::binary(std::move(text), "t"));
+  REQUIRE(w);
+  result<void> f = co_await c->flush();
+  REQUIRE(f);
+}
+}  // namespace
+
+TEST_CASE("a second reader on one connection gets EBUSY; the first still gets its message") {
+  executor ex;
+  auto [a, b] = testing::socket_pair(ex);
+  connection writer(std::move(a));
+  connection reader(std::move(b));
+  std::vector<std::string> got;
+  std::error_code err;
+  ex.spawn(send_after(&ex, &writer, "hello"));
+  // Spawned in this order: the first suspends on its recv, then the second runs.
+  ex.spawn(store_messages(&reader, 1, &got));
+  ex.spawn(store_read_error(&reader, &err));
+  ex.run_until_idle();
+  CHECK(err == std::errc::device_or_resource_busy);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0] == "hello");
+}
+
+TEST_CASE("zero-copy sends (every batch) deliver exactly what copying sends do") {
+  connection_options co;
+  co.zero_copy_threshold = 1;
+  co.limits.max_content_length = 8 * 1024 * 1024;
+  framed_server fs(framed(&frame_echo_handler, co));
+  std::string all;
+  std::vector<std::string> contents;
+  for (std::size_t size : {std::size_t{0}, std::size_t{1}, std::size_t{64}, std::size_t{70000}, std::size_t{4u << 20}}) {
+    std::string c(size, static_cast<char>('a' + size % 26));
+    for (std::size_t i = 0; i < c.size(); i += 4096) c[i] = static_cast<char>(i / 4096);
+    contents.push_back(c);
+    REQUIRE(encode_frame(message::binary(c, "binary/x"), all));
+  }
+  exchange e = fs.talk(all, static_cast<int>(contents.size()));
+  REQUIRE(e.replies.size() == contents.size());
+  for (std::size_t i = 0; i < contents.size(); ++i) CHECK(e.replies[i] == contents[i]);
+  CHECK(e.end == frame_errc::end_of_stream);
+}

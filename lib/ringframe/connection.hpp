@@ -110,7 +110,8 @@ class connection {
   connection(connection&&) = delete;  // the kernel holds pointers into it
   ~connection();
 
-  // The next message; see the header comment for the errors.
+  // The next message; see the header comment for the errors. One reader at a
+  // time: a second coroutine calling this while one waits gets EBUSY.
   [[nodiscard]] detail::read_message_awaitable read_message() { return detail::read_message_awaitable(this); }
 
   // Queue a message (encoded now, sent later; see the header comment).
@@ -238,6 +239,7 @@ class connection {
   bool write_timed_out_ = false;
   bool zero_copy_ = false;        // the batch in flight uses SEND_ZC
   bool notif_pending_ = false;    // SEND_ZC: the kernel still holds sending_
+  bool reading_ = false;          // a read_message is waiting
 };
 
 }  // namespace ringframe

@@ -11,11 +11,17 @@ namespace ringframe {
 namespace detail {
 
 bool read_message_awaitable::await_ready() {
+  if (c_->reading_) {
+    // Two readers would share one receive slot and split the stream.
+    ready_.emplace(std::make_error_code(std::errc::device_or_resource_busy));
+    return true;
+  }
   ready_ = c_->try_read_buffered();
   return ready_.has_value();
 }
 
 std::coroutine_handle<> read_message_awaitable::await_suspend(std::coroutine_handle<> h) {
+  c_->reading_ = true;
   wait_.h = h;
   if (c_->start_fast_read(this)) return std::noop_coroutine();
   // Everything else (a frame in progress, backpressure, no provided
@@ -26,7 +32,11 @@ std::coroutine_handle<> read_message_awaitable::await_suspend(std::coroutine_han
 }
 
 result<message_view> read_message_awaitable::await_resume() {
-  if (ready_) return std::move(*ready_);
+  if (ready_) {
+    if (wait_.h) c_->reading_ = false;  // this one waited
+    return std::move(*ready_);
+  }
+  c_->reading_ = false;
   return slow_.take_result();
 }
 
