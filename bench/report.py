@@ -70,6 +70,24 @@ if peers:
             if r and f:
                 print(f"| {name} | {depth} | {r['msgs_per_s']:,.0f} | {r.get('server_cpu_ns_per_msg', -1):,.0f} | "
                       f"{r['p99_us']:.0f} | {f['msgs_per_s'] / r['msgs_per_s']:.2f} |")
+ab = [r for r in load if r["mode"].startswith("ab:")]
+if ab:
+    import statistics
+    print("\n### Side by side, alternating runs (50 connections, 64 B; medians of 3)\n")
+    print("| A | B | depth | A msg/s | B msg/s | A / B | A CPU ns/msg | B CPU ns/msg | B / A CPU |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    pairs = [("ab:ceiling", "ab:ceiling-fixed-files"), ("ab:framed", "ab:framed-no-read-deadlines")]
+    for a, b in pairs:
+        for depth in sorted({r["depth"] for r in ab}, reverse=True):
+            ra = [r for r in ab if r["mode"] == a and r["depth"] == depth]
+            rb = [r for r in ab if r["mode"] == b and r["depth"] == depth]
+            if not ra or not rb:
+                continue
+            med = lambda rs, k: statistics.median(r[k] for r in rs)
+            ta, tb = med(ra, "msgs_per_s"), med(rb, "msgs_per_s")
+            ca, cb = med(ra, "server_cpu_ns_per_msg"), med(rb, "server_cpu_ns_per_msg")
+            print(f"| {a[3:]} | {b[3:]} | {depth} | {ta:,.0f} | {tb:,.0f} | {ta / tb:.2f} | {ca:,.0f} | {cb:,.0f} | {cb / ca:.2f} |")
+load = [r for r in load if not r["mode"].startswith("ab:")] + ab
 errs = sum(r["errors"] + r["failed_connections"] for r in load)
 print(f"\nValidation errors and failed connections over all runs: {errs}")
 

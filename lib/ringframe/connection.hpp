@@ -7,12 +7,16 @@
 //     co_await conn.write(message::json("{}"));   // queued; sent in batches
 //   }
 //
-// Reads go straight into the decoder's buffer and a message's content is
-// handed out without a copy. Writes are appended to an output buffer that is
-// sent when the reader would otherwise wait for the peer, so the replies to
-// pipelined requests leave in one send, in request order. When more than
-// max_unsent_bytes are queued, write() sends before returning (backpressure:
-// a peer that does not read its replies stops being read from).
+// Between frames a read waits on a recv from the executor's provided buffers
+// with no coroutine frame of its own (the connection owns the completion);
+// the bytes are copied into the decoder and a message's content is handed out
+// without a further copy. Mid-frame, reads go straight into the decoder's
+// buffer. Writes are appended to an output buffer that is sent, in one send,
+// when the reader next waits for the peer (beside that recv), so the replies
+// to pipelined requests leave together, in request order; read_message()
+// returns only once that send is done. When more than max_unsent_bytes are
+// queued, write() sends before returning (backpressure: a peer that does not
+// read its replies stops being read from).
 //
 // Read errors: frame_errc::end_of_stream (peer closed between messages),
 // frame_errc::truncated, a protocol error (frame_category; details in
