@@ -58,6 +58,8 @@ const char* const usage_text =
     "      --no-provided-buffers\n"
     "                           framed modes: receive into each connection's own buffer even\n"
     "                           between messages (for comparison)\n"
+    "      --multishot-recv     framed modes: keep one multishot recv armed per connection\n"
+    "                           instead of one recv per read (Linux 6.0; see docs/io-path.md)\n"
     "  -q, --quiet              do not log each connection\n"
     "  -h, --help               show this help and exit\n"
     "  -V, --version            show the version and exit\n"
@@ -102,7 +104,7 @@ options parse(int argc, char** argv) {
       {"max-content", required_argument, nullptr, 1}, {"idle-timeout", required_argument, nullptr, 2},
       {"message-timeout", required_argument, nullptr, 3}, {"drain-timeout", required_argument, nullptr, 4},
       {"io-uring", required_argument, nullptr, 5},  {"single-accept", no_argument, nullptr, 6},
-      {"no-provided-buffers", no_argument, nullptr, 7},
+      {"no-provided-buffers", no_argument, nullptr, 7}, {"multishot-recv", no_argument, nullptr, 9},
       {"zero-copy-threshold", required_argument, nullptr, 8},  {"threads", required_argument, nullptr, 't'},
       {"version", no_argument, nullptr, 'V'},       {nullptr, 0, nullptr, 0}};
   int c;
@@ -137,6 +139,7 @@ options parse(int argc, char** argv) {
       case 4: o.drain_timeout = parse_seconds("--drain-timeout", optarg); break;
       case 6: o.single_accept = true; break;
       case 7: o.conn.provided_buffers = false; break;
+      case 9: o.conn.multishot_recv = true; break;
       case 8: {
         char* end = nullptr;
         unsigned long long v = std::strtoull(optarg, &end, 10);

@@ -32,8 +32,11 @@
 #include <ringframe/socket.hpp>
 #include <ringframe/task.hpp>
 
+#include <array>
 #include <chrono>
 #include <coroutine>
+#include <cstdint>
+#include <memory>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -60,6 +63,13 @@ struct connection_options {
   // idle connection then holds no receive buffer); false: always receive
   // into the connection's own buffer.
   bool provided_buffers = true;
+  // Keep one multishot recv (Linux 6.0) armed on the provided buffers
+  // instead of arming a recv for every read. Bytes that arrive while the
+  // handler still works on a message wait in up to 4 ring buffers (beyond
+  // that in a spill buffer, and the recv is cancelled until the handler
+  // reads again), because the message it holds points into the decoder.
+  // Off by default: see docs/io-path.md for what it saves.
+  bool multishot_recv = false;
   // Batches of queued replies at least this large are sent with zero-copy
   // (IORING_OP_SEND_ZC); 0: never. Off by default: see docs/io-path.md.
   std::size_t zero_copy_threshold = 0;
@@ -169,6 +179,17 @@ class connection {
     unsigned flags = 0;
     bool busy = false;
   };
+  // The multishot recv's completion lives on the heap: a connection that
+  // goes away while one is armed leaves it behind, ownerless, to take the
+  // kernel's last CQE (and give back its buffer) after the cancellation.
+  struct multishot_slot : io_slot {
+    buffer_ring* br = nullptr;
+  };
+  struct held_buffer {
+    std::uint16_t id;
+    std::uint32_t len;
+  };
+  static constexpr std::size_t max_held = 4;
   struct owned_deadline : deadline {
     owned_deadline(callback cb, connection* c) noexcept : deadline(cb), owner(c) {}
     connection* owner;
@@ -215,6 +236,22 @@ class connection {
 
   void cancel_slot(io_slot& slot);
 
+  // ---- multishot receiving (connection_options::multishot_recv) ----
+  // Arms the recv the waiting reader needs: the multishot one when enabled
+  // and reading from the ring (unless it is armed already), else one recv.
+  void start_read(buffer_ring* br, std::span<std::byte> room);
+  void arm_multishot(buffer_ring* br);
+  void cancel_multishot(bool quietly);
+  static void on_multishot_cqe(detail::completion* c, int res, unsigned flags, bool);
+  void on_multishot(int res, unsigned flags);
+  void deliver_read(int res, unsigned flags);
+  void hold(std::uint16_t id, std::size_t len);
+  // Feeds what arrived while no one was reading into the decoder; true if
+  // there was anything. Only when a new read starts: the handler's message
+  // points into the decoder until then.
+  bool drain_held();
+  bool has_held() const noexcept { return held_n_ != 0 || !spill_.empty(); }
+
   socket sock_;
   connection_options opts_;
   frame_decoder decoder_;
@@ -244,6 +281,14 @@ class connection {
   bool zero_copy_ = false;        // the batch in flight uses SEND_ZC
   bool notif_pending_ = false;    // SEND_ZC: the kernel still holds sending_
   bool reading_ = false;          // a read_message is waiting
+  bool ms_armed_ = false;         // the multishot recv is in the kernel
+  bool ms_cancelling_ = false;    // cancelled by us, not to be reported
+  bool ms_ended_ = false;         // it ended (ms_end_res_) with no reader waiting
+  int ms_end_res_ = 0;
+  std::uint8_t held_n_ = 0;
+  std::array<held_buffer, max_held> held_{};
+  std::string spill_;
+  std::unique_ptr<multishot_slot> ms_slot_;
 };
 
 }  // namespace ringframe

@@ -16,6 +16,7 @@ bool read_message_awaitable::await_ready() {
     ready_.emplace(std::make_error_code(std::errc::device_or_resource_busy));
     return true;
   }
+  if (c_->has_held()) c_->drain_held();
   ready_ = c_->try_read_buffered();
   return ready_.has_value();
 }
@@ -60,18 +61,30 @@ struct read_slot_awaitable {
   connection* c;
   buffer_ring* br;
   std::span<std::byte> room;
-  bool await_ready() noexcept {
+  bool await_ready() {
+    c->read_slot_.flags = 0;
+    if (c->has_held()) {
+      // Bytes that came in on the multishot recv meanwhile: decode them
+      // first (read_slow goes round again on EAGAIN).
+      c->drain_held();
+      c->read_slot_.res = -EAGAIN;
+      return true;
+    }
+    if (c->ms_ended_) {  // the multishot recv ended while nobody waited
+      c->ms_ended_ = false;
+      c->read_slot_.res = c->ms_end_res_;
+      return true;
+    }
     if (int e = c->read_refusal()) {
       // Reported like a cancelled recv (take_read_result maps a timeout).
       c->read_slot_.res = e == ETIMEDOUT ? -ECANCELED : -e;
-      c->read_slot_.flags = 0;
       return true;
     }
     return false;
   }
   void await_suspend(std::coroutine_handle<> h) {
     c->read_waiter_ = h;
-    c->submit_read(br, room);
+    c->start_read(br, room);
   }
   int await_resume() noexcept { return c->take_read_result(); }
 };
@@ -101,7 +114,17 @@ connection::connection(socket s, connection_options o)
   if (sock_.stop_token().stop_possible()) stop_cb_.emplace(sock_.stop_token(), stop_all{this});
 }
 
-connection::~connection() = default;
+connection::~connection() {
+  if (!ms_slot_) return;
+  for (std::uint8_t i = 0; i < held_n_; ++i) ms_slot_->br->recycle(held_[i].id);
+  if (ms_armed_) {
+    // The kernel still holds the multishot recv: leave its completion
+    // behind to take the last CQE (see multishot_slot).
+    ms_slot_->owner = nullptr;
+    cancel_slot(*ms_slot_);
+    ms_slot_.release();
+  }
+}
 
 void connection::set_read_stop(const std::stop_token* t) {
   read_stop_cb_.reset();
@@ -111,6 +134,7 @@ void connection::set_read_stop(const std::stop_token* t) {
 
 void connection::stop_reads::operator()() noexcept {
   if (c->read_slot_.busy) c->cancel_slot(c->read_slot_);
+  if (c->ms_armed_) c->cancel_multishot(false);
 }
 
 void connection::stop_all::operator()() noexcept {
@@ -203,11 +227,13 @@ void connection::on_read_deadline(deadline* d) {
   self->read_timed_out_ = true;
   self->message_deadline_ = false;
   if (self->read_slot_.busy) self->cancel_slot(self->read_slot_);
+  if (self->ms_armed_) self->cancel_multishot(false);
 }
 
 bool connection::start_fast_read(detail::read_message_awaitable* aw) {
-  if (decoder_.mid_frame() || !opts_.provided_buffers || last_read_large_ || skip_ring_once_ || peer_closed_ ||
-      write_error_ || read_slot_.busy || unsent_bytes() >= opts_.max_unsent_bytes || read_refusal())
+  if (decoder_.mid_frame() || !opts_.provided_buffers || (last_read_large_ && !opts_.multishot_recv) ||
+      skip_ring_once_ || peer_closed_ || write_error_ || read_slot_.busy || ms_ended_ ||
+      unsent_bytes() >= opts_.max_unsent_bytes || read_refusal())
     return false;
   buffer_ring* br = sock_.get_executor().receive_buffers();
   if (!br) return false;
@@ -221,7 +247,7 @@ bool connection::start_fast_read(detail::read_message_awaitable* aw) {
   }
   if (opts_.idle_timeout.count() > 0) read_deadline_.arm(sock_.get_executor(), opts_.idle_timeout);
   fast_ = aw;
-  submit_read(br, {});
+  start_read(br, {});
   return true;
 }
 
@@ -312,7 +338,10 @@ task<result<message_view>> connection::read_slow() {
     // A connection whose last read was large is busy with large traffic:
     // reading straight into its own buffer spares the copy out of the ring.
     buffer_ring* br = !between_frames || !opts_.provided_buffers || last_read_large_ ? nullptr : ex.receive_buffers();
+    // A multishot recv reads every byte from the ring, mid-frame too.
+    if (opts_.multishot_recv && opts_.provided_buffers) br = ex.receive_buffers();
     if (std::exchange(skip_ring_once_, false)) br = nullptr;
+    if (ms_armed_) br = ms_slot_->br;  // it is armed: wait on it
     std::span<std::byte> room;
     if (!br) room = decoder_.prepare(opts_.read_size);
     int res = co_await detail::read_slot_awaitable{this, br, room};
@@ -342,6 +371,126 @@ task<result<message_view>> connection::read_slow() {
     bytes_in += static_cast<std::size_t>(res);
     last_read_large_ = static_cast<std::size_t>(res) >= (br ? br->buffer_size() : opts_.read_size) / 2;
   }
+}
+
+// ---- multishot receiving ----
+
+void connection::start_read(buffer_ring* br, std::span<std::byte> room) {
+  if (br && opts_.multishot_recv) {
+    if (!ms_armed_) arm_multishot(br);
+    return;
+  }
+  submit_read(br, room);
+}
+
+void connection::arm_multishot(buffer_ring* br) {
+  if (!ms_slot_) {
+    ms_slot_ = std::make_unique<multishot_slot>();
+    ms_slot_->owner = this;
+    ms_slot_->on_cqe = &connection::on_multishot_cqe;
+  }
+  ms_slot_->br = br;
+  executor& ex = sock_.get_executor();
+  io_uring_sqe* sqe = ex.get_sqe(1);
+  io_uring_prep_recv_multishot(sqe, sock_.fd(), nullptr, 0, 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
+  sqe->buf_group = br->group();
+  io_uring_sqe_set_data64(sqe, detail::key_of(ms_slot_.get()));
+  ex.note_submitted(1);
+  ms_armed_ = true;
+  ms_cancelling_ = false;
+}
+
+void connection::cancel_multishot(bool quietly) {
+  if (ms_cancelling_) return;  // already on its way out
+  ms_cancelling_ = quietly;
+  cancel_slot(*ms_slot_);
+}
+
+void connection::on_multishot_cqe(detail::completion* c, int res, unsigned flags, bool) {
+  auto* slot = static_cast<multishot_slot*>(c);
+  const bool more = (flags & IORING_CQE_F_MORE) != 0;
+  connection* self = slot->owner;
+  if (!self) {  // left behind by a connection that is gone
+    if (flags & IORING_CQE_F_BUFFER) slot->br->recycle(static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT));
+    if (!more) delete slot;
+    return;
+  }
+  if (!more) self->ms_armed_ = false;
+  self->on_multishot(res, flags);
+}
+
+void connection::on_multishot(int res, unsigned flags) {
+  const bool waiting = read_waiter_ || fast_;
+  buffer_ring* br = ms_slot_->br;
+  if (res > 0 && (flags & IORING_CQE_F_BUFFER)) {
+    if (waiting) return deliver_read(res, flags);
+    return hold(static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT), static_cast<std::size_t>(res));
+  }
+  if (flags & IORING_CQE_F_BUFFER) br->recycle(static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT));
+  if (ms_armed_) return;  // not the last CQE (nothing to report)
+  const bool quiet = res == -ECANCELED && ms_cancelling_;
+  ms_cancelling_ = false;
+  if (quiet || (res == -ENOBUFS && !waiting)) {
+    // Ended by us (too much held) or by an empty ring: the next read re-arms
+    // it. A reader already waiting needs it now.
+    if (!waiting) return;
+    if (int e = read_refusal()) return deliver_read(e == ETIMEDOUT ? -ECANCELED : -e, 0);
+    return arm_multishot(br);
+  }
+  if (res == -EINVAL && opts_.multishot_recv) {
+    // A kernel without multishot recv (before 6.0): one recv per read from
+    // now on, for this connection.
+    opts_.multishot_recv = false;
+    if (waiting) submit_read(br, {});
+    return;
+  }
+  if (waiting) return deliver_read(res, flags);
+  ms_ended_ = true;  // end of stream or an error: reported by the next read
+  ms_end_res_ = res;
+}
+
+void connection::deliver_read(int res, unsigned flags) {
+  read_slot_.res = res;
+  read_slot_.flags = flags;
+  if (read_waiter_) {
+    std::exchange(read_waiter_, {}).resume();
+    return;
+  }
+  if (fast_) fast_read_done();
+}
+
+void connection::hold(std::uint16_t id, std::size_t len) {
+  buffer_ring* br = ms_slot_->br;
+  if (held_n_ < max_held && spill_.empty()) {
+    held_[held_n_++] = {id, static_cast<std::uint32_t>(len)};
+  } else {  // CQEs already posted when the cancellation below was sent
+    std::span<std::byte> d = br->data(id, len);
+    spill_.append(reinterpret_cast<const char*>(d.data()), d.size());
+    br->recycle(id);
+  }
+  // Enough held: stop receiving until the handler reads again, so one
+  // connection cannot take the ring buffers every other one needs.
+  if (held_n_ == max_held && ms_armed_) cancel_multishot(true);
+}
+
+bool connection::drain_held() {
+  if (!has_held()) return false;
+  buffer_ring* br = ms_slot_->br;
+  for (std::uint8_t i = 0; i < held_n_; ++i) {
+    decoder_.feed(br->data(held_[i].id, held_[i].len));
+    br->recycle(held_[i].id);
+    bytes_in += held_[i].len;
+  }
+  held_n_ = 0;
+  if (!spill_.empty()) {
+    decoder_.feed(spill_);
+    bytes_in += spill_.size();
+    spill_.clear();
+    if (spill_.capacity() > 64 * 1024) std::string().swap(spill_);
+  }
+  timing_message_ = true;
+  return true;
 }
 
 // ---- sending ----
@@ -427,6 +576,7 @@ void connection::fail_send(int err) {
   // A reader waiting beside this send learns of the failure now rather than
   // at its idle timeout.
   if (fast_ && read_slot_.busy) cancel_slot(read_slot_);
+  if (fast_ && ms_armed_) cancel_multishot(false);
   wake_send_waiters();
 }
 
@@ -476,6 +626,7 @@ detail::write_awaitable connection::write_error(std::string_view detail) {
 }
 
 task<void> connection::close_gracefully(std::chrono::nanoseconds linger) {
+  if (ms_armed_) cancel_multishot(true);  // the lingering reads below take over
   result<void> f = co_await flush();
   if (!f || peer_closed_ || !sock_.is_open()) co_return;  // nothing more to protect
   result<void> sh = co_await sock_.shutdown(SHUT_WR);
