@@ -251,6 +251,16 @@ class connection {
   // points into the decoder until then.
   bool drain_held();
   bool has_held() const noexcept { return held_n_ != 0 || !spill_.empty(); }
+  // Large reads go straight into the decoder (no copy out of the ring); the
+  // multishot recv comes back only after a few small reads in a row, so
+  // traffic near the threshold does not cancel and re-arm it all the time.
+  void note_read_size(bool large) noexcept {
+    last_read_large_ = large;
+    small_reads_ = large ? 0 : static_cast<std::uint8_t>(small_reads_ < 255 ? small_reads_ + 1 : 255);
+  }
+  bool multishot_suits() const noexcept {
+    return opts_.multishot_recv && opts_.provided_buffers && small_reads_ >= 4;
+  }
 
   socket sock_;
   connection_options opts_;
@@ -286,6 +296,7 @@ class connection {
   bool ms_ended_ = false;         // it ended (ms_end_res_) with no reader waiting
   int ms_end_res_ = 0;
   std::uint8_t held_n_ = 0;
+  std::uint8_t small_reads_ = 4;  // consecutive small reads (see note_read_size)
   std::array<held_buffer, max_held> held_{};
   std::string spill_;
   std::unique_ptr<multishot_slot> ms_slot_;

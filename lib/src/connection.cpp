@@ -231,7 +231,7 @@ void connection::on_read_deadline(deadline* d) {
 }
 
 bool connection::start_fast_read(detail::read_message_awaitable* aw) {
-  if (decoder_.mid_frame() || !opts_.provided_buffers || (last_read_large_ && !opts_.multishot_recv) ||
+  if (decoder_.mid_frame() || !opts_.provided_buffers || last_read_large_ ||
       skip_ring_once_ || peer_closed_ || write_error_ || read_slot_.busy || ms_ended_ ||
       unsent_bytes() >= opts_.max_unsent_bytes || read_refusal())
     return false;
@@ -265,7 +265,7 @@ void connection::fast_read_done() {
     decoder_.feed(br->data(id, len));
     br->recycle(id);
     bytes_in += len;
-    last_read_large_ = len >= br->buffer_size() / 2;
+    note_read_size(len >= br->buffer_size() / 2);
     if (std::optional<result<message_view>> r = try_read_buffered()) return finish_fast_read(aw, std::move(*r));
     return continue_slow(aw);  // a frame in progress: read the rest
   }
@@ -338,10 +338,16 @@ task<result<message_view>> connection::read_slow() {
     // A connection whose last read was large is busy with large traffic:
     // reading straight into its own buffer spares the copy out of the ring.
     buffer_ring* br = !between_frames || !opts_.provided_buffers || last_read_large_ ? nullptr : ex.receive_buffers();
-    // A multishot recv reads every byte from the ring, mid-frame too.
-    if (opts_.multishot_recv && opts_.provided_buffers) br = ex.receive_buffers();
+    // A multishot recv reads from the ring mid-frame too, while reads are
+    // small; large ones go straight into the decoder, as above.
+    if (multishot_suits()) br = ex.receive_buffers();
     if (std::exchange(skip_ring_once_, false)) br = nullptr;
-    if (ms_armed_) br = ms_slot_->br;  // it is armed: wait on it
+    if (ms_armed_) {
+      // Switching to direct reads: the multishot recv must end first (its
+      // end comes back as EAGAIN, and the loop goes round).
+      if (!br || !multishot_suits()) cancel_multishot(true);
+      br = ms_slot_->br;
+    }
     std::span<std::byte> room;
     if (!br) room = decoder_.prepare(opts_.read_size);
     int res = co_await detail::read_slot_awaitable{this, br, room};
@@ -369,17 +375,15 @@ task<result<message_view>> connection::read_slow() {
     if (!br) decoder_.commit(static_cast<std::size_t>(res));
     if (between_frames) timing_message_ = true;
     bytes_in += static_cast<std::size_t>(res);
-    last_read_large_ = static_cast<std::size_t>(res) >= (br ? br->buffer_size() : opts_.read_size) / 2;
+    note_read_size(static_cast<std::size_t>(res) >= (br ? br->buffer_size() : opts_.read_size) / 2);
   }
 }
 
 // ---- multishot receiving ----
 
 void connection::start_read(buffer_ring* br, std::span<std::byte> room) {
-  if (br && opts_.multishot_recv) {
-    if (!ms_armed_) arm_multishot(br);
-    return;
-  }
+  if (ms_armed_) return;  // wait on it: its next bytes, or its end (never two recvs)
+  if (br && multishot_suits()) return arm_multishot(br);
   submit_read(br, room);
 }
 
@@ -432,11 +436,11 @@ void connection::on_multishot(int res, unsigned flags) {
   const bool quiet = res == -ECANCELED && ms_cancelling_;
   ms_cancelling_ = false;
   if (quiet || (res == -ENOBUFS && !waiting)) {
-    // Ended by us (too much held) or by an empty ring: the next read re-arms
-    // it. A reader already waiting needs it now.
-    if (!waiting) return;
-    if (int e = read_refusal()) return deliver_read(e == ETIMEDOUT ? -ECANCELED : -e, 0);
-    return arm_multishot(br);
+    // Ended by us (too much held, or large reads ahead) or by an empty
+    // ring: the next read decides again. A reader already waiting is told
+    // to go round (EAGAIN), which re-arms it or reads directly.
+    if (waiting) deliver_read(-EAGAIN, 0);
+    return;
   }
   if (res == -EINVAL && opts_.multishot_recv) {
     // A kernel without multishot recv (before 6.0): one recv per read from
