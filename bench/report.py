@@ -73,20 +73,23 @@ if peers:
 ab = [r for r in load if r["mode"].startswith("ab:")]
 if ab:
     import statistics
-    print("\n### Side by side, alternating runs (50 connections, 64 B; medians of 3)\n")
-    print("| A | B | depth | A msg/s | B msg/s | A / B | A CPU ns/msg | B CPU ns/msg | B / A CPU |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    pairs = [("ab:ceiling", "ab:ceiling-fixed-files"), ("ab:framed", "ab:framed-no-read-deadlines")]
+    print("\n### Side by side, alternating runs (50 connections; medians of 3)\n")
+    print("| A | B | depth | content | A msg/s | B msg/s | B / A | A CPU ns/msg | B CPU ns/msg | B / A CPU | A p99 us | B p99 us |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    pairs = [("ab:ceiling", "ab:framed"), ("ab:ceiling", "ab:ceiling-fixed-files"), ("ab:framed", "ab:framed-no-read-deadlines"),
+             ("ab:framed", "ab:framed-multishot-recv"), ("ab:ceiling", "ab:ceiling-multishot-recv")]
     for a, b in pairs:
-        for depth in sorted({r["depth"] for r in ab}, reverse=True):
-            ra = [r for r in ab if r["mode"] == a and r["depth"] == depth]
-            rb = [r for r in ab if r["mode"] == b and r["depth"] == depth]
-            if not ra or not rb:
-                continue
+        # ab() runs A then B in turn: pair each B run with the A run before it.
+        runs = [(ab[i - 1], ab[i]) for i in range(1, len(ab)) if ab[i]["mode"] == b and ab[i - 1]["mode"] == a]
+        points = sorted({(rb["size"], rb["depth"]) for _, rb in runs}, key=lambda p: (p[0], -p[1]))
+        for size, depth in points:
+            sel = [(x, y) for x, y in runs if y["size"] == size and y["depth"] == depth]
+            ra, rb = [x for x, _ in sel], [y for _, y in sel]
             med = lambda rs, k: statistics.median(r[k] for r in rs)
             ta, tb = med(ra, "msgs_per_s"), med(rb, "msgs_per_s")
             ca, cb = med(ra, "server_cpu_ns_per_msg"), med(rb, "server_cpu_ns_per_msg")
-            print(f"| {a[3:]} | {b[3:]} | {depth} | {ta:,.0f} | {tb:,.0f} | {ta / tb:.2f} | {ca:,.0f} | {cb:,.0f} | {cb / ca:.2f} |")
+            print(f"| {a[3:]} | {b[3:]} | {depth} | {size} B | {ta:,.0f} | {tb:,.0f} | {tb / ta:.2f} | {ca:,.0f} | {cb:,.0f} | "
+                  f"{cb / ca:.2f} | {med(ra, 'p99_us'):,.0f} | {med(rb, 'p99_us'):,.0f} |")
 load = [r for r in load if not r["mode"].startswith("ab:")] + ab
 errs = sum(r["errors"] + r["failed_connections"] for r in load)
 print(f"\nValidation errors and failed connections over all runs: {errs}")

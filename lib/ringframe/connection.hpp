@@ -179,17 +179,25 @@ class connection {
     unsigned flags = 0;
     bool busy = false;
   };
-  // The multishot recv's completion lives on the heap: a connection that
-  // goes away while one is armed leaves it behind, ownerless, to take the
-  // kernel's last CQE (and give back its buffer) after the cancellation.
-  struct multishot_slot : io_slot {
-    buffer_ring* br = nullptr;
-  };
   struct held_buffer {
     std::uint16_t id;
     std::uint32_t len;
   };
   static constexpr std::size_t max_held = 4;
+  // The multishot recv's completion and state live on the heap, made only
+  // for connections that use it (an idle connection's memory counts). A
+  // connection that goes away while one is armed leaves it behind,
+  // ownerless, to take the kernel's last CQE (and give back its buffer)
+  // after the cancellation.
+  struct multishot_slot : io_slot {
+    buffer_ring* br = nullptr;
+    bool cancelling = false;  // cancelled by us, not to be reported
+    bool ended = false;       // it ended (end_res) with no reader waiting
+    int end_res = 0;
+    std::uint8_t held_n = 0;
+    std::array<held_buffer, max_held> held{};
+    std::string spill;  // what arrived once `held` was full
+  };
   struct owned_deadline : deadline {
     owned_deadline(callback cb, connection* c) noexcept : deadline(cb), owner(c) {}
     connection* owner;
@@ -250,7 +258,8 @@ class connection {
   // there was anything. Only when a new read starts: the handler's message
   // points into the decoder until then.
   bool drain_held();
-  bool has_held() const noexcept { return held_n_ != 0 || !spill_.empty(); }
+  bool has_held() const noexcept { return ms_slot_ && (ms_slot_->held_n != 0 || !ms_slot_->spill.empty()); }
+  bool ms_ended() const noexcept { return ms_slot_ && ms_slot_->ended; }
   // Large reads go straight into the decoder (no copy out of the ring); the
   // multishot recv comes back only after a few small reads in a row, so
   // traffic near the threshold does not cancel and re-arm it all the time.
@@ -292,13 +301,7 @@ class connection {
   bool notif_pending_ = false;    // SEND_ZC: the kernel still holds sending_
   bool reading_ = false;          // a read_message is waiting
   bool ms_armed_ = false;         // the multishot recv is in the kernel
-  bool ms_cancelling_ = false;    // cancelled by us, not to be reported
-  bool ms_ended_ = false;         // it ended (ms_end_res_) with no reader waiting
-  int ms_end_res_ = 0;
-  std::uint8_t held_n_ = 0;
   std::uint8_t small_reads_ = 4;  // consecutive small reads (see note_read_size)
-  std::array<held_buffer, max_held> held_{};
-  std::string spill_;
   std::unique_ptr<multishot_slot> ms_slot_;
 };
 

@@ -70,9 +70,9 @@ struct read_slot_awaitable {
       c->read_slot_.res = -EAGAIN;
       return true;
     }
-    if (c->ms_ended_) {  // the multishot recv ended while nobody waited
-      c->ms_ended_ = false;
-      c->read_slot_.res = c->ms_end_res_;
+    if (c->ms_ended()) {  // the multishot recv ended while nobody waited
+      c->ms_slot_->ended = false;
+      c->read_slot_.res = c->ms_slot_->end_res;
       return true;
     }
     if (int e = c->read_refusal()) {
@@ -116,7 +116,7 @@ connection::connection(socket s, connection_options o)
 
 connection::~connection() {
   if (!ms_slot_) return;
-  for (std::uint8_t i = 0; i < held_n_; ++i) ms_slot_->br->recycle(held_[i].id);
+  for (std::uint8_t i = 0; i < ms_slot_->held_n; ++i) ms_slot_->br->recycle(ms_slot_->held[i].id);
   if (ms_armed_) {
     // The kernel still holds the multishot recv: leave its completion
     // behind to take the last CQE (see multishot_slot).
@@ -232,7 +232,7 @@ void connection::on_read_deadline(deadline* d) {
 
 bool connection::start_fast_read(detail::read_message_awaitable* aw) {
   if (decoder_.mid_frame() || !opts_.provided_buffers || last_read_large_ ||
-      skip_ring_once_ || peer_closed_ || write_error_ || read_slot_.busy || ms_ended_ ||
+      skip_ring_once_ || peer_closed_ || write_error_ || read_slot_.busy || ms_ended() ||
       unsent_bytes() >= opts_.max_unsent_bytes || read_refusal())
     return false;
   buffer_ring* br = sock_.get_executor().receive_buffers();
@@ -402,12 +402,12 @@ void connection::arm_multishot(buffer_ring* br) {
   io_uring_sqe_set_data64(sqe, detail::key_of(ms_slot_.get()));
   ex.note_submitted(1);
   ms_armed_ = true;
-  ms_cancelling_ = false;
+  ms_slot_->cancelling = false;
 }
 
 void connection::cancel_multishot(bool quietly) {
-  if (ms_cancelling_) return;  // already on its way out
-  ms_cancelling_ = quietly;
+  if (ms_slot_->cancelling) return;  // already on its way out
+  ms_slot_->cancelling = quietly;
   cancel_slot(*ms_slot_);
 }
 
@@ -433,8 +433,8 @@ void connection::on_multishot(int res, unsigned flags) {
   }
   if (flags & IORING_CQE_F_BUFFER) br->recycle(static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT));
   if (ms_armed_) return;  // not the last CQE (nothing to report)
-  const bool quiet = res == -ECANCELED && ms_cancelling_;
-  ms_cancelling_ = false;
+  const bool quiet = res == -ECANCELED && ms_slot_->cancelling;
+  ms_slot_->cancelling = false;
   if (quiet || (res == -ENOBUFS && !waiting)) {
     // Ended by us (too much held, or large reads ahead) or by an empty
     // ring: the next read decides again. A reader already waiting is told
@@ -450,8 +450,8 @@ void connection::on_multishot(int res, unsigned flags) {
     return;
   }
   if (waiting) return deliver_read(res, flags);
-  ms_ended_ = true;  // end of stream or an error: reported by the next read
-  ms_end_res_ = res;
+  ms_slot_->ended = true;  // end of stream or an error: reported by the next read
+  ms_slot_->end_res = res;
 }
 
 void connection::deliver_read(int res, unsigned flags) {
@@ -466,32 +466,32 @@ void connection::deliver_read(int res, unsigned flags) {
 
 void connection::hold(std::uint16_t id, std::size_t len) {
   buffer_ring* br = ms_slot_->br;
-  if (held_n_ < max_held && spill_.empty()) {
-    held_[held_n_++] = {id, static_cast<std::uint32_t>(len)};
+  if (ms_slot_->held_n < max_held && ms_slot_->spill.empty()) {
+    ms_slot_->held[ms_slot_->held_n++] = {id, static_cast<std::uint32_t>(len)};
   } else {  // CQEs already posted when the cancellation below was sent
     std::span<std::byte> d = br->data(id, len);
-    spill_.append(reinterpret_cast<const char*>(d.data()), d.size());
+    ms_slot_->spill.append(reinterpret_cast<const char*>(d.data()), d.size());
     br->recycle(id);
   }
   // Enough held: stop receiving until the handler reads again, so one
   // connection cannot take the ring buffers every other one needs.
-  if (held_n_ == max_held && ms_armed_) cancel_multishot(true);
+  if (ms_slot_->held_n == max_held && ms_armed_) cancel_multishot(true);
 }
 
 bool connection::drain_held() {
   if (!has_held()) return false;
   buffer_ring* br = ms_slot_->br;
-  for (std::uint8_t i = 0; i < held_n_; ++i) {
-    decoder_.feed(br->data(held_[i].id, held_[i].len));
-    br->recycle(held_[i].id);
-    bytes_in += held_[i].len;
+  for (std::uint8_t i = 0; i < ms_slot_->held_n; ++i) {
+    decoder_.feed(br->data(ms_slot_->held[i].id, ms_slot_->held[i].len));
+    br->recycle(ms_slot_->held[i].id);
+    bytes_in += ms_slot_->held[i].len;
   }
-  held_n_ = 0;
-  if (!spill_.empty()) {
-    decoder_.feed(spill_);
-    bytes_in += spill_.size();
-    spill_.clear();
-    if (spill_.capacity() > 64 * 1024) std::string().swap(spill_);
+  ms_slot_->held_n = 0;
+  if (!ms_slot_->spill.empty()) {
+    decoder_.feed(ms_slot_->spill);
+    bytes_in += ms_slot_->spill.size();
+    ms_slot_->spill.clear();
+    if (ms_slot_->spill.capacity() > 64 * 1024) std::string().swap(ms_slot_->spill);
   }
   timing_message_ = true;
   return true;
