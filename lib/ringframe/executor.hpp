@@ -8,6 +8,7 @@
 
 #include <ringframe/buffer_ring.hpp>
 #include <ringframe/deadline.hpp>
+#include <ringframe/detail/detached.hpp>
 #include <ringframe/task.hpp>
 
 #include <liburing.h>
@@ -26,7 +27,6 @@ namespace ringframe {
 
 namespace detail {
 struct completion;
-struct detached_promise;
 }  // namespace detail
 
 // How the ring is set up. `fastest` tries, in order: SINGLE_ISSUER +
@@ -100,6 +100,8 @@ class executor {
   // next loop iteration. An exception escaping it is logged to stderr and
   // dropped: one connection's failure never reaches another.
   void spawn(task<void> t);
+  // A coroutine that is detached itself (detail/detached.hpp): no wrapper.
+  void spawn(detail::detached d);
 
   // Hand `t` to `target`, another thread's executor: it is spawned there, on
   // that thread. Call it on the thread that runs *this; it returns at once.

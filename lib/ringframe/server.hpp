@@ -108,7 +108,8 @@ class server {
 
  private:
   static task<void> accept_loop(server* self, socket* listener);
-  static task<void> run_connection(server* self, socket s, address peer);
+  // Detached itself (no spawn wrapper): it lives as long as the connection.
+  static detail::detached run_connection(executor* ex, server* self, socket s, address peer);
   static task<void> stop_after(server* self, std::chrono::nanoseconds grace, std::stop_token cancel);
   void connection_finished();
 

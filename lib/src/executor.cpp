@@ -12,41 +12,19 @@ namespace ringframe {
 
 namespace detail {
 
-// The frame of a spawned coroutine. It is linked into its executor's list so
-// that teardown can find (and, as a last resort, destroy) what still runs.
-struct detached_promise {
-  executor* ex;
-  detached_promise* prev = nullptr;
-  detached_promise* next = nullptr;
+void detached_promise::attach() noexcept {
+  next = ex->detached_head_;
+  if (next) next->prev = this;
+  ex->detached_head_ = this;
+  ++ex->live_;
+}
 
-  detached_promise(executor* e, task<void>&) noexcept : ex(e) {
-    next = ex->detached_head_;
-    if (next) next->prev = this;
-    ex->detached_head_ = this;
-    ++ex->live_;
-  }
-  ~detached_promise() {
-    if (prev) prev->next = next;
-    else ex->detached_head_ = next;
-    if (next) next->prev = prev;
-    --ex->live_;
-  }
-  std::coroutine_handle<detached_promise> handle() noexcept {
-    return std::coroutine_handle<detached_promise>::from_promise(*this);
-  }
-  struct detached get_return_object() noexcept;
-  std::suspend_always initial_suspend() noexcept { return {}; }
-  std::suspend_never final_suspend() noexcept { return {}; }
-  void return_void() noexcept {}
-  void unhandled_exception() noexcept {}
-};
-
-struct detached {
-  using promise_type = detached_promise;
-  std::coroutine_handle<detached_promise> h;
-};
-
-detached detached_promise::get_return_object() noexcept { return detached{handle()}; }
+void detached_promise::detach() noexcept {
+  if (prev) prev->next = next;
+  else ex->detached_head_ = next;
+  if (next) next->prev = prev;
+  --ex->live_;
+}
 
 namespace {
 detached run_detached(executor* /*ex, read by the promise*/, task<void> t) {
@@ -316,10 +294,9 @@ buffer_ring* executor::receive_buffers() {
   return buffers_.get();
 }
 
-void executor::spawn(task<void> t) {
-  auto d = detail::run_detached(this, std::move(t));
-  ready_.push_back(d.h);
-}
+void executor::spawn(task<void> t) { spawn(detail::run_detached(this, std::move(t))); }
+
+void executor::spawn(detail::detached d) { ready_.push_back(d.h); }
 
 
 void executor::spawn_on(executor& target, task<void> t) {

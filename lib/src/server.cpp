@@ -132,7 +132,7 @@ task<void> server::accept_loop(server* self, socket* listener) {
     s->set_stop_token(self->stop_.get_token());
     ++self->live_;
     ++self->stats_.accepted;
-    self->ex_.spawn(run_connection(self, std::move(*s), peer));
+    self->ex_.spawn(run_connection(&self->ex_, self, std::move(*s), peer));
   }
   // Close the listener: while draining, new clients are refused at once
   // rather than left waiting in the backlog.
@@ -141,13 +141,15 @@ task<void> server::accept_loop(server* self, socket* listener) {
   self->connection_finished();
 }
 
-task<void> server::run_connection(server* self, socket s, address peer) {
+detail::detached server::run_connection(executor* /*read by the promise*/, server* self, socket s, address peer) {
   if (self->opts_.log_connections) self->log("Connected by " + peer.to_python());
   try {
     task<void> t = self->handler_(std::move(s), connection_info{peer, self, &self->drain_token_});
     co_await std::move(t);
   } catch (const std::exception& e) {
     self->log("handler for " + peer.to_python() + " failed: " + e.what());
+  } catch (...) {
+    self->log("handler for " + peer.to_python() + " failed with an unknown exception");
   }
   if (self->opts_.log_connections) self->log("Closing connection to " + peer.to_python());
   if (self->draining()) ++self->stats_.drained;
