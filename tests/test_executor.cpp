@@ -7,7 +7,9 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <atomic>
 #include <optional>
 #include <thread>
@@ -259,4 +261,34 @@ TEST_CASE("a coroutine that is detached itself is spawned, counted live, and cle
     CHECK(ex.live_tasks() == 1);
   }
   CHECK(done == 2);
+}
+
+TEST_CASE("buffer ring parts: ids run on across parts, each maps to its own memory, growth stops at the limit") {
+  executor_options eo;
+  eo.receive_buffers = 4;
+  eo.receive_buffers_max = 40;  // 4, +8 = 12, +16 = 28; +32 would pass it
+  executor ex(eo);
+  buffer_ring* br = ex.receive_buffers();
+  REQUIRE(br);
+  CHECK(br->count() == 4);
+  const std::uint16_t first_group = br->group();
+  CHECK(br->grow());
+  CHECK(br->count() == 12);
+  CHECK(br->group() != first_group);  // recvs armed from now on use the new part
+  CHECK(br->grow());
+  CHECK(br->count() == 28);
+  CHECK_FALSE(br->grow());
+  REQUIRE(br->count() == 28);
+  // Every id names a distinct, whole buffer, across parts.
+  std::vector<std::byte*> starts;
+  for (std::uint16_t id = 0; id < 28; ++id) {
+    std::span<std::byte> d = br->data(id, br->buffer_size());
+    std::memset(d.data(), id, d.size());
+    starts.push_back(d.data());
+  }
+  for (std::uint16_t id = 0; id < 28; ++id) CHECK(static_cast<int>(br->data(id, 1)[0]) == id);
+  std::sort(starts.begin(), starts.end());
+  CHECK(std::adjacent_find(starts.begin(), starts.end()) == starts.end());
+  for (std::size_t i = 1; i < starts.size(); ++i)
+    CHECK(static_cast<std::size_t>(starts[i] - starts[i - 1]) >= br->buffer_size());
 }

@@ -440,6 +440,7 @@ task<void> echo_once_framed(executor* ex, address to, int i, int* ok) {
 TEST_CASE("when every provided receive buffer is in use, connections read into their own") {
   executor_options eo;
   eo.receive_buffers = 2;  // far fewer than connections receiving at once
+  eo.receive_buffers_max = 2;  // and it may not grow
   executor ex(eo);
   server_options so;
   so.log_connections = false;
@@ -453,6 +454,32 @@ TEST_CASE("when every provided receive buffer is in use, connections read into t
   CHECK(ok == 200);
   MESSAGE("recvs that found the buffer ring empty: " << ex.stats().buffer_ring_empty);
   CHECK(ex.stats().buffer_ring_empty > 0);
+  CHECK(ex.stats().buffer_ring_grown == 0);
+  CHECK(ex.receive_buffers()->count() == 2);
+  srv.stop();
+  ex.run_until_idle();
+}
+
+TEST_CASE("an empty buffer ring grows, up to its limit, and every byte still arrives") {
+  executor_options eo;
+  eo.receive_buffers = 2;
+  eo.receive_buffers_max = 60;  // 2, +4 = 6, +8 = 14, +16 = 30; +32 would pass it
+  executor ex(eo);
+  server_options so;
+  so.log_connections = false;
+  server srv(ex, so);
+  REQUIRE(srv.listen(*address::from_ip("127.0.0.1", 0)));
+  address to = srv.local_addresses().front();
+  ex.spawn(test_server::serve_plain(&srv));
+  int ok = 0;
+  for (int i = 0; i < 200; ++i) ex.spawn(echo_once_framed(&ex, to, i, &ok));
+  for (int i = 0; i < 100000 && ok < 200; ++i) ex.run_once(true);
+  CHECK(ok == 200);
+  MESSAGE("ring empty " << ex.stats().buffer_ring_empty << " times, grew " << ex.stats().buffer_ring_grown
+                        << " times, to " << ex.receive_buffers()->count() << " buffers");
+  CHECK(ex.stats().buffer_ring_grown >= 1);
+  CHECK(ex.receive_buffers()->count() > 2);
+  CHECK(ex.receive_buffers()->count() <= 60);
   srv.stop();
   ex.run_until_idle();
 }

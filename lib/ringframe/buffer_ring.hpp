@@ -3,6 +3,12 @@
 // holds no memory while it waits: the kernel picks a buffer only when data
 // arrives. So an idle connection costs no receive buffer at all.
 //
+// It can grow: a registered ring cannot be resized, so grow() registers a
+// new part, with twice as many buffers as the last one, under a new group,
+// and recvs armed from then on name that group. Buffer ids run on across the parts, so data() and
+// recycle() need only the id a completion carries, whichever part it came
+// from; older parts keep serving the recvs armed before.
+//
 // Each buffer is followed by SIMDJSON_PADDING spare bytes, so its content can
 // be parsed in place like the decoder's own buffer.
 #pragma once
@@ -13,40 +19,61 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <vector>
 
 namespace ringframe {
-
-class executor;
 
 class buffer_ring {
  public:
   static constexpr std::size_t padding = 64;
 
   // Registers `count` (a power of two) buffers of `size` bytes as group
-  // `group`. Throws std::system_error when the kernel refuses.
-  buffer_ring(io_uring* ring, unsigned count, std::size_t size, std::uint16_t group);
+  // `group`; grow() may take it to `max_count` in all. Throws
+  // std::system_error when the kernel refuses.
+  buffer_ring(io_uring* ring, unsigned count, std::size_t size, std::uint16_t group, unsigned max_count = 0);
   ~buffer_ring();
   buffer_ring(const buffer_ring&) = delete;
   buffer_ring& operator=(const buffer_ring&) = delete;
 
-  std::uint16_t group() const noexcept { return group_; }
+  // The group a recv armed now should name (the newest part's).
+  std::uint16_t group() const noexcept { return parts_.back().group; }
   std::size_t buffer_size() const noexcept { return size_; }
+  // Buffers in all parts.
+  unsigned count() const noexcept { return total_; }
   // The bytes a completion put in buffer `id`.
   std::span<std::byte> data(std::uint16_t id, std::size_t len) noexcept {
-    return {base_.get() + static_cast<std::size_t>(id) * stride(), len};
+    const part& p = part_of(id);
+    return {p.base.get() + static_cast<std::size_t>(id - p.first_id) * stride(), len};
   }
   // Give buffer `id` back to the kernel.
   void recycle(std::uint16_t id) noexcept;
+  // Register a new part with twice as many buffers as the last one; false
+  // when that would pass max_count or the kernel refuses (nothing changes).
+  bool grow() noexcept;
 
  private:
+  struct part {
+    io_uring_buf_ring* br = nullptr;
+    std::size_t br_bytes = 0;
+    std::unique_ptr<std::byte[]> base;
+    unsigned first_id = 0;
+    unsigned count = 0;
+    std::uint16_t group = 0;
+  };
   std::size_t stride() const noexcept { return size_ + padding; }
+  const part& part_of(std::uint16_t id) const noexcept {
+    // Newest first: most buffers are there, and there are few parts.
+    for (auto it = parts_.rbegin(); it != parts_.rend(); ++it)
+      if (id >= it->first_id) return *it;
+    return parts_.front();
+  }
+  void add_part(unsigned count, std::uint16_t group);  // throws std::system_error
+
   io_uring* ring_;
-  io_uring_buf_ring* br_ = nullptr;
-  std::size_t br_bytes_ = 0;
-  std::unique_ptr<std::byte[]> base_;
-  unsigned count_;
   std::size_t size_;
-  std::uint16_t group_;
+  unsigned total_ = 0;
+  unsigned max_count_;
+  std::vector<part> parts_;
 };
 
 }  // namespace ringframe

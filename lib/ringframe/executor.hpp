@@ -48,6 +48,10 @@ struct executor_options {
   // connections; when all are in use a recv fails with ENOBUFS and the
   // connection reads into its own buffer instead.
   unsigned receive_buffers = 64;
+  // When receives find every buffer in use, the ring grows (a new part with
+  // twice as many buffers as the last: 64, then 192, 448, 960, 1984 in all)
+  // up to this many. Equal to receive_buffers: it never grows.
+  unsigned receive_buffers_max = 2048;
 };
 
 // Thrown by the executor's constructor only (see result.hpp for why).
@@ -65,6 +69,7 @@ struct executor_stats {
   std::uint64_t submits = 0;      // io_uring_enter calls made to submit
   std::uint64_t completions = 0;  // CQEs dispatched
   std::uint64_t buffer_ring_empty = 0;  // -ENOBUFS: every provided buffer in use
+  std::uint64_t buffer_ring_grown = 0;  // times the ring grew because of it
   std::uint64_t deadlines_expired = 0;  // coarse deadlines (deadline.hpp) that fired
 };
 
@@ -114,7 +119,9 @@ class executor {
   // The executor's provided receive buffers, registered on first use; null
   // when the kernel cannot provide them (then receives use their own buffers).
   buffer_ring* receive_buffers();
-  void count_buffer_ring_empty() noexcept { ++stats_.buffer_ring_empty; }
+  // A recv found every buffer in use (-ENOBUFS): counted, and the ring grows
+  // if it may.
+  void count_buffer_ring_empty() noexcept;
 
   // Number of spawned coroutines that have not finished.
   std::size_t live_tasks() const noexcept { return live_; }
@@ -177,6 +184,7 @@ class executor {
   std::unique_ptr<buffer_ring> buffers_;
   bool buffers_tried_ = false;
   unsigned buffer_count_ = 64;
+  unsigned buffer_max_ = 2048;
   bool defer_taskrun_ = false;
   std::size_t live_ = 0;
   bool stopping_ = false;

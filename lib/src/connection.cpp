@@ -435,6 +435,8 @@ void connection::on_multishot(int res, unsigned flags) {
   if (ms_armed_) return;  // not the last CQE (nothing to report)
   const bool quiet = res == -ECANCELED && ms_slot_->cancelling;
   ms_slot_->cancelling = false;
+  // A waiting reader counts it itself (fast_read_done, read_slow).
+  if (res == -ENOBUFS && !waiting) sock_.get_executor().count_buffer_ring_empty();
   if (quiet || (res == -ENOBUFS && !waiting)) {
     // Ended by us (too much held, or large reads ahead) or by an empty
     // ring: the next read decides again. A reader already waiting is told

@@ -140,7 +140,8 @@ std::string executor::probe() {
   return "";
 }
 
-executor::executor(executor_options opts) : buffer_count_(opts.receive_buffers) {
+executor::executor(executor_options opts)
+    : buffer_count_(opts.receive_buffers), buffer_max_(opts.receive_buffers_max) {
   if (buffer_count_ & (buffer_count_ - 1)) throw std::invalid_argument("executor_options::receive_buffers must be a power of two");
   struct attempt {
     unsigned flags;
@@ -286,12 +287,19 @@ buffer_ring* executor::receive_buffers() {
     buffers_tried_ = true;
     if (buffer_count_ == 0) return nullptr;
     try {
-      buffers_ = std::make_unique<buffer_ring>(&ring_, buffer_count_, 16 * 1024, 1);
+      buffers_ = std::make_unique<buffer_ring>(&ring_, buffer_count_, 16 * 1024, 1, buffer_max_);
     } catch (const std::system_error&) {
       buffers_.reset();  // older kernel: receives fall back to their own buffers
     }
   }
   return buffers_.get();
+}
+
+void executor::count_buffer_ring_empty() noexcept {
+  ++stats_.buffer_ring_empty;
+  // The recv that found it empty reads into its connection's own buffer;
+  // the ones armed from now on name the grown ring.
+  if (buffers_ && buffers_->grow()) ++stats_.buffer_ring_grown;
 }
 
 void executor::spawn(task<void> t) { spawn(detail::run_detached(this, std::move(t))); }
