@@ -102,6 +102,19 @@ struct framed_server {
 
 const std::string morpheus = "{\"result\": \"Follow the white rabbit. \xF0\x9F\x90\xB0\"}";
 
+// `n` search requests in one buffer (every third finds something), and the
+// replies the app owes them, in order.
+std::pair<std::string, std::vector<std::string>> pipelined_searches(int n) {
+  std::string wire;
+  std::vector<std::string> expect;
+  for (int i = 0; i < n; ++i) {
+    std::string v = i % 3 == 0 ? "morpheus" : "v" + std::to_string(i);
+    wire += search_frame(v);
+    expect.push_back(i % 3 == 0 ? morpheus : "{\"result\": \"No match for \\\"" + v + "\\\".\"}");
+  }
+  return {wire, expect};
+}
+
 }  // namespace
 
 TEST_CASE("the app answers every request kind of PROTOCOL.md section 2") {
@@ -137,13 +150,7 @@ TEST_CASE("the app answers every request kind of PROTOCOL.md section 2") {
 
 TEST_CASE("1,000 pipelined requests on one connection are answered in order") {
   framed_server fs(per_request(&app_handler));
-  std::string wire;
-  std::vector<std::string> expect;
-  for (int i = 0; i < 1000; ++i) {
-    std::string v = i % 3 == 0 ? "morpheus" : "v" + std::to_string(i);
-    wire += search_frame(v);
-    expect.push_back(i % 3 == 0 ? morpheus : "{\"result\": \"No match for \\\"" + v + "\\\".\"}");
-  }
+  auto [wire, expect] = pipelined_searches(1000);
   exchange e = fs.talk(wire, 1000);
   CHECK(e.replies == expect);
   fs.srv.stop();
@@ -542,13 +549,7 @@ task<std::vector<std::string>> send_spaced(executor* ex, address to, std::vector
 
 TEST_CASE("multishot recv: 1,000 pipelined requests are answered in order") {
   framed_server fs(per_request(&app_handler, multishot()));
-  std::string wire;
-  std::vector<std::string> expect;
-  for (int i = 0; i < 1000; ++i) {
-    std::string v = i % 3 == 0 ? "morpheus" : "v" + std::to_string(i);
-    wire += search_frame(v);
-    expect.push_back(i % 3 == 0 ? morpheus : "{\"result\": \"No match for \\\"" + v + "\\\".\"}");
-  }
+  auto [wire, expect] = pipelined_searches(1000);
   exchange e = fs.talk(wire, 1000);
   CHECK(e.replies == expect);
   CHECK(e.end == frame_errc::end_of_stream);

@@ -437,10 +437,19 @@ task<void> echo_once_framed(executor* ex, address to, int i, int* ok) {
 }
 }  // namespace
 
-TEST_CASE("when every provided receive buffer is in use, connections read into their own") {
+namespace {
+// 200 clients echo one framed message each through a server whose executor
+// starts with 2 provided buffers and may grow them to `max_buffers`.
+struct small_ring_run {
+  int ok = 0;
+  executor_stats stats;
+  unsigned buffers = 0;  // the ring's size at the end
+};
+
+small_ring_run echo_through_small_ring(unsigned max_buffers) {
   executor_options eo;
   eo.receive_buffers = 2;  // far fewer than connections receiving at once
-  eo.receive_buffers_max = 2;  // and it may not grow
+  eo.receive_buffers_max = max_buffers;
   executor ex(eo);
   server_options so;
   so.log_connections = false;
@@ -448,38 +457,32 @@ TEST_CASE("when every provided receive buffer is in use, connections read into t
   REQUIRE(srv.listen(*address::from_ip("127.0.0.1", 0)));
   address to = srv.local_addresses().front();
   ex.spawn(test_server::serve_plain(&srv));
-  int ok = 0;
-  for (int i = 0; i < 200; ++i) ex.spawn(echo_once_framed(&ex, to, i, &ok));
-  for (int i = 0; i < 100000 && ok < 200; ++i) ex.run_once(true);
-  CHECK(ok == 200);
-  MESSAGE("recvs that found the buffer ring empty: " << ex.stats().buffer_ring_empty);
-  CHECK(ex.stats().buffer_ring_empty > 0);
-  CHECK(ex.stats().buffer_ring_grown == 0);
-  CHECK(ex.receive_buffers()->count() == 2);
+  small_ring_run run;
+  for (int i = 0; i < 200; ++i) ex.spawn(echo_once_framed(&ex, to, i, &run.ok));
+  for (int i = 0; i < 100000 && run.ok < 200; ++i) ex.run_once(true);
+  run.stats = ex.stats();
+  run.buffers = ex.receive_buffers()->count();
   srv.stop();
   ex.run_until_idle();
+  return run;
+}
+}  // namespace
+
+TEST_CASE("when every provided receive buffer is in use, connections read into their own") {
+  small_ring_run run = echo_through_small_ring(2);  // it may not grow
+  CHECK(run.ok == 200);
+  MESSAGE("recvs that found the buffer ring empty: " << run.stats.buffer_ring_empty);
+  CHECK(run.stats.buffer_ring_empty > 0);
+  CHECK(run.stats.buffer_ring_grown == 0);
+  CHECK(run.buffers == 2);
 }
 
 TEST_CASE("an empty buffer ring grows, up to its limit, and every byte still arrives") {
-  executor_options eo;
-  eo.receive_buffers = 2;
-  eo.receive_buffers_max = 60;  // 2, +4 = 6, +8 = 14, +16 = 30; +32 would pass it
-  executor ex(eo);
-  server_options so;
-  so.log_connections = false;
-  server srv(ex, so);
-  REQUIRE(srv.listen(*address::from_ip("127.0.0.1", 0)));
-  address to = srv.local_addresses().front();
-  ex.spawn(test_server::serve_plain(&srv));
-  int ok = 0;
-  for (int i = 0; i < 200; ++i) ex.spawn(echo_once_framed(&ex, to, i, &ok));
-  for (int i = 0; i < 100000 && ok < 200; ++i) ex.run_once(true);
-  CHECK(ok == 200);
-  MESSAGE("ring empty " << ex.stats().buffer_ring_empty << " times, grew " << ex.stats().buffer_ring_grown
-                        << " times, to " << ex.receive_buffers()->count() << " buffers");
-  CHECK(ex.stats().buffer_ring_grown >= 1);
-  CHECK(ex.receive_buffers()->count() > 2);
-  CHECK(ex.receive_buffers()->count() <= 60);
-  srv.stop();
-  ex.run_until_idle();
+  small_ring_run run = echo_through_small_ring(60);  // 2, +4 = 6, +8 = 14, +16 = 30; +32 would pass it
+  CHECK(run.ok == 200);
+  MESSAGE("ring empty " << run.stats.buffer_ring_empty << " times, grew " << run.stats.buffer_ring_grown
+                        << " times, to " << run.buffers << " buffers");
+  CHECK(run.stats.buffer_ring_grown >= 1);
+  CHECK(run.buffers > 2);
+  CHECK(run.buffers <= 60);
 }

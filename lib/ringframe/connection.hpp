@@ -293,7 +293,6 @@ class connection {
   bool peer_closed_ = false;
   bool last_read_large_ = false;
   bool skip_ring_once_ = false;   // the ring was empty: next read into our own buffer
-  bool timing_message_ = false;   // bytes of a message not yet handed out are buffered
   bool message_deadline_ = false; // read_deadline_ is the message's
   bool read_timed_out_ = false;
   bool write_timed_out_ = false;

@@ -155,7 +155,6 @@ std::optional<result<message_view>> connection::try_read_buffered() {
   switch (decoder_.next(v)) {
     case frame_decoder::status::message:
       ++messages_in;
-      timing_message_ = false;
       if (message_deadline_) {
         message_deadline_ = false;
         read_deadline_.cancel();
@@ -163,7 +162,6 @@ std::optional<result<message_view>> connection::try_read_buffered() {
       }
       return result<message_view>(v);
     case frame_decoder::status::error:
-      timing_message_ = false;
       if (message_deadline_) {
         message_deadline_ = false;
         read_deadline_.cancel();
@@ -261,7 +259,6 @@ void connection::fast_read_done() {
     auto id = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
     std::size_t len = static_cast<std::size_t>(res);
     read_timed_out_ = false;  // data won the race with the deadline
-    timing_message_ = true;
     decoder_.feed(br->data(id, len));
     br->recycle(id);
     bytes_in += len;
@@ -323,12 +320,9 @@ task<result<message_view>> connection::read_slow() {
     if (between_frames) {
       decoder_.shrink_if_idle();
       if (opts_.idle_timeout.count() > 0) read_deadline_.arm(ex, opts_.idle_timeout);
-    } else {
-      timing_message_ = true;
-      if (opts_.message_timeout.count() > 0 && !message_deadline_) {
-        message_deadline_ = true;
-        read_deadline_.arm(ex, opts_.message_timeout);
-      }
+    } else if (opts_.message_timeout.count() > 0 && !message_deadline_) {
+      message_deadline_ = true;
+      read_deadline_.arm(ex, opts_.message_timeout);
     }
     // Between frames, read into the executor's provided buffers: a waiting
     // connection then holds no receive buffer, and the few bytes that
@@ -373,7 +367,6 @@ task<result<message_view>> connection::read_slow() {
       continue;
     }
     if (!br) decoder_.commit(static_cast<std::size_t>(res));
-    if (between_frames) timing_message_ = true;
     bytes_in += static_cast<std::size_t>(res);
     note_read_size(static_cast<std::size_t>(res) >= (br ? br->buffer_size() : opts_.read_size) / 2);
   }
@@ -495,7 +488,6 @@ bool connection::drain_held() {
     ms_slot_->spill.clear();
     if (ms_slot_->spill.capacity() > 64 * 1024) std::string().swap(ms_slot_->spill);
   }
-  timing_message_ = true;
   return true;
 }
 

@@ -441,14 +441,14 @@ bool executor::run_once(bool block) {
     did = true;
     if (n < 256) break;
   }
-  if (has_deadline || !deadline_lists_.empty()) {
-    std::chrono::steady_clock::time_point first;
-    if (earliest_deadline(first) && first <= now_) {
-      expire_deadlines();
-      did = true;
-    }
+  // Dispatching may have armed or cancelled deadlines: look again.
+  bool armed = earliest_deadline(next_deadline);
+  if (armed && next_deadline <= now_) {
+    expire_deadlines();
+    did = true;
+    armed = earliest_deadline(next_deadline);
   }
-  return did || inflight_ > 0 || !ready_.empty() || !backlog_.empty() || earliest_deadline(next_deadline);
+  return did || inflight_ > 0 || !ready_.empty() || !backlog_.empty() || armed;
 }
 
 }  // namespace ringframe
