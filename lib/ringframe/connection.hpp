@@ -18,6 +18,15 @@
 // queued, write() sends before returning (backpressure: a peer that does not
 // read its replies stops being read from).
 //
+// Ownership: the coroutine that reads a connection owns it (framed() keeps
+// it in that coroutine's frame). Other coroutines (a broadcaster) keep a
+// connection_handle, which turns null when the connection goes away, and
+// their write()/flush() through it get an error, never freed memory: a
+// coroutine waiting in flush() when the connection is destroyed is resumed
+// (from the executor's ready queue) with ENOTCONN. Waiters are always woken
+// through the ready queue, never resumed from inside a connection's method,
+// so no resumed coroutine can destroy an object that is still on the stack.
+//
 // Read errors: frame_errc::end_of_stream (peer closed between messages),
 // frame_errc::truncated, a protocol error (frame_category; details in
 // last_frame_error(), and the stream is still usable when its in_sync is
@@ -33,6 +42,7 @@
 #include <ringframe/task.hpp>
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <coroutine>
 #include <cstdint>
@@ -40,6 +50,7 @@
 #include <optional>
 #include <stop_token>
 #include <string>
+#include <utility>
 
 namespace ringframe {
 
@@ -78,6 +89,44 @@ struct connection_options {
 };
 
 class connection;
+
+namespace detail {
+// What a connection_handle points to: it outlives the connection (the
+// connection holds one reference, each handle one) and is cleared when the
+// connection goes. One executor's thread only, like the connection.
+struct connection_anchor {
+  connection* c;
+  std::uint32_t refs;
+};
+}  // namespace detail
+
+// A reference to a connection that knows when it is gone: get() is null from
+// then on. Cheap to copy (a counter, no atomics: one thread). Keep one instead
+// of a connection& in any coroutine that does not own the connection.
+class connection_handle {
+ public:
+  connection_handle() noexcept = default;
+  explicit connection_handle(detail::connection_anchor* a) noexcept : a_(a) {
+    if (a_) ++a_->refs;
+  }
+  connection_handle(const connection_handle& o) noexcept : connection_handle(o.a_) {}
+  connection_handle(connection_handle&& o) noexcept : a_(std::exchange(o.a_, nullptr)) {}
+  connection_handle& operator=(connection_handle o) noexcept {
+    std::swap(a_, o.a_);
+    return *this;
+  }
+  ~connection_handle() { release(a_); }
+
+  connection* get() const noexcept { return a_ ? a_->c : nullptr; }
+  explicit operator bool() const noexcept { return get() != nullptr; }
+
+  static void release(detail::connection_anchor* a) noexcept {
+    if (a && --a->refs == 0) delete a;
+  }
+
+ private:
+  detail::connection_anchor* a_ = nullptr;
+};
 
 namespace detail {
 // A coroutine waiting for a connection's send to finish.
@@ -122,7 +171,12 @@ class connection {
  public:
   explicit connection(socket s, connection_options o = {});
   connection(connection&&) = delete;  // the kernel holds pointers into it
+  // Precondition: no read_message() is waiting (its owner is the reader).
+  // Coroutines waiting in flush() are resumed with ENOTCONN; handles go null.
   ~connection();
+
+  // A handle that other coroutines keep instead of a connection&.
+  connection_handle handle();
 
   // The next message; see the header comment for the errors. One reader at a
   // time: a second coroutine calling this while one waits gets EBUSY.
@@ -138,7 +192,9 @@ class connection {
 
   // Send everything queued, and wait until it is sent. Writers on other
   // coroutines (a broadcast) call this after write(); any number may wait
-  // on one connection at once, and one send carries all their bytes.
+  // on one connection at once, and one send carries all their bytes. If the
+  // connection is destroyed meanwhile, it returns ENOTCONN without touching
+  // it (the coroutine holds a handle, not the connection).
   task<result<void>> flush();
 
   // The end of a connection that the server decides (drain, a protocol
@@ -190,6 +246,14 @@ class connection {
   // ownerless, to take the kernel's last CQE (and give back its buffer)
   // after the cancellation.
   struct multishot_slot : io_slot {
+    // A left-behind slot whose cancellation found no free SQE retries from
+    // its executor's next turn.
+    struct retry : detail::deferred_call {
+      explicit retry(multishot_slot* s) noexcept : deferred_call(&retry::run), slot(s) {}
+      multishot_slot* slot;
+      executor* ex = nullptr;
+      static void run(detail::deferred_call* d, bool run);
+    } leftover_cancel{this};
     buffer_ring* br = nullptr;
     bool cancelling = false;  // cancelled by us, not to be reported
     bool ended = false;       // it ended (end_res) with no reader waiting
@@ -202,6 +266,8 @@ class connection {
     owned_deadline(callback cb, connection* c) noexcept : deadline(cb), owner(c) {}
     connection* owner;
   };
+  // Stop callbacks run on whichever thread requests the stop: on another
+  // thread they only leave a note (remote_stop_) and defer to the executor's.
   struct stop_reads {
     connection* c;
     void operator()() noexcept;
@@ -210,6 +276,16 @@ class connection {
     connection* c;
     void operator()() noexcept;
   };
+  enum : std::uint8_t { owe_read = 1, owe_send = 2, owe_multishot = 4 };
+  enum : std::uint8_t { remote_stop_reads = 1, remote_stop_all = 2 };
+  struct deferred : detail::deferred_call {
+    explicit deferred(connection* o) noexcept : deferred_call(&deferred::run), c(o) {}
+    connection* c;
+    static void run(detail::deferred_call* d, bool run);
+  };
+  void stop_reads_here() noexcept;
+  void stop_all_here() noexcept;
+  static task<result<void>> flush_until_sent(connection_handle h);
 
   // Decode from what is buffered, without I/O: set when that settles it.
   std::optional<result<message_view>> try_read_buffered();
@@ -242,7 +318,9 @@ class connection {
   static void on_send_cqe(detail::completion* c, int res, unsigned flags, bool);
   static void on_write_deadline(deadline* d);
 
-  void cancel_slot(io_slot& slot);
+  // Never throws (cancel paths are noexcept): without a free SQE the
+  // cancellation is owed (`bit`) and sent from the executor's next turn.
+  void cancel_slot(io_slot& slot, std::uint8_t bit) noexcept;
 
   // ---- multishot receiving (connection_options::multishot_recv) ----
   // Arms the recv the waiting reader needs: the multishot one when enabled
@@ -290,6 +368,10 @@ class connection {
   const std::stop_token* read_stop_ = nullptr;
   std::optional<std::stop_callback<stop_reads>> read_stop_cb_;
   std::optional<std::stop_callback<stop_all>> stop_cb_;
+  deferred deferred_{this};
+  std::atomic<std::uint8_t> remote_stop_{0};
+  std::uint8_t cancel_owed_ = 0;
+  detail::connection_anchor* anchor_ = nullptr;  // made by the first handle()
   bool peer_closed_ = false;
   bool last_read_large_ = false;
   bool skip_ring_once_ = false;   // the ring was empty: next read into our own buffer

@@ -1,33 +1,36 @@
 // executor: one io_uring and the loop that drives the coroutines using it.
 //
-// One executor per thread; nothing in it is thread-safe. The loop submits every
-// queued SQE in one io_uring_enter, then reaps every completion that is ready
-// before it waits again, so a busy executor makes one system call per batch,
-// not per operation.
+// One executor per thread, the one that created it. Only defer() and
+// spawn_on() may be called from other threads; everything else belongs to the
+// executor's thread. The loop submits every queued SQE in one io_uring_enter,
+// then reaps every completion that is ready before it waits again, so a busy
+// executor makes one system call per batch, not per operation. Completions
+// are dispatched strictly in the order the kernel posted them.
 #pragma once
 
 #include <ringframe/buffer_ring.hpp>
 #include <ringframe/deadline.hpp>
+#include <ringframe/detail/completion.hpp>
+#include <ringframe/detail/deferred_call.hpp>
 #include <ringframe/detail/detached.hpp>
 #include <ringframe/task.hpp>
 
 #include <liburing.h>
 
+#include <atomic>
 #include <chrono>
 #include <coroutine>
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 namespace ringframe {
-
-namespace detail {
-struct completion;
-}  // namespace detail
 
 // How the ring is set up. `fastest` tries, in order: SINGLE_ISSUER +
 // DEFER_TASKRUN (completions are posted only when the loop asks for them, no
@@ -71,6 +74,8 @@ struct executor_stats {
   std::uint64_t buffer_ring_empty = 0;  // -ENOBUFS: every provided buffer in use
   std::uint64_t buffer_ring_grown = 0;  // times the ring grew because of it
   std::uint64_t deadlines_expired = 0;  // coarse deadlines (deadline.hpp) that fired
+  std::uint64_t deferred_calls = 0;     // deferred_calls run (other threads' requests, spawn_on)
+  std::uint64_t cancels_deferred = 0;   // cancellations that found no free SQE and waited a loop turn
 };
 
 class executor {
@@ -108,13 +113,23 @@ class executor {
   // A coroutine that is detached itself (detail/detached.hpp): no wrapper.
   void spawn(detail::detached d);
 
-  // Hand `t` to `target`, another thread's executor: it is spawned there, on
-  // that thread. Call it on the thread that runs *this; it returns at once.
-  // The message travels ring to ring (IORING_OP_MSG_RING, Linux 5.18): no
-  // lock, no shared queue. If it cannot be sent (an old kernel) this throws
-  // std::system_error.
+  // Hand `t` to `target` (any executor, usually another thread's): it is
+  // spawned there, on that thread. Callable from any thread; returns at once
+  // and cannot fail. The task travels through the target's inbox (a short
+  // lock, and an eventfd write when the target may be asleep); `target` must
+  // outlive the call, and a task still in the inbox when the target goes away
+  // is destroyed unrun. (An earlier version sent it ring to ring with
+  // IORING_OP_MSG_RING, whose failures could not be reported to anyone.)
   void spawn_on(executor& target, task<void> t);
   int ring_fd() const noexcept { return ring_.ring_fd; }
+
+  // Run c->fn on this executor's thread, from its loop, soon. Any thread; a
+  // call already queued is not queued twice. See detail/deferred_call.hpp.
+  void defer(detail::deferred_call* c) noexcept;
+  // Take back a queued call (its object is going away). This thread only;
+  // after a stop_callback that may defer `c` has been destroyed.
+  void withdraw(detail::deferred_call* c) noexcept;
+  bool on_own_thread() const noexcept { return std::this_thread::get_id() == owner_; }
 
   // The executor's provided receive buffers, registered on first use; null
   // when the kernel cannot provide them (then receives use their own buffers).
@@ -146,6 +161,10 @@ class executor {
   // Space for `n` consecutive SQEs is guaranteed (linked SQEs must not be split
   // across submissions); returns the first, the next come from io_uring_get_sqe.
   io_uring_sqe* get_sqe(unsigned n = 1);
+  // Submit a cancellation of the request whose user_data is `key`, on this
+  // thread. Never throws (cancel paths are noexcept): false when no SQE could
+  // be had, and the caller defers the cancellation to the next loop turn.
+  bool try_cancel(std::uint64_t key) noexcept;
   // Every SQE that will post a CQE is counted, so that teardown can wait for
   // all of them before coroutine frames (which the kernel writes into) go away.
   void note_submitted(unsigned n = 1) noexcept { inflight_ += n; }
@@ -166,18 +185,32 @@ class executor {
   bool earliest_deadline(std::chrono::steady_clock::time_point& out) const noexcept;
   void expire_deadlines();
   void submit_pending();
-  void reap_into_backlog();
+  // Copies every CQE the ring holds to the back of completed_ (never
+  // dispatches: safe to call from inside a dispatch).
+  void reap() noexcept;
+  // Dispatches completed_ from the front, in order, until it is empty (a
+  // dispatch may reap more behind it). True if it dispatched anything.
+  bool dispatch_completed();
   void dispatch(std::uint64_t user_data, int res, unsigned flags);
+  bool run_ready();
+  void arm_waker() noexcept;
+  void run_inbox(bool run);
+  static void on_wake(detail::completion* c, int res, unsigned flags, bool);
 
   io_uring ring_{};
   std::deque<std::coroutine_handle<>> ready_;
-  // CQEs reaped while submitting under CQ pressure (-EBUSY), dispatched next.
+  // Every CQE is copied out of the ring into this one queue before it is
+  // dispatched, and dispatched from its front: a resumed coroutine that
+  // submits (and, under CQ pressure, reaps) appends behind what is waiting,
+  // so nothing is ever overtaken (a SEND_ZC notification never precedes its
+  // result; a multishot request's last CQE never precedes its data).
   struct cqe_copy {
     std::uint64_t user_data;
     int res;
     unsigned flags;
   };
-  std::deque<cqe_copy> backlog_;
+  std::vector<cqe_copy> completed_;
+  std::size_t completed_head_ = 0;
   std::size_t inflight_ = 0;
   executor_stats stats_;
   const char* setup_mode_ = "plain";
@@ -192,6 +225,23 @@ class executor {
   // One FIFO list per duration (deadline.hpp); the lists never move.
   std::vector<std::unique_ptr<detail::deadline_list>> deadline_lists_;
   std::chrono::steady_clock::time_point now_ = std::chrono::steady_clock::now();
+  bool cancel_all_owed_ = false;  // stop() found no SQE: the loop sends it
+
+  // The inbox: deferred_calls from any thread, run by this thread's loop. An
+  // eventfd read stays armed in the ring (not counted in flight); a poster
+  // writes the eventfd when the executor may be asleep.
+  const std::thread::id owner_ = std::this_thread::get_id();
+  std::mutex inbox_lock_;
+  detail::deferred_call* inbox_head_ = nullptr;
+  detail::deferred_call* inbox_tail_ = nullptr;
+  std::atomic<bool> wake_signalled_{false};
+  int wake_fd_ = -1;
+  struct waker : detail::completion {
+    executor* ex;
+    std::uint64_t value;
+  } waker_{};
+  bool waker_armed_ = false;
+  bool closing_ = false;
 };
 
 }  // namespace ringframe

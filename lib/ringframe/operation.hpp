@@ -5,6 +5,11 @@
 // user_data is the operation's address; the completion stores `res` and
 // resumes the coroutine. No allocation, no id-to-coroutine map.
 //
+// A stop request may come from any thread (std::stop_callback runs on the
+// thread that calls request_stop): on another thread the cancellation is
+// handed to the executor's thread (executor::defer), never written into its
+// submission queue from there.
+//
 // Deadlines are linked timeouts (IOSQE_IO_LINK + IORING_OP_LINK_TIMEOUT). The
 // kernel posts a CQE for both the operation and the timeout, in either order,
 // so the operation resumes only after both have arrived: the frame must not
@@ -49,6 +54,12 @@ class operation : public completion {
   }
   operation(const operation&) = delete;
   operation& operator=(const operation&) = delete;
+  // A frame destroyed while suspended (executor teardown): no stop callback
+  // and no deferred cancellation may outlive it.
+  ~operation() {
+    stop_cb_.reset();
+    ex_.withdraw(&cancel_call_);
+  }
 
   bool await_ready() noexcept {
     if (ex_.stopping() || stop_requested()) {
@@ -90,6 +101,9 @@ class operation : public completion {
   }
 
   // Derived may override: return true to keep going (it called issue() again).
+  // Called only when nothing stopped the operation. A Derived that must see
+  // every completion (send_all counts the bytes of the last one even when a
+  // stop arrives with it) defines `bool finish(bool stopped)` instead.
   bool on_complete() { return false; }
 
   // The operation's own result, mapped: a timer-cancelled op reads -ETIMEDOUT.
@@ -108,15 +122,23 @@ class operation : public completion {
  private:
   struct canceller {
     operation* op;
-    void operator()() noexcept { op->cancel(); }
+    void operator()() noexcept {
+      if (op->ex_.on_own_thread()) op->cancel();
+      else op->ex_.defer(&op->cancel_call_);
+    }
+  };
+  struct cancel_call : deferred_call {
+    explicit cancel_call(operation* o) noexcept : deferred_call(&cancel_call::run), op(o) {}
+    operation* op;
+    static void run(deferred_call* c, bool run) {
+      if (run) static_cast<cancel_call*>(c)->op->cancel();
+    }
   };
 
+  // On the executor's thread. Without a free SQE it tries again next turn.
   void cancel() noexcept {
     if (pending_ == 0) return;
-    io_uring_sqe* sqe = ex_.get_sqe(1);
-    io_uring_prep_cancel64(sqe, key_of(this), 0);
-    io_uring_sqe_set_data64(sqe, 0);
-    ex_.note_submitted(1);
+    if (!ex_.try_cancel(key_of(this))) ex_.defer(&cancel_call_);
   }
 
   static void handle_cqe(completion* c, int res, unsigned flags, bool from_timer) {
@@ -134,13 +156,20 @@ class operation : public completion {
     if (--self->pending_ != 0) return;
     // An operation that loops (send_all) continues unless something stopped it.
     bool stopped = self->timer_fired_ || self->ex_.stopping() || self->stop_requested();
-    if (!stopped && static_cast<Derived*>(self)->on_complete()) return;
-    self->stop_cb_.reset();
+    auto* d = static_cast<Derived*>(self);
+    if constexpr (requires { d->finish(stopped); }) {
+      if (d->finish(stopped)) return;
+    } else {
+      if (!stopped && d->on_complete()) return;
+    }
+    self->stop_cb_.reset();  // waits for a callback running on another thread
+    self->ex_.withdraw(&self->cancel_call_);
     self->waiter_.resume();
   }
 
   std::coroutine_handle<> waiter_;
   __kernel_timespec ts_{};
+  cancel_call cancel_call_{this};
   std::optional<std::stop_callback<canceller>> stop_cb_;
   unsigned char pending_ = 0;
   bool has_deadline_ = false;

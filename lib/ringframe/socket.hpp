@@ -135,22 +135,26 @@ class send_op : public operation<send_op> {
     else
       io_uring_prep_send(sqe, fd_, buf_.data() + sent_, buf_.size() - sent_, MSG_NOSIGNAL);
   }
-  bool on_complete() {
+  // Sees every completion, stopped or not: the bytes of the last send count
+  // either way, and a send_all stopped before its last byte is an error
+  // (ECANCELED, or ETIMEDOUT for its deadline) however much went out; sent()
+  // says how much.
+  bool finish(bool stopped) {
+    bool go_on;
     if (zero_copy_ && (res_ == -EOPNOTSUPP || res_ == -EINVAL)) {  // no zero-copy here: copy
       zero_copy_ = false;
-      issue();
-      return true;
+      go_on = true;
+    } else {
+      if (res_ > 0) sent_ += static_cast<std::size_t>(res_);
+      go_on = res_ == -EINTR || res_ == -EAGAIN || (all_ && res_ > 0 && sent_ < buf_.size());
     }
-    if (res_ == -EINTR || res_ == -EAGAIN) {
-      issue();
-      return true;
+    if (!go_on) return false;
+    if (stopped) {
+      res_ = -ECANCELED;  // result_code() maps it to ETIMEDOUT when the deadline fired
+      return false;
     }
-    if (res_ > 0) sent_ += static_cast<std::size_t>(res_);
-    if (all_ && res_ > 0 && sent_ < buf_.size()) {
-      issue();
-      return true;
-    }
-    return false;
+    issue();
+    return true;
   }
   bool await_ready() noexcept {
     if (buf_.empty()) return true;  // nothing to send: no system call

@@ -115,15 +115,39 @@ connection::connection(socket s, connection_options o)
 }
 
 connection::~connection() {
+  executor& ex = sock_.get_executor();
+  // First the stop callbacks (their destructors wait for one running on
+  // another thread), then what they may have deferred.
+  stop_cb_.reset();
+  read_stop_cb_.reset();
+  ex.withdraw(&deferred_);
+  if (anchor_) {
+    anchor_->c = nullptr;
+    connection_handle::release(anchor_);
+  }
+  // Flushers on other coroutines: resumed from the ready queue, they find
+  // their handle null and return ENOTCONN.
+  for (detail::send_waiter* w = std::exchange(send_waiters_, nullptr); w; w = w->next) ex.post(w->h);
   if (!ms_slot_) return;
   for (std::uint8_t i = 0; i < ms_slot_->held_n; ++i) ms_slot_->br->recycle(ms_slot_->held[i].id);
   if (ms_armed_) {
     // The kernel still holds the multishot recv: leave its completion
     // behind to take the last CQE (see multishot_slot).
-    ms_slot_->owner = nullptr;
-    cancel_slot(*ms_slot_);
-    ms_slot_.release();
+    multishot_slot* slot = ms_slot_.release();
+    slot->owner = nullptr;
+    slot->leftover_cancel.ex = &ex;
+    if (!slot->cancelling && !ex.try_cancel(detail::key_of(slot))) ex.defer(&slot->leftover_cancel);
   }
+}
+
+void connection::multishot_slot::retry::run(detail::deferred_call* d, bool run) {
+  auto* r = static_cast<retry*>(d);
+  if (run && !r->ex->try_cancel(detail::key_of(r->slot))) r->ex->defer(r);
+}
+
+connection_handle connection::handle() {
+  if (!anchor_) anchor_ = new detail::connection_anchor{this, 1};
+  return connection_handle(anchor_);
 }
 
 void connection::set_read_stop(const std::stop_token* t) {
@@ -133,20 +157,46 @@ void connection::set_read_stop(const std::stop_token* t) {
 }
 
 void connection::stop_reads::operator()() noexcept {
-  if (c->read_slot_.busy) c->cancel_slot(c->read_slot_);
-  if (c->ms_armed_) c->cancel_multishot(false);
+  executor& ex = c->sock_.get_executor();
+  if (ex.on_own_thread()) return c->stop_reads_here();
+  c->remote_stop_.fetch_or(remote_stop_reads);
+  ex.defer(&c->deferred_);
 }
 
 void connection::stop_all::operator()() noexcept {
-  stop_reads{c}();
-  if (c->send_slot_.busy && !c->notif_pending_) c->cancel_slot(c->send_slot_);
+  executor& ex = c->sock_.get_executor();
+  if (ex.on_own_thread()) return c->stop_all_here();
+  c->remote_stop_.fetch_or(remote_stop_all);
+  ex.defer(&c->deferred_);
 }
 
-void connection::cancel_slot(io_slot& slot) {
-  io_uring_sqe* sqe = sock_.get_executor().get_sqe(1);
-  io_uring_prep_cancel64(sqe, detail::key_of(&slot), 0);
-  io_uring_sqe_set_data64(sqe, 0);
-  sock_.get_executor().note_submitted(1);
+void connection::stop_reads_here() noexcept {
+  if (read_slot_.busy) cancel_slot(read_slot_, owe_read);
+  if (ms_armed_) cancel_multishot(false);
+}
+
+void connection::stop_all_here() noexcept {
+  stop_reads_here();
+  if (send_slot_.busy && !notif_pending_) cancel_slot(send_slot_, owe_send);
+}
+
+void connection::deferred::run(detail::deferred_call* d, bool run) {
+  if (!run) return;
+  connection* c = static_cast<deferred*>(d)->c;
+  std::uint8_t stop = c->remote_stop_.exchange(0);
+  if (stop & remote_stop_all) c->stop_all_here();
+  else if (stop & remote_stop_reads) c->stop_reads_here();
+  std::uint8_t owed = std::exchange(c->cancel_owed_, 0);
+  if ((owed & owe_read) && c->read_slot_.busy) c->cancel_slot(c->read_slot_, owe_read);
+  if ((owed & owe_send) && c->send_slot_.busy) c->cancel_slot(c->send_slot_, owe_send);
+  if ((owed & owe_multishot) && c->ms_armed_) c->cancel_slot(*c->ms_slot_, owe_multishot);
+}
+
+void connection::cancel_slot(io_slot& slot, std::uint8_t bit) noexcept {
+  executor& ex = sock_.get_executor();
+  if (ex.try_cancel(detail::key_of(&slot))) return;
+  cancel_owed_ |= bit;
+  ex.defer(&deferred_);
 }
 
 std::optional<result<message_view>> connection::try_read_buffered() {
@@ -200,8 +250,10 @@ void connection::submit_read(buffer_ring* br, std::span<std::byte> room) {
 
 int connection::take_read_result() noexcept {
   int r = read_slot_.res;
-  if (read_timed_out_) {
-    // The deadline fired; if the recv finished anyway, the data wins.
+  // The deadline fired; if the recv finished anyway, the data wins. A reader
+  // sent round (EAGAIN: the multishot recv ended) leaves the flag for
+  // read_refusal() to report.
+  if (read_timed_out_ && r != -EAGAIN) {
     read_timed_out_ = false;
     if (r == -ECANCELED || r == -EINTR) r = -ETIMEDOUT;
   }
@@ -211,6 +263,7 @@ int connection::take_read_result() noexcept {
 void connection::on_read_cqe(detail::completion* c, int res, unsigned flags, bool) {
   connection* self = static_cast<io_slot*>(c)->owner;
   self->read_slot_.busy = false;
+  self->cancel_owed_ &= static_cast<std::uint8_t>(~owe_read);  // nothing left to cancel
   self->read_slot_.res = res;
   self->read_slot_.flags = flags;
   if (self->read_waiter_) {
@@ -224,7 +277,7 @@ void connection::on_read_deadline(deadline* d) {
   connection* self = static_cast<owned_deadline*>(d)->owner;
   self->read_timed_out_ = true;
   self->message_deadline_ = false;
-  if (self->read_slot_.busy) self->cancel_slot(self->read_slot_);
+  if (self->read_slot_.busy) self->cancel_slot(self->read_slot_, owe_read);
   if (self->ms_armed_) self->cancel_multishot(false);
 }
 
@@ -401,7 +454,7 @@ void connection::arm_multishot(buffer_ring* br) {
 void connection::cancel_multishot(bool quietly) {
   if (ms_slot_->cancelling) return;  // already on its way out
   ms_slot_->cancelling = quietly;
-  cancel_slot(*ms_slot_);
+  cancel_slot(*ms_slot_, owe_multishot);
 }
 
 void connection::on_multishot_cqe(detail::completion* c, int res, unsigned flags, bool) {
@@ -413,7 +466,10 @@ void connection::on_multishot_cqe(detail::completion* c, int res, unsigned flags
     if (!more) delete slot;
     return;
   }
-  if (!more) self->ms_armed_ = false;
+  if (!more) {
+    self->ms_armed_ = false;
+    self->cancel_owed_ &= static_cast<std::uint8_t>(~owe_multishot);
+  }
   self->on_multishot(res, flags);
 }
 
@@ -426,7 +482,15 @@ void connection::on_multishot(int res, unsigned flags) {
   }
   if (flags & IORING_CQE_F_BUFFER) br->recycle(static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT));
   if (ms_armed_) return;  // not the last CQE (nothing to report)
-  const bool quiet = res == -ECANCELED && ms_slot_->cancelling;
+  // Only ringframe cancels it, for one of three reasons: quietly (too much
+  // held, or large reads ahead), a read deadline, or a stop. The reason is
+  // not taken from the cancellation itself but asked again now: data may
+  // have come in between the cancel and this last CQE and won the race with
+  // the deadline (read_timed_out_ is cleared then). So a cancelled recv
+  // always sends the reader round (EAGAIN), and read_refusal() decides: it
+  // reports a deadline that still stands, or a stop, and otherwise the
+  // reader re-arms and goes on.
+  const bool quiet = res == -ECANCELED;
   ms_slot_->cancelling = false;
   // A waiting reader counts it itself (fast_read_done, read_slow).
   if (res == -ENOBUFS && !waiting) sock_.get_executor().count_buffer_ring_empty();
@@ -525,6 +589,7 @@ void connection::submit_send() {
 
 void connection::on_send_cqe(detail::completion* c, int res, unsigned flags, bool) {
   connection* self = static_cast<io_slot*>(c)->owner;
+  if (!(flags & IORING_CQE_F_MORE)) self->cancel_owed_ &= static_cast<std::uint8_t>(~owe_send);
   if (flags & IORING_CQE_F_NOTIF) {
     self->notif_pending_ = false;  // the result came in the CQE before this one
   } else {
@@ -554,6 +619,9 @@ void connection::send_progress(int res) {
   }
   sending_.clear();
   sent_ = 0;
+  // Everything went out: a write deadline that fired meanwhile (while a
+  // zero-copy notification was pending, say) came too late to matter.
+  write_timed_out_ = false;
   if (!queued_.empty()) return start_send();  // written while this batch was out
   send_slot_.busy = false;
   write_deadline_.cancel();
@@ -573,26 +641,24 @@ void connection::fail_send(int err) {
   write_deadline_.cancel();
   // A reader waiting beside this send learns of the failure now rather than
   // at its idle timeout.
-  if (fast_ && read_slot_.busy) cancel_slot(read_slot_);
+  if (fast_ && read_slot_.busy) cancel_slot(read_slot_, owe_read);
   if (fast_ && ms_armed_) cancel_multishot(false);
   wake_send_waiters();
 }
 
 void connection::wake_send_waiters() {
-  // Taken out first: a resumed coroutine may wait again, or end the
-  // connection; nothing of *this is touched after the first resume.
-  detail::send_waiter* w = std::exchange(send_waiters_, nullptr);
-  while (w) {
-    detail::send_waiter* next = w->next;
-    w->h.resume();
-    w = next;
-  }
+  // Posted, never resumed from here: a waiter may end the connection (its
+  // owner returns and the frame holding *this goes), and another waiter
+  // must not then resume inside it. From the ready queue each runs after
+  // this call has returned, and a flusher checks its handle first.
+  executor& ex = sock_.get_executor();
+  for (detail::send_waiter* w = std::exchange(send_waiters_, nullptr); w; w = w->next) ex.post(w->h);
 }
 
 void connection::on_write_deadline(deadline* d) {
   connection* self = static_cast<owned_deadline*>(d)->owner;
   self->write_timed_out_ = true;
-  if (self->send_slot_.busy && !self->notif_pending_) self->cancel_slot(self->send_slot_);
+  if (self->send_slot_.busy && !self->notif_pending_) self->cancel_slot(self->send_slot_, owe_send);
 }
 
 detail::write_awaitable connection::queued(result<void> r) {
@@ -639,15 +705,21 @@ task<void> connection::close_gracefully(std::chrono::nanoseconds linger) {
   }
 }
 
-task<result<void>> connection::flush() {
+task<result<void>> connection::flush() { return flush_until_sent(handle()); }
+
+// Static, holding a handle: after every resume the connection is looked up
+// again, since it may have been destroyed while this waited.
+task<result<void>> connection::flush_until_sent(connection_handle h) {
   for (;;) {
-    if (write_error_) co_return write_error_;
-    if (!send_slot_.busy) {
-      if (queued_.empty()) co_return result<void>{};
-      start_send();
+    connection* c = h.get();
+    if (!c) co_return errno_code(ENOTCONN);
+    if (c->write_error_) co_return c->write_error_;
+    if (!c->send_slot_.busy) {
+      if (c->queued_.empty()) co_return result<void>{};
+      c->start_send();
       continue;  // it may have failed at once
     }
-    co_await detail::send_idle_awaitable{this, {}};
+    co_await detail::send_idle_awaitable{c, {}};
   }
 }
 

@@ -8,6 +8,9 @@
 #include <fstream>
 #include <memory>
 
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 namespace ringframe {
 
 namespace detail {
@@ -117,13 +120,15 @@ std::string missing_ops(io_uring* ring) {
 
 namespace {
 // A task in transit between executors. It lives on the heap from spawn_on
-// until the target's thread dispatches its CQE, spawns the task and frees it.
-struct remote_spawn : detail::completion {
+// until the target's thread takes it from its inbox, spawns the task and
+// frees this; or, if the target goes away first, frees it unrun.
+struct remote_spawn : detail::deferred_call {
   executor* target;
   task<void> t;
-  static void arrived(detail::completion* c, int, unsigned, bool) {
+  remote_spawn(executor* e, task<void> task) noexcept : deferred_call(&arrived), target(e), t(std::move(task)) {}
+  static void arrived(detail::deferred_call* c, bool run) {
     std::unique_ptr<remote_spawn> self(static_cast<remote_spawn*>(c));
-    self->target->spawn(std::move(self->t));
+    if (run) self->target->spawn(std::move(self->t));
   }
 };
 }  // namespace
@@ -178,35 +183,127 @@ executor::executor(executor_options opts)
     throw setup_error(errno_code(EOPNOTSUPP), "ringframe: this kernel's io_uring lacks operations ringframe needs (" +
                                                   missing + "); run on Linux 5.19 or newer");
   }
+  wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd_ < 0) {
+    int e = errno;
+    io_uring_queue_exit(&ring_);
+    throw setup_error(errno_code(e), std::string("ringframe: eventfd: ") + std::strerror(e));
+  }
+  waker_.ex = this;
+  waker_.on_cqe = &executor::on_wake;
+  completed_.reserve(256);
+  arm_waker();
+}
+
+// ---- the inbox (detail/deferred_call.hpp) ----
+
+void executor::arm_waker() noexcept {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (!sqe) {
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  // Without a free SQE the read is armed on the next wake-up check in
+  // run_once (waker_armed_ stays false); posts are never lost, only noticed
+  // at the next loop turn.
+  if (!sqe) return;
+  io_uring_prep_read(sqe, wake_fd_, &waker_.value, sizeof waker_.value, 0);
+  io_uring_sqe_set_data64(sqe, detail::key_of(&waker_) | detail::uncounted_tag);
+  waker_armed_ = true;
+}
+
+void executor::on_wake(detail::completion* c, int, unsigned, bool) {
+  executor* self = static_cast<waker*>(c)->ex;
+  self->waker_armed_ = false;
+  // Cleared before the inbox is read: a post from now on writes again.
+  self->wake_signalled_.store(false, std::memory_order_seq_cst);
+  if (self->closing_) return;
+  self->arm_waker();
+  self->run_inbox(true);
+}
+
+void executor::defer(detail::deferred_call* c) noexcept {
+  {
+    std::lock_guard<std::mutex> g(inbox_lock_);
+    if (c->queued) return;
+    c->queued = true;
+    c->next = nullptr;
+    c->prev = inbox_tail_;
+    if (inbox_tail_) inbox_tail_->next = c;
+    else inbox_head_ = c;
+    inbox_tail_ = c;
+  }
+  if (!wake_signalled_.exchange(true, std::memory_order_seq_cst)) {
+    std::uint64_t one = 1;
+    // EAGAIN only when the counter is near overflow: it is signalled anyway.
+    [[maybe_unused]] ssize_t r = ::write(wake_fd_, &one, sizeof one);
+  }
+}
+
+void executor::withdraw(detail::deferred_call* c) noexcept {
+  if (!c->queued) return;  // ordered by the stop_callback's destruction, or ours
+  std::lock_guard<std::mutex> g(inbox_lock_);
+  if (!c->queued) return;
+  if (c->prev) c->prev->next = c->next;
+  else inbox_head_ = c->next;
+  if (c->next) c->next->prev = c->prev;
+  else inbox_tail_ = c->prev;
+  c->prev = c->next = nullptr;
+  c->queued = false;
+}
+
+void executor::run_inbox(bool run) {
+  for (;;) {
+    detail::deferred_call* c;
+    {
+      std::lock_guard<std::mutex> g(inbox_lock_);
+      c = inbox_head_;
+      if (!c) return;
+      inbox_head_ = c->next;
+      if (inbox_head_) inbox_head_->prev = nullptr;
+      else inbox_tail_ = nullptr;
+      c->prev = c->next = nullptr;
+      c->queued = false;
+    }
+    // Outside the lock: the call may defer again (itself included).
+    ++stats_.deferred_calls;
+    c->fn(c, run);
+  }
 }
 
 executor::~executor() {
-  if (live_ > 0 || inflight_ > 0 || !ready_.empty()) {
+  if (live_ > 0 || inflight_ > 0 || !ready_.empty() || completed_head_ < completed_.size()) {
     stop();
     // Let cancelled coroutines unwind through their own code paths.
     for (int spins = 0; spins < 100000 && (live_ > 0 || !ready_.empty()); ++spins)
       if (!run_once(true)) break;
     // What is left waits on something that is not I/O and never will resume.
     while (detached_head_) detached_head_->handle().destroy();
-    // The kernel may still write into frames' memory until every CQE is in.
     ready_.clear();
-    for (int spins = 0; spins < 1000 && inflight_ > 0; ++spins) {
-      __kernel_timespec ts{0, 10 * 1000 * 1000};
-      io_uring_cqe* cqe = nullptr;
-      io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
-      unsigned head, n = 0;
-      io_uring_for_each_cqe(&ring_, head, cqe) {
-        ++n;
-        if (cqe->user_data & detail::remote_tag) {
-          // A task sent here that will never run: free it (its frame too).
-          delete static_cast<remote_spawn*>(reinterpret_cast<detail::completion*>(cqe->user_data & ~detail::tag_mask));
-          continue;
-        }
-        if (!(cqe->flags & IORING_CQE_F_MORE)) --inflight_;
-      }
-      io_uring_cq_advance(&ring_, n);
-    }
   }
+  // Nothing is dispatched from here on: completions are only counted. The
+  // kernel may still write into frames' memory until every CQE is in, and
+  // the wake-up read must come back before its buffer (in *this) goes.
+  closing_ = true;
+  completed_.clear();
+  completed_head_ = 0;
+  if (waker_armed_) try_cancel(detail::key_of(&waker_) | detail::uncounted_tag);
+  for (int spins = 0; spins < 1000 && (inflight_ > 0 || waker_armed_); ++spins) {
+    __kernel_timespec ts{0, 10 * 1000 * 1000};
+    io_uring_cqe* cqe = nullptr;
+    io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+    unsigned head, n = 0;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      ++n;
+      if (cqe->user_data == (detail::key_of(&waker_) | detail::uncounted_tag)) waker_armed_ = false;
+      else if (!(cqe->flags & IORING_CQE_F_MORE)) --inflight_;
+    }
+    io_uring_cq_advance(&ring_, n);
+  }
+  // Tasks handed over by other threads that will never run: free them (their
+  // frames too). Calls still queued by objects that outlive us are dropped.
+  run_inbox(false);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
   // Deadlines that outlive the executor must not point into its lists.
   for (auto& l : deadline_lists_)
     for (deadline* d = l->head; d;) {
@@ -227,7 +324,11 @@ void deadline::arm(executor& ex, std::chrono::nanoseconds after) {
   // expired again in the same pass.
   if (after.count() < 1) after = std::chrono::nanoseconds(1);
   detail::deadline_list* l = ex.deadline_list_for(after);
-  when_ = ex.now() + after;
+  // The real clock, not the loop's: the loop's is read once per iteration,
+  // and a deadline armed late in a long iteration (or before the first one)
+  // would otherwise be measured from a moment already past, and fire early.
+  // Monotonic, so each per-duration list stays in firing order.
+  when_ = std::chrono::steady_clock::now() + after;
   prev_ = l->tail;
   next_ = nullptr;
   if (l->tail) l->tail->next_ = this;
@@ -308,33 +409,40 @@ void executor::spawn(detail::detached d) { ready_.push_back(d.h); }
 
 
 void executor::spawn_on(executor& target, task<void> t) {
-  if (&target == this) return spawn(std::move(t));
-  auto msg = std::make_unique<remote_spawn>();
-  msg->on_cqe = &remote_spawn::arrived;
-  msg->target = &target;
-  msg->t = std::move(t);
-  io_uring_sqe* sqe = get_sqe(1);
-  io_uring_prep_msg_ring(sqe, target.ring_fd(), 0, reinterpret_cast<std::uintptr_t>(msg.get()) | detail::remote_tag, 0);
-  io_uring_sqe_set_data64(sqe, 0);
-  note_submitted(1);
-  // Submit now: the caller may be about to block (join a thread) instead of
-  // running this loop again.
-  int r = io_uring_submit(&ring_);
-  if (r < 0 && r != -EBUSY && r != -EAGAIN && r != -EINTR)
-    throw std::system_error(errno_code(-r), "ringframe: spawn_on: io_uring_submit");
-  msg.release();  // owned by the message now; freed on the target's thread
+  if (&target == this && on_own_thread()) return spawn(std::move(t));
+  target.defer(new remote_spawn(&target, std::move(t)));
 }
 
 void executor::stop() {
   if (stopping_) return;
   stopping_ = true;
   if (inflight_ == 0) return;
-  io_uring_sqe* sqe = get_sqe(1);
   // Cancel every request in flight (Linux 5.19+). On an older kernel this
   // CQE says -EINVAL and operations finish on their own deadlines instead.
-  io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
-  io_uring_sqe_set_data64(sqe, 0);
-  note_submitted(1);
+  // (The wake-up read is cancelled too; its completion re-arms it.)
+  if (!try_cancel(0)) cancel_all_owed_ = true;
+}
+
+bool executor::try_cancel(std::uint64_t key) noexcept {
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) {
+      if (key == 0) io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+      else io_uring_prep_cancel64(sqe, key, 0);
+      io_uring_sqe_set_data64(sqe, 0);
+      note_submitted(1);
+      return true;
+    }
+    int r = io_uring_submit(&ring_);
+    ++stats_.submits;
+    if (r == -EBUSY || r == -EAGAIN) {
+      ++stats_.cq_overflows;
+      reap();  // only moves CQEs to completed_: safe here
+    } else if (r < 0 && r != -EINTR) {
+      break;
+    }
+  }
+  ++stats_.cancels_deferred;
+  return false;
 }
 
 void executor::run_until_idle() {
@@ -353,36 +461,58 @@ void executor::submit_pending() {
   for (int attempt = 0;; ++attempt) {
     int r = io_uring_submit(&ring_);
     ++stats_.submits;
-    if (r >= 0 && io_uring_sq_ready(&ring_) == 0) return;
+    if (r >= 0 && io_uring_sq_ready(&ring_) == 0) break;
     if (r == -EINTR) continue;
     if (r >= 0 || r == -EBUSY || r == -EAGAIN) {
       ++stats_.cq_overflows;
       // The completion queue is under pressure: move completions aside (to be
       // dispatched by the loop, in order) so the kernel can take more work.
-      reap_into_backlog();
+      reap();
       if (attempt > 1000) throw std::system_error(errno_code(EAGAIN), "ringframe: io_uring submission stalled");
       continue;
     }
     throw std::system_error(errno_code(-r), "ringframe: io_uring_submit");
   }
+  // The submission queue filled up inside one loop turn: a burst. Take the
+  // completions that are ready now rather than let the CQ fill behind it.
+  reap();
 }
 
-void executor::reap_into_backlog() {
-  io_uring_cqe* cqes[256];
-  unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, 256);
-  for (unsigned i = 0; i < n; ++i) backlog_.push_back({cqes[i]->user_data, cqes[i]->res, cqes[i]->flags});
-  io_uring_cq_advance(&ring_, n);
+void executor::reap() noexcept {
+  io_uring_cqe* cqes[64];
+  for (;;) {
+    unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, 64);
+    if (n == 0) return;
+    for (unsigned i = 0; i < n; ++i) completed_.push_back({cqes[i]->user_data, cqes[i]->res, cqes[i]->flags});
+    io_uring_cq_advance(&ring_, n);
+    if (n < 64) return;
+  }
+}
+
+bool executor::dispatch_completed() {
+  if (completed_head_ == completed_.size()) return false;
+  // By index, copying each entry out: a dispatch may append (and so move the
+  // vector), and must find what it appended dispatched after what is ahead.
+  while (completed_head_ < completed_.size()) {
+    cqe_copy c = completed_[completed_head_++];
+    dispatch(c.user_data, c.res, c.flags);
+  }
+  completed_.clear();
+  completed_head_ = 0;
+  return true;
 }
 
 void executor::dispatch(std::uint64_t user_data, int res, unsigned flags) {
   ++stats_.completions;
-  if (!(flags & IORING_CQE_F_MORE) && !(user_data & detail::remote_tag)) --inflight_;
+  if (!(flags & IORING_CQE_F_MORE) && !(user_data & detail::uncounted_tag)) --inflight_;
   if (user_data == 0) return;
   auto* c = reinterpret_cast<detail::completion*>(user_data & ~detail::tag_mask);
   c->on_cqe(c, res, flags, (user_data & detail::timer_tag) != 0);
 }
 
-bool executor::run_once(bool block) {
+bool executor::run_ready() {
+  // Only what is queued now: a coroutine that posts itself again waits for
+  // the next turn, so the loop keeps reaping.
   bool did = false;
   for (std::size_t n = ready_.size(); n > 0 && !ready_.empty(); --n) {
     auto h = ready_.front();
@@ -390,15 +520,17 @@ bool executor::run_once(bool block) {
     h.resume();
     did = true;
   }
-  while (!backlog_.empty()) {
-    cqe_copy c = backlog_.front();
-    backlog_.pop_front();
-    dispatch(c.user_data, c.res, c.flags);
-    did = true;
-  }
+  return did;
+}
+
+bool executor::run_once(bool block) {
+  bool did = run_ready();
+  did |= dispatch_completed();  // reaped while submitting during the last turn
+  if (cancel_all_owed_ && try_cancel(0)) cancel_all_owed_ = false;
+  if (!waker_armed_ && !closing_) arm_waker();
   std::chrono::steady_clock::time_point next_deadline;
   const bool has_deadline = earliest_deadline(next_deadline);
-  bool wait = block && !did && ready_.empty() && (inflight_ > 0 || has_deadline);
+  bool wait = block && !did && ready_.empty() && completed_.empty() && (inflight_ > 0 || has_deadline);
   __kernel_timespec wait_for{};
   if (wait && has_deadline) {
     auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(next_deadline - std::chrono::steady_clock::now());
@@ -428,19 +560,11 @@ bool executor::run_once(bool block) {
   }
   if (io_uring_cq_has_overflow(&ring_)) ++stats_.cq_overflows;
   now_ = std::chrono::steady_clock::now();
-  // Copy the batch out before dispatching: a resumed coroutine may submit,
-  // and under CQ pressure submitting reaps, which must not see these again.
-  io_uring_cqe* cqes[256];
-  cqe_copy batch[256];
-  for (;;) {
-    unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, 256);
-    if (n == 0) break;
-    for (unsigned i = 0; i < n; ++i) batch[i] = {cqes[i]->user_data, cqes[i]->res, cqes[i]->flags};
-    io_uring_cq_advance(&ring_, n);
-    for (unsigned i = 0; i < n; ++i) dispatch(batch[i].user_data, batch[i].res, batch[i].flags);
-    did = true;
-    if (n < 256) break;
-  }
+  reap();
+  did |= dispatch_completed();
+  // What the completions woke (a send's waiters are posted, not resumed
+  // inline) runs now, so its next requests go out with this turn's.
+  did |= run_ready();
   // Dispatching may have armed or cancelled deadlines: look again.
   bool armed = earliest_deadline(next_deadline);
   if (armed && next_deadline <= now_) {
@@ -448,7 +572,7 @@ bool executor::run_once(bool block) {
     did = true;
     armed = earliest_deadline(next_deadline);
   }
-  return did || inflight_ > 0 || !ready_.empty() || !backlog_.empty() || armed;
+  return did || inflight_ > 0 || !ready_.empty() || !completed_.empty() || armed;
 }
 
 }  // namespace ringframe

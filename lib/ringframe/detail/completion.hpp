@@ -15,9 +15,10 @@ struct completion {
 };
 
 inline constexpr std::uint64_t timer_tag = 1;
-// Posted into this ring by another ring (IORING_OP_MSG_RING): this ring did
-// not submit it, so it is not counted in flight.
-inline constexpr std::uint64_t remote_tag = 2;
+// Not counted in flight: the executor's own wake-up read (executor.cpp), which
+// stays armed for the executor's whole life and must not keep run() from
+// noticing that nothing else can ever complete.
+inline constexpr std::uint64_t uncounted_tag = 2;
 inline constexpr std::uint64_t tag_mask = 3;
 
 inline std::uint64_t key_of(completion* c, bool timer = false) noexcept {
