@@ -223,16 +223,18 @@ void executor::on_wake(detail::completion* c, int, unsigned, bool) {
 }
 
 void executor::defer(detail::deferred_call* c) noexcept {
-  {
-    std::lock_guard<std::mutex> g(inbox_lock_);
-    if (c->queued) return;
-    c->queued = true;
-    c->next = nullptr;
-    c->prev = inbox_tail_;
-    if (inbox_tail_) inbox_tail_->next = c;
-    else inbox_head_ = c;
-    inbox_tail_ = c;
-  }
+  // The eventfd is written under the lock too: the executor's thread takes
+  // the call only through this lock, so nothing the call does (a task that
+  // ends the executor, say) can happen before this function is done with
+  // *this. (Found by ThreadSanitizer: the write raced the eventfd's close.)
+  std::lock_guard<std::mutex> g(inbox_lock_);
+  if (c->queued) return;
+  c->queued = true;
+  c->next = nullptr;
+  c->prev = inbox_tail_;
+  if (inbox_tail_) inbox_tail_->next = c;
+  else inbox_head_ = c;
+  inbox_tail_ = c;
   if (!wake_signalled_.exchange(true, std::memory_order_seq_cst)) {
     std::uint64_t one = 1;
     // EAGAIN only when the counter is near overflow: it is signalled anyway.
@@ -303,6 +305,10 @@ executor::~executor() {
   // Tasks handed over by other threads that will never run: free them (their
   // frames too). Calls still queued by objects that outlive us are dropped.
   run_inbox(false);
+  {
+    // A defer() still inside its eventfd write holds the lock: wait for it.
+    std::lock_guard<std::mutex> g(inbox_lock_);
+  }
   if (wake_fd_ >= 0) ::close(wake_fd_);
   // Deadlines that outlive the executor must not point into its lists.
   for (auto& l : deadline_lists_)
