@@ -38,6 +38,7 @@
 #include <ringframe/detail/completion.hpp>
 #include <ringframe/frame.hpp>
 #include <ringframe/message.hpp>
+#include <ringframe/send_queue.hpp>
 #include <ringframe/socket.hpp>
 #include <ringframe/task.hpp>
 
@@ -129,12 +130,6 @@ class connection_handle {
 };
 
 namespace detail {
-// A coroutine waiting for a connection's send to finish.
-struct send_waiter {
-  std::coroutine_handle<> h;
-  send_waiter* next = nullptr;
-};
-
 class read_message_awaitable {
  public:
   explicit read_message_awaitable(connection* c) noexcept : c_(c) {}
@@ -214,7 +209,7 @@ class connection {
   const frame_error& last_frame_error() const noexcept { return decoder_.error(); }
   socket& get_socket() noexcept { return sock_; }
   const connection_options& options() const noexcept { return opts_; }
-  std::size_t unsent_bytes() const noexcept { return queued_.size() + (sending_.size() - sent_); }
+  std::size_t unsent_bytes() const noexcept { return send_.unsent(); }
 
   std::uint64_t messages_in = 0, messages_out = 0, bytes_in = 0, bytes_out = 0;
   // The most reply bytes ever queued at once: what max_unsent_bytes bounds
@@ -276,7 +271,7 @@ class connection {
     connection* c;
     void operator()() noexcept;
   };
-  enum : std::uint8_t { owe_read = 1, owe_send = 2, owe_multishot = 4 };
+  enum : std::uint8_t { owe_read = 1, owe_multishot = 4 };
   enum : std::uint8_t { remote_stop_reads = 1, remote_stop_all = 2 };
   struct deferred : detail::deferred_call {
     explicit deferred(connection* o) noexcept : deferred_call(&deferred::run), c(o) {}
@@ -308,15 +303,10 @@ class connection {
   static void on_read_cqe(detail::completion* c, int res, unsigned flags, bool);
   static void on_read_deadline(deadline* d);
 
-  // ---- sending: queued_ is handed to the kernel as one batch (sending_) ----
-  int send_refusal() const noexcept;
-  void start_send();
-  void submit_send();
-  void send_progress(int res);
-  void fail_send(int err);
-  void wake_send_waiters();
-  static void on_send_cqe(detail::completion* c, int res, unsigned flags, bool);
-  static void on_write_deadline(deadline* d);
+  // ---- sending (send_queue.hpp) ----
+  // The queue failed: a reader waiting beside its send learns of it now
+  // rather than at its idle timeout.
+  static void on_send_failed(void* self) noexcept;
 
   // Never throws (cancel paths are noexcept): without a free SQE the
   // cancellation is owed (`bit`) and sent from the executor's next turn.
@@ -352,19 +342,13 @@ class connection {
   socket sock_;
   connection_options opts_;
   frame_decoder decoder_;
-  std::string queued_;   // replies not yet handed to a send
-  std::string sending_;  // the batch the send is working on
-  std::size_t sent_ = 0;
   io_slot read_slot_;
-  io_slot send_slot_;
   std::coroutine_handle<> read_waiter_;                // read_slow, waiting on read_slot_
   detail::read_message_awaitable* fast_ = nullptr;     // a fast read waiting on read_slot_
-  detail::send_waiter* send_waiters_ = nullptr;
   // Idle (between frames, while a recv waits) or mid-message (from a
   // message's first byte to its last).
   owned_deadline read_deadline_{&connection::on_read_deadline, this};
-  owned_deadline write_deadline_{&connection::on_write_deadline, this};
-  std::error_code write_error_;
+  send_queue send_;
   const std::stop_token* read_stop_ = nullptr;
   std::optional<std::stop_callback<stop_reads>> read_stop_cb_;
   std::optional<std::stop_callback<stop_all>> stop_cb_;
@@ -377,9 +361,6 @@ class connection {
   bool skip_ring_once_ = false;   // the ring was empty: next read into our own buffer
   bool message_deadline_ = false; // read_deadline_ is the message's
   bool read_timed_out_ = false;
-  bool write_timed_out_ = false;
-  bool zero_copy_ = false;        // the batch in flight uses SEND_ZC
-  bool notif_pending_ = false;    // SEND_ZC: the kernel still holds sending_
   bool reading_ = false;          // a read_message is waiting
   bool ms_armed_ = false;         // the multishot recv is in the kernel
   std::uint8_t small_reads_ = 4;  // consecutive small reads (see note_read_size)

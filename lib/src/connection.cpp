@@ -93,22 +93,31 @@ struct read_slot_awaitable {
 struct send_idle_awaitable {
   connection* c;
   send_waiter node;
-  bool await_ready() const noexcept { return !c->send_slot_.busy; }
+  bool await_ready() const noexcept { return !c->send_.busy(); }
   void await_suspend(std::coroutine_handle<> h) noexcept {
     node.h = h;
-    node.next = c->send_waiters_;
-    c->send_waiters_ = &node;
+    c->send_.wait(&node);
   }
   void await_resume() const noexcept {}
 };
 
 }  // namespace detail
 
+namespace {
+send_queue::options send_options(const connection_options& o) {
+  send_queue::options so;
+  so.write_timeout = o.write_timeout;
+  so.zero_copy_threshold = o.zero_copy_threshold;
+  so.keep_capacity = 4 * o.max_unsent_bytes;
+  return so;
+}
+}  // namespace
+
 connection::connection(socket s, connection_options o)
-    : sock_(std::move(s)), opts_(o), decoder_(o.limits) {
-  read_slot_.owner = send_slot_.owner = this;
+    : sock_(std::move(s)), opts_(o), decoder_(o.limits), send_(sock_, send_options(o), &bytes_out) {
+  read_slot_.owner = this;
   read_slot_.on_cqe = &connection::on_read_cqe;
-  send_slot_.on_cqe = &connection::on_send_cqe;
+  send_.on_failure(&connection::on_send_failed, this);
   // Registered once, not per operation: stopping the socket's owner (the
   // server) cancels whatever this connection has in flight.
   if (sock_.stop_token().stop_possible()) stop_cb_.emplace(sock_.stop_token(), stop_all{this});
@@ -125,9 +134,8 @@ connection::~connection() {
     anchor_->c = nullptr;
     connection_handle::release(anchor_);
   }
-  // Flushers on other coroutines: resumed from the ready queue, they find
-  // their handle null and return ENOTCONN.
-  for (detail::send_waiter* w = std::exchange(send_waiters_, nullptr); w; w = w->next) ex.post(w->h);
+  // Flushers on other coroutines are posted by ~send_queue: resumed from
+  // the ready queue, they find their handle null and return ENOTCONN.
   if (!ms_slot_) return;
   for (std::uint8_t i = 0; i < ms_slot_->held_n; ++i) ms_slot_->br->recycle(ms_slot_->held[i].id);
   if (ms_armed_) {
@@ -177,7 +185,7 @@ void connection::stop_reads_here() noexcept {
 
 void connection::stop_all_here() noexcept {
   stop_reads_here();
-  if (send_slot_.busy && !notif_pending_) cancel_slot(send_slot_, owe_send);
+  send_.cancel();
 }
 
 void connection::deferred::run(detail::deferred_call* d, bool run) {
@@ -188,7 +196,6 @@ void connection::deferred::run(detail::deferred_call* d, bool run) {
   else if (stop & remote_stop_reads) c->stop_reads_here();
   std::uint8_t owed = std::exchange(c->cancel_owed_, 0);
   if ((owed & owe_read) && c->read_slot_.busy) c->cancel_slot(c->read_slot_, owe_read);
-  if ((owed & owe_send) && c->send_slot_.busy) c->cancel_slot(c->send_slot_, owe_send);
   if ((owed & owe_multishot) && c->ms_armed_) c->cancel_slot(*c->ms_slot_, owe_multishot);
 }
 
@@ -283,7 +290,7 @@ void connection::on_read_deadline(deadline* d) {
 
 bool connection::start_fast_read(detail::read_message_awaitable* aw) {
   if (decoder_.mid_frame() || !opts_.provided_buffers || last_read_large_ ||
-      skip_ring_once_ || peer_closed_ || write_error_ || read_slot_.busy || ms_ended() ||
+      skip_ring_once_ || peer_closed_ || send_.error() || read_slot_.busy || ms_ended() ||
       unsent_bytes() >= opts_.max_unsent_bytes || read_refusal())
     return false;
   buffer_ring* br = sock_.get_executor().receive_buffers();
@@ -292,10 +299,8 @@ bool connection::start_fast_read(detail::read_message_awaitable* aw) {
   decoder_.shrink_if_idle();
   // The replies queued so far go out in one send, submitted beside the recv
   // (one io_uring_enter for both); the reader resumes once both are done.
-  if (!queued_.empty() && !send_slot_.busy) {
-    start_send();
-    if (write_error_) return false;
-  }
+  send_.start();
+  if (send_.error()) return false;
   if (opts_.idle_timeout.count() > 0) read_deadline_.arm(sock_.get_executor(), opts_.idle_timeout);
   fast_ = aw;
   start_read(br, {});
@@ -331,15 +336,14 @@ void connection::fast_read_done() {
   }
   int r = take_read_result();
   // A recv cancelled because the send failed reports the send's error.
-  if (write_error_ && r == -ECANCELED) return finish_fast_read(aw, write_error_);
+  if (send_.error() && r == -ECANCELED) return finish_fast_read(aw, send_.error());
   finish_fast_read(aw, errno_code(-r));
 }
 
 void connection::finish_fast_read(detail::read_message_awaitable* aw, result<message_view> r) {
   aw->ready_.emplace(std::move(r));
-  if (send_slot_.busy) {  // the reader resumes when the send is done too
-    aw->wait_.next = send_waiters_;
-    send_waiters_ = &aw->wait_;
+  if (send_.busy()) {  // the reader resumes when the send is done too
+    send_.wait(&aw->wait_);
     return;
   }
   aw->wait_.h.resume();
@@ -362,7 +366,7 @@ task<result<message_view>> connection::read_slow() {
     if (std::optional<result<message_view>> r = try_read_buffered()) co_return std::move(*r);
     // Nothing complete is buffered: send the queued replies before waiting
     // (and let a send in flight finish: nothing outlives read_message).
-    if (!queued_.empty() || send_slot_.busy) {
+    if (send_.unsent() > 0 || send_.busy()) {
       result<void> f = co_await flush();
       if (!f) co_return f.error();
     }
@@ -412,7 +416,7 @@ task<result<message_view>> connection::read_slow() {
       continue;
     }
     if (res < 0) {
-      if (write_error_ && res == -ECANCELED) co_return write_error_;
+      if (send_.error() && res == -ECANCELED) co_return send_.error();
       co_return errno_code(-res);
     }
     if (res == 0) {
@@ -557,108 +561,10 @@ bool connection::drain_held() {
 
 // ---- sending ----
 
-int connection::send_refusal() const noexcept {
-  if (write_timed_out_) return ETIMEDOUT;
-  if (sock_.get_executor().stopping()) return ECANCELED;
-  if (sock_.stop_token().stop_requested()) return ECANCELED;
-  return 0;
-}
-
-void connection::start_send() {
-  if (int e = send_refusal()) return fail_send(e);
-  std::swap(sending_, queued_);
-  sent_ = 0;
-  zero_copy_ = opts_.zero_copy_threshold && sending_.size() >= opts_.zero_copy_threshold;
-  if (opts_.write_timeout.count() > 0) write_deadline_.arm(sock_.get_executor(), opts_.write_timeout);
-  submit_send();
-}
-
-void connection::submit_send() {
-  executor& ex = sock_.get_executor();
-  io_uring_sqe* sqe = ex.get_sqe(1);
-  const char* p = sending_.data() + sent_;
-  std::size_t n = sending_.size() - sent_;
-  if (zero_copy_)  // IORING_OP_SEND_ZC: sending_ stays the kernel's until the notification
-    io_uring_prep_send_zc(sqe, sock_.fd(), p, n, MSG_NOSIGNAL, 0);
-  else
-    io_uring_prep_send(sqe, sock_.fd(), p, n, MSG_NOSIGNAL);
-  io_uring_sqe_set_data64(sqe, detail::key_of(&send_slot_));
-  ex.note_submitted(1);
-  send_slot_.busy = true;
-}
-
-void connection::on_send_cqe(detail::completion* c, int res, unsigned flags, bool) {
-  connection* self = static_cast<io_slot*>(c)->owner;
-  if (!(flags & IORING_CQE_F_MORE)) self->cancel_owed_ &= static_cast<std::uint8_t>(~owe_send);
-  if (flags & IORING_CQE_F_NOTIF) {
-    self->notif_pending_ = false;  // the result came in the CQE before this one
-  } else {
-    self->send_slot_.res = res;
-    if (flags & IORING_CQE_F_MORE) self->notif_pending_ = true;
-  }
-  if (self->notif_pending_) return;  // the buffer is still the kernel's
-  self->send_progress(self->send_slot_.res);
-}
-
-void connection::send_progress(int res) {
-  if (zero_copy_ && (res == -EOPNOTSUPP || res == -EINVAL)) {  // no zero-copy here: copy
-    zero_copy_ = false;
-    return submit_send();
-  }
-  if (res == -EINTR || res == -EAGAIN) res = 0;  // nothing sent: go on
-  if (res < 0) {
-    int e = -res;
-    if (e == ECANCELED && write_timed_out_) e = ETIMEDOUT;
-    return fail_send(e);
-  }
-  sent_ += static_cast<std::size_t>(res);
-  bytes_out += static_cast<std::size_t>(res);
-  if (sent_ < sending_.size()) {  // a short send: the rest, from the completion
-    if (int e = send_refusal()) return fail_send(e);
-    return submit_send();
-  }
-  sending_.clear();
-  sent_ = 0;
-  // Everything went out: a write deadline that fired meanwhile (while a
-  // zero-copy notification was pending, say) came too late to matter.
-  write_timed_out_ = false;
-  if (!queued_.empty()) return start_send();  // written while this batch was out
-  send_slot_.busy = false;
-  write_deadline_.cancel();
-  // A burst of large replies should not pin megabytes to an idle connection.
-  if (sending_.capacity() > 4 * opts_.max_unsent_bytes) std::string().swap(sending_);
-  if (queued_.capacity() > 4 * opts_.max_unsent_bytes) std::string().swap(queued_);
-  wake_send_waiters();
-}
-
-void connection::fail_send(int err) {
-  write_error_ = errno_code(err);
-  write_timed_out_ = false;
-  queued_.clear();
-  sending_.clear();
-  sent_ = 0;
-  send_slot_.busy = false;
-  write_deadline_.cancel();
-  // A reader waiting beside this send learns of the failure now rather than
-  // at its idle timeout.
-  if (fast_ && read_slot_.busy) cancel_slot(read_slot_, owe_read);
-  if (fast_ && ms_armed_) cancel_multishot(false);
-  wake_send_waiters();
-}
-
-void connection::wake_send_waiters() {
-  // Posted, never resumed from here: a waiter may end the connection (its
-  // owner returns and the frame holding *this goes), and another waiter
-  // must not then resume inside it. From the ready queue each runs after
-  // this call has returned, and a flusher checks its handle first.
-  executor& ex = sock_.get_executor();
-  for (detail::send_waiter* w = std::exchange(send_waiters_, nullptr); w; w = w->next) ex.post(w->h);
-}
-
-void connection::on_write_deadline(deadline* d) {
-  connection* self = static_cast<owned_deadline*>(d)->owner;
-  self->write_timed_out_ = true;
-  if (self->send_slot_.busy && !self->notif_pending_) self->cancel_slot(self->send_slot_, owe_send);
+void connection::on_send_failed(void* self) noexcept {
+  auto* c = static_cast<connection*>(self);
+  if (c->fast_ && c->read_slot_.busy) c->cancel_slot(c->read_slot_, owe_read);
+  if (c->fast_ && c->ms_armed_) c->cancel_multishot(false);
 }
 
 detail::write_awaitable connection::queued(result<void> r) {
@@ -668,18 +574,18 @@ detail::write_awaitable connection::queued(result<void> r) {
 }
 
 detail::write_awaitable connection::write(const message& m) {
-  if (write_error_) return detail::write_awaitable(this, write_error_);
-  return queued(encode_frame(m, queued_));
+  if (send_.error()) return detail::write_awaitable(this, send_.error());
+  return queued(encode_frame(m, send_.out()));
 }
 
 detail::write_awaitable connection::write(const header_fields& h, std::span<const std::byte> content) {
-  if (write_error_) return detail::write_awaitable(this, write_error_);
-  return queued(encode_frame(h, content, queued_));
+  if (send_.error()) return detail::write_awaitable(this, send_.error());
+  return queued(encode_frame(h, content, send_.out()));
 }
 
 detail::write_awaitable connection::write_raw(std::span<const std::byte> frame) {
-  if (write_error_) return detail::write_awaitable(this, write_error_);
-  queued_.append(reinterpret_cast<const char*>(frame.data()), frame.size());
+  if (send_.error()) return detail::write_awaitable(this, send_.error());
+  send_.out().append(reinterpret_cast<const char*>(frame.data()), frame.size());
   return queued({});
 }
 
@@ -713,10 +619,10 @@ task<result<void>> connection::flush_until_sent(connection_handle h) {
   for (;;) {
     connection* c = h.get();
     if (!c) co_return errno_code(ENOTCONN);
-    if (c->write_error_) co_return c->write_error_;
-    if (!c->send_slot_.busy) {
-      if (c->queued_.empty()) co_return result<void>{};
-      c->start_send();
+    if (c->send_.error()) co_return c->send_.error();
+    if (!c->send_.busy()) {
+      if (c->send_.unsent() == 0) co_return result<void>{};
+      c->send_.start();
       continue;  // it may have failed at once
     }
     co_await detail::send_idle_awaitable{c, {}};

@@ -243,9 +243,9 @@ void executor::defer(detail::deferred_call* c) noexcept {
 }
 
 void executor::withdraw(detail::deferred_call* c) noexcept {
-  if (!c->queued) return;  // ordered by the stop_callback's destruction, or ours
+  if (!c->queued.load(std::memory_order_acquire)) return;
   std::lock_guard<std::mutex> g(inbox_lock_);
-  if (!c->queued) return;
+  if (!c->queued.load(std::memory_order_relaxed)) return;
   if (c->prev) c->prev->next = c->next;
   else inbox_head_ = c->next;
   if (c->next) c->next->prev = c->prev;

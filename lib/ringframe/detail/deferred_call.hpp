@@ -10,6 +10,8 @@
 // that found the submission queue full.
 #pragma once
 
+#include <atomic>
+
 namespace ringframe::detail {
 
 struct deferred_call {
@@ -23,7 +25,10 @@ struct deferred_call {
   function fn;
   deferred_call* prev = nullptr;
   deferred_call* next = nullptr;
-  bool queued = false;  // guarded by the executor's inbox lock
+  // Written under the executor's inbox lock; atomic so that withdraw() can
+  // skip the lock when the call is not queued (the common case, e.g. on
+  // every send completion).
+  std::atomic<bool> queued{false};
 };
 
 }  // namespace ringframe::detail

@@ -1,0 +1,130 @@
+// send_queue: the sending half of a connection. Bytes are appended to out()
+// and handed to the kernel one batch at a time: while a batch is out, what
+// is written meanwhile waits and follows as the next batch, so replies leave
+// in the order they were written and pipelined replies share system calls.
+// Short sends continue from the completion. Batches at least
+// zero_copy_threshold long go out with IORING_OP_SEND_ZC (the kernel then
+// holds the batch's pages until its notification).
+//
+// Waiters (flush, a reader that must not return before the replies it owes
+// are out) are woken through the executor's ready queue when nothing is left
+// to send or the queue fails, never resumed from inside this object.
+//
+// A failed queue stays failed: error() says why (the kernel's errno,
+// ETIMEDOUT for the write deadline, ECANCELED when stopped) and nothing is
+// sent again.
+#pragma once
+
+#include <ringframe/deadline.hpp>
+#include <ringframe/detail/completion.hpp>
+#include <ringframe/socket.hpp>
+
+#include <chrono>
+#include <coroutine>
+#include <cstdint>
+#include <string>
+#include <system_error>
+
+namespace ringframe {
+
+namespace detail {
+// A coroutine waiting for a send queue to empty (intrusive, in its frame).
+struct send_waiter {
+  std::coroutine_handle<> h;
+  send_waiter* next = nullptr;
+};
+}  // namespace detail
+
+class send_queue {
+ public:
+  enum class state : std::uint8_t {
+    idle,       // nothing in the kernel
+    sending,    // a send of the current batch is in the kernel
+    releasing,  // SEND_ZC: the batch is sent, its pages not yet released
+    failed,     // error() says why; nothing is sent again
+  };
+  // Called on failure, before waiters are woken (a connection cancels the
+  // recv its reader waits on beside the send).
+  using failure_hook = void (*)(void* ctx) noexcept;
+
+  struct options {
+    std::chrono::nanoseconds write_timeout{0};  // 0: none; for each batch
+    std::size_t zero_copy_threshold = 0;        // 0: never
+    std::size_t keep_capacity = 4 << 20;        // larger buffers are freed when idle
+  };
+
+  // `bytes_out` (optional) is added to as bytes leave.
+  send_queue(socket& s, options o, std::uint64_t* bytes_out = nullptr) noexcept;
+  send_queue(const send_queue&) = delete;
+  send_queue& operator=(const send_queue&) = delete;
+  // Waiters still queued are posted (they must check that their owner is
+  // still there). Precondition: nothing in the kernel (the owner flushed or
+  // the executor is gone).
+  ~send_queue();
+
+  std::string& out() noexcept { return queued_; }  // append replies here
+  std::size_t unsent() const noexcept { return queued_.size() + (sending_.size() - sent_); }
+  state current() const noexcept { return state_; }
+  bool busy() const noexcept { return state_ == state::sending || state_ == state::releasing; }
+  const std::error_code& error() const noexcept { return error_; }
+  void on_failure(failure_hook h, void* ctx) noexcept {
+    hook_ = h;
+    hook_ctx_ = ctx;
+  }
+
+  // Hand what is queued to the kernel, unless a batch is out already (it
+  // will follow) or nothing is queued. May fail at once (see error()).
+  void start();
+  // Queue `w` to be posted when nothing is left to send, or on failure.
+  void wait(detail::send_waiter* w) noexcept {
+    w->next = waiters_;
+    waiters_ = w;
+  }
+  // Cancel the send in flight (not while the kernel still holds zero-copy
+  // pages: that ends by itself). Never throws: without a free SQE the
+  // cancellation is sent from the executor's next turn. Any thread.
+  void cancel() noexcept;
+
+ private:
+  struct slot : detail::completion {
+    send_queue* q;
+  };
+  struct timer : deadline {
+    explicit timer(send_queue* owner) noexcept : deadline(&send_queue::on_deadline), q(owner) {}
+    send_queue* q;
+  };
+  // A cancellation asked for on another thread, or that found no SQE.
+  struct deferred_cancel : detail::deferred_call {
+    explicit deferred_cancel(send_queue* owner) noexcept : deferred_call(&deferred_cancel::run), q(owner) {}
+    send_queue* q;
+    static void run(detail::deferred_call* d, bool run);
+  };
+  void cancel_here() noexcept;
+  int refusal() const noexcept;
+  void submit();
+  void progress(int res);
+  void fail(int err);
+  void wake() noexcept;
+  static void on_cqe(detail::completion* c, int res, unsigned flags, bool);
+  static void on_deadline(deadline* d);
+
+  socket& sock_;
+  options opts_;
+  std::uint64_t* bytes_out_;
+  std::string queued_;   // written, not yet handed to a send
+  std::string sending_;  // the batch in the kernel
+  std::size_t sent_ = 0;
+  slot slot_;
+  int res_ = 0;  // SEND_ZC: the result, kept until the notification
+  timer deadline_{this};
+  deferred_cancel deferred_{this};
+  detail::send_waiter* waiters_ = nullptr;
+  std::error_code error_;
+  failure_hook hook_ = nullptr;
+  void* hook_ctx_ = nullptr;
+  state state_ = state::idle;
+  bool zero_copy_ = false;    // the batch in the kernel uses SEND_ZC
+  bool timed_out_ = false;    // the write deadline fired during this batch
+};
+
+}  // namespace ringframe

@@ -1,0 +1,144 @@
+#include <ringframe/send_queue.hpp>
+
+#include <liburing.h>
+
+#include <utility>
+
+namespace ringframe {
+
+send_queue::send_queue(socket& s, options o, std::uint64_t* bytes_out) noexcept
+    : sock_(s), opts_(o), bytes_out_(bytes_out) {
+  slot_.q = this;
+  slot_.on_cqe = &send_queue::on_cqe;
+}
+
+send_queue::~send_queue() {
+  sock_.get_executor().withdraw(&deferred_);
+  wake();
+}
+
+int send_queue::refusal() const noexcept {
+  if (timed_out_) return ETIMEDOUT;
+  if (sock_.get_executor().stopping()) return ECANCELED;
+  if (sock_.stop_token().stop_requested()) return ECANCELED;
+  return 0;
+}
+
+void send_queue::start() {
+  if (state_ != state::idle || queued_.empty()) return;
+  if (int e = refusal()) return fail(e);
+  std::swap(sending_, queued_);
+  sent_ = 0;
+  zero_copy_ = opts_.zero_copy_threshold && sending_.size() >= opts_.zero_copy_threshold;
+  if (opts_.write_timeout.count() > 0) deadline_.arm(sock_.get_executor(), opts_.write_timeout);
+  submit();
+}
+
+void send_queue::submit() {
+  executor& ex = sock_.get_executor();
+  io_uring_sqe* sqe = ex.get_sqe(1);
+  const char* p = sending_.data() + sent_;
+  std::size_t n = sending_.size() - sent_;
+  if (zero_copy_)  // IORING_OP_SEND_ZC: sending_ stays the kernel's until the notification
+    io_uring_prep_send_zc(sqe, sock_.fd(), p, n, MSG_NOSIGNAL, 0);
+  else
+    io_uring_prep_send(sqe, sock_.fd(), p, n, MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(sqe, detail::key_of(&slot_));
+  ex.note_submitted(1);
+  state_ = state::sending;
+}
+
+void send_queue::cancel() noexcept {
+  executor& ex = sock_.get_executor();
+  if (ex.on_own_thread()) cancel_here();
+  else ex.defer(&deferred_);
+}
+
+void send_queue::cancel_here() noexcept {
+  if (state_ != state::sending) return;  // idle, failed, or the pages are the kernel's
+  executor& ex = sock_.get_executor();
+  if (!ex.try_cancel(detail::key_of(&slot_))) ex.defer(&deferred_);
+}
+
+void send_queue::deferred_cancel::run(detail::deferred_call* d, bool run) {
+  if (run) static_cast<deferred_cancel*>(d)->q->cancel_here();
+}
+
+void send_queue::on_cqe(detail::completion* c, int res, unsigned flags, bool) {
+  send_queue* self = static_cast<slot*>(c)->q;
+  // A cancellation still waiting for an SQE would hit the next batch: drop
+  // it (a stop is seen again by refusal() before anything more is sent).
+  if (!(flags & IORING_CQE_F_MORE)) self->sock_.get_executor().withdraw(&self->deferred_);
+  if (flags & IORING_CQE_F_NOTIF) {
+    // The kernel let go of the pages; the result came in the CQE before.
+    return self->progress(self->res_);
+  }
+  if (flags & IORING_CQE_F_MORE) {  // SEND_ZC: a notification follows
+    self->res_ = res;
+    self->state_ = state::releasing;
+    return;
+  }
+  self->progress(res);
+}
+
+void send_queue::progress(int res) {
+  state_ = state::sending;
+  if (zero_copy_ && (res == -EOPNOTSUPP || res == -EINVAL)) {  // no zero-copy here: copy
+    zero_copy_ = false;
+    return submit();
+  }
+  if (res == -EINTR || res == -EAGAIN) res = 0;  // nothing sent: go on
+  if (res < 0) {
+    int e = -res;
+    if (e == ECANCELED && timed_out_) e = ETIMEDOUT;
+    return fail(e);
+  }
+  sent_ += static_cast<std::size_t>(res);
+  if (bytes_out_) *bytes_out_ += static_cast<std::size_t>(res);
+  if (sent_ < sending_.size()) {  // a short send: the rest, from the completion
+    if (int e = refusal()) return fail(e);
+    return submit();
+  }
+  sending_.clear();
+  sent_ = 0;
+  // Everything went out: a deadline that fired meanwhile (while a zero-copy
+  // notification was pending, say) came too late to matter.
+  timed_out_ = false;
+  state_ = state::idle;
+  if (!queued_.empty()) return start();  // written while this batch was out
+  deadline_.cancel();
+  // A burst of large replies should not pin megabytes to an idle connection.
+  if (sending_.capacity() > opts_.keep_capacity) std::string().swap(sending_);
+  if (queued_.capacity() > opts_.keep_capacity) std::string().swap(queued_);
+  wake();
+}
+
+void send_queue::fail(int err) {
+  error_ = errno_code(err);
+  state_ = state::failed;
+  timed_out_ = false;
+  queued_.clear();
+  sending_.clear();
+  sent_ = 0;
+  deadline_.cancel();
+  if (hook_) hook_(hook_ctx_);
+  wake();
+}
+
+void send_queue::wake() noexcept {
+  // Posted, never resumed from here: a waiter may end the connection (its
+  // owner returns and the frame holding this queue goes), and another
+  // waiter must not then resume inside it. From the ready queue each runs
+  // after this call has returned, and a flusher checks its handle first.
+  executor& ex = sock_.get_executor();
+  for (detail::send_waiter* w = std::exchange(waiters_, nullptr); w; w = w->next) ex.post(w->h);
+}
+
+void send_queue::on_deadline(deadline* d) {
+  send_queue* self = static_cast<timer*>(d)->q;
+  self->timed_out_ = true;
+  // A batch whose pages the kernel still holds has been sent: let it finish.
+  self->cancel_here();
+}
+
+}  // namespace ringframe
