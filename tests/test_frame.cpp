@@ -5,8 +5,15 @@
 
 #include <doctest/doctest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -329,4 +336,205 @@ TEST_CASE("a repeated header is recognised byte for byte, never by length alone"
     }
   }
   CHECK(types == std::vector<std::string>{"a/x:1", "b/y:2", "a/x:1", "a/x:1", "error", "a/x:1"});
+}
+
+// ---- issue 10, defect 5: lengths near SIZE_MAX ----
+//
+// Every length sum in the codec is checked, and a configured content limit
+// is clamped to frame_limits::hard_max_content_length, so a hostile
+// content-length can neither wrap the frame length (handing out bytes that
+// were never received, e.g. an earlier client's request from a pooled
+// buffer) nor make the decoder ask for an impossible allocation.
+
+namespace {
+
+constexpr std::size_t hard_cap = frame_limits::hard_max_content_length;
+static_assert(hard_cap == std::size_t{1} << 30, "the documented cap: 1 GiB");
+
+std::string header_with_length(std::string_view length_json) {
+  return "{\"byteorder\": \"little\", \"content-type\": \"a\", \"content-encoding\": \"b\", \"content-length\": " +
+         std::string(length_json) + "}";
+}
+
+frame_limits unlimited() {
+  frame_limits lim;
+  lim.max_content_length = SIZE_MAX;  // as `ringframe-server --max-content 18446744073709551615` sets it
+  return lim;
+}
+
+}  // namespace
+
+TEST_CASE("a configured content limit above the hard cap is clamped to it") {
+  frame_decoder d(unlimited());
+  CHECK(d.limits().max_content_length == hard_cap);
+  frame_limits lim;
+  lim.max_content_length = 1000;
+  CHECK(frame_decoder(lim).limits().max_content_length == 1000);  // a lower limit is kept
+}
+
+TEST_CASE("content-length near SIZE_MAX is refused cleanly: no wrap, no huge allocation") {
+  const std::uint64_t max = UINT64_MAX;
+  // The header below is the same length for every 20-digit value.
+  const std::size_t hlen = header_with_length(std::to_string(max)).size();
+  const std::uint64_t values[] = {
+      max,                       // 2^64 - 1: 2 + hlen + clen wraps to hlen + 1
+      18446744073709500000ull,   // wraps to a short frame; the read-ahead asked for ~2^64 bytes
+      max - (2 + hlen) + 1,      // wraps to exactly 0
+      max - (2 + hlen) + 11,     // wraps to 10, shorter than the header itself
+      max - 0xffff,              // the buffer growth bound (2 + 0xffff + limit + read size) wraps
+      (std::uint64_t{1} << 63),  // 2^63 and its neighbours: signed/unsigned confusion
+      (std::uint64_t{1} << 63) - 1,
+      (std::uint64_t{1} << 63) + 1,
+      10000000000000000000ull,
+      hard_cap + 1ull,  // just over the effective limit
+  };
+  for (std::uint64_t clen : values) {
+    CAPTURE(clen);
+    frame_decoder d(unlimited());
+    // Enough bytes after the header to satisfy any wrapped, short frame length.
+    d.feed(raw_frame(header_with_length(std::to_string(clen)), std::string(64, 'x')));
+    message_view v;
+    auto st = d.next(v);
+    if (st == frame_decoder::status::message)
+      FAIL_CHECK("a message with content-length " << v.content.size() << " was handed out from " << d.buffered()
+                                                  << " buffered bytes");
+    CHECK(st == frame_decoder::status::error);
+    CHECK(d.error().code == frame_errc::content_too_large);
+    CHECK_FALSE(d.error().in_sync);  // the content is not read: the connection is closed, as for any over-limit frame
+    CHECK(d.error().detail ==
+          "\"content-length\" " + std::to_string(clen) + " exceeds the limit of " + std::to_string(hard_cap) + " bytes");
+    CHECK(d.capacity() < 64 * 1024);
+    // What a connection does next: ask for room to read into. It must not
+    // ask the allocator for ~2^64 bytes (ASan: allocation-size-too-big).
+    CHECK(d.prepare().size() < 1024 * 1024);
+    CHECK(d.next(v) == frame_decoder::status::error);  // stays failed
+  }
+}
+
+TEST_CASE("content-length at the hard cap is accepted without reserving it up front") {
+  frame_decoder d(unlimited());
+  d.feed(raw_frame(header_with_length(std::to_string(hard_cap)), "abc"));
+  message_view v;
+  CHECK(d.next(v) == frame_decoder::status::need_more);
+  CHECK(d.capacity() < 64 * 1024);
+  CHECK(d.buffered() == header_with_length(std::to_string(hard_cap)).size() + 2 + 3);
+}
+
+TEST_CASE("a refused huge content-length never hands out another client's bytes from a pooled buffer") {
+  // Client A's request passes through a decoder whose buffer then goes back
+  // to the per-thread pool (an idle connection).
+  const std::string secret = "SECRET-OF-CLIENT-A:" + std::string(200, 's');
+  {
+    frame_decoder a;
+    a.feed(raw_frame(python_header("binary/custom-client-binary-type", "binary", secret.size()), secret));
+    message_view v;
+    REQUIRE(a.next(v) == frame_decoder::status::message);
+    CHECK(v.content_text() == secret);
+    CHECK(a.next(v) == frame_decoder::status::need_more);
+    a.shrink_if_idle();
+  }
+  // Client B, on a server configured with --max-content 18446744073709551615,
+  // sends only a header claiming 2^64-1 bytes of content.
+  frame_decoder b(unlimited());
+  b.feed(raw_frame(header_with_length("18446744073709551615"), ""));
+  message_view v;
+  auto st = b.next(v);
+  if (st == frame_decoder::status::message) {
+    // The app handler would answer "First 10 bytes of request: " + these.
+    std::string leaked(reinterpret_cast<const char*>(v.content.data()), 24);
+    FAIL_CHECK("content handed out beyond the received bytes: " << leaked);
+  }
+  REQUIRE(st == frame_decoder::status::error);
+  CHECK(b.error().code == frame_errc::content_too_large);
+  // And a fresh decoder taking the same pooled buffer sees only its own bytes.
+  b.shrink_if_idle();
+  frame_decoder c(unlimited());
+  c.feed(raw_frame(python_header("t", "binary", 3), "new"));
+  REQUIRE(c.next(v) == frame_decoder::status::message);
+  CHECK(v.content_text() == "new");
+  CHECK(v.wire.size() == c.buffered());
+}
+
+TEST_CASE("content-length as a float, an exponent, a negative or a huge integer is refused cleanly") {
+  const char* bad[] = {"1e30", "1E+2", "1.0", "0.5e1", "-1", "-9223372036854775808", "-1e30", "true", "[]", "{}",
+                       "\"18446744073709551615\""};
+  for (const char* b : bad) {
+    CAPTURE(b);
+    frame_decoder d(unlimited());
+    d.feed(raw_frame(header_with_length(b), std::string(64, 'x')));
+    message_view v;
+    REQUIRE(d.next(v) == frame_decoder::status::error);
+    CHECK(d.error().code == frame_errc::bad_content_length);
+    CHECK_FALSE(d.error().in_sync);
+    CHECK(d.error().detail.rfind("\"content-length\" must be a non-negative integer, got ", 0) == 0);
+    CHECK(d.capacity() < 64 * 1024);
+  }
+  // Integers beyond 64 bits are not representable: the JSON parser refuses
+  // the header, which closes the connection just the same.
+  for (const char* b : {"18446744073709551616", "99999999999999999999999999999"}) {
+    CAPTURE(b);
+    frame_decoder d(unlimited());
+    d.feed(raw_frame(header_with_length(b), ""));
+    message_view v;
+    REQUIRE(d.next(v) == frame_decoder::status::error);
+    CHECK(d.error().code == frame_errc::header_not_json);
+    CHECK_FALSE(d.error().in_sync);
+    CHECK(d.error().detail == "JSON header is not valid JSON: Problem while parsing a number");
+  }
+  // -0 is the integer 0, as Python's json module reads it.
+  auto msgs = decode_all(raw_frame(header_with_length("-0"), ""), 1);
+  REQUIRE(msgs.size() == 1);
+  CHECK(msgs[0].content.empty());
+}
+
+TEST_CASE("prepare() and feed() refuse sizes whose sum would overflow, leaving the decoder usable") {
+  frame_decoder d;
+  std::string f = encoded(message::binary("payload", "t"));
+  d.feed(std::string_view(f).substr(0, 5));
+  for (std::size_t n : {SIZE_MAX, SIZE_MAX - 5, SIZE_MAX - 100, SIZE_MAX / 2 + 1}) {
+    CAPTURE(n);
+    CHECK_THROWS_AS(d.prepare(n), std::length_error);
+    // A span that large cannot exist; feed() must refuse it before reading it.
+    std::span<const std::byte> huge(reinterpret_cast<const std::byte*>(f.data()), n);
+    CHECK_THROWS_AS(d.feed(huge), std::length_error);
+  }
+  CHECK(d.buffered() == 5);
+  d.feed(std::string_view(f).substr(5));
+  message_view v;
+  REQUIRE(d.next(v) == frame_decoder::status::message);
+  CHECK(v.content_text() == "payload");
+}
+
+TEST_CASE("the encoder refuses content whose frame size would overflow, leaving the output untouched") {
+  std::string out = "keep";
+  const char dummy[1] = {};
+  for (std::size_t n : {SIZE_MAX, SIZE_MAX - 50, out.max_size() - 10, out.max_size() + 1}) {
+    CAPTURE(n);
+    // Never read: the size is refused before the content is touched.
+    std::span<const std::byte> huge(reinterpret_cast<const std::byte*>(dummy), n);
+    auto r = encode_frame(header_fields{"t", "binary"}, huge, out);
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == frame_errc::content_too_large);
+    CHECK(out == "keep");
+  }
+}
+
+TEST_CASE("commit() of more than prepare() gave is a contract violation that stops the process") {
+  // The kernel never returns more than the room it was given, so this is a
+  // caller's bug that has written past the buffer: counting those bytes would
+  // hand out memory that was never received. Checked in every build.
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    (void)!std::freopen("/dev/null", "w", stderr);  // the abort's one-line diagnostic
+    frame_decoder d;
+    auto room = d.prepare(16);
+    d.commit(room.size());
+    d.commit(1);  // must not return
+    _exit(0);
+  }
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  CHECK(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGABRT);
 }

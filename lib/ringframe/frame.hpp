@@ -50,8 +50,21 @@ struct frame_error {
 };
 
 struct frame_limits {
+  // The ceiling on max_content_length, whatever is configured: a decoder
+  // clamps a larger limit (e.g. `--max-content 18446744073709551615`) to
+  // it, and refuses a larger content-length as content_too_large. A frame
+  // is held whole in one buffer (prefix + header <= 65,537 bytes, content,
+  // read slack, simdjson padding), so the content must be allocatable in one
+  // piece; 1 GiB keeps every sum of those lengths far from overflow (even
+  // with a 32-bit size_t), stays below simdjson's 4 GiB document ceiling so
+  // text/json content can always be validated, and is 64 times the default.
+  // Larger payloads belong in several messages.
+  static constexpr std::size_t hard_max_content_length = std::size_t{1} << 30;
+
   // The largest content accepted; checked against content-length before
-  // any memory is reserved for the content.
+  // any memory is reserved for the content. Clamped to
+  // hard_max_content_length by the decoder (frame_decoder::limits() shows
+  // the effective value).
   std::size_t max_content_length = 16 * 1024 * 1024;
   // Parse text/json content to check it is JSON (section 3). A server that
   // only forwards bytes may turn this off.
@@ -69,7 +82,10 @@ struct header_fields {
 
 // Appends one frame to `out`: prefix, compact JSON header (every string
 // escaped as JSON requires), content. Fails without touching `out` when a
-// header string is not valid UTF-8 or the header would exceed 65,535 bytes.
+// header string is not valid UTF-8 (header_not_utf8), the header would
+// exceed 65,535 bytes (header_too_large), or the frame would not fit in a
+// std::string (content_too_large: its size is checked before the content
+// is read, with no sum allowed to wrap).
 result<void> encode_frame(const header_fields& h, std::span<const std::byte> content, std::string& out);
 result<void> encode_frame(const message& m, std::string& out);
 
@@ -96,16 +112,27 @@ class frame_decoder {
   frame_decoder& operator=(frame_decoder&&) noexcept;
 
   // Writable space at the end of the buffer, at least `min_free` bytes (more
-  // when the frame being read needs it).
+  // when the frame being read needs it). Throws std::length_error, changing
+  // nothing, when the buffered bytes plus `min_free` could not be allocated
+  // as one buffer (their sum would exceed PTRDIFF_MAX); std::bad_alloc as
+  // any allocation may.
   std::span<std::byte> prepare(std::size_t min_free = 16 * 1024) {
     // Fast path (tiny reads): room enough, and the frame in progress fits.
     if (!consume_on_next_ && need_ && cap_ - end_ >= min_free && begin_ + need_ <= cap_)
       return {buf_.get() + end_, cap_ - end_};
     return prepare_slow(min_free);
   }
-  // `n` bytes were written into the span prepare() returned.
-  void commit(std::size_t n) noexcept { end_ += n; }
-  // Copy bytes in (equivalent to prepare + memcpy + commit).
+  // `n` bytes were written into the span prepare() returned. Precondition:
+  // n <= that span's size. A larger n means the caller wrote past the buffer
+  // (the kernel never returns more than it was given); it is checked in
+  // every build and aborts, rather than count bytes that were never received.
+  void commit(std::size_t n) noexcept {
+    if (n > cap_ - end_) [[unlikely]]
+      commit_overrun(n);
+    end_ += n;
+  }
+  // Copy bytes in (equivalent to prepare + memcpy + commit). Throws as
+  // prepare() does, before reading `bytes`.
   void feed(std::span<const std::byte> bytes);
   void feed(std::string_view bytes) { feed(std::as_bytes(std::span(bytes.data(), bytes.size()))); }
 
@@ -139,6 +166,7 @@ class frame_decoder {
   status parse_header(const std::byte* header, std::size_t len);
   bool validate_content(const std::byte* content, std::size_t len);
   void reserve_free(std::size_t free_needed);
+  [[noreturn]] void commit_overrun(std::size_t n) const noexcept;
 
   frame_limits limits_;
   simdjson::dom::parser* parser_;

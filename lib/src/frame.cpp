@@ -3,7 +3,11 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 
 namespace ringframe {
@@ -63,6 +67,12 @@ std::string shown(simdjson::dom::element e) {
   return s;
 }
 
+// a + b, saturated at SIZE_MAX instead of wrapping.
+constexpr std::size_t sat_add(std::size_t a, std::size_t b) noexcept {
+  std::size_t r;
+  return __builtin_add_overflow(a, b, &r) ? SIZE_MAX : r;
+}
+
 bool is_utf8_name(std::string_view enc) {
   std::string lower(enc);
   std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
@@ -114,7 +124,20 @@ result<void> encode_frame(const header_fields& h, std::span<const std::byte> con
     for (const auto& [k, v] : *h.extra)
       if (!simdjson::validate_utf8(k) || !simdjson::validate_utf8(v)) return make_error_code(frame_errc::header_not_utf8);
 
+  // Sizes first, before `out` is touched, with no sum allowed to wrap.
+  // Escaping only lengthens a string, so raw sizes over 65,535 already mean
+  // a header too large (without building a huge one to find out).
+  std::size_t raw_header = sat_add(sat_add(h.content_type.size(), h.content_encoding.size()), h.byteorder.size());
+  if (h.extra)
+    for (const auto& [k, v] : *h.extra) raw_header = sat_add(raw_header, sat_add(k.size(), v.size()));
+  if (raw_header > 0xffff) return make_error_code(frame_errc::header_too_large);
+  // Then the whole frame (prefix, at most 65,535 header bytes, content) must
+  // fit in `out`; content.size() is only a number here, never trusted.
   const std::size_t start = out.size();
+  if (sat_add(sat_add(start, 2 + 0xffff), content.size()) > out.max_size())
+    return make_error_code(frame_errc::content_too_large);
+  // Cannot wrap: start + content.size() + 65,537 fits, and the two header
+  // strings are shorter than 65,536 together.
   out.reserve(start + 2 + 96 + h.content_type.size() + h.content_encoding.size() + content.size());
   out.append(2, '\0');  // the length prefix, patched below
   out += "{\"byteorder\":";
@@ -161,8 +184,23 @@ std::string error_reply_json(std::string_view detail) {
 static_assert(message_view::content_padding <= simdjson::SIMDJSON_PADDING,
               "message_view promises the padding the decoder's buffer keeps");
 
+namespace {
+// The largest buffer a decoder asks for, so that adding the padding cannot
+// wrap and the size is one new[] can be asked for at all.
+constexpr std::size_t max_buffer = static_cast<std::size_t>(PTRDIFF_MAX) - simdjson::SIMDJSON_PADDING;
+// The largest frame a decoder accepts: prefix, the longest header, content.
+constexpr std::size_t max_frame = 2 + 0xffff + frame_limits::hard_max_content_length;
+static_assert(max_frame - 2 - 0xffff == frame_limits::hard_max_content_length && max_frame <= max_buffer,
+              "prefix + header + content at the hard cap must fit one buffer without wrapping");
+static_assert(frame_limits::hard_max_content_length <= 0xffffffffu - 0x10000u,
+              "text/json content at the hard cap must stay within simdjson's 4 GiB document limit");
+}  // namespace
+
 frame_decoder::frame_decoder(frame_limits limits, simdjson::dom::parser* parser)
-    : limits_(limits), parser_(parser ? parser : &thread_parser()) {}
+    : limits_(limits), parser_(parser ? parser : &thread_parser()) {
+  // Whatever was configured, the effective limit is one that can be held.
+  limits_.max_content_length = std::min(limits_.max_content_length, frame_limits::hard_max_content_length);
+}
 frame_decoder::~frame_decoder() = default;
 frame_decoder::frame_decoder(frame_decoder&&) noexcept = default;
 frame_decoder& frame_decoder::operator=(frame_decoder&&) noexcept = default;
@@ -188,23 +226,32 @@ std::vector<std::unique_ptr<std::byte[]>>& pool() {
 }  // namespace
 
 void frame_decoder::reserve_free(std::size_t free_needed) {
+  // The bytes kept plus the room asked for must be one allocatable buffer;
+  // checked before anything changes.
+  const std::size_t live = end_ - begin_ - consume_on_next_;
+  std::size_t total;
+  if (__builtin_add_overflow(live, free_needed, &total) || total > max_buffer)
+    throw std::length_error("ringframe::frame_decoder: " + std::to_string(free_needed) + " bytes of room asked for, " +
+                            std::to_string(live) + " buffered: more than one buffer can hold");
   if (consume_on_next_) {
     begin_ += consume_on_next_;
     consume_on_next_ = 0;
   }
   if (begin_ == end_) begin_ = end_ = 0;
   if (cap_ - end_ >= free_needed) return;
-  const std::size_t live = end_ - begin_;
   if (cap_ - live >= free_needed && buf_) {
     std::memmove(buf_.get(), buf_.get() + begin_, live);
     begin_ = 0;
     end_ = live;
     return;
   }
-  std::size_t newcap = std::max({live + free_needed, cap_ * 2, pooled_size});
-  // Never more than the largest frame the limits allow, plus the read size.
-  const std::size_t largest = 2 + 0xffff + limits_.max_content_length + free_needed;
-  newcap = std::min(newcap, std::max(largest, live + free_needed));
+  // Double (amortised growth), but never more than the largest frame the
+  // limits allow plus the read size, unless the bytes already here need it.
+  // Every term is at most max_buffer (total <= max_buffer, the limit <= the
+  // hard cap), so nothing below wraps, and newcap + padding cannot either.
+  std::size_t newcap = std::max({total, cap_ <= max_buffer / 2 ? cap_ * 2 : max_buffer, pooled_size});
+  const std::size_t largest = sat_add(2 + 0xffff + limits_.max_content_length, free_needed);
+  newcap = std::min({newcap, std::max(largest, total), max_buffer});
   // Default-initialised: only the padding simdjson may read past the end of
   // a document is cleared, not the whole buffer.
   std::unique_ptr<std::byte[]> nb;
@@ -237,6 +284,11 @@ std::span<std::byte> frame_decoder::prepare_slow(std::size_t min_free) {
   const std::size_t missing = frame_total > avail ? frame_total - avail : 0;
   reserve_free(std::max(min_free, missing));
   return {buf_.get() + end_, cap_ - end_};
+}
+
+void frame_decoder::commit_overrun(std::size_t n) const noexcept {
+  std::fprintf(stderr, "ringframe::frame_decoder::commit(%zu): only %zu bytes were prepared; aborting\n", n, cap_ - end_);
+  std::abort();
 }
 
 void frame_decoder::feed(std::span<const std::byte> bytes) {
@@ -299,6 +351,7 @@ frame_decoder::status frame_decoder::parse_header(const std::byte* header, std::
                 "\"content-length\" " + std::to_string(clen) + " exceeds the limit of " +
                     std::to_string(limits_.max_content_length) + " bytes");
 
+  // clen <= max_content_length <= the hard cap and len <= 65,535: no wrap.
   have_header_ = true;
   header_len_ = len;
   frame_len_ = 2 + len + static_cast<std::size_t>(clen);
