@@ -1,10 +1,14 @@
 // libFuzzer target: JSON header validation. The input is used as the JSON
 // header of one frame (and its tail as content), followed by a good frame.
 // Checks: no crash; an error is reported with a detail; after an in-sync
-// error the good frame still decodes.
+// error the good frame still decodes. A second decoder has no configured
+// content limit (max_content_length = SIZE_MAX, clamped to the hard cap):
+// whatever content-length the header claims, a message it hands out lies
+// within the bytes fed to it (no wrapped frame length).
 #include <ringframe/frame.hpp>
 
 #include <cstdint>
+#include <cstddef>
 #include <cstdlib>
 #include <string>
 
@@ -28,5 +32,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   auto st = d.next(v);
   if (st == frame_decoder::status::error && d.error().detail.empty()) std::abort();
   if (st == frame_decoder::status::message && v.content.size() > 64) std::abort();
+
+  frame_limits unlimited;
+  unlimited.max_content_length = SIZE_MAX;
+  frame_decoder u(unlimited);
+  if (u.limits().max_content_length != frame_limits::hard_max_content_length) std::abort();
+  u.feed(wire);
+  st = u.next(v);
+  if (st == frame_decoder::status::error && u.error().detail.empty()) std::abort();
+  if (st == frame_decoder::status::message) {
+    if (v.wire.size() > wire.size() || v.content.size() > wire.size()) std::abort();
+    if (v.content.data() + v.content.size() != v.wire.data() + v.wire.size()) std::abort();
+  }
+  if (u.capacity() > 2 * wire.size() + 64 * 1024) std::abort();  // nothing reserved for claimed content
   return 0;
 }
