@@ -9,12 +9,16 @@
 
 namespace ringframe::cli {
 
+// True for "unix:/path", a Unix-domain socket: it has no port, so the
+// client's commands take no PORT argument after it.
+inline bool is_unix_host(const std::string& host) { return host.rfind("unix:", 0) == 0; }
+
 // HOST may be an IP literal, a host name (resolved, blocking) or
 // "unix:/path" for a Unix-domain socket (PORT is then ignored).
 // On failure, `error` holds a message such as "bad port 'x': ...".
 inline std::vector<address> resolve_endpoint(const std::string& host, const std::string& port_text,
                                              std::string& error) {
-  if (host.rfind("unix:", 0) == 0) {
+  if (is_unix_host(host)) {
     auto a = address::from_unix_path(host.substr(5));
     if (!a) {
       error = "bad unix socket path '" + host.substr(5) + "': " + a.error().message();

@@ -27,14 +27,15 @@ const char* const usage_text =
     "\n"
     "Commands:\n"
     "  echo [HOST] [PORT] [TEXT]          send TEXT (default 'Hello, world') to an echo\n"
-    "                                     server (default 127.0.0.1 65432), print the echo\n"
+    "  echo unix:/PATH [TEXT]             server (default 127.0.0.1 65432), print the echo\n"
     "  multiconn HOST PORT NUM_CONNS      open NUM_CONNS connections at once, each sending\n"
-    "                                     two messages and verifying their echo\n"
+    "  multiconn unix:/PATH NUM_CONNS     two messages and verifying their echo\n"
     "  app HOST PORT ACTION VALUE         one framed request to an app server: 'search VALUE'\n"
-    "                                     sends a text/json search; any other ACTION sends the\n"
+    "  app unix:/PATH ACTION VALUE        sends a text/json search; any other ACTION sends the\n"
     "                                     bytes ACTION+VALUE as binary/custom-client-binary-type\n"
     "\n"
-    "HOST may be an IPv4 or IPv6 address, a host name, or unix:/path/to/socket.\n"
+    "HOST may be an IPv4 or IPv6 address, a host name, or unix:/path/to/socket for a\n"
+    "Unix-domain socket, which has no port: PORT is then left out.\n"
     "\n"
     "Options:\n"
     "  -t, --timeout SECONDS  give up on any one network operation after this long (default 10)\n"
@@ -313,24 +314,36 @@ int main(int argc, char** argv) {
   const std::string& cmd = o.args[0];
   std::vector<std::string> a(o.args.begin() + 1, o.args.end());
   try {
-    if (cmd == "echo") {
-      if (a.size() > 3) fail_usage("echo takes at most HOST PORT TEXT");
+    // A unix:/path HOST has no port: its PORT argument is left out, so
+    // the rest of the arguments start one place earlier.
+    const bool unix_host = !a.empty() && cli::is_unix_host(a[0]);
+    const std::size_t rest = unix_host ? 1 : 2;  // index of the first argument after HOST [PORT]
+    auto endpoint = [&] {
       std::string error;
-      auto addrs = cli::resolve_endpoint(a.size() > 0 ? a[0] : "127.0.0.1", a.size() > 1 ? a[1] : "65432", error);
+      auto addrs = cli::resolve_endpoint(a.size() > 0 ? a[0] : "127.0.0.1",
+                                         unix_host ? "" : a.size() > 1 ? a[1] : "65432", error);
       if (addrs.empty()) fail_usage(error);
+      return addrs.front();
+    };
+    if (cmd == "echo") {
+      if (a.size() > rest + 1)
+        fail_usage(unix_host ? "echo takes at most unix:/PATH TEXT (a unix: HOST has no PORT)"
+                             : "echo takes at most HOST PORT TEXT");
+      address to = endpoint();
       executor ex;
-      return ex.run(echo_client(&ex, addrs.front(), a.size() > 2 ? a[2] : "Hello, world", o.timeout));
+      return ex.run(echo_client(&ex, to, a.size() > rest ? a[rest] : "Hello, world", o.timeout));
     }
     if (cmd == "multiconn") {
-      if (a.size() != 3) fail_usage("usage: multiconn HOST PORT NUM_CONNS");
-      std::string error;
-      auto addrs = cli::resolve_endpoint(a[0], a[1], error);
-      if (addrs.empty()) fail_usage(error);
+      if (a.size() != rest + 1)
+        fail_usage(unix_host ? "usage: multiconn unix:/PATH NUM_CONNS (a unix: HOST has no PORT)"
+                             : "usage: multiconn HOST PORT NUM_CONNS");
+      address to = endpoint();
+      const std::string& num = a[rest];
       char* end = nullptr;
-      long n = std::strtol(a[2].c_str(), &end, 10);
-      if (a[2].empty() || *end || n < 1 || n > 1000000) fail_usage("bad NUM_CONNS '" + a[2] + "'");
+      long n = std::strtol(num.c_str(), &end, 10);
+      if (num.empty() || *end || n < 1 || n > 1000000) fail_usage("bad NUM_CONNS '" + num + "'");
       executor ex;
-      multiconn_state st{&ex, addrs.front(), o.timeout, o.quiet};
+      multiconn_state st{&ex, to, o.timeout, o.quiet};
       for (int i = 1; i <= n; ++i) ex.spawn(multiconn_one(&st, i));
       ex.run_until_idle();
       int rc = st.failed == 0 && st.verified == n ? 0 : 1;
@@ -339,12 +352,13 @@ int main(int argc, char** argv) {
       return rc;
     }
     if (cmd == "app") {
-      if (a.size() != 4) fail_usage("usage: app HOST PORT ACTION VALUE");
-      std::string error;
-      auto addrs = cli::resolve_endpoint(a[0], a[1], error);
-      if (addrs.empty()) fail_usage(error);
+      if (a.size() != rest + 2)
+        fail_usage(unix_host ? "usage: app unix:/PATH ACTION VALUE (a unix: HOST has no PORT)"
+                             : "usage: app HOST PORT ACTION VALUE");
+      address to = endpoint();
       executor ex;
-      return ex.run(app_client(&ex, addrs.front(), app_request{a[2], a[3], o.repeat, o.pipeline, o.quiet, o.timeout}));
+      return ex.run(
+          app_client(&ex, to, app_request{a[rest], a[rest + 1], o.repeat, o.pipeline, o.quiet, o.timeout}));
     }
     fail_usage("unknown command '" + cmd + "' (expected echo, multiconn or app)");
   } catch (const setup_error& e) {

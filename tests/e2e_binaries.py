@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """End to end: the built ringframe-server (echo) and ringframe-client, as a user runs them."""
 import json
+import os
 import re
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 server_bin, client_bin = sys.argv[1], sys.argv[2]
@@ -151,6 +153,50 @@ try:
 finally:
     if app.poll() is None:
         app.kill()
+
+# A Unix-domain socket has no port: the client takes unix:/path with no PORT
+# argument (issue 10, defect 13). One server thread per listener here.
+with tempfile.TemporaryDirectory() as tmp:
+    for mode in ("app", "echo"):
+        path = os.path.join(tmp, mode + ".sock")
+        us = subprocess.Popen([server_bin, "-q", "--threads", "1", "--mode", mode, "unix:" + path],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            line = us.stdout.readline()
+            check(line.strip() == f"Listening on {path!r}", f"unix {mode} server announces its path: {line.strip()!r}")
+            if mode == "app":
+                r = run("app", "unix:" + path, "search", "morpheus")
+                check(r.returncode == 0 and r.stdout.splitlines() == [
+                    f"Starting connection to {path!r}",
+                    "Sending b'\\x00`{\"byteorder\":\"%s\",\"content-type\":\"text/json\",\"content-encoding\":\"utf-8\","
+                    "\"content-length\":41}{\"action\": \"search\", \"value\": \"morpheus\"}' to %r" % (sys.byteorder, path),
+                    f"Received response {{'result': 'Follow the white rabbit. \U0001f430'}} from {path!r}",
+                    "Got result: Follow the white rabbit. \U0001f430",
+                    f"Closing connection to {path!r}"],
+                      f"app over unix:PATH, no PORT: rc {r.returncode}, {r.stdout!r} {r.stderr.strip()!r}")
+                r = run("app", "unix:" + path, "find", "morpheus")
+                check(r.returncode == 0 and "Got response: b'First 10 bytes of request: findmorphe'" in r.stdout,
+                      f"binary app request over unix:PATH: {r.stdout.splitlines()[-2:]!r}")
+                r = run("-q", "--repeat", "50", "--pipeline", "4", "app", "unix:" + path, "search", "ring")
+                check(r.returncode == 0 and r.stdout.startswith("app: 50 responses, all alike"),
+                      f"pipelined app over unix:PATH: {r.stdout.strip()!r}")
+                r = run("app", "unix:" + path, "65432", "search", "morpheus")
+                check(r.returncode == 2 and "usage: app unix:/PATH ACTION VALUE (a unix: HOST has no PORT)" in r.stderr,
+                      f"a PORT after unix:PATH is a usage error: {r.stderr.strip()!r}")
+            else:
+                r = run("echo", "unix:" + path)
+                check(r.returncode == 0 and r.stdout == "Received b'Hello, world'\n", f"echo over unix:PATH: {r.stdout!r}")
+                r = run("echo", "unix:" + path, "65432")
+                check(r.returncode == 0 and r.stdout == "Received b'65432'\n", f"echo unix:PATH TEXT: {r.stdout!r}")
+                r = run("-q", "multiconn", "unix:" + path, "20")
+                check(r.returncode == 0 and r.stdout == "multiconn: 20 of 20 connections echoed every byte\n",
+                      f"multiconn over unix:PATH: {r.stdout!r}")
+            us.send_signal(signal.SIGTERM)
+            out, err = us.communicate(timeout=15)
+            check(us.returncode == 0, f"unix {mode} server exits 0 (rc {us.returncode}, stderr {err[-300:]!r})")
+        finally:
+            if us.poll() is None:
+                us.kill()
 
 print(f"{checks - len(failures)} passed, {len(failures)} failed")
 sys.exit(1 if failures else 0)
