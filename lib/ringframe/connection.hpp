@@ -38,6 +38,7 @@
 #include <ringframe/detail/completion.hpp>
 #include <ringframe/frame.hpp>
 #include <ringframe/message.hpp>
+#include <ringframe/receive_stream.hpp>
 #include <ringframe/send_queue.hpp>
 #include <ringframe/socket.hpp>
 #include <ringframe/task.hpp>
@@ -222,64 +223,19 @@ class connection {
   friend struct detail::read_slot_awaitable;
   friend struct detail::send_idle_awaitable;
 
-  // One recv and one send may be in flight; each has its completion here
-  // (the CQE's user_data), so waiting needs no operation in a coroutine frame.
-  struct io_slot : detail::completion {
-    connection* owner = nullptr;
-    int res = 0;
-    unsigned flags = 0;
-    bool busy = false;
-  };
-  struct held_buffer {
-    std::uint16_t id;
-    std::uint32_t len;
-  };
-  static constexpr std::size_t max_held = 4;
-  // The multishot recv's completion and state live on the heap, made only
-  // for connections that use it (an idle connection's memory counts). A
-  // connection that goes away while one is armed leaves it behind,
-  // ownerless, to take the kernel's last CQE (and give back its buffer)
-  // after the cancellation.
-  struct multishot_slot : io_slot {
-    // A left-behind slot whose cancellation found no free SQE retries from
-    // its executor's next turn.
-    struct retry : detail::deferred_call {
-      explicit retry(multishot_slot* s) noexcept : deferred_call(&retry::run), slot(s) {}
-      multishot_slot* slot;
-      executor* ex = nullptr;
-      static void run(detail::deferred_call* d, bool run);
-    } leftover_cancel{this};
-    buffer_ring* br = nullptr;
-    bool cancelling = false;  // cancelled by us, not to be reported
-    bool ended = false;       // it ended (end_res) with no reader waiting
-    int end_res = 0;
-    std::uint8_t held_n = 0;
-    std::array<held_buffer, max_held> held{};
-    std::string spill;  // what arrived once `held` was full
-  };
-  struct owned_deadline : deadline {
-    owned_deadline(callback cb, connection* c) noexcept : deadline(cb), owner(c) {}
-    connection* owner;
-  };
-  // Stop callbacks run on whichever thread requests the stop: on another
-  // thread they only leave a note (remote_stop_) and defer to the executor's.
+  // Stop callbacks run on whichever thread requests the stop; the stream
+  // and the queue carry the cancellation to the executor's thread.
   struct stop_reads {
     connection* c;
-    void operator()() noexcept;
+    void operator()() noexcept { c->recv_.stop(); }
   };
   struct stop_all {
     connection* c;
-    void operator()() noexcept;
+    void operator()() noexcept {
+      c->recv_.stop();
+      c->send_.cancel();
+    }
   };
-  enum : std::uint8_t { owe_read = 1, owe_multishot = 4 };
-  enum : std::uint8_t { remote_stop_reads = 1, remote_stop_all = 2 };
-  struct deferred : detail::deferred_call {
-    explicit deferred(connection* o) noexcept : deferred_call(&deferred::run), c(o) {}
-    connection* c;
-    static void run(detail::deferred_call* d, bool run);
-  };
-  void stop_reads_here() noexcept;
-  void stop_all_here() noexcept;
   static task<result<void>> flush_until_sent(connection_handle h);
 
   // Decode from what is buffered, without I/O: set when that settles it.
@@ -287,12 +243,6 @@ class connection {
   task<result<message_view>> read_slow();
   detail::write_awaitable queued(result<void> r);
 
-  // ---- receiving ----
-  // Why a read must not start (ECANCELED, ETIMEDOUT), or 0.
-  int read_refusal() const noexcept;
-  void submit_read(buffer_ring* br, std::span<std::byte> room);
-  // The finished read's result; a read cancelled by its deadline: -ETIMEDOUT.
-  int take_read_result() noexcept;
   // read_message without a coroutine frame: between frames, one recv from
   // the provided buffers (and the queued replies' send beside it). False
   // when that does not apply; read_slow handles everything else.
@@ -300,71 +250,28 @@ class connection {
   void fast_read_done();
   void finish_fast_read(detail::read_message_awaitable* aw, result<message_view> r);
   void continue_slow(detail::read_message_awaitable* aw);
-  static void on_read_cqe(detail::completion* c, int res, unsigned flags, bool);
-  static void on_read_deadline(deadline* d);
-
-  // ---- sending (send_queue.hpp) ----
+  // The stream finished the read a reader waits for.
+  static void on_read_done(void* self);
   // The queue failed: a reader waiting beside its send learns of it now
   // rather than at its idle timeout.
   static void on_send_failed(void* self) noexcept;
-
-  // Never throws (cancel paths are noexcept): without a free SQE the
-  // cancellation is owed (`bit`) and sent from the executor's next turn.
-  void cancel_slot(io_slot& slot, std::uint8_t bit) noexcept;
-
-  // ---- multishot receiving (connection_options::multishot_recv) ----
-  // Arms the recv the waiting reader needs: the multishot one when enabled
-  // and reading from the ring (unless it is armed already), else one recv.
-  void start_read(buffer_ring* br, std::span<std::byte> room);
-  void arm_multishot(buffer_ring* br);
-  void cancel_multishot(bool quietly);
-  static void on_multishot_cqe(detail::completion* c, int res, unsigned flags, bool);
-  void on_multishot(int res, unsigned flags);
-  void deliver_read(int res, unsigned flags);
-  void hold(std::uint16_t id, std::size_t len);
-  // Feeds what arrived while no one was reading into the decoder; true if
-  // there was anything. Only when a new read starts: the handler's message
-  // points into the decoder until then.
-  bool drain_held();
-  bool has_held() const noexcept { return ms_slot_ && (ms_slot_->held_n != 0 || !ms_slot_->spill.empty()); }
-  bool ms_ended() const noexcept { return ms_slot_ && ms_slot_->ended; }
-  // Large reads go straight into the decoder (no copy out of the ring); the
-  // multishot recv comes back only after a few small reads in a row, so
-  // traffic near the threshold does not cancel and re-arm it all the time.
-  void note_read_size(bool large) noexcept {
-    last_read_large_ = large;
-    small_reads_ = large ? 0 : static_cast<std::uint8_t>(small_reads_ < 255 ? small_reads_ + 1 : 255);
-  }
-  bool multishot_suits() const noexcept {
-    return opts_.multishot_recv && opts_.provided_buffers && small_reads_ >= 4;
-  }
+  // Idle (between frames, while a recv waits) or mid-message (from a
+  // message's first byte to its last).
+  void arm_read_deadline(bool between_frames);
 
   socket sock_;
   connection_options opts_;
   frame_decoder decoder_;
-  io_slot read_slot_;
-  std::coroutine_handle<> read_waiter_;                // read_slow, waiting on read_slot_
-  detail::read_message_awaitable* fast_ = nullptr;     // a fast read waiting on read_slot_
-  // Idle (between frames, while a recv waits) or mid-message (from a
-  // message's first byte to its last).
-  owned_deadline read_deadline_{&connection::on_read_deadline, this};
+  receive_stream recv_;
   send_queue send_;
-  const std::stop_token* read_stop_ = nullptr;
+  std::coroutine_handle<> read_waiter_;             // read_slow, waiting on recv_
+  detail::read_message_awaitable* fast_ = nullptr;  // a fast read waiting on recv_
   std::optional<std::stop_callback<stop_reads>> read_stop_cb_;
   std::optional<std::stop_callback<stop_all>> stop_cb_;
-  deferred deferred_{this};
-  std::atomic<std::uint8_t> remote_stop_{0};
-  std::uint8_t cancel_owed_ = 0;
   detail::connection_anchor* anchor_ = nullptr;  // made by the first handle()
   bool peer_closed_ = false;
-  bool last_read_large_ = false;
-  bool skip_ring_once_ = false;   // the ring was empty: next read into our own buffer
-  bool message_deadline_ = false; // read_deadline_ is the message's
-  bool read_timed_out_ = false;
-  bool reading_ = false;          // a read_message is waiting
-  bool ms_armed_ = false;         // the multishot recv is in the kernel
-  std::uint8_t small_reads_ = 4;  // consecutive small reads (see note_read_size)
-  std::unique_ptr<multishot_slot> ms_slot_;
+  bool message_deadline_ = false;  // recv_'s deadline is the message's
+  bool reading_ = false;           // a read_message is waiting
 };
 
 }  // namespace ringframe

@@ -1,0 +1,173 @@
+// receive_stream: the receiving half of a connection. It reads from one
+// socket into a frame_decoder (the sink), one read at a time:
+//
+// * between frames, and while reads are small, from the executor's provided
+//   buffer ring (a waiting connection holds no receive buffer; the bytes are
+//   copied into the decoder when they arrive);
+// * mid-frame or once reads are large, straight into the decoder's buffer
+//   (a large frame is received in place);
+// * with options::multishot, one multishot recv stays armed on the ring.
+//   Bytes that arrive while nobody reads are held (up to 4 ring buffers, then
+//   a spill buffer) until the next read: the message the reader holds points
+//   into the decoder, so they cannot be fed to it before.
+//
+// A read's outcome: bytes fed to the sink (> 0), 0 (the peer closed),
+// -EAGAIN (nothing yet: ask again), or -errno: ETIMEDOUT when the read
+// deadline fired, ECANCELED when stopped, the socket's errno otherwise.
+//
+// At most one recv is in the kernel (the state says which). A stop may be
+// requested from any thread; it is carried out on the executor's.
+#pragma once
+
+#include <ringframe/buffer_ring.hpp>
+#include <ringframe/deadline.hpp>
+#include <ringframe/detail/completion.hpp>
+#include <ringframe/detail/deferred_call.hpp>
+#include <ringframe/frame.hpp>
+#include <ringframe/socket.hpp>
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <stop_token>
+#include <string>
+
+namespace ringframe {
+
+class receive_stream {
+ public:
+  enum class state : std::uint8_t {
+    idle,       // nothing in the kernel
+    receiving,  // one recv in the kernel
+    multishot,  // the multishot recv is armed
+    ending,     // the multishot recv was cancelled; its last CQE is not in yet
+  };
+  struct options {
+    bool provided_buffers = true;
+    bool multishot = false;
+    std::size_t read_size = 16 * 1024;  // direct reads
+  };
+  // A read the stream was asked for (start() returned true) has an outcome.
+  using done_fn = void (*)(void* ctx);
+
+  receive_stream(socket& s, frame_decoder& sink, options o, done_fn done, void* ctx,
+                 std::uint64_t* bytes_in = nullptr) noexcept;
+  receive_stream(const receive_stream&) = delete;
+  receive_stream& operator=(const receive_stream&) = delete;
+  // A multishot recv still armed is left behind to take its last CQE.
+  // Precondition: no single recv in the kernel (nobody is reading).
+  ~receive_stream();
+
+  state current() const noexcept { return state_; }
+
+  // Start a read. False when its outcome is known at once (held bytes were
+  // fed, an end came in while nobody read, a deadline or stop): outcome()
+  // has it. True when the reader waits: done(ctx) follows.
+  bool start(bool between_frames);
+  // Can a reader between frames wait on the ring right now, with nothing
+  // to report first? (The fast path of connection::read_message.)
+  bool can_wait_in_ring();
+  // The outcome of the last read (see the header comment). Call it once.
+  int outcome() noexcept;
+
+  // Feed what the multishot recv held into the sink; true if there was any.
+  bool drain_held();
+  bool has_held() const noexcept { return ms_ && (ms_->held_n != 0 || !ms_->spill.empty()); }
+
+  // The read deadline: when it fires, the read in flight is cancelled and
+  // reads fail with ETIMEDOUT until forgive_timeout() (a message that came
+  // in whole after all) or data wins the race.
+  void arm_deadline(std::chrono::nanoseconds d) { timer_.arm(sock_.get_executor(), d); }
+  void cancel_deadline() noexcept { timer_.cancel(); }
+  void forgive_timeout() noexcept { timed_out_ = false; }
+
+  // Reads stop when `t` (besides the socket's own token) is requested.
+  void set_stop(const std::stop_token* t) noexcept { stop_ = t; }
+  // Cancel the read in flight; any thread (the rest is done on the
+  // executor's). Reads from now on see the stop through refusal().
+  void stop() noexcept;
+  // Why a read must not start: ETIMEDOUT, ECANCELED, or 0.
+  int refusal() const noexcept;
+
+ private:
+  struct slot : detail::completion {
+    receive_stream* owner = nullptr;
+  };
+  struct held_buffer {
+    std::uint16_t id;
+    std::uint32_t len;
+  };
+  static constexpr std::size_t max_held = 4;
+  // The multishot recv's completion and state live on the heap, made only
+  // for streams that use it (an idle connection's memory counts). A stream
+  // that goes away while one is armed leaves it behind, ownerless, to take
+  // the kernel's last CQE (and give back its buffer) after the cancellation.
+  struct multishot_slot : slot {
+    struct retry : detail::deferred_call {
+      explicit retry(multishot_slot* s) noexcept : deferred_call(&retry::run), slot(s) {}
+      multishot_slot* slot;
+      executor* ex = nullptr;
+      static void run(detail::deferred_call* d, bool run);
+    } leftover_cancel{this};
+    buffer_ring* br = nullptr;
+    bool cancel_sent = false;
+    bool ended = false;  // it ended (end_res) with no reader waiting
+    int end_res = 0;
+    std::uint8_t held_n = 0;
+    std::array<held_buffer, max_held> held{};
+    std::string spill;  // what arrived once `held` was full
+  };
+  struct timer : deadline {
+    explicit timer(receive_stream* s) noexcept : deadline(&receive_stream::on_deadline), owner(s) {}
+    receive_stream* owner;
+  };
+  // A cancellation asked for on another thread, or that found no SQE.
+  struct deferred_cancel : detail::deferred_call {
+    explicit deferred_cancel(receive_stream* s) noexcept : deferred_call(&deferred_cancel::run), owner(s) {}
+    receive_stream* owner;
+    static void run(detail::deferred_call* d, bool run);
+  };
+
+  void start_read(buffer_ring* br, std::span<std::byte> room);
+  void submit(buffer_ring* br, std::span<std::byte> room);
+  void arm_multishot(buffer_ring* br);
+  void cancel_in_flight() noexcept;
+  void deliver(int res, unsigned flags);
+  void hold(std::uint16_t id, std::size_t len);
+  void on_multishot(int res, unsigned flags);
+  static void on_cqe(detail::completion* c, int res, unsigned flags, bool);
+  static void on_multishot_cqe(detail::completion* c, int res, unsigned flags, bool);
+  static void on_deadline(deadline* d);
+  // Large reads go straight into the decoder (no copy out of the ring); the
+  // multishot recv comes back only after a few small reads in a row, so
+  // traffic near the threshold does not cancel and re-arm it all the time.
+  void note_read_size(bool large) noexcept {
+    last_read_large_ = large;
+    small_reads_ = large ? 0 : static_cast<std::uint8_t>(small_reads_ < 255 ? small_reads_ + 1 : 255);
+  }
+  bool multishot_suits() const noexcept { return opts_.multishot && opts_.provided_buffers && small_reads_ >= 4; }
+
+  socket& sock_;
+  frame_decoder& sink_;
+  options opts_;
+  done_fn done_;
+  void* ctx_;
+  std::uint64_t* bytes_in_;
+  slot slot_;
+  std::unique_ptr<multishot_slot> ms_;
+  timer timer_{this};
+  deferred_cancel deferred_{this};
+  const std::stop_token* stop_ = nullptr;
+  int res_ = 0;
+  unsigned flags_ = 0;
+  bool direct_ = false;  // the read in flight goes into the sink's buffer
+  state state_ = state::idle;
+  bool waiting_ = false;          // a reader waits for done()
+  bool timed_out_ = false;        // the deadline fired
+  bool last_read_large_ = false;
+  bool skip_ring_once_ = false;   // the ring was empty: the next read into the sink
+  std::uint8_t small_reads_ = 4;  // consecutive small reads (see note_read_size)
+};
+
+}  // namespace ringframe

@@ -1,0 +1,314 @@
+#include <ringframe/receive_stream.hpp>
+
+#include <liburing.h>
+
+#include <cerrno>
+#include <utility>
+
+namespace ringframe {
+
+namespace {
+std::uint16_t buffer_id(unsigned flags) noexcept { return static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT); }
+}  // namespace
+
+receive_stream::receive_stream(socket& s, frame_decoder& sink, options o, done_fn done, void* ctx,
+                               std::uint64_t* bytes_in) noexcept
+    : sock_(s), sink_(sink), opts_(o), done_(done), ctx_(ctx), bytes_in_(bytes_in) {
+  slot_.owner = this;
+  slot_.on_cqe = &receive_stream::on_cqe;
+}
+
+receive_stream::~receive_stream() {
+  executor& ex = sock_.get_executor();
+  ex.withdraw(&deferred_);
+  if (!ms_) return;
+  for (std::uint8_t i = 0; i < ms_->held_n; ++i) ms_->br->recycle(ms_->held[i].id);
+  if (state_ == state::multishot || state_ == state::ending) {
+    // The kernel still holds the multishot recv: leave its completion
+    // behind to take the last CQE (see multishot_slot).
+    multishot_slot* slot = ms_.release();
+    slot->owner = nullptr;
+    slot->leftover_cancel.ex = &ex;
+    if (!slot->cancel_sent && !ex.try_cancel(detail::key_of(slot))) ex.defer(&slot->leftover_cancel);
+  }
+}
+
+void receive_stream::multishot_slot::retry::run(detail::deferred_call* d, bool run) {
+  auto* r = static_cast<retry*>(d);
+  if (run && !r->ex->try_cancel(detail::key_of(r->slot))) r->ex->defer(r);
+}
+
+int receive_stream::refusal() const noexcept {
+  if (timed_out_) return ETIMEDOUT;
+  if (sock_.get_executor().stopping()) return ECANCELED;
+  if (stop_ && stop_->stop_requested()) return ECANCELED;
+  if (sock_.stop_token().stop_requested()) return ECANCELED;
+  return 0;
+}
+
+bool receive_stream::can_wait_in_ring() {
+  if (!opts_.provided_buffers || last_read_large_ || skip_ring_once_ || state_ == state::receiving ||
+      (ms_ && ms_->ended) || has_held() || refusal())
+    return false;
+  return sock_.get_executor().receive_buffers() != nullptr;
+}
+
+bool receive_stream::start(bool between_frames) {
+  flags_ = 0;
+  direct_ = false;
+  if (drain_held()) {
+    // Bytes that came in on the multishot recv meanwhile: decode them first.
+    res_ = -EAGAIN;
+    return false;
+  }
+  if (ms_ && ms_->ended) {  // the multishot recv ended while nobody waited
+    ms_->ended = false;
+    res_ = ms_->end_res;
+    return false;
+  }
+  if (int e = refusal()) {
+    // Reported like a cancelled recv (outcome() maps a timeout).
+    res_ = e == ETIMEDOUT ? -ECANCELED : -e;
+    return false;
+  }
+  executor& ex = sock_.get_executor();
+  // Between frames, read into the executor's provided buffers: a waiting
+  // connection then holds no receive buffer, and the few bytes that arrive
+  // are copied into the decoder (which takes its buffer from a per-thread
+  // pool and gives it back when idle). Mid-frame, read straight into the
+  // decoder, so a large frame is received in place. A stream whose last
+  // read was large is busy with large traffic: reading straight into the
+  // decoder spares the copy out of the ring.
+  buffer_ring* br = !between_frames || !opts_.provided_buffers || last_read_large_ ? nullptr : ex.receive_buffers();
+  // A multishot recv reads from the ring mid-frame too, while reads are
+  // small; large ones go straight into the decoder, as above.
+  if (multishot_suits()) br = ex.receive_buffers();
+  if (std::exchange(skip_ring_once_, false)) br = nullptr;
+  if (state_ == state::multishot || state_ == state::ending) {
+    // Switching to direct reads: the multishot recv must end first (its
+    // end comes back as EAGAIN, and the reader asks again).
+    if (!br || !multishot_suits()) cancel_in_flight();
+    br = ms_->br;
+  }
+  std::span<std::byte> room;
+  if (!br) {
+    room = sink_.prepare(opts_.read_size);
+    direct_ = true;
+  }
+  waiting_ = true;
+  start_read(br, room);
+  return true;
+}
+
+void receive_stream::start_read(buffer_ring* br, std::span<std::byte> room) {
+  if (state_ == state::multishot || state_ == state::ending) return;  // its next bytes, or its end (never two recvs)
+  if (br && multishot_suits()) return arm_multishot(br);
+  submit(br, room);
+}
+
+void receive_stream::submit(buffer_ring* br, std::span<std::byte> room) {
+  executor& ex = sock_.get_executor();
+  io_uring_sqe* sqe = ex.get_sqe(1);
+  if (br) {
+    io_uring_prep_recv(sqe, sock_.fd(), nullptr, br->buffer_size(), 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = br->group();
+  } else {
+    io_uring_prep_recv(sqe, sock_.fd(), room.data(), room.size(), 0);
+  }
+  io_uring_sqe_set_data64(sqe, detail::key_of(&slot_));
+  ex.note_submitted(1);
+  state_ = state::receiving;
+}
+
+void receive_stream::arm_multishot(buffer_ring* br) {
+  if (!ms_) {
+    ms_ = std::make_unique<multishot_slot>();
+    ms_->owner = this;
+    ms_->on_cqe = &receive_stream::on_multishot_cqe;
+  }
+  ms_->br = br;
+  executor& ex = sock_.get_executor();
+  io_uring_sqe* sqe = ex.get_sqe(1);
+  io_uring_prep_recv_multishot(sqe, sock_.fd(), nullptr, 0, 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
+  sqe->buf_group = br->group();
+  io_uring_sqe_set_data64(sqe, detail::key_of(ms_.get()));
+  ex.note_submitted(1);
+  ms_->cancel_sent = false;
+  state_ = state::multishot;
+}
+
+int receive_stream::outcome() noexcept {
+  int res = res_;
+  const unsigned flags = std::exchange(flags_, 0);
+  buffer_ring* br = sock_.get_executor().receive_buffers();
+  if (flags & IORING_CQE_F_BUFFER) {
+    if (res > 0) sink_.feed(br->data(buffer_id(flags), static_cast<std::size_t>(res)));
+    br->recycle(buffer_id(flags));
+  } else if (res > 0 && direct_) {
+    sink_.commit(static_cast<std::size_t>(res));
+  }
+  direct_ = false;
+  if (res > 0) {
+    timed_out_ = false;  // data won the race with the deadline
+    if (bytes_in_) *bytes_in_ += static_cast<std::size_t>(res);
+    const std::size_t full = (flags & IORING_CQE_F_BUFFER) ? br->buffer_size() : opts_.read_size;
+    note_read_size(static_cast<std::size_t>(res) >= full / 2);
+    return res;
+  }
+  if (res == -ENOBUFS) {  // every ring buffer is in use: the next read into the sink
+    sock_.get_executor().count_buffer_ring_empty();
+    skip_ring_once_ = true;
+    return -EAGAIN;
+  }
+  // The deadline fired; if the recv finished anyway, the data won (above).
+  // A reader sent round (EAGAIN: the multishot recv ended) leaves the flag
+  // for refusal() to report on its next start().
+  if (timed_out_ && res != -EAGAIN) {
+    timed_out_ = false;
+    if (res == -ECANCELED || res == -EINTR) res = -ETIMEDOUT;
+  }
+  return res;
+}
+
+void receive_stream::deliver(int res, unsigned flags) {
+  res_ = res;
+  flags_ = flags;
+  waiting_ = false;
+  done_(ctx_);
+}
+
+void receive_stream::on_cqe(detail::completion* c, int res, unsigned flags, bool) {
+  receive_stream* self = static_cast<slot*>(c)->owner;
+  self->state_ = state::idle;
+  // A cancellation still waiting for an SQE would hit the next read: drop
+  // it (a stop is seen again by refusal() before the next read starts).
+  self->sock_.get_executor().withdraw(&self->deferred_);
+  self->deliver(res, flags);
+}
+
+// ---- cancellation ----
+
+void receive_stream::stop() noexcept {
+  executor& ex = sock_.get_executor();
+  if (ex.on_own_thread()) cancel_in_flight();
+  else ex.defer(&deferred_);
+}
+
+void receive_stream::deferred_cancel::run(detail::deferred_call* d, bool run) {
+  if (run) static_cast<deferred_cancel*>(d)->owner->cancel_in_flight();
+}
+
+void receive_stream::cancel_in_flight() noexcept {
+  executor& ex = sock_.get_executor();
+  std::uint64_t key;
+  if (state_ == state::receiving) {
+    key = detail::key_of(&slot_);
+  } else if (state_ == state::multishot || (state_ == state::ending && !ms_->cancel_sent)) {
+    state_ = state::ending;
+    key = detail::key_of(ms_.get());
+  } else {
+    return;  // nothing in the kernel, or its cancellation is on its way
+  }
+  if (!ex.try_cancel(key)) return ex.defer(&deferred_);  // from the next turn
+  if (state_ == state::ending) ms_->cancel_sent = true;
+}
+
+void receive_stream::on_deadline(deadline* d) {
+  receive_stream* self = static_cast<timer*>(d)->owner;
+  self->timed_out_ = true;
+  self->cancel_in_flight();
+}
+
+// ---- multishot ----
+
+void receive_stream::on_multishot_cqe(detail::completion* c, int res, unsigned flags, bool) {
+  auto* slot = static_cast<multishot_slot*>(c);
+  const bool more = (flags & IORING_CQE_F_MORE) != 0;
+  receive_stream* self = slot->owner;
+  if (!self) {  // left behind by a stream that is gone
+    if (flags & IORING_CQE_F_BUFFER) slot->br->recycle(buffer_id(flags));
+    if (!more) {
+      slot->leftover_cancel.ex->withdraw(&slot->leftover_cancel);
+      delete slot;
+    }
+    return;
+  }
+  if (!more) {
+    self->state_ = state::idle;
+    self->sock_.get_executor().withdraw(&self->deferred_);
+  }
+  self->on_multishot(res, flags);
+}
+
+void receive_stream::on_multishot(int res, unsigned flags) {
+  buffer_ring* br = ms_->br;
+  if (res > 0 && (flags & IORING_CQE_F_BUFFER)) {
+    if (waiting_) return deliver(res, flags);
+    return hold(buffer_id(flags), static_cast<std::size_t>(res));
+  }
+  if (flags & IORING_CQE_F_BUFFER) br->recycle(buffer_id(flags));
+  if (state_ != state::idle) return;  // not the last CQE (nothing to report)
+  // Only ringframe cancels it, for one of three reasons: too much held or
+  // large reads ahead, the read deadline, or a stop. The reason is not
+  // taken from the cancellation but asked again by the next start(): data
+  // may have come in between the cancel and this last CQE and won the race
+  // with the deadline (timed_out_ is cleared then). So a cancelled recv
+  // sends the reader round (EAGAIN), and refusal() reports a deadline that
+  // still stands, or a stop; otherwise the reader re-arms and goes on.
+  if (res == -ECANCELED) {
+    if (waiting_) deliver(-EAGAIN, 0);
+    return;
+  }
+  if (res == -ENOBUFS && !waiting_) {
+    // An empty ring: the next read decides again. (A waiting reader counts
+    // it itself, in outcome().)
+    sock_.get_executor().count_buffer_ring_empty();
+    return;
+  }
+  if (res == -EINVAL && opts_.multishot) {
+    // A kernel without multishot recv (before 6.0): one recv per read from
+    // now on, for this stream.
+    opts_.multishot = false;
+    if (waiting_) submit(br, {});
+    return;
+  }
+  if (waiting_) return deliver(res, flags);
+  ms_->ended = true;  // end of stream or an error: reported by the next read
+  ms_->end_res = res;
+}
+
+void receive_stream::hold(std::uint16_t id, std::size_t len) {
+  buffer_ring* br = ms_->br;
+  if (ms_->held_n < max_held && ms_->spill.empty()) {
+    ms_->held[ms_->held_n++] = {id, static_cast<std::uint32_t>(len)};
+  } else {  // CQEs already posted when the cancellation below was sent
+    std::span<std::byte> d = br->data(id, len);
+    ms_->spill.append(reinterpret_cast<const char*>(d.data()), d.size());
+    br->recycle(id);
+  }
+  // Enough held: stop receiving until the reader asks again, so one stream
+  // cannot take the ring buffers every other one needs.
+  if (ms_->held_n == max_held && state_ == state::multishot) cancel_in_flight();
+}
+
+bool receive_stream::drain_held() {
+  if (!has_held()) return false;
+  buffer_ring* br = ms_->br;
+  for (std::uint8_t i = 0; i < ms_->held_n; ++i) {
+    sink_.feed(br->data(ms_->held[i].id, ms_->held[i].len));
+    br->recycle(ms_->held[i].id);
+    if (bytes_in_) *bytes_in_ += ms_->held[i].len;
+  }
+  ms_->held_n = 0;
+  if (!ms_->spill.empty()) {
+    sink_.feed(ms_->spill);
+    if (bytes_in_) *bytes_in_ += ms_->spill.size();
+    ms_->spill.clear();
+    if (ms_->spill.capacity() > 64 * 1024) std::string().swap(ms_->spill);
+  }
+  return true;
+}
+
+}  // namespace ringframe
