@@ -7,7 +7,12 @@
 
 #include <doctest/doctest.h>
 
+#include <sys/stat.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -174,4 +179,79 @@ TEST_CASE("clients that reset mid-transfer do not disturb the others") {
   CHECK(t.failed == 0);
   CHECK(srv.stats().accepted == 41);
   CHECK(srv.live_connections() == 0);
+}
+
+namespace {
+struct socket_dir {
+  std::string path;
+  socket_dir() {
+    char tmpl[] = "/tmp/ringframe-server-test-XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    path = tmpl;
+  }
+  ~socket_dir() {
+    for (const char* f : {"/s.sock", "/plain"}) ::unlink((path + f).c_str());
+    ::rmdir(path.c_str());
+  }
+};
+
+bool path_exists(const std::string& p) {
+  struct stat st {};
+  return ::lstat(p.c_str(), &st) == 0;
+}
+
+task<void> stop_after_one(executor* ex, server* srv, address to, tally* t) {
+  task<void> one = echo_client(ex, to, 1, t);
+  co_await std::move(one);
+  srv->drain(std::chrono::seconds(1));
+}
+}  // namespace
+
+// Defect 11 (the server's part): a socket file left by a server that died
+// made every later start fail with EADDRINUSE, and each run left one behind.
+TEST_CASE("server::listen on a Unix path replaces a stale socket file and removes its own when done") {
+  socket_dir dir;
+  const std::string path = dir.path + "/s.sock";
+  auto at = address::from_unix_path(path);
+  REQUIRE(at);
+  {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(::bind(fd, at->data(), at->size()) == 0);
+    ::close(fd);  // bound, never listened, closed: what a crashed server leaves
+  }
+  REQUIRE(path_exists(path));
+  executor ex;
+  server srv(ex);
+  REQUIRE(srv.listen(*at));
+  tally t;
+  ex.spawn(stop_after_one(&ex, &srv, *at, &t));
+  ex.run(run_server(&srv));
+  CHECK(t.ok == 1);
+  CHECK_FALSE(path_exists(path));
+}
+
+TEST_CASE("listen() on a Unix path: EADDRINUSE where someone listens, EEXIST (untouched) where no socket is") {
+  socket_dir dir;
+  executor ex;
+  const std::string live = dir.path + "/s.sock";
+  auto live_at = address::from_unix_path(live);
+  REQUIRE(live_at);
+  auto first = ringframe::listen(ex, *live_at);
+  REQUIRE(first);
+  auto second = ringframe::listen(ex, *live_at);
+  REQUIRE_FALSE(second);
+  CHECK(second.error() == std::errc::address_in_use);
+  CHECK(path_exists(live));
+
+  const std::string plain = dir.path + "/plain";
+  { std::ofstream(plain) << "data"; }
+  auto plain_at = address::from_unix_path(plain);
+  REQUIRE(plain_at);
+  auto third = ringframe::listen(ex, *plain_at);
+  REQUIRE_FALSE(third);
+  CHECK(third.error() == std::errc::file_exists);
+  struct stat st {};
+  REQUIRE(::lstat(plain.c_str(), &st) == 0);
+  CHECK(S_ISREG(st.st_mode));
+  CHECK(st.st_size == 4);
 }

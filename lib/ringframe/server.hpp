@@ -17,7 +17,31 @@
 #include <string>
 #include <vector>
 
+#include <sys/types.h>
+
 namespace ringframe {
+
+namespace detail {
+// The file a Unix-domain listener is bound to (abstract @names have none).
+// Removed when this goes away or remove() is called, unless the path now
+// names another file (a server started since may have replaced it).
+class unix_socket_file {
+ public:
+  unix_socket_file() noexcept = default;
+  // Records the file bound at `at`; nothing for other addresses.
+  explicit unix_socket_file(const address& at);
+  unix_socket_file(unix_socket_file&& o) noexcept;
+  unix_socket_file& operator=(unix_socket_file&& o) noexcept;
+  ~unix_socket_file() { remove(); }
+  void remove() noexcept;
+  const std::string& path() const noexcept { return path_; }
+
+ private:
+  std::string path_;
+  dev_t dev_ = 0;
+  ino_t ino_ = 0;
+};
+}  // namespace detail
 
 struct server_options {
   // Connections beyond this are accepted and closed at once (and counted as
@@ -80,8 +104,14 @@ class server {
   ~server();
 
   // Bind and listen; may be called for several addresses. Errors as errno
-  // (EADDRINUSE, EACCES, EADDRNOTAVAIL ...).
+  // (EADDRINUSE, EACCES, EADDRNOTAVAIL ...). A Unix-domain socket file is
+  // removed when the server is done with it (its accept loops have ended, or
+  // the server is destroyed).
   result<void> listen(const address& at, listen_options o = {});
+  // Accept on a socket that is already listening: one bound elsewhere, such
+  // as a duplicate of a listener that several servers share (each server's
+  // ring then accepts from the same queue; see sharded_server.hpp).
+  void add_listener(socket listening);
   // The bound addresses (port 0 resolved to the real port).
   std::vector<address> local_addresses() const;
 
@@ -117,6 +147,7 @@ class server {
   server_options opts_;
   stream_handler handler_;
   std::vector<std::unique_ptr<socket>> listeners_;
+  std::vector<detail::unix_socket_file> files_;  // of the listeners bound by listen()
   std::stop_source stop_;   // hard stop: every operation of every connection
   std::stop_source drain_;  // accepting and reading new requests
   std::stop_token drain_token_ = drain_.get_token();  // what read_stop points to

@@ -298,11 +298,23 @@ class socket {
 struct listen_options {
   int backlog = SOMAXCONN;
   bool reuse_address = true;  // restart at once after a crash (TIME_WAIT)
-  bool reuse_port = false;    // several listeners on one port (a thread each)
+  // SO_REUSEPORT: other sockets may bind the same address too, each with its
+  // own accept queue (the kernel spreads connections over them): this
+  // process's other threads, but also any process of the same user that sets
+  // it. Off by default, so that a port already taken is EADDRINUSE.
+  bool reuse_port = false;
+  // Unix-domain paths (not abstract @names): a socket file left behind by a
+  // server that is gone (connecting to it is refused) is removed and the path
+  // bound again. A path where someone listens stays EADDRINUSE; a path that
+  // is not a socket is EEXIST and is never removed.
+  bool replace_stale_socket_file = true;
 };
 
 // socket + bind + listen. These three are synchronous system calls: they run
 // once per listener, and io_uring gained bind/listen only in Linux 6.11.
+// The caller owns a Unix-domain socket file this creates (see
+// detail::unix_socket_file in server.hpp); if listen() itself fails after
+// bind, it removes the file again.
 result<socket> listen(executor& ex, const address& at, listen_options o = {});
 
 // A connected socket to `to`.

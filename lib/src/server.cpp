@@ -2,8 +2,14 @@
 #include <ringframe/server.hpp>
 #include <ringframe/timer.hpp>
 
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
+#include <cstddef>
+#include <cstring>
 
 namespace ringframe {
 
@@ -29,6 +35,45 @@ bool transient_accept_error(int e) {
 }
 }  // namespace
 
+namespace detail {
+
+unix_socket_file::unix_socket_file(const address& at) {
+  if (at.family() != AF_UNIX || at.size() <= offsetof(sockaddr_un, sun_path)) return;
+  const auto* un = reinterpret_cast<const sockaddr_un*>(at.data());
+  if (un->sun_path[0] == '\0') return;  // abstract: no file
+  std::string path(un->sun_path, ::strnlen(un->sun_path, at.size() - offsetof(sockaddr_un, sun_path)));
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) return;
+  path_ = std::move(path);
+  dev_ = st.st_dev;
+  ino_ = st.st_ino;
+}
+
+unix_socket_file::unix_socket_file(unix_socket_file&& o) noexcept
+    : path_(std::move(o.path_)), dev_(o.dev_), ino_(o.ino_) {
+  o.path_.clear();
+}
+
+unix_socket_file& unix_socket_file::operator=(unix_socket_file&& o) noexcept {
+  if (this != &o) {
+    remove();
+    path_ = std::move(o.path_);
+    dev_ = o.dev_;
+    ino_ = o.ino_;
+    o.path_.clear();
+  }
+  return *this;
+}
+
+void unix_socket_file::remove() noexcept {
+  if (path_.empty()) return;
+  struct stat st {};
+  if (::lstat(path_.c_str(), &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_) ::unlink(path_.c_str());
+  path_.clear();
+}
+
+}  // namespace detail
+
 server::server(executor& ex, server_options opts) : ex_(ex), opts_(std::move(opts)) {}
 
 server::~server() { stop(); }
@@ -37,7 +82,12 @@ result<void> server::listen(const address& at, listen_options o) {
   auto s = ringframe::listen(ex_, at, o);
   if (!s) return s.error();
   listeners_.push_back(std::make_unique<socket>(std::move(*s)));
+  files_.emplace_back(at);
   return {};
+}
+
+void server::add_listener(socket listening) {
+  listeners_.push_back(std::make_unique<socket>(ex_, listening.release()));
 }
 
 std::vector<address> server::local_addresses() const {
@@ -137,7 +187,7 @@ task<void> server::accept_loop(server* self, socket* listener) {
   // Close the listener: while draining, new clients are refused at once
   // rather than left waiting in the backlog.
   { socket closing = std::move(*listener); }
-  --self->loops_;
+  if (--self->loops_ == 0) self->files_.clear();  // every listener is closed: remove their files
   self->connection_finished();
 }
 

@@ -2,8 +2,13 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include <cstddef>
+#include <cstring>
+#include <string>
 #include <utility>
 
 namespace ringframe {
@@ -62,6 +67,49 @@ result<address> socket::peer_address() const {
   return a;
 }
 
+namespace {
+
+// The file name of a Unix-domain address, or "" for an abstract @name (and
+// for anything that is not AF_UNIX).
+std::string unix_path_of(const address& at) {
+  if (at.family() != AF_UNIX || at.size() <= offsetof(sockaddr_un, sun_path)) return {};
+  const auto* un = reinterpret_cast<const sockaddr_un*>(at.data());
+  if (un->sun_path[0] == '\0') return {};
+  return std::string(un->sun_path, ::strnlen(un->sun_path, at.size() - offsetof(sockaddr_un, sun_path)));
+}
+
+// bind() said EADDRINUSE for a Unix path. Returns true when the file was a
+// socket nobody listens on (connect() refused) and has been removed;
+// otherwise false with `err` saying why it stays: EADDRINUSE (someone
+// listens, or it cannot be told), EEXIST (not a socket: never touched).
+//
+// The race left: two servers that start at the same instant on the same
+// stale path may both remove it, and the second removal unlinks the first
+// one's fresh file (it keeps listening, unreachable by name). Servers that
+// must exclude that hold a lock file around the start.
+bool remove_stale_socket_file(const address& at, const std::string& path, std::error_code& err) {
+  err = errno_code(EADDRINUSE);
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return errno == ENOENT;  // gone meanwhile: bind again
+  if (!S_ISSOCK(st.st_mode)) {
+    err = errno_code(EEXIST);
+    return false;
+  }
+  int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (probe < 0) return false;
+  int r = ::connect(probe, at.data(), at.size());
+  int e = r == 0 ? 0 : errno;
+  ::close(probe);
+  // Accepted, or EAGAIN (a full backlog): a live listener (which sees one
+  // connection come and go). EPROTOTYPE: a datagram socket owns it. Anything
+  // else but a refusal: leave it alone.
+  if (e != ECONNREFUSED) return false;
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) return false;
+  return true;
+}
+
+}  // namespace
+
 result<socket> listen(executor& ex, const address& at, listen_options o) {
   auto s = socket::open(ex, at.family());
   if (!s) return s.error();
@@ -71,8 +119,18 @@ result<socket> listen(executor& ex, const address& at, listen_options o) {
     if (o.reuse_port)
       if (auto r = s->set_option(SOL_SOCKET, SO_REUSEPORT, 1); !r) return r.error();
   }
-  if (::bind(s->fd(), at.data(), at.size()) != 0) return errno_code(errno);
-  if (::listen(s->fd(), o.backlog) != 0) return errno_code(errno);
+  const std::string path = unix_path_of(at);
+  if (::bind(s->fd(), at.data(), at.size()) != 0) {
+    std::error_code err = errno_code(errno);
+    if (err != std::errc::address_in_use || path.empty() || !o.replace_stale_socket_file) return err;
+    if (!remove_stale_socket_file(at, path, err)) return err;
+    if (::bind(s->fd(), at.data(), at.size()) != 0) return errno_code(errno);
+  }
+  if (::listen(s->fd(), o.backlog) != 0) {
+    std::error_code err = errno_code(errno);
+    if (!path.empty()) ::unlink(path.c_str());  // ours: bind just created it
+    return err;
+  }
   return std::move(*s);
 }
 
