@@ -7,7 +7,7 @@
 #include <ringframe/handler.hpp>
 #include <ringframe/executor.hpp>
 #include <ringframe/server.hpp>
-#include <ringframe/signals.hpp>
+#include <ringframe/sharded_server.hpp>
 #include <ringframe_version.hpp>
 
 #include <getopt.h>
@@ -15,10 +15,7 @@
 
 #include <algorithm>
 #include <chrono>
-#include <latch>
-#include <memory>
 #include <thread>
-#include <vector>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -31,14 +28,19 @@ const char* const usage_text =
     "Usage: ringframe-server [OPTIONS] [HOST] [PORT]\n"
     "\n"
     "Serve connections on HOST:PORT (default 127.0.0.1 65432) until SIGINT or SIGTERM.\n"
-    "HOST may be an IPv4 or IPv6 address, a host name, or unix:/path/to/socket.\n"
+    "HOST may be an IPv4 or IPv6 address, a host name, or unix:/path/to/socket (a stale\n"
+    "socket file left by a server that is gone is replaced; the file is removed on exit).\n"
     "\n"
     "Options:\n"
     "  -m, --mode MODE          echo: bytes in, same bytes out (default)\n"
     "                           app: the tutorial's search / binary application, framed\n"
     "                           frame-echo: every framed message sent back unchanged\n"
-    "  -t, --threads N          N threads, each with its own io_uring and listener (SO_REUSEPORT);\n"
-    "                           default: the number of cores\n"
+    "  -t, --threads N          N threads, each with its own io_uring, accepting from one shared\n"
+    "                           listener; default: the number of cores\n"
+    "      --reuse-port         TCP: one SO_REUSEPORT listener per thread instead (the kernel\n"
+    "                           spreads connections by address hash), and the port may be shared\n"
+    "                           with other processes of this user that use SO_REUSEPORT too;\n"
+    "                           without it, a port already in use is an error\n"
     "  -c, --max-connections N  accept at most N connections at once, per thread (default 100000)\n"
     "      --max-content BYTES  framed modes: largest content-length accepted (default 16777216)\n"
     "      --idle-timeout SECS  framed modes: close a connection idle this long (default 300;\n"
@@ -51,7 +53,7 @@ const char* const usage_text =
     "      --io-uring SETUP     fastest (default: defer-taskrun, else coop-taskrun, else plain),\n"
     "                           coop-taskrun or plain; the choice made is logged at start\n"
     "      --single-accept      one accept request per connection instead of a multishot one\n"
-    "                           (for comparison)\n"
+    "                           (for comparison; always so when threads share one listener)\n"
     "      --zero-copy-threshold BYTES\n"
     "                           framed modes: send reply batches of at least BYTES with\n"
     "                           IORING_OP_SEND_ZC (default 0: never)\n"
@@ -75,6 +77,7 @@ struct options {
   std::chrono::nanoseconds drain_timeout = std::chrono::seconds(10);
   ring_setup ring = ring_setup::fastest;
   bool single_accept = false;
+  bool reuse_port = false;
   unsigned threads = std::max(1u, std::thread::hardware_concurrency());
   std::string host = "127.0.0.1";
   std::string port = "65432";
@@ -106,7 +109,8 @@ options parse(int argc, char** argv) {
       {"io-uring", required_argument, nullptr, 5},  {"single-accept", no_argument, nullptr, 6},
       {"no-provided-buffers", no_argument, nullptr, 7}, {"multishot-recv", no_argument, nullptr, 9},
       {"zero-copy-threshold", required_argument, nullptr, 8},  {"threads", required_argument, nullptr, 't'},
-      {"version", no_argument, nullptr, 'V'},       {nullptr, 0, nullptr, 0}};
+      {"reuse-port", no_argument, nullptr, 10},     {"version", no_argument, nullptr, 'V'},
+      {nullptr, 0, nullptr, 0}};
   int c;
   opterr = 0;
   while ((c = getopt_long(argc, argv, "+m:c:t:qhV", longopts, nullptr)) != -1) {
@@ -140,6 +144,7 @@ options parse(int argc, char** argv) {
       case 6: o.single_accept = true; break;
       case 7: o.conn.provided_buffers = false; break;
       case 9: o.conn.multishot_recv = true; break;
+      case 10: o.reuse_port = true; break;
       case 8: {
         char* end = nullptr;
         unsigned long long v = std::strtoull(optarg, &end, 10);
@@ -175,110 +180,8 @@ server::stream_handler handler_for(const options& o) {
   return &echo_handler;
 }
 
-// One thread of the server: its own executor (one io_uring), its own server
-// and listener (SO_REUSEPORT: the kernel spreads connections over the
-// threads), nothing shared. The main thread talks to it only through
-// executor::spawn_on.
-struct worker {
-  int index = 0;
-  std::thread thread;
-  executor* ex = nullptr;  // valid from `ready` until `done`
-  server* srv = nullptr;
-  address bound;
-  const char* setup_mode = "";
-  std::string error;
-  server_stats stats;  // copied out when the thread ends
-};
-
-struct shared_state {
-  const options* opts;
-  std::vector<std::unique_ptr<worker>> workers;
-  executor* main_ex = nullptr;
-  std::stop_source all_done;
-  std::size_t finished = 0;  // touched on the main thread only
-  int which = 0;
-};
-
-task<void> worker_finished(shared_state* st) {
-  if (++st->finished == st->workers.size()) st->all_done.request_stop();
-  co_return;
-}
-
-task<void> serve_on_worker(shared_state* st, worker* w, server::stream_handler h) {
-  co_await w->srv->serve(std::move(h));
-  w->stats = w->srv->stats();
-  w->ex->spawn_on(*st->main_ex, worker_finished(st));
-}
-
-void run_worker(shared_state* st, worker* w, address at, std::latch* ready) {
-  const options& o = *st->opts;
-  try {
-    executor_options eo;
-    eo.setup = o.ring;
-    executor ex(eo);  // on this thread: SINGLE_ISSUER wants the creator to submit
-    server_options so;
-    so.max_connections = o.max_connections;
-    so.log_connections = !o.quiet;
-    so.multishot_accept = !o.single_accept;
-    so.log = [](const std::string& line) { std::printf("%s\n", line.c_str()); };
-    server srv(ex, so);
-    if (auto r = srv.listen(at, {.reuse_port = st->workers.size() > 1}); !r) {
-      w->error = "cannot listen on " + at.to_string() + ": " + r.error().message();
-      ready->count_down();
-      return;
-    }
-    w->bound = srv.local_addresses().front();
-    w->ex = &ex;
-    w->srv = &srv;
-    w->setup_mode = ex.setup_mode();
-    ready->count_down();
-    ex.run(serve_on_worker(st, w, handler_for(o)));
-  } catch (const std::exception& e) {
-    w->error = e.what();
-    ready->count_down();
-  }
-}
-
-// Runs on a worker's thread, sent there by the main thread.
-task<void> drain_worker(worker* w, int sig, std::chrono::nanoseconds grace, std::size_t nworkers) {
-  std::string where = nworkers > 1 ? " on thread " + std::to_string(w->index) : "";
-  std::printf("ringframe-server: SIG%s: draining %zu connections%s (at most %.1f s; again to stop now)\n",
-              sigabbrev_np(sig), w->srv->live_connections(), where.c_str(), std::chrono::duration<double>(grace).count());
-  w->srv->drain(grace);
-  co_return;
-}
-
-task<void> stop_worker(worker* w) {
-  w->srv->stop();
-  co_return;
-}
-
-task<void> print_counters(worker* w, std::size_t nworkers) {
-  std::string where = nworkers > 1 ? " (thread " + std::to_string(w->index) + ")" : "";
-  std::printf("ringframe-server: counters%s: %s\n", where.c_str(), w->srv->stats().to_string().c_str());
-  co_return;
-}
-
-// SIGINT/SIGTERM: drain every thread (stop accepting and reading, finish the
-// replies owed, close after the grace period); a second one stops at once.
-// SIGUSR1: each thread prints its counters. Ends when every thread is done.
-task<void> handle_signals(shared_state* st, signal_set* sigs) {
-  std::stop_token done = st->all_done.get_token();
-  bool draining = false;
-  for (;;) {
-    result<int> sig = co_await sigs->wait({.stop = &done});
-    if (!sig) co_return;
-    for (auto& w : st->workers) {
-      if (*sig == SIGUSR1) st->main_ex->spawn_on(*w->ex, print_counters(w.get(), st->workers.size()));
-      else if (!draining) st->main_ex->spawn_on(*w->ex, drain_worker(w.get(), *sig, st->opts->drain_timeout, st->workers.size()));
-      else st->main_ex->spawn_on(*w->ex, stop_worker(w.get()));
-    }
-    if (*sig == SIGUSR1) continue;
-    if (draining) std::printf("ringframe-server: SIG%s again: stopping now\n", sigabbrev_np(*sig));
-    if (!draining) st->which = *sig;
-    draining = true;
-  }
-}
+void print_line(const std::string& line) { std::printf("%s\n", line.c_str()); }
+void print_event(const std::string& line) { std::printf("ringframe-server: %s\n", line.c_str()); }
 
 }  // namespace
 
@@ -293,50 +196,38 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ringframe-server: %s\n", error.c_str());
     return 2;
   }
+  sharded_server_options so;
+  so.listen_at = addrs.front();
+  so.threads = o.threads;
+  so.executor.setup = o.ring;
+  so.server.max_connections = o.max_connections;
+  so.server.log_connections = !o.quiet;
+  so.server.multishot_accept = !o.single_accept;
+  so.server.log = &print_line;
+  so.reuse_port = o.reuse_port;
+  so.drain_timeout = o.drain_timeout;
+  so.log = &print_event;
   try {
-    // Signals are blocked here, before any thread starts, so that every
-    // thread inherits the mask and only the main thread's signalfd sees them.
-    executor main_ex;
-    signal_set sigs(main_ex, {SIGINT, SIGTERM, SIGUSR1});
-    shared_state st;
-    st.opts = &o;
-    st.main_ex = &main_ex;
-    for (unsigned i = 0; i < o.threads; ++i) {
-      st.workers.push_back(std::make_unique<worker>());
-      st.workers.back()->index = static_cast<int>(i);
+    sharded_server srv(std::move(so));
+    if (auto r = srv.start(handler_for(o)); !r) {
+      std::string why = r.error().message();
+      if (r.error() == std::errc::file_exists) why += " (and is not a socket: left alone)";
+      std::fprintf(stderr, "ringframe-server: cannot listen on %s: %s\n", addrs.front().to_string().c_str(), why.c_str());
+      return 1;
     }
-    // Thread 0 binds first (port 0 becomes a real port); the others share it.
-    address at = addrs.front();
-    for (auto& w : st.workers) {
-      std::latch ready(1);
-      w->thread = std::thread(run_worker, &st, w.get(), at, &ready);
-      ready.wait();
-      if (!w->error.empty()) {
-        std::fprintf(stderr, "ringframe-server: %s\n", w->error.c_str());
-        for (auto& other : st.workers)
-          if (other->srv) main_ex.spawn_on(*other->ex, stop_worker(other.get()));
-        for (auto& other : st.workers)
-          if (other->thread.joinable()) other->thread.join();
-        return 1;
-      }
-      at = w->bound;
-    }
-    std::printf("Listening on %s\n", at.to_python().c_str());
-    std::printf("io_uring: %s; %u thread%s\n", st.workers.front()->setup_mode, o.threads,
-                o.threads > 1 ? "s, one ring and one SO_REUSEPORT listener each" : "");
-    main_ex.run(handle_signals(&st, &sigs));
-    server_stats total;
-    for (auto& w : st.workers) {
-      w->thread.join();
-      total += w->stats;
-    }
-    const server_stats& sum = total;
+    std::printf("Listening on %s\n", srv.local_address().to_python().c_str());
+    const char* how = srv.threads() == 1          ? ""
+                      : srv.listener_per_shard() ? "s, one ring and one SO_REUSEPORT listener each"
+                                                 : "s, one ring each, one shared listener";
+    std::printf("io_uring: %s; %u thread%s\n", srv.setup_mode(), srv.threads(), how);
+    srv.run();
+    const server_stats sum = srv.stats();
     std::string messages;
     if (o.mode != "echo")
       messages = ", " + std::to_string(sum.messages_in) + " messages in, " + std::to_string(sum.messages_out) +
                  " out, " + std::to_string(sum.malformed) + " malformed";
     std::printf("ringframe-server: stopped by %s: served %llu connections (%llu rejected), %llu bytes in, %llu bytes out%s\n",
-                st.which ? (std::string("SIG") + sigabbrev_np(st.which)).c_str() : "request",
+                srv.stopped_by() ? (std::string("SIG") + sigabbrev_np(srv.stopped_by())).c_str() : "request",
                 (unsigned long long)sum.accepted, (unsigned long long)sum.rejected, (unsigned long long)sum.bytes_in,
                 (unsigned long long)sum.bytes_out, messages.c_str());
     std::printf("ringframe-server: counters: %s\n", sum.to_string().c_str());

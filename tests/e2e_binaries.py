@@ -89,7 +89,7 @@ finally:
     if srv.poll() is None:
         srv.kill()
 
-# Several threads: one ring and one SO_REUSEPORT listener each.
+# Several threads: one ring each, sharing one listener.
 mt = subprocess.Popen([server_bin, "-q", "--threads", "2", "127.0.0.1", "0"], stdout=subprocess.PIPE,
                       stderr=subprocess.PIPE, text=True)
 try:
@@ -97,6 +97,18 @@ try:
     check("2 threads" in mt.stdout.readline(), "--threads 2 says so")
     r = run("-q", "multiconn", "127.0.0.1", port, "400")
     check(r.returncode == 0, f"multiconn 400 against 2 threads: {r.stdout.strip()!r}")
+    # Defect 12: a second server on a taken port used to start silently (every
+    # listener set SO_REUSEPORT) and take half the connections. Now it is an
+    # error whatever its threads or mode, and --reuse-port alone cannot join a
+    # server that did not opt in.
+    for extra in ([], ["--threads", "2", "--mode", "app"], ["--threads", "2", "--reuse-port"]):
+        try:
+            r2 = subprocess.run([server_bin, *extra, "127.0.0.1", port], capture_output=True, text=True, timeout=5)
+            rc, err = r2.returncode, r2.stderr.strip()
+        except subprocess.TimeoutExpired:  # it started (and was killed): the old behaviour
+            rc, err = None, "still serving after 5 s"
+        check(rc == 1 and err == f"ringframe-server: cannot listen on 127.0.0.1:{port}: Address already in use",
+              f"second server {extra} on a taken port: rc {rc}, {err!r}")
     mt.send_signal(signal.SIGUSR1)
     time.sleep(0.2)
     mt.send_signal(signal.SIGTERM)
@@ -108,6 +120,149 @@ try:
 finally:
     if mt.poll() is None:
         mt.kill()
+
+# --reuse-port on both servers: they share the port, as asked.
+rp1 = subprocess.Popen([server_bin, "-q", "--threads", "2", "--reuse-port", "127.0.0.1", "0"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+rp2 = None
+try:
+    port = re.match(r"Listening on \('127\.0\.0\.1', (\d+)\)", rp1.stdout.readline()).group(1)
+    check("one SO_REUSEPORT listener each" in rp1.stdout.readline(), "--reuse-port says so")
+    rp2 = subprocess.Popen([server_bin, "-q", "--threads", "2", "--reuse-port", "127.0.0.1", port],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = rp2.stdout.readline()
+    check(line.strip() == f"Listening on ('127.0.0.1', {port})", f"a second --reuse-port server joins: {line.strip()!r}")
+    r = run("-q", "multiconn", "127.0.0.1", port, "200")
+    check(r.returncode == 0, f"multiconn 200 against two --reuse-port servers: {r.stdout.strip()!r}")
+    served = []
+    for p in (rp1, rp2):
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=15)
+        m = re.search(r"served (\d+) connections", out)
+        served.append(int(m.group(1)) if m and p.returncode == 0 else -1)
+    check(sum(served) == 200 and min(served) > 0, f"both --reuse-port servers served and exited 0: {served}")
+finally:
+    for p in (rp1, rp2):
+        if p and p.poll() is None:
+            p.kill()
+
+# Defect 2: with --threads 2, once one thread had finished draining (its
+# executor destroyed) while the other still drained a client that pipelines
+# 64 KiB frames and never reads, SIGUSR1 or a second SIGINT sent a task to the
+# dead executor (SEGV in executor::ring_fd() under ASan). Now the finished
+# shard idles until every shard is done and answers for its counters.
+asan_env = dict(os.environ, ASAN_OPTIONS="detect_stack_use_after_return=1:" + os.environ.get("ASAN_OPTIONS", ""))
+d2 = subprocess.Popen([server_bin, "-q", "--threads", "2", "--mode", "frame-echo", "--drain-timeout", "60",
+                       "127.0.0.1", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=asan_env)
+hog = None
+try:
+    port = int(re.match(r"Listening on \('127\.0\.0\.1', (\d+)\)", d2.stdout.readline()).group(1))
+    d2.stdout.readline()
+    content = b"x" * 65536
+    header = json.dumps({"byteorder": "little", "content-type": "binary/x", "content-encoding": "binary",
+                         "content-length": len(content)}).encode()
+    frame = struct.pack(">H", len(header)) + header + content
+    hog = socket.create_connection(("127.0.0.1", port))
+    hog.settimeout(0.5)
+    try:
+        for _ in range(256):  # until the server stops reading: its replies are stuck
+            hog.sendall(frame)
+    except socket.timeout:
+        pass
+    d2.send_signal(signal.SIGINT)
+    drains = sorted(d2.stdout.readline().strip() for _ in range(2))
+    check(re.fullmatch(r"ringframe-server: SIGINT: draining 0 connections on thread \d \(at most 60\.0 s; again to stop now\)",
+                       drains[0]) is not None and "draining 1 connections on thread" in drains[1],
+          f"one thread drains the hog, the other has nothing to drain: {drains!r}")
+    time.sleep(0.5)  # the idle thread finishes its drain meanwhile (nothing to wait on)
+    d2.send_signal(signal.SIGUSR1)
+    counters = sorted(d2.stdout.readline().strip()[:38] for _ in range(2))
+    check(counters == ["ringframe-server: counters (thread 0):", "ringframe-server: counters (thread 1):"],
+          f"SIGUSR1 after one thread finished: both threads report: {counters!r}")
+    d2.send_signal(signal.SIGINT)
+    out, err = d2.communicate(timeout=20)
+    check(d2.returncode == 0 and "SIGINT again: stopping now" in out and "served 1 connections" in out
+          and "Sanitizer" not in err,
+          f"second SIGINT while one thread drains: exit {d2.returncode}, {out.strip().splitlines()[-2:]!r} {err[-600:]!r}")
+finally:
+    if hog:
+        hog.close()
+    if d2.poll() is None:
+        d2.kill()
+
+# Defect 11: a Unix-domain socket with several threads (one listener, shared),
+# a stale socket file replaced, a live one or a non-socket refused, and the
+# file removed on exit.
+def app_frame(value):
+    content = json.dumps({"action": "search", "value": value}).encode()
+    header = json.dumps({"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8",
+                         "content-length": len(content)}).encode()
+    return struct.pack(">H", len(header)) + header + content
+
+
+def unix_search(path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(10)
+        c.connect(path)
+        c.sendall(app_frame("morpheus"))
+        data = b""
+        while len(data) < 2 or len(data) < 2 + struct.unpack(">H", data[:2])[0]:
+            data += c.recv(65536)
+        hl = struct.unpack(">H", data[:2])[0]
+        want = 2 + hl + json.loads(data[2:2 + hl])["content-length"]
+        while len(data) < want:
+            data += c.recv(65536)
+        return json.loads(data[2 + hl:want])
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "app.sock")
+    for attempt in ("default threads", "after a crash"):
+        us = subprocess.Popen([server_bin, "-q", "--mode", "app", "unix:" + path], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+        try:
+            line = us.stdout.readline()
+            check(line.strip() == f"Listening on {path!r}", f"unix app server ({attempt}) starts: {line.strip()!r} {us.stderr.readline() if not line else ''!r}")
+            if not line:
+                continue
+            us.stdout.readline()
+            replies = [unix_search(path) for _ in range(20)]
+            check(all(r == {"result": "Follow the white rabbit. \U0001f430"} for r in replies),
+                  f"unix app server ({attempt}) answers 20 connections")
+            if attempt == "default threads":
+                r2 = subprocess.run([server_bin, "--threads", "2", "unix:" + path], capture_output=True, text=True, timeout=10)
+                check(r2.returncode == 1 and r2.stderr.strip() ==
+                      f"ringframe-server: cannot listen on unix:{path}: Address already in use",
+                      f"a second server on a live unix path: rc {r2.returncode}, {r2.stderr.strip()!r}")
+                check(unix_search(path) == {"result": "Follow the white rabbit. \U0001f430"},
+                      "the first unix server still serves (its file was left alone)")
+                us.kill()  # no cleanup: the stale file stays for the next attempt
+                us.wait()
+                check(os.path.exists(path), "a killed server leaves its socket file behind")
+                # The kernel tears a dead process's rings down (and with them the
+                # listener their accepts hold) a few ms after it exits: wait for that.
+                for _ in range(500):
+                    try:
+                        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                            probe.connect(path)
+                        time.sleep(0.01)
+                    except ConnectionRefusedError:
+                        break
+            else:
+                us.send_signal(signal.SIGTERM)
+                out, err = us.communicate(timeout=15)
+                check(us.returncode == 0 and "served 20 connections" in out, f"unix server exits 0: {out.strip()[-120:]!r}")
+                check(not os.path.exists(path), "the socket file is removed on exit")
+        finally:
+            if us.poll() is None:
+                us.kill()
+    notes = os.path.join(tmp, "notes.txt")
+    with open(notes, "w") as f:
+        f.write("keep me\n")
+    r2 = subprocess.run([server_bin, "--threads", "2", "unix:" + notes], capture_output=True, text=True, timeout=10)
+    check(r2.returncode == 1 and f"cannot listen on unix:{notes}: File exists" in r2.stderr,
+          f"a unix path that is not a socket: rc {r2.returncode}, {r2.stderr.strip()!r}")
+    check(open(notes).read() == "keep me\n", "the file that is not a socket is left alone")
 
 # SIGTERM with requests in flight (app mode): every request the server took
 # in is answered, in order, with whole frames; then it closes and exits 0.
