@@ -32,6 +32,18 @@
 
 namespace ringframe {
 
+namespace detail {
+// Told when its executor stops, for what a kernel cancellation cannot end
+// (a zero-copy send's pages, held until the peer takes them). Intrusive;
+// the executor's thread only.
+struct stop_listener {
+  void (*fn)(stop_listener* self) noexcept = nullptr;
+  stop_listener* prev = nullptr;
+  stop_listener* next = nullptr;
+  bool linked = false;
+};
+}  // namespace detail
+
 // How the ring is set up. `fastest` tries, in order: SINGLE_ISSUER +
 // DEFER_TASKRUN (completions are posted only when the loop asks for them, no
 // interrupts of the running thread; Linux 6.1), then COOP_TASKRUN (5.19), then
@@ -141,6 +153,33 @@ class executor {
   // Number of spawned coroutines that have not finished.
   std::size_t live_tasks() const noexcept { return live_; }
 
+  // While one exists, the loop counts on work arriving from elsewhere (a
+  // reply another thread will hand over with spawn_on): run() waits for it
+  // instead of reporting a deadlock. Like Asio's executor_work_guard.
+  class work_guard {
+   public:
+    explicit work_guard(executor& ex) noexcept : ex_(&ex) { ++ex.guards_; }
+    work_guard(work_guard&& o) noexcept : ex_(std::exchange(o.ex_, nullptr)) {}
+    work_guard(const work_guard&) = delete;
+    work_guard& operator=(const work_guard&) = delete;
+    ~work_guard() { reset(); }
+    void reset() noexcept {
+      if (ex_) --ex_->guards_;
+      ex_ = nullptr;
+    }
+
+   private:
+    executor* ex_;
+  };
+
+  // detail/completion.hpp: keep `o` until bury(o) (its last CQE) or, at the
+  // latest, until the executor goes.
+  void adopt(detail::orphan* o) noexcept;
+  void bury(detail::orphan* o) noexcept;
+  // l->fn runs when stop() is called, unless removed first.
+  void listen_stop(detail::stop_listener* l) noexcept;
+  void unlisten_stop(detail::stop_listener* l) noexcept;
+
   // Stop: every operation in flight is cancelled (its awaiter sees
   // ECANCELED) and every operation started from now on fails at once with
   // ECANCELED, so coroutines unwind by themselves.
@@ -226,6 +265,10 @@ class executor {
   std::vector<std::unique_ptr<detail::deadline_list>> deadline_lists_;
   std::chrono::steady_clock::time_point now_ = std::chrono::steady_clock::now();
   bool cancel_all_owed_ = false;  // stop() found no SQE: the loop sends it
+  std::size_t guards_ = 0;        // work_guards alive
+  detail::orphan* orphans_ = nullptr;
+  detail::stop_listener* stop_listeners_ = nullptr;
+  bool inbox_empty() noexcept;
 
   // The inbox: deferred_calls from any thread, run by this thread's loop. An
   // eventfd read stays armed in the ring (not counted in flight); a poster

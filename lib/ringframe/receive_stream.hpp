@@ -102,8 +102,10 @@ class receive_stream {
   // The multishot recv's completion and state live on the heap, made only
   // for streams that use it (an idle connection's memory counts). A stream
   // that goes away while one is armed leaves it behind, ownerless, to take
-  // the kernel's last CQE (and give back its buffer) after the cancellation.
-  struct multishot_slot : slot {
+  // the kernel's last CQE (and give back its buffer) after the cancellation,
+  // as an orphan of the executor (freed with it if that CQE never comes).
+  struct multishot_slot : detail::orphan {
+    receive_stream* owner = nullptr;
     struct retry : detail::deferred_call {
       explicit retry(multishot_slot* s) noexcept : deferred_call(&retry::run), slot(s) {}
       multishot_slot* slot;

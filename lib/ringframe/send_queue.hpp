@@ -13,6 +13,13 @@
 // A failed queue stays failed: error() says why (the kernel's errno,
 // ETIMEDOUT for the write deadline, ECANCELED when stopped) and nothing is
 // sent again.
+//
+// The batch in the kernel lives in a heap `flight` (made at the first send)
+// with the completion the kernel posts to. When the queue goes away with a
+// send in flight, or is stopped while the kernel still holds a zero-copy
+// batch's pages, the flight is orphaned (detail/completion.hpp): it keeps
+// the bytes the kernel reads and takes the last CQE, so nothing the kernel
+// touches is ever freed under it.
 #pragma once
 
 #include <ringframe/deadline.hpp>
@@ -22,6 +29,7 @@
 #include <chrono>
 #include <coroutine>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <system_error>
 
@@ -58,12 +66,11 @@ class send_queue {
   send_queue(const send_queue&) = delete;
   send_queue& operator=(const send_queue&) = delete;
   // Waiters still queued are posted (they must check that their owner is
-  // still there). Precondition: nothing in the kernel (the owner flushed or
-  // the executor is gone).
+  // still there); a send in flight is cancelled and left to its orphan.
   ~send_queue();
 
   std::string& out() noexcept { return queued_; }  // append replies here
-  std::size_t unsent() const noexcept { return queued_.size() + (sending_.size() - sent_); }
+  std::size_t unsent() const noexcept { return queued_.size() + (busy() ? f_->sending.size() - f_->sent : 0); }
   state current() const noexcept { return state_; }
   bool busy() const noexcept { return state_ == state::sending || state_ == state::releasing; }
   const std::error_code& error() const noexcept { return error_; }
@@ -80,14 +87,20 @@ class send_queue {
     w->next = waiters_;
     waiters_ = w;
   }
-  // Cancel the send in flight (not while the kernel still holds zero-copy
-  // pages: that ends by itself). Never throws: without a free SQE the
-  // cancellation is sent from the executor's next turn. Any thread.
+  // Stop: the send in flight is cancelled, and a zero-copy batch whose pages
+  // the kernel still holds is left to its orphan (the queue fails with
+  // ECANCELED now, rather than when a peer that may never read takes it).
+  // Never throws: without a free SQE the cancellation is sent from the
+  // executor's next turn. Any thread.
   void cancel() noexcept;
 
  private:
-  struct slot : detail::completion {
-    send_queue* q;
+  struct flight : detail::orphan {
+    send_queue* q;  // null once orphaned
+    executor* ex;
+    std::string sending;  // the batch in the kernel
+    std::size_t sent = 0;
+    int res = 0;  // SEND_ZC: the result, kept until the notification
   };
   struct timer : deadline {
     explicit timer(send_queue* owner) noexcept : deadline(&send_queue::on_deadline), q(owner) {}
@@ -99,7 +112,8 @@ class send_queue {
     send_queue* q;
     static void run(detail::deferred_call* d, bool run);
   };
-  void cancel_here() noexcept;
+  void cancel_here(bool stopping) noexcept;
+  void orphan_flight() noexcept;
   int refusal() const noexcept;
   void submit();
   void progress(int res);
@@ -111,13 +125,17 @@ class send_queue {
   socket& sock_;
   options opts_;
   std::uint64_t* bytes_out_;
-  std::string queued_;   // written, not yet handed to a send
-  std::string sending_;  // the batch in the kernel
-  std::size_t sent_ = 0;
-  slot slot_;
-  int res_ = 0;  // SEND_ZC: the result, kept until the notification
+  std::string queued_;  // written, not yet handed to a send
+  std::unique_ptr<flight> f_;
   timer deadline_{this};
   deferred_cancel deferred_{this};
+  // Linked while the kernel holds a zero-copy batch's pages: an executor
+  // that stops ends the wait (cancel_here(true)).
+  struct stop_hook : detail::stop_listener {
+    explicit stop_hook(send_queue* owner) noexcept : q(owner) { fn = &stop_hook::run; }
+    send_queue* q;
+    static void run(detail::stop_listener* l) noexcept { static_cast<stop_hook*>(l)->q->cancel_here(true); }
+  } stop_hook_{this};
   detail::send_waiter* waiters_ = nullptr;
   std::error_code error_;
   failure_hook hook_ = nullptr;

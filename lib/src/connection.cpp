@@ -227,6 +227,9 @@ void connection::continue_slow(detail::read_message_awaitable* aw) {
 
 task<result<message_view>> connection::read_slow() {
   for (;;) {
+    // Replies can no longer go out: reading on would only pile up requests
+    // (a multishot recv cancelled by the failure sends the reader round).
+    if (send_.error()) co_return send_.error();
     // Backpressure: a peer that does not take its replies is not read from.
     if (unsent_bytes() >= opts_.max_unsent_bytes) {
       result<void> f = co_await flush();

@@ -242,6 +242,43 @@ void executor::defer(detail::deferred_call* c) noexcept {
   }
 }
 
+bool executor::inbox_empty() noexcept {
+  std::lock_guard<std::mutex> g(inbox_lock_);
+  return inbox_head_ == nullptr;
+}
+
+void executor::adopt(detail::orphan* o) noexcept {
+  o->prev = nullptr;
+  o->next = orphans_;
+  if (orphans_) orphans_->prev = o;
+  orphans_ = o;
+}
+
+void executor::bury(detail::orphan* o) noexcept {
+  if (o->prev) o->prev->next = o->next;
+  else orphans_ = o->next;
+  if (o->next) o->next->prev = o->prev;
+  o->destroy(o);
+}
+
+void executor::listen_stop(detail::stop_listener* l) noexcept {
+  if (l->linked) return;
+  l->prev = nullptr;
+  l->next = stop_listeners_;
+  if (stop_listeners_) stop_listeners_->prev = l;
+  stop_listeners_ = l;
+  l->linked = true;
+}
+
+void executor::unlisten_stop(detail::stop_listener* l) noexcept {
+  if (!l->linked) return;
+  if (l->prev) l->prev->next = l->next;
+  else stop_listeners_ = l->next;
+  if (l->next) l->next->prev = l->prev;
+  l->prev = l->next = nullptr;
+  l->linked = false;
+}
+
 void executor::withdraw(detail::deferred_call* c) noexcept {
   if (!c->queued.load(std::memory_order_acquire)) return;
   std::lock_guard<std::mutex> g(inbox_lock_);
@@ -287,6 +324,12 @@ executor::~executor() {
   // kernel may still write into frames' memory until every CQE is in, and
   // the wake-up read must come back before its buffer (in *this) goes.
   closing_ = true;
+  // Completions reaped but not dispatched are only counted now.
+  for (std::size_t i = completed_head_; i < completed_.size(); ++i) {
+    const cqe_copy& c = completed_[i];
+    if (c.user_data == (detail::key_of(&waker_) | detail::uncounted_tag)) waker_armed_ = false;
+    else if (!(c.flags & IORING_CQE_F_MORE) && !(c.user_data & detail::uncounted_tag)) --inflight_;
+  }
   completed_.clear();
   completed_head_ = 0;
   if (waker_armed_) try_cancel(detail::key_of(&waker_) | detail::uncounted_tag);
@@ -302,6 +345,8 @@ executor::~executor() {
     }
     io_uring_cq_advance(&ring_, n);
   }
+  // Orphans whose last CQE is in (only counted above) or never came.
+  while (orphans_) bury(orphans_);
   // Tasks handed over by other threads that will never run: free them (their
   // frames too). Calls still queued by objects that outlive us are dropped.
   run_inbox(false);
@@ -422,6 +467,11 @@ void executor::spawn_on(executor& target, task<void> t) {
 void executor::stop() {
   if (stopping_) return;
   stopping_ = true;
+  // Each listener unlinks itself (or is unlinked here first).
+  while (detail::stop_listener* l = stop_listeners_) {
+    unlisten_stop(l);
+    l->fn(l);
+  }
   if (inflight_ == 0) return;
   // Cancel every request in flight (Linux 5.19+). On an older kernel this
   // CQE says -EINVAL and operations finish on their own deadlines instead.
@@ -452,7 +502,9 @@ bool executor::try_cancel(std::uint64_t key) noexcept {
 }
 
 void executor::run_until_idle() {
-  while (live_ > 0 || !ready_.empty())
+  // A task another thread handed over counts as work, even before the
+  // eventfd's completion has shown it.
+  while (live_ > 0 || !ready_.empty() || !inbox_empty())
     if (!run_once(true)) break;
 }
 
@@ -536,7 +588,7 @@ bool executor::run_once(bool block) {
   if (!waker_armed_ && !closing_) arm_waker();
   std::chrono::steady_clock::time_point next_deadline;
   const bool has_deadline = earliest_deadline(next_deadline);
-  bool wait = block && !did && ready_.empty() && completed_.empty() && (inflight_ > 0 || has_deadline);
+  bool wait = block && !did && ready_.empty() && completed_.empty() && (inflight_ > 0 || has_deadline || guards_ > 0);
   __kernel_timespec wait_for{};
   if (wait && has_deadline) {
     auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(next_deadline - std::chrono::steady_clock::now());
@@ -578,7 +630,7 @@ bool executor::run_once(bool block) {
     did = true;
     armed = earliest_deadline(next_deadline);
   }
-  return did || inflight_ > 0 || !ready_.empty() || !completed_.empty() || armed;
+  return did || inflight_ > 0 || !ready_.empty() || !completed_.empty() || armed || guards_ > 0 || !inbox_empty();
 }
 
 }  // namespace ringframe

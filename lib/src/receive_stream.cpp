@@ -29,6 +29,12 @@ receive_stream::~receive_stream() {
     multishot_slot* slot = ms_.release();
     slot->owner = nullptr;
     slot->leftover_cancel.ex = &ex;
+    slot->destroy = [](detail::orphan* o) {
+      auto* s = static_cast<multishot_slot*>(o);
+      s->leftover_cancel.ex->withdraw(&s->leftover_cancel);
+      delete s;
+    };
+    ex.adopt(slot);
     if (!slot->cancel_sent && !ex.try_cancel(detail::key_of(slot))) ex.defer(&slot->leftover_cancel);
   }
 }
@@ -229,10 +235,7 @@ void receive_stream::on_multishot_cqe(detail::completion* c, int res, unsigned f
   receive_stream* self = slot->owner;
   if (!self) {  // left behind by a stream that is gone
     if (flags & IORING_CQE_F_BUFFER) slot->br->recycle(buffer_id(flags));
-    if (!more) {
-      slot->leftover_cancel.ex->withdraw(&slot->leftover_cancel);
-      delete slot;
-    }
+    if (!more) slot->leftover_cancel.ex->bury(slot);
     return;
   }
   if (!more) {

@@ -7,14 +7,25 @@
 namespace ringframe {
 
 send_queue::send_queue(socket& s, options o, std::uint64_t* bytes_out) noexcept
-    : sock_(s), opts_(o), bytes_out_(bytes_out) {
-  slot_.q = this;
-  slot_.on_cqe = &send_queue::on_cqe;
-}
+    : sock_(s), opts_(o), bytes_out_(bytes_out) {}
 
 send_queue::~send_queue() {
   sock_.get_executor().withdraw(&deferred_);
+  sock_.get_executor().unlisten_stop(&stop_hook_);
+  if (busy()) {
+    if (state_ == state::sending) sock_.get_executor().try_cancel(detail::key_of(f_.get()));
+    orphan_flight();
+  }
   wake();
+}
+
+// The kernel still holds the flight: it keeps the batch and takes the last
+// CQE (on_cqe), or is freed with the executor.
+void send_queue::orphan_flight() noexcept {
+  flight* f = f_.release();
+  f->q = nullptr;
+  f->destroy = [](detail::orphan* o) { delete static_cast<flight*>(o); };
+  f->ex->adopt(f);
 }
 
 int send_queue::refusal() const noexcept {
@@ -27,9 +38,15 @@ int send_queue::refusal() const noexcept {
 void send_queue::start() {
   if (state_ != state::idle || queued_.empty()) return;
   if (int e = refusal()) return fail(e);
-  std::swap(sending_, queued_);
-  sent_ = 0;
-  zero_copy_ = opts_.zero_copy_threshold && sending_.size() >= opts_.zero_copy_threshold;
+  if (!f_) {
+    f_ = std::make_unique<flight>();
+    f_->q = this;
+    f_->ex = &sock_.get_executor();
+    f_->on_cqe = &send_queue::on_cqe;
+  }
+  std::swap(f_->sending, queued_);
+  f_->sent = 0;
+  zero_copy_ = opts_.zero_copy_threshold && f_->sending.size() >= opts_.zero_copy_threshold;
   if (opts_.write_timeout.count() > 0) deadline_.arm(sock_.get_executor(), opts_.write_timeout);
   submit();
 }
@@ -37,45 +54,60 @@ void send_queue::start() {
 void send_queue::submit() {
   executor& ex = sock_.get_executor();
   io_uring_sqe* sqe = ex.get_sqe(1);
-  const char* p = sending_.data() + sent_;
-  std::size_t n = sending_.size() - sent_;
-  if (zero_copy_)  // IORING_OP_SEND_ZC: sending_ stays the kernel's until the notification
+  const char* p = f_->sending.data() + f_->sent;
+  std::size_t n = f_->sending.size() - f_->sent;
+  if (zero_copy_)  // IORING_OP_SEND_ZC: the batch stays the kernel's until the notification
     io_uring_prep_send_zc(sqe, sock_.fd(), p, n, MSG_NOSIGNAL, 0);
   else
     io_uring_prep_send(sqe, sock_.fd(), p, n, MSG_NOSIGNAL);
-  io_uring_sqe_set_data64(sqe, detail::key_of(&slot_));
+  io_uring_sqe_set_data64(sqe, detail::key_of(f_.get()));
   ex.note_submitted(1);
   state_ = state::sending;
 }
 
 void send_queue::cancel() noexcept {
   executor& ex = sock_.get_executor();
-  if (ex.on_own_thread()) cancel_here();
+  if (ex.on_own_thread()) cancel_here(true);
   else ex.defer(&deferred_);
 }
 
-void send_queue::cancel_here() noexcept {
-  if (state_ != state::sending) return;  // idle, failed, or the pages are the kernel's
+void send_queue::cancel_here(bool stopping) noexcept {
+  if (state_ == state::releasing && stopping) {
+    // Sent, but the kernel holds the pages until the peer takes them, which
+    // a peer that does not read never does: the orphan waits for that, the
+    // queue fails now.
+    sock_.get_executor().unlisten_stop(&stop_hook_);
+    orphan_flight();
+    return fail(ECANCELED);
+  }
+  if (state_ != state::sending) return;  // idle, failed, or (deadline) let the pages go by themselves
   executor& ex = sock_.get_executor();
-  if (!ex.try_cancel(detail::key_of(&slot_))) ex.defer(&deferred_);
+  if (!ex.try_cancel(detail::key_of(f_.get()))) ex.defer(&deferred_);
 }
 
 void send_queue::deferred_cancel::run(detail::deferred_call* d, bool run) {
-  if (run) static_cast<deferred_cancel*>(d)->q->cancel_here();
+  if (run) static_cast<deferred_cancel*>(d)->q->cancel_here(true);
 }
 
 void send_queue::on_cqe(detail::completion* c, int res, unsigned flags, bool) {
-  send_queue* self = static_cast<slot*>(c)->q;
+  auto* f = static_cast<flight*>(c);
+  send_queue* self = f->q;
+  if (!self) {  // orphaned: free it with the last CQE
+    if (!(flags & IORING_CQE_F_MORE)) f->ex->bury(f);
+    return;
+  }
   // A cancellation still waiting for an SQE would hit the next batch: drop
   // it (a stop is seen again by refusal() before anything more is sent).
   if (!(flags & IORING_CQE_F_MORE)) self->sock_.get_executor().withdraw(&self->deferred_);
   if (flags & IORING_CQE_F_NOTIF) {
     // The kernel let go of the pages; the result came in the CQE before.
-    return self->progress(self->res_);
+    self->sock_.get_executor().unlisten_stop(&self->stop_hook_);
+    return self->progress(f->res);
   }
   if (flags & IORING_CQE_F_MORE) {  // SEND_ZC: a notification follows
-    self->res_ = res;
+    f->res = res;
     self->state_ = state::releasing;
+    self->sock_.get_executor().listen_stop(&self->stop_hook_);
     return;
   }
   self->progress(res);
@@ -93,14 +125,14 @@ void send_queue::progress(int res) {
     if (e == ECANCELED && timed_out_) e = ETIMEDOUT;
     return fail(e);
   }
-  sent_ += static_cast<std::size_t>(res);
+  f_->sent += static_cast<std::size_t>(res);
   if (bytes_out_) *bytes_out_ += static_cast<std::size_t>(res);
-  if (sent_ < sending_.size()) {  // a short send: the rest, from the completion
+  if (f_->sent < f_->sending.size()) {  // a short send: the rest, from the completion
     if (int e = refusal()) return fail(e);
     return submit();
   }
-  sending_.clear();
-  sent_ = 0;
+  f_->sending.clear();
+  f_->sent = 0;
   // Everything went out: a deadline that fired meanwhile (while a zero-copy
   // notification was pending, say) came too late to matter.
   timed_out_ = false;
@@ -108,7 +140,7 @@ void send_queue::progress(int res) {
   if (!queued_.empty()) return start();  // written while this batch was out
   deadline_.cancel();
   // A burst of large replies should not pin megabytes to an idle connection.
-  if (sending_.capacity() > opts_.keep_capacity) std::string().swap(sending_);
+  if (f_->sending.capacity() > opts_.keep_capacity) std::string().swap(f_->sending);
   if (queued_.capacity() > opts_.keep_capacity) std::string().swap(queued_);
   wake();
 }
@@ -118,8 +150,10 @@ void send_queue::fail(int err) {
   state_ = state::failed;
   timed_out_ = false;
   queued_.clear();
-  sending_.clear();
-  sent_ = 0;
+  if (f_) {  // (an orphaned flight keeps its bytes)
+    f_->sending.clear();
+    f_->sent = 0;
+  }
   deadline_.cancel();
   if (hook_) hook_(hook_ctx_);
   wake();
@@ -138,7 +172,7 @@ void send_queue::on_deadline(deadline* d) {
   send_queue* self = static_cast<timer*>(d)->q;
   self->timed_out_ = true;
   // A batch whose pages the kernel still holds has been sent: let it finish.
-  self->cancel_here();
+  self->cancel_here(false);
 }
 
 }  // namespace ringframe

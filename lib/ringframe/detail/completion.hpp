@@ -21,6 +21,18 @@ inline constexpr std::uint64_t timer_tag = 1;
 inline constexpr std::uint64_t uncounted_tag = 2;
 inline constexpr std::uint64_t tag_mask = 3;
 
+// A completion whose owner went away while the kernel still held its
+// request (a connection destroyed with a send or a multishot recv in
+// flight): it lives on the heap, takes the remaining CQEs and frees itself
+// with executor::bury(). The executor keeps every orphan in a list, so one
+// whose last CQE never came is freed when the executor goes.
+struct orphan : completion {
+  using destroy_fn = void (*)(orphan* self);
+  destroy_fn destroy = nullptr;
+  orphan* prev = nullptr;
+  orphan* next = nullptr;
+};
+
 inline std::uint64_t key_of(completion* c, bool timer = false) noexcept {
   return reinterpret_cast<std::uintptr_t>(c) | (timer ? timer_tag : 0);
 }
