@@ -14,6 +14,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <thread>
 #include <cstdio>
@@ -42,7 +43,8 @@ const char* const usage_text =
     "                           with other processes of this user that use SO_REUSEPORT too;\n"
     "                           without it, a port already in use is an error\n"
     "  -c, --max-connections N  accept at most N connections at once, per thread (default 100000)\n"
-    "      --max-content BYTES  framed modes: largest content-length accepted (default 16777216)\n"
+    "      --max-content BYTES  framed modes: largest content-length accepted (default 16777216,\n"
+    "                           at most 1073741824)\n"
     "      --idle-timeout SECS  framed modes: close a connection idle this long (default 300;\n"
     "                           0: never)\n"
     "      --message-timeout SECS\n"
@@ -133,8 +135,13 @@ options parse(int argc, char** argv) {
       }
       case 1: {
         char* end = nullptr;
+        errno = 0;
         unsigned long long v = std::strtoull(optarg, &end, 10);
         if (!*optarg || *end || *optarg == '-') fail_usage(std::string("bad --max-content '") + optarg + "'");
+        // A frame is held whole in one buffer: the codec's ceiling (1 GiB).
+        if (errno == ERANGE || v > frame_limits::hard_max_content_length)
+          fail_usage(std::string("bad --max-content '") + optarg + "': at most " +
+                     std::to_string(frame_limits::hard_max_content_length) + " (1 GiB)");
         o.conn.limits.max_content_length = v;
         break;
       }
