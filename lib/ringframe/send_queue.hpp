@@ -73,7 +73,7 @@ class send_queue {
   std::size_t unsent() const noexcept { return queued_.size() + (busy() ? f_->sending.size() - f_->sent : 0); }
   state current() const noexcept { return state_; }
   bool busy() const noexcept { return state_ == state::sending || state_ == state::releasing; }
-  const std::error_code& error() const noexcept { return error_; }
+  std::error_code error() const noexcept { return error_ ? errno_code(error_) : std::error_code{}; }
   void on_failure(failure_hook h, void* ctx) noexcept {
     hook_ = h;
     hook_ctx_ = ctx;
@@ -95,7 +95,9 @@ class send_queue {
   void cancel() noexcept;
 
  private:
-  struct flight : detail::orphan {
+  // Also told when the executor stops, while the kernel holds a zero-copy
+  // batch's pages (an executor that stops ends that wait: cancel_here(true)).
+  struct flight : detail::orphan, detail::stop_listener {
     send_queue* q;  // null once orphaned
     executor* ex;
     std::string sending;  // the batch in the kernel
@@ -129,15 +131,8 @@ class send_queue {
   std::unique_ptr<flight> f_;
   timer deadline_{this};
   deferred_cancel deferred_{this};
-  // Linked while the kernel holds a zero-copy batch's pages: an executor
-  // that stops ends the wait (cancel_here(true)).
-  struct stop_hook : detail::stop_listener {
-    explicit stop_hook(send_queue* owner) noexcept : q(owner) { fn = &stop_hook::run; }
-    send_queue* q;
-    static void run(detail::stop_listener* l) noexcept { static_cast<stop_hook*>(l)->q->cancel_here(true); }
-  } stop_hook_{this};
   detail::send_waiter* waiters_ = nullptr;
-  std::error_code error_;
+  int error_ = 0;  // errno once failed
   failure_hook hook_ = nullptr;
   void* hook_ctx_ = nullptr;
   state state_ = state::idle;

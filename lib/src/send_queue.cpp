@@ -11,7 +11,7 @@ send_queue::send_queue(socket& s, options o, std::uint64_t* bytes_out) noexcept
 
 send_queue::~send_queue() {
   sock_.get_executor().withdraw(&deferred_);
-  sock_.get_executor().unlisten_stop(&stop_hook_);
+  if (f_) sock_.get_executor().unlisten_stop(f_.get());
   if (busy()) {
     if (state_ == state::sending) sock_.get_executor().try_cancel(detail::key_of(f_.get()));
     orphan_flight();
@@ -43,6 +43,7 @@ void send_queue::start() {
     f_->q = this;
     f_->ex = &sock_.get_executor();
     f_->on_cqe = &send_queue::on_cqe;
+    f_->fn = [](detail::stop_listener* l) noexcept { static_cast<flight*>(l)->q->cancel_here(true); };
   }
   std::swap(f_->sending, queued_);
   f_->sent = 0;
@@ -76,7 +77,7 @@ void send_queue::cancel_here(bool stopping) noexcept {
     // Sent, but the kernel holds the pages until the peer takes them, which
     // a peer that does not read never does: the orphan waits for that, the
     // queue fails now.
-    sock_.get_executor().unlisten_stop(&stop_hook_);
+    sock_.get_executor().unlisten_stop(f_.get());
     orphan_flight();
     return fail(ECANCELED);
   }
@@ -101,13 +102,13 @@ void send_queue::on_cqe(detail::completion* c, int res, unsigned flags, bool) {
   if (!(flags & IORING_CQE_F_MORE)) self->sock_.get_executor().withdraw(&self->deferred_);
   if (flags & IORING_CQE_F_NOTIF) {
     // The kernel let go of the pages; the result came in the CQE before.
-    self->sock_.get_executor().unlisten_stop(&self->stop_hook_);
+    self->sock_.get_executor().unlisten_stop(f);
     return self->progress(f->res);
   }
   if (flags & IORING_CQE_F_MORE) {  // SEND_ZC: a notification follows
     f->res = res;
     self->state_ = state::releasing;
-    self->sock_.get_executor().listen_stop(&self->stop_hook_);
+    self->sock_.get_executor().listen_stop(f);
     return;
   }
   self->progress(res);
@@ -146,7 +147,7 @@ void send_queue::progress(int res) {
 }
 
 void send_queue::fail(int err) {
-  error_ = errno_code(err);
+  error_ = err;
   state_ = state::failed;
   timed_out_ = false;
   queued_.clear();
