@@ -80,6 +80,8 @@ class receive_stream {
   // in whole after all) or data wins the race.
   void arm_deadline(std::chrono::nanoseconds d) { timer_.arm(sock_.get_executor(), d); }
   void cancel_deadline() noexcept { timer_.cancel(); }
+  // False once it fired (or was never armed, or was cancelled).
+  bool deadline_armed() const noexcept { return timer_.armed(); }
   void forgive_timeout() noexcept { timed_out_ = false; }
 
   // Reads stop when `t` (besides the socket's own token) is requested.

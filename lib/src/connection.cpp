@@ -162,7 +162,10 @@ std::optional<result<message_view>> connection::try_read_buffered() {
 void connection::arm_read_deadline(bool between_frames) {
   if (between_frames) {
     if (opts_.idle_timeout.count() > 0) recv_.arm_deadline(opts_.idle_timeout);
-  } else if (opts_.message_timeout.count() > 0 && !message_deadline_) {
+  } else if (opts_.message_timeout.count() > 0 && (!message_deadline_ || !recv_.deadline_armed())) {
+    // Armed once per message, from its first byte; again only when it fired
+    // and data won the race with its cancellation (the peer then gets a new
+    // message_timeout, never none at all).
     message_deadline_ = true;
     recv_.arm_deadline(opts_.message_timeout);
   }

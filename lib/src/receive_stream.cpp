@@ -150,7 +150,11 @@ int receive_stream::outcome() noexcept {
   const unsigned flags = std::exchange(flags_, 0);
   buffer_ring* br = sock_.get_executor().receive_buffers();
   if (flags & IORING_CQE_F_BUFFER) {
-    if (res > 0) sink_.feed(br->data(buffer_id(flags), static_cast<std::size_t>(res)));
+    try {
+      if (res > 0) sink_.feed(br->data(buffer_id(flags), static_cast<std::size_t>(res)));
+    } catch (...) {  // the decoder could not grow (bad_alloc): this connection fails, not the process
+      res = -ENOMEM;
+    }
     br->recycle(buffer_id(flags));
   } else if (res > 0 && direct_) {
     sink_.commit(static_cast<std::size_t>(res));

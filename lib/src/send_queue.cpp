@@ -108,7 +108,11 @@ void send_queue::on_cqe(detail::completion* c, int res, unsigned flags, bool) {
   if (flags & IORING_CQE_F_MORE) {  // SEND_ZC: a notification follows
     f->res = res;
     self->state_ = state::releasing;
-    self->sock_.get_executor().listen_stop(f);
+    // A stop that came while the send was in the kernel found nothing to
+    // cancel, and an executor's stop will not be told again: act on it now.
+    executor& ex = self->sock_.get_executor();
+    if (ex.stopping() || self->sock_.stop_token().stop_requested()) return self->cancel_here(true);
+    ex.listen_stop(f);
     return;
   }
   self->progress(res);
