@@ -153,9 +153,9 @@ class frame_decoder {
   // True when a frame has started (some of its bytes are buffered).
   bool mid_frame() const noexcept { return buffered() > 0; }
   std::size_t capacity() const noexcept { return cap_; }
-  // Give the buffer back when nothing is buffered (idle connections): a
-  // common-size one to a per-thread pool for the next decoder, a large one
-  // to the allocator.
+  // Give the buffer back when nothing is buffered (idle connections): to a
+  // per-thread pool (16 KiB ones, and powers of two up to 4 MiB, 32 MiB of
+  // those at most), from which the next decoder on the thread takes it.
   void shrink_if_idle() noexcept;
   const frame_limits& limits() const noexcept { return limits_; }
 
