@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <utility>
 
 namespace testing {
@@ -35,6 +36,19 @@ inline ringframe::socket loopback_listener(ringframe::executor& ex, ringframe::a
   REQUIRE(a);
   bound = *a;
   return std::move(*l);
+}
+
+// A connected TCP pair over 127.0.0.1: {accepted, connecting}. Called as
+// `auto [s, c] = ex.run(testing::tcp_pair(&ex));`.
+inline ringframe::task<std::pair<ringframe::socket, ringframe::socket>> tcp_pair(ringframe::executor* ex) {
+  using namespace std::chrono_literals;
+  ringframe::address at;
+  ringframe::socket l = loopback_listener(*ex, at);
+  ringframe::result<ringframe::socket> c = co_await ringframe::connect(*ex, at, {.timeout = 5s});
+  REQUIRE(c);
+  ringframe::result<ringframe::socket> s = co_await l.accept(nullptr, {.timeout = 5s});
+  REQUIRE(s);
+  co_return std::pair<ringframe::socket, ringframe::socket>(std::move(*s), std::move(*c));
 }
 
 // Make room for `n` descriptors; fails the test (never skips it) when the

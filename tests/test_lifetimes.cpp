@@ -205,21 +205,11 @@ task<void> late_reader(executor* ex, connection* c, std::vector<std::size_t>* si
   }
 }
 
-task<std::pair<ringframe::socket, ringframe::socket>> tcp_pair(executor* ex) {
-  address at;
-  ringframe::socket l = testing::loopback_listener(*ex, at);
-  result<ringframe::socket> c = co_await ringframe::connect(*ex, at, {.timeout = 5s});
-  REQUIRE(c);
-  result<ringframe::socket> s = co_await l.accept(nullptr, {.timeout = 5s});
-  REQUIRE(s);
-  co_return std::pair<ringframe::socket, ringframe::socket>(std::move(*s), std::move(*c));
-}
-
 }  // namespace
 
 TEST_CASE("6: a write deadline that fires while a zero-copy notification is pending does not fail the next flush") {
   executor ex;
-  auto [s, c] = ex.run(tcp_pair(&ex));
+  auto [s, c] = ex.run(testing::tcp_pair(&ex));
   connection_options wo;
   wo.zero_copy_threshold = 1;
   wo.write_timeout = 5ms;

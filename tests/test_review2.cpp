@@ -1,5 +1,6 @@
-// Review 2 of 4858310..HEAD (the connection split): regression guards that
-// pass on the current code (tests/test_review2_failing.cpp has the findings).
+// The second review, of the connection split: guards that passed from the
+// start, then the two regressions it found (F1, F2), each of which failed
+// before its fix.
 #include "loopback.hpp"
 
 #include <ringframe/connection.hpp>
@@ -26,16 +27,6 @@ using namespace std::chrono_literals;
 using clk = std::chrono::steady_clock;
 
 namespace {
-
-task<std::pair<ringframe::socket, ringframe::socket>> tcp_pair(executor* ex) {
-  address at;
-  ringframe::socket l = testing::loopback_listener(*ex, at);
-  result<ringframe::socket> c = co_await ringframe::connect(*ex, at, {.timeout = 5s});
-  REQUIRE(c);
-  result<ringframe::socket> s = co_await l.accept(nullptr, {.timeout = 5s});
-  REQUIRE(s);
-  co_return std::pair<ringframe::socket, ringframe::socket>(std::move(*s), std::move(*c));
-}
 
 // Backstop as in R6: after 3 s the peer reads, the pages are released.
 struct rescuer {
@@ -95,7 +86,7 @@ task<void> later(executor* ex, std::chrono::milliseconds d, std::stop_source* sr
 // and its pages wait behind a closed window; a stop afterwards ends the flush.
 void zc_stop_after_result(bool executor_stop) {
   executor ex;
-  auto [s, c] = ex.run(tcp_pair(&ex));
+  auto [s, c] = ex.run(testing::tcp_pair(&ex));
   int rcv = 4096;
   REQUIRE(::setsockopt(c.fd(), SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv) == 0);
   close_window(s.fd());
@@ -153,4 +144,148 @@ TEST_CASE("review2: a peer that stalls mid-frame gets the message timeout, repor
   REQUIRE(done);
   CHECK(err == std::errc::timed_out);
   CHECK(ended - t0 < 1s);
+}
+
+// ---- regressions the second review found (F1, F2; each failed before its fix) ----
+
+
+namespace {
+
+
+// A NOP whose completion runs `fn`: it is dispatched in the same batch as,
+// and just before, the CQEs of whatever is submitted after it this turn.
+struct nop_hook : detail::completion {
+  void (*fn)(nop_hook*) = nullptr;
+  executor* ex = nullptr;
+  std::stop_source* src = nullptr;
+  void submit() {
+    on_cqe = [](detail::completion* c, int, unsigned, bool) { auto* h = static_cast<nop_hook*>(c); h->fn(h); };
+    io_uring_sqe* sqe = ex->get_sqe(1);
+    io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data64(sqe, detail::key_of(this));
+    ex->note_submitted(1);
+  }
+};
+
+task<void> stop_then_zc_flush(connection* c, nop_hook* hook, std::error_code* err, bool* done) {
+  // Small enough to be taken whole at once: the SEND_ZC's result (F_MORE)
+  // comes in the same batch as the NOP's, right after it.
+  REQUIRE(c->write(message::binary(std::string(8 << 10, 'z'), "t")).await_ready());
+  hook->submit();
+  result<void> f = co_await c->flush();
+  *err = f ? std::error_code{} : f.error();
+  *done = true;
+}
+
+
+
+void zc_stop_race(bool executor_stop) {
+  executor ex;
+  auto [s, c] = ex.run(testing::tcp_pair(&ex));
+  int rcv = 4096;
+  REQUIRE(::setsockopt(c.fd(), SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv) == 0);
+  close_window(s.fd());
+  std::stop_source src;
+  s.set_stop_token(src.get_token());
+  connection_options wo;
+  wo.zero_copy_threshold = 1;
+  wo.write_timeout = 0s;
+  connection writer(std::move(s), wo);
+  nop_hook hook;
+  hook.ex = &ex;
+  hook.src = &src;
+  hook.fn = executor_stop ? +[](nop_hook* h) { h->ex->stop(); } : +[](nop_hook* h) { h->src->request_stop(); };
+  rescuer r(c.fd());
+  std::error_code err;
+  bool done = false;
+  ex.spawn(stop_then_zc_flush(&writer, &hook, &err, &done));
+  auto t0 = clk::now();
+  ex.run_until_idle();
+  auto took = clk::now() - t0;
+  r.done();
+  MESSAGE("flush ended after " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                               << " ms: " << err.message() << std::string(r.rescued ? " (only because the peer read)" : ""));
+  CHECK(done);
+  CHECK(!r.rescued);  // the stop alone must end the zero-copy flush (R6)
+}
+
+}  // namespace
+
+TEST_CASE("F1a: executor::stop() dispatched just before a SEND_ZC's first CQE: the flush must still end") {
+  zc_stop_race(true);
+}
+
+TEST_CASE("F1b: the connection's stop token requested just before a SEND_ZC's first CQE: the flush must still end") {
+  zc_stop_race(false);
+}
+
+// ---- F2: a message deadline whose cancel loses to data is never re-armed ----
+
+namespace {
+
+struct late_bytes : deadline {
+  int fd;
+  std::string bytes;
+  explicit late_bytes(int f) : deadline(&late_bytes::fire), fd(f) {}
+  static void fire(deadline* d) {
+    auto* self = static_cast<late_bytes*>(d);
+    // Runs right after the connection's message deadline in the same pass:
+    // the bytes are in the socket before its cancellation is submitted.
+    REQUIRE(::send(self->fd, self->bytes.data(), self->bytes.size(), MSG_NOSIGNAL) == (ssize_t)self->bytes.size());
+  }
+};
+
+
+// Turns every loop iteration until the connection has taken the first bytes
+// (so read_slow has just armed the message deadline, in this same turn), then
+// arms a deadline of the same duration behind it and holds the loop past both.
+task<void> spinner(executor* ex, connection* c, late_bytes* lb, std::chrono::milliseconds d) {
+  struct yield_now {
+    executor* ex;
+    bool await_ready() { return false; }
+    void await_suspend(std::coroutine_handle<> h) { ex->post(h); }
+    void await_resume() {}
+  };
+  while (c->bytes_in == 0) co_await yield_now{ex};
+  lb->arm(*ex, d);
+  std::this_thread::sleep_for(d + 50ms);
+}
+
+task<void> guard(executor* ex, bool* done, std::chrono::milliseconds after) {
+  result<void> slept = co_await sleep_for(*ex, after);
+  (void)slept;
+  if (!*done) ex->stop();
+}
+
+}  // namespace
+
+TEST_CASE("F2: a message timeout whose cancellation loses to a few more bytes is never armed again") {
+  // A plain ring: the recv's completion is posted as soon as the bytes come
+  // (task work on the next return to user space), before the cancellation
+  // the deadline queued is submitted, so the data wins that race.
+  executor ex({.setup = ring_setup::plain});
+  auto [s, c] = testing::socket_pair(ex);
+  connection_options o;
+  o.message_timeout = 100ms;
+  o.idle_timeout = 0s;
+  connection conn(std::move(s), o);
+  std::string frame;
+  REQUIRE(encode_frame(message::binary(std::string(1000, 'x'), "t"), frame));
+  REQUIRE(::send(c.fd(), frame.data(), 10, MSG_NOSIGNAL) == 10);
+  late_bytes lb(c.fd());
+  lb.bytes = frame.substr(10, 20);  // still mid-frame; then the peer stalls
+  std::error_code err;
+  bool done = false;
+  clk::time_point ended{};
+  ex.spawn(reader(&conn, &err, &done, &ended));
+  ex.spawn(spinner(&ex, &conn, &lb, 100ms));
+  ex.spawn(guard(&ex, &done, 2000ms));
+  auto t0 = clk::now();
+  ex.run_until_idle();
+  auto took = std::chrono::duration_cast<std::chrono::milliseconds>((done ? ended : clk::now()) - t0);
+  MESSAGE("read_message ended after " << took.count() << " ms: " << err.message() << " bytes_in " << conn.bytes_in << " expired " << ex.stats().deadlines_expired);
+  CHECK(done);
+  // The old connection (71d8bb2) re-armed the message timeout: ETIMEDOUT ~100 ms after the late bytes.
+  CHECK(err == std::errc::timed_out);
+  CHECK(took < 1500ms);
 }
