@@ -117,7 +117,7 @@ std::pair<std::string, std::vector<std::string>> pipelined_searches(int n) {
 
 }  // namespace
 
-TEST_CASE("the app answers every request kind of PROTOCOL.md section 2") {
+TEST_CASE("the app answers every request kind of docs/protocol.md section 3") {
   framed_server fs(per_request(&app_handler));
   struct {
     std::string request, reply, type;
@@ -173,7 +173,7 @@ TEST_CASE("frame-echo sends every message back byte for byte") {
   CHECK(e.replies[1] == std::string(300000, 'z'));
 }
 
-// Every malformed case of PROTOCOL.md section 3, each checked for the exact
+// Every malformed case of docs/protocol.md section 6, each checked for the exact
 // error reply, for whether the connection survives, and that another client
 // is still served afterwards.
 TEST_CASE("malformed input gets a precise framed error; other clients are unaffected") {

@@ -169,7 +169,7 @@ TEST_CASE("content is handed out without a copy, and the wire span is the whole 
   CHECK(std::string_view(reinterpret_cast<const char*>(v.wire.data()), v.wire.size()) == f);
 }
 
-// ---- PROTOCOL.md section 3: every malformed case, with its exact error ----
+// ---- docs/protocol.md section 6: every malformed case, with its exact error ----
 
 TEST_CASE("header length 0") {
   auto e = reject(std::string("\0\0", 2));

@@ -20,7 +20,7 @@ class parser;
 
 namespace ringframe {
 
-// Why a frame was rejected (PROTOCOL.md section 3), or why a stream ended.
+// Why a frame was rejected (docs/protocol.md section 6), or why a stream ended.
 enum class frame_errc {
   header_length_zero = 1,    // prefix says 0: no header can be empty
   header_not_utf8,           // the JSON header is not valid UTF-8
@@ -66,7 +66,7 @@ struct frame_limits {
   // hard_max_content_length by the decoder (frame_decoder::limits() shows
   // the effective value).
   std::size_t max_content_length = 16 * 1024 * 1024;
-  // Parse text/json content to check it is JSON (section 3). A server that
+  // Parse text/json content to check it is JSON (docs/protocol.md section 6). A server that
   // only forwards bytes may turn this off.
   bool validate_json_content = true;
 };

@@ -1,4 +1,4 @@
-// Messages of the framed protocol (shared/PROTOCOL.md): a 2-byte big-endian
+// Messages of the framed protocol (docs/protocol.md): a 2-byte big-endian
 // header length, a UTF-8 JSON header object, then content-length bytes.
 //
 // message_view: a decoded message, borrowed from the decoder's buffer (no
@@ -28,7 +28,7 @@ struct message_view {
   std::string_view content_encoding;
   std::size_t content_length = 0;
   // The whole JSON header as received, for keys beyond the four required
-  // ones (PROTOCOL.md: unknown keys are kept available to handlers).
+  // ones (docs/protocol.md: unknown keys are kept available to handlers).
   std::string_view header_json;
   std::span<const std::byte> content;
   // At least SIMDJSON_PADDING (64) readable bytes follow `content` in memory

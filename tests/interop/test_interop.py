@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Interop, both directions: the built ringframe-server (--mode app) against
 the tutorial-style Python client, and the built ringframe-client against the
-tutorial-style Python server, for every request kind of PROTOCOL.md section 2."""
+tutorial-style Python server, for every request kind of docs/protocol.md section 3."""
 import os
 import re
 import signal
