@@ -1,37 +1,44 @@
-// ringframe-bench-codec: the framing hot path, alone (no sockets).
+// ringframe-bench-codec: the framing hot path, alone (no sockets), on Google
+// Benchmark (libbenchmark-dev; without it bench/codec_bench_handtimed.cpp is
+// built under the same name).
 //
-// For each content size, decode throughput fed three ways (the whole buffer
-// at once, 4 KiB chunks as a typical recv returns, 1-byte chunks as the worst
-// case) and encode throughput; each figure is the median of several timed
-// repetitions after a warm-up. Bytes reach the decoder by copy in every mode,
-// as recv copies them from the kernel, so memcpy of the same bytes is printed
-// as the ceiling and each decode figure as a fraction of it. With
-// nlohmann-json3-dev installed, a decoder written the way most users would
-// (std::string buffer, nlohmann::json for the header) runs on the same bytes.
+// Benchmarks, one per content size (0, 64, 1024, 65536, 1048576 B) and feed:
+//   decode/ringframe/FEED/SIZE   frame_decoder over a stream of messages
+//   decode/nlohmann/FEED/SIZE    the same bytes, decoded the way most users
+//                                would (only with nlohmann-json3-dev and
+//                                -Dnlohmann_bench not disabled)
+//   decode/memcpy/FEED/SIZE      memcpy of the same bytes in the same chunks:
+//                                the ceiling each decode is compared with
+//   encode/SIZE                  encode_frame into a reused std::string
+// FEED: whole (one buffer), 4KiB and 1B (chunks of that size), all with the
+// same header on every message; whole-distinct gives every message a
+// different header (an extra "seq" key), so no parse can be reused. Bytes
+// reach the decoder by copy in every feed, as recv copies them.
+//
+// One iteration is one pass over the stream; items/s is messages per second
+// and bytes/s is stream bytes (headers included) per second, both per second
+// of the benchmark thread's CPU time (the library's default; the development
+// machine is shared, and wall time counts other processes' turns). Repetitions, aggregates and JSON are the
+// library's: by default 7 repetitions of at least 0.05 s each, aggregates
+// only (mean, median, stddev, cv).
 #include <ringframe/frame.hpp>
+
+#include <benchmark/benchmark.h>
 
 #if RINGFRAME_BENCH_NLOHMANN
 #include <nlohmann/json.hpp>
 #endif
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
 
 using namespace ringframe;
-using clk = std::chrono::steady_clock;
 
 namespace {
-
-struct options {
-  int reps = 7;
-  double min_seconds = 0.05;  // per repetition, at least
-  bool json = false;
-  long only_size = -1;  // --size N: just that content size (for profiling)
-};
 
 // `distinct`: every header differs (an extra "seq" key), so no message can
 // reuse the previous header's parse.
@@ -55,28 +62,6 @@ std::string make_stream(std::size_t content_size, std::size_t target_bytes, std:
   return s;
 }
 
-// Median seconds per pass of `fn` over the stream.
-template <class F>
-double median_seconds(const options& o, F&& fn) {
-  fn();  // warm-up: caches, allocations, branch predictors
-  std::vector<double> t;
-  for (int r = 0; r < o.reps; ++r) {
-    int passes = 0;
-    auto t0 = clk::now();
-    double el = 0;
-    do {
-      fn();
-      ++passes;
-      el = std::chrono::duration<double>(clk::now() - t0).count();
-    } while (el < o.min_seconds);
-    t.push_back(el / passes);
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-volatile std::size_t sink;
-
 std::size_t decode_ours(const std::string& stream, std::size_t chunk) {
   frame_decoder d;
   std::size_t n = 0, bytes = 0;
@@ -93,7 +78,7 @@ std::size_t decode_ours(const std::string& stream, std::size_t chunk) {
     }
     if (st == frame_decoder::status::error) std::abort();
   }
-  sink = bytes;
+  benchmark::DoNotOptimize(bytes);
   return n;
 }
 
@@ -124,122 +109,148 @@ std::size_t decode_nlohmann(const std::string& stream, std::size_t chunk) {
     }
     buf.erase(0, at);
   }
-  sink = bytes;
+  benchmark::DoNotOptimize(bytes);
   return n;
 }
 #endif
 
-struct row {
-  std::size_t size;
-  const char* feed;
-  double msgs_per_s, gb_per_s, memcpy_gb_per_s, nl_msgs_per_s;
+struct feed {
+  const char* name;
+  std::size_t chunk;  // 0: whole buffer
+  std::size_t target_bytes;
+  bool distinct;
 };
+const feed feeds[] = {{"whole", 0, 16u << 20, false},
+                      {"4KiB", 4096, 16u << 20, false},
+                      {"1B", 1, 2u << 20, false},
+                      {"whole-distinct", 0, 16u << 20, true}};
+const std::size_t sizes[] = {0, 64, 1024, 64 * 1024, 1024 * 1024};
+
+// The stream of the (size, feed) being measured. Benchmarks run in
+// registration order, grouped by stream, so one slot is enough: each stream
+// is built (and checked) once, not once per repetition.
+struct stream_slot {
+  std::size_t size = ~std::size_t{0};
+  const feed* f = nullptr;
+  std::string bytes;
+  std::size_t count = 0;
+} slot;
+
+const stream_slot& stream_for(std::size_t size, const feed& f) {
+  if (slot.size != size || slot.f != &f) {
+    slot.bytes = make_stream(size, std::max<std::size_t>(f.target_bytes, size * 4), slot.count, f.distinct);
+    slot.size = size;
+    slot.f = &f;
+    if (decode_ours(slot.bytes, f.chunk ? f.chunk : slot.bytes.size()) != slot.count) std::abort();
+#if RINGFRAME_BENCH_NLOHMANN
+    if (decode_nlohmann(slot.bytes, f.chunk ? f.chunk : slot.bytes.size()) != slot.count) std::abort();
+#endif
+  }
+  return slot;
+}
+
+template <class Decode>
+void bench_decode(benchmark::State& state, std::size_t size, const feed& f, Decode decode) {
+  const stream_slot& s = stream_for(size, f);
+  const std::size_t chunk = f.chunk ? f.chunk : s.bytes.size();
+  for (auto _ : state) benchmark::DoNotOptimize(decode(s.bytes, chunk));
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * s.count));
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * s.bytes.size()));
+}
+
+void bench_memcpy(benchmark::State& state, std::size_t size, const feed& f) {
+  const stream_slot& s = stream_for(size, f);
+  const std::size_t chunk = f.chunk ? f.chunk : s.bytes.size();
+  std::string dst(s.bytes.size(), '\0');
+  for (auto _ : state) {
+    for (std::size_t pos = 0; pos < s.bytes.size(); pos += chunk)
+      std::memcpy(dst.data() + pos, s.bytes.data() + pos, std::min(chunk, s.bytes.size() - pos));
+    benchmark::DoNotOptimize(dst.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * s.count));
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * s.bytes.size()));
+}
+
+void bench_encode(benchmark::State& state, std::size_t size) {
+  std::string content(size, 'x');
+  std::string out;
+  const std::size_t per_pass = std::max<std::size_t>(1, (8u << 20) / (size + 100));
+  header_fields h{"binary/custom-client-binary-type", "binary"};
+  auto bytes = std::as_bytes(std::span(content.data(), content.size()));
+  for (auto _ : state) {
+    out.clear();
+    for (std::size_t i = 0; i < per_pass; ++i)
+      if (!encode_frame(h, bytes, out)) std::abort();
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * per_pass));
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * out.size()));
+}
+
+void usage() {
+  std::printf(
+      "Usage: ringframe-bench-codec [--quick] [--json] [--size N] [--benchmark_...]\n"
+      "Decode/encode throughput of the framing codec on Google Benchmark.\n"
+      "  --quick    3 repetitions of at least 0.02 s (default: 7 of at least 0.05 s)\n"
+      "  --json     same as --benchmark_format=json\n"
+      "  --size N   only content size N (e.g. under callgrind); a --benchmark_filter\n"
+      "Any Google Benchmark flag is passed on, e.g. --benchmark_repetitions=20,\n"
+      "--benchmark_report_aggregates_only=false, --benchmark_out=FILE\n"
+      "--benchmark_out_format=json, --benchmark_filter=REGEX, --benchmark_list_tests.\n");
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  options o;
+  // Defaults first, so that the same flags given later on the command line win.
+  std::vector<std::string> args = {argv[0], "--benchmark_repetitions=7", "--benchmark_min_time=0.05",
+                                   "--benchmark_report_aggregates_only=true"};
+  const std::size_t first_user_arg = args.size();
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--quick") o.reps = 3, o.min_seconds = 0.02;
-    else if (a == "--json") o.json = true;
-    else if (a == "--size" && i + 1 < argc) o.only_size = std::atol(argv[++i]);
-    else if (a == "--help" || a == "-h") {
-      std::printf("Usage: ringframe-bench-codec [--quick] [--json]\n"
-                  "       ringframe-bench-codec --size N   (one content size, e.g. under callgrind)\n"
-                  "Decode/encode throughput of the framing codec; prints a table (and JSON lines with --json).\n");
+    if (a == "--quick") {
+      args.insert(args.begin() + static_cast<long>(first_user_arg), "--benchmark_min_time=0.02");
+      args.insert(args.begin() + static_cast<long>(first_user_arg), "--benchmark_repetitions=3");
+    } else if (a == "--json") {
+      args.push_back("--benchmark_format=json");
+    } else if (a == "--size" && i + 1 < argc) {
+      args.push_back(std::string("--benchmark_filter=/") + std::to_string(std::atol(argv[++i])) + "(/|$)");
+    } else if (a == "--help" || a == "-h") {
+      usage();
       return 0;
+    } else if (a.rfind("--benchmark_", 0) == 0 || a.rfind("--v=", 0) == 0) {
+      args.push_back(a);
     } else {
       std::fprintf(stderr, "ringframe-bench-codec: unknown argument '%s'\n", a.c_str());
       return 2;
     }
   }
-  const std::size_t sizes[] = {0, 64, 1024, 64 * 1024, 1024 * 1024};
-  struct feed {
-    const char* name;
-    std::size_t chunk;  // 0: whole buffer
-    std::size_t target_bytes;
-    bool distinct;
-  } feeds[] = {{"whole", 0, 16u << 20, false},
-               {"4KiB", 4096, 16u << 20, false},
-               {"1B", 1, 2u << 20, false},
-               {"whole-distinct", 0, 16u << 20, true}};
 
-  std::printf("feed: whole = one buffer, 4KiB / 1B = chunks of that size; -distinct = every header differs\n");
-  std::printf("%-8s %-14s %14s %10s %10s %8s %14s %8s\n", "size", "feed", "decode msg/s", "GB/s", "memcpy GB/s",
-              "of cpy", "nlohmann msg/s", "ours/nl");
-  std::vector<row> rows;
   for (std::size_t size : sizes) {
-    if (o.only_size >= 0 && size != static_cast<std::size_t>(o.only_size)) continue;
     for (const feed& f : feeds) {
-      std::size_t count = 0;
-      std::string stream = make_stream(size, std::max<std::size_t>(f.target_bytes, size * 4), count, f.distinct);
-      const std::size_t chunk = f.chunk ? f.chunk : stream.size();
-      if (decode_ours(stream, chunk) != count) std::abort();
-      double t = median_seconds(o, [&] { decode_ours(stream, chunk); });
-      std::string dst(stream.size(), '\0');
-      double tc = median_seconds(o, [&] {
-        for (std::size_t pos = 0; pos < stream.size(); pos += chunk)
-          std::memcpy(dst.data() + pos, stream.data() + pos, std::min(chunk, stream.size() - pos));
-        sink = static_cast<unsigned char>(dst[dst.size() / 2]);
-      });
-      row r{size, f.name, count / t, stream.size() / t / 1e9, stream.size() / tc / 1e9, 0};
+      const std::string suffix = std::string("/") + f.name + "/" + std::to_string(size);
+      benchmark::RegisterBenchmark(("decode/ringframe" + suffix).c_str(),
+                                   [size, &f](benchmark::State& st) { bench_decode(st, size, f, decode_ours); });
+      benchmark::RegisterBenchmark(("decode/memcpy" + suffix).c_str(),
+                                   [size, &f](benchmark::State& st) { bench_memcpy(st, size, f); });
 #if RINGFRAME_BENCH_NLOHMANN
-      if (decode_nlohmann(stream, chunk) != count) std::abort();
-      r.nl_msgs_per_s = count / median_seconds(o, [&] { decode_nlohmann(stream, chunk); });
+      benchmark::RegisterBenchmark(("decode/nlohmann" + suffix).c_str(),
+                                   [size, &f](benchmark::State& st) { bench_decode(st, size, f, decode_nlohmann); });
 #endif
-      rows.push_back(r);
-      char nl[32] = "-", ratio[32] = "-";
-      if (r.nl_msgs_per_s > 0) {
-        std::snprintf(nl, sizeof nl, "%.0f", r.nl_msgs_per_s);
-        std::snprintf(ratio, sizeof ratio, "%.1fx", r.msgs_per_s / r.nl_msgs_per_s);
-      }
-      std::printf("%-8zu %-14s %14.0f %10.3f %10.3f %7.0f%% %14s %8s\n", size, f.name, r.msgs_per_s, r.gb_per_s,
-                  r.memcpy_gb_per_s, 100 * r.gb_per_s / r.memcpy_gb_per_s, nl, ratio);
-      std::fflush(stdout);
     }
   }
+  for (std::size_t size : sizes)
+    benchmark::RegisterBenchmark(("encode/" + std::to_string(size)).c_str(),
+                                 [size](benchmark::State& st) { bench_encode(st, size); });
 
-  std::printf("\n%-8s %14s %10s\n", "size", "encode msg/s", "GB/s");
-  std::vector<std::pair<std::size_t, std::pair<double, double>>> enc;
-  for (std::size_t size : sizes) {
-    if (o.only_size >= 0) break;
-    std::string content(size, 'x');
-    std::string out;
-    std::size_t per_pass = std::max<std::size_t>(1, (8u << 20) / (size + 100));
-    header_fields h{"binary/custom-client-binary-type", "binary"};
-    auto bytes = std::as_bytes(std::span(content.data(), content.size()));
-    double t = median_seconds(o, [&] {
-      out.clear();
-      for (std::size_t i = 0; i < per_pass; ++i)
-        if (!encode_frame(h, bytes, out)) std::abort();
-      sink = out.size();
-    });
-    double mps = per_pass / t, gbs = static_cast<double>(out.size()) / t / 1e9;
-    enc.push_back({size, {mps, gbs}});
-    std::printf("%-8zu %14.0f %10.3f\n", size, mps, gbs);
-  }
-
-  // Whole-buffer versus 1-byte chunks, per message: the cost of tiny reads.
-  std::printf("\n%-8s %22s\n", "size", "1B/whole time per msg");
-  for (std::size_t size : sizes) {
-    if (o.only_size >= 0 && size != static_cast<std::size_t>(o.only_size)) continue;
-    double whole = 0, byte = 0;
-    for (auto& r : rows) {
-      if (r.size != size) continue;
-      if (std::string(r.feed) == "whole") whole = r.msgs_per_s;
-      if (std::string(r.feed) == "1B") byte = r.msgs_per_s;
-    }
-    std::printf("%-8zu %21.1fx\n", size, whole / byte);
-  }
-
-  if (o.json) {
-    for (auto& r : rows)
-      std::printf("{\"bench\":\"decode\",\"size\":%zu,\"feed\":\"%s\",\"msgs_per_s\":%.0f,\"gb_per_s\":%.4f,"
-                  "\"memcpy_gb_per_s\":%.4f,\"nlohmann_msgs_per_s\":%.0f}\n",
-                  r.size, r.feed, r.msgs_per_s, r.gb_per_s, r.memcpy_gb_per_s, r.nl_msgs_per_s);
-    for (auto& [size, v] : enc)
-      std::printf("{\"bench\":\"encode\",\"size\":%zu,\"msgs_per_s\":%.0f,\"gb_per_s\":%.4f}\n", size, v.first, v.second);
-  }
+  std::vector<char*> cargs;
+  for (auto& a : args) cargs.push_back(a.data());
+  int cargc = static_cast<int>(cargs.size());
+  cargs.push_back(nullptr);
+  benchmark::Initialize(&cargc, cargs.data());
+  if (benchmark::ReportUnrecognizedArguments(cargc, cargs.data())) return 2;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
   return 0;
 }

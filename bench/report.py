@@ -17,14 +17,22 @@ memory = [r for r in rows if r["bench"] == "memory"]
 
 print(f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, Linux {machine.get('kernel')}; {machine.get('date')}\n")
 
-print("### Decode (ringframe-bench-codec; median of repetitions)\n")
+# Google Benchmark builds (bench/codec_jsonl.py) add the repetitions and each
+# median's coefficient of variation; the hand-timed build gives medians only.
+gb = next((r for r in decode if r.get("source") == "google-benchmark"), None)
+cvs = lambda r, k: f" ({100 * r[k]:.0f}%)" if r.get(k) is not None else ""
+if gb:
+    print(f"### Decode (ringframe-bench-codec on Google Benchmark; median of {gb['repetitions']} repetitions, "
+          "per CPU second; (n%) = coefficient of variation)\n")
+else:
+    print("### Decode (ringframe-bench-codec, hand-timed; median of repetitions)\n")
 print("| content | feed | msg/s | GB/s | of memcpy | nlohmann msg/s | ours / nlohmann |")
 print("|---:|---|---:|---:|---:|---:|---:|")
 for r in decode:
     nl = r["nlohmann_msgs_per_s"]
     ratio = f"{r['msgs_per_s'] / nl:.1f}x" if nl else "-"
-    print(f"| {r['size']} B | {r['feed']} | {r['msgs_per_s']:,.0f} | {r['gb_per_s']:.2f} | "
-          f"{100 * r['gb_per_s'] / r['memcpy_gb_per_s']:.0f}% | {nl:,.0f} | {ratio} |")
+    print(f"| {r['size']} B | {r['feed']} | {r['msgs_per_s']:,.0f}{cvs(r, 'msgs_per_s_cv')} | {r['gb_per_s']:.2f} | "
+          f"{100 * r['gb_per_s'] / r['memcpy_gb_per_s']:.0f}% | {nl:,.0f}{cvs(r, 'nlohmann_msgs_per_s_cv') if nl else ''} | {ratio} |")
 print("\n| content | 1-byte chunks vs whole buffer, time per message |")
 print("|---:|---:|")
 for size in sorted({r["size"] for r in decode}):
@@ -35,7 +43,7 @@ print("\n### Encode\n")
 print("| content | msg/s | GB/s |")
 print("|---:|---:|---:|")
 for r in encode:
-    print(f"| {r['size']} B | {r['msgs_per_s']:,.0f} | {r['gb_per_s']:.2f} |")
+    print(f"| {r['size']} B | {r['msgs_per_s']:,.0f}{cvs(r, 'msgs_per_s_cv')} | {r['gb_per_s']:.2f} |")
 
 print("\n### End to end (ringframe-load; framed = frame-echo server, raw = echo server, ceiling = peer-uring-echo)\n")
 print("| connections | depth | content | framed msg/s | raw msg/s | ceiling msg/s | framed / raw | framed / ceiling | raw / ceiling | server CPU ns/msg framed / raw / ceiling | framed p50 / p99 / p99.9 us | raw p50 / p99 / p99.9 us | ceiling p50 / p99 / p99.9 us |")
