@@ -486,3 +486,48 @@ TEST_CASE("an empty buffer ring grows, up to its limit, and every byte still arr
   CHECK(run.buffers > 2);
   CHECK(run.buffers <= 60);
 }
+
+namespace {
+
+// Round trips of `size`-byte frames, one at a time, on a fresh connection.
+task<void> fast_client(executor* ex, address to, int rounds, std::size_t size, int* done) {
+  result<ringframe::socket> s = co_await ringframe::connect(*ex, to, {.timeout = 5s});
+  REQUIRE(s);
+  connection_options o;
+  o.idle_timeout = o.message_timeout = 10s;
+  connection conn(std::move(*s), o);
+  const std::string content(size, 'f');
+  for (int i = 0; i < rounds; ++i) {
+    result<void> w = co_await conn.write(message::binary(content, "t"));
+    REQUIRE(w);
+    result<message_view> m = co_await conn.read_message();
+    REQUIRE(m);
+    REQUIRE(m->content.size() == size);
+  }
+  ++*done;
+}
+
+}  // namespace
+
+TEST_CASE("a slow reader sending large frames beside fast clients: the fast ones finish, the slow one is held back") {
+  test_server ts(framed(&frame_echo_handler));
+  // The slow peer pipelines 64 KiB frames and never reads its echoes: the
+  // server stops reading from it once its replies back up (backpressure).
+  ringframe::socket slow;
+  ts.ex.run(connect_into(&ts.ex, ts.to, &slow));
+  int slow_sent = 0;
+  ts.ex.spawn(send_without_reading(&slow, frame_of(message::binary(std::string(64 * 1024, 's'), "t")), 2000, &slow_sent));
+  ts.ex.run(pause(&ts.ex, 100ms));
+  // Ten fast clients, 200 round trips each, 1 KiB and 64 KiB.
+  int done = 0;
+  for (int i = 0; i < 10; ++i) ts.ex.spawn(fast_client(&ts.ex, ts.to, 200, i % 2 ? 1024 : 64 * 1024, &done));
+  auto t0 = clk::now();
+  // Bound generous enough for a noisy machine: they take well under a second here.
+  ts.run_until([&] { return done == 10; }, 30s);
+  MESSAGE("10 fast clients x 200 round trips beside the slow reader: "
+          << std::chrono::duration_cast<std::chrono::milliseconds>(clk::now() - t0).count() << " ms; the slow one got "
+          << slow_sent << " of 2000 frames in");
+  CHECK(slow_sent < 2000);                      // still held back
+  CHECK(ts.srv.live_connections() >= 1);        // and still connected
+  reset(slow);
+}
