@@ -154,8 +154,9 @@ class frame_decoder {
   bool mid_frame() const noexcept { return buffered() > 0; }
   std::size_t capacity() const noexcept { return cap_; }
   // Give the buffer back when nothing is buffered (idle connections): to a
-  // per-thread pool (16 KiB ones, and powers of two up to 4 MiB, 32 MiB of
-  // those at most), from which the next decoder on the thread takes it.
+  // per-thread pool (16 KiB ones, and larger ones of a size class up to
+  // 4 MiB, 32 MiB of those at most), from which the next decoder on the
+  // thread takes it.
   void shrink_if_idle() noexcept;
   const frame_limits& limits() const noexcept { return limits_; }
 

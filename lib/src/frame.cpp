@@ -226,27 +226,40 @@ std::vector<std::unique_ptr<std::byte[]>>& pool() {
   return p;
 }
 
-// Larger buffers (a power of two from 32 KiB to 4 MiB) are kept per thread
-// too, up to large_pool_budget bytes in all: a connection that receives
-// large frames one at a time goes idle between them and gives its buffer
-// back; freeing it and allocating a fresh one for the next frame cost more
-// than the frame's own copy (glibc returns the pages with madvise and the
-// next frame faults them in again, zeroed: docs/io-path.md, "Large frames").
+// Larger buffers, up to 4 MiB, are kept per thread too, up to
+// large_pool_budget bytes in all: a connection that receives large frames
+// one at a time goes idle between them and gives its buffer back; freeing it
+// and allocating a fresh one for the next frame cost more than the frame's
+// own copy (glibc returns the pages with madvise and the next frame faults
+// them in again, zeroed: docs/io-path.md, "Large frames"). Their sizes are
+// rounded up to a class, four per power of two (p * 5/4, 6/4, 7/4, 2 for p
+// from 16 KiB to 2 MiB), so a buffer serves frames of about its size while
+// wasting at most a quarter of it.
 constexpr std::size_t large_pool_budget = 32u << 20;
-constexpr unsigned first_large_class = 15, last_large_class = 22;  // 32 KiB .. 4 MiB
+constexpr std::size_t largest_class = std::size_t{4} << 20;
+constexpr unsigned first_p_log2 = 14;  // 16 KiB
+constexpr unsigned p_count = 8;        // 16 KiB .. 2 MiB
 struct large_pool {
-  std::vector<std::unique_ptr<std::byte[]>> by_class[last_large_class - first_large_class + 1];
+  std::vector<std::unique_ptr<std::byte[]>> by_class[p_count * 4];
   std::size_t bytes = 0;
 };
 large_pool& large() {
   static thread_local large_pool p;
   return p;
 }
-// The class of a capacity (its log2), or 0 when it is not pooled.
-unsigned large_class(std::size_t cap) {
-  if (cap <= pooled_size || (cap & (cap - 1)) != 0) return 0;
-  unsigned c = static_cast<unsigned>(std::countr_zero(cap));
-  return c >= first_large_class && c <= last_large_class ? c : 0;
+// The class at or above n (n itself outside the pooled range).
+std::size_t round_to_class(std::size_t n) {
+  if (n <= pooled_size || n > largest_class) return n;
+  const std::size_t step = std::bit_floor(n - 1) / 4;
+  return (n + step - 1) / step * step;
+}
+// The pool slot of a capacity, or -1 when it is not a class size.
+int large_class(std::size_t cap) {
+  if (cap <= pooled_size || cap > largest_class) return -1;
+  const std::size_t p = std::bit_floor(cap - 1), step = p / 4;
+  if (cap % step != 0) return -1;
+  const unsigned lg = static_cast<unsigned>(std::countr_zero(p));
+  return static_cast<int>((lg - first_p_log2) * 4 + (cap / step - 5));
 }
 }  // namespace
 
@@ -277,17 +290,17 @@ void frame_decoder::reserve_free(std::size_t free_needed) {
   std::size_t newcap = std::max({total, cap_ <= max_buffer / 2 ? cap_ * 2 : max_buffer, pooled_size});
   const std::size_t largest = sat_add(2 + 0xffff + limits_.max_content_length, free_needed);
   newcap = std::min({newcap, std::max(largest, total), max_buffer});
-  // Up to 4 MiB, a power of two: the per-thread pool reuses it.
-  if (newcap > pooled_size && newcap <= (std::size_t{1} << last_large_class)) newcap = std::bit_ceil(newcap);
+  // Up to 4 MiB, a pool class: the per-thread pool reuses it.
+  newcap = round_to_class(newcap);
   // Default-initialised: only the padding simdjson may read past the end of
   // a document is cleared, not the whole buffer.
   std::unique_ptr<std::byte[]> nb;
-  const unsigned cls = large_class(newcap);
+  const int cls = large_class(newcap);
   if (newcap == pooled_size && !pool().empty()) {
     nb = std::move(pool().back());
     pool().pop_back();
-  } else if (cls && !large().by_class[cls - first_large_class].empty()) {
-    auto& v = large().by_class[cls - first_large_class];
+  } else if (cls >= 0 && !large().by_class[cls].empty()) {
+    auto& v = large().by_class[cls];
     nb = std::move(v.back());
     v.pop_back();
     large().bytes -= newcap;
@@ -338,8 +351,8 @@ void frame_decoder::shrink_if_idle() noexcept {
   if (end_ - begin_ == 0 && consume_on_next_ == 0 && buf_) {
     if (cap_ == pooled_size && pool().size() < 1024) {
       pool().push_back(std::move(buf_));
-    } else if (unsigned cls = large_class(cap_); cls && large().bytes + cap_ <= large_pool_budget) {
-      large().by_class[cls - first_large_class].push_back(std::move(buf_));
+    } else if (int cls = large_class(cap_); cls >= 0 && large().bytes + cap_ <= large_pool_budget) {
+      large().by_class[cls].push_back(std::move(buf_));
       large().bytes += cap_;
     }
     buf_.reset();
