@@ -21,6 +21,8 @@
 // machine is shared, and wall time counts other processes' turns). Repetitions, aggregates and JSON are the
 // library's: by default 7 repetitions of at least 0.05 s each, aggregates
 // only (mean, median, stddev, cv).
+#include "codec_streams.hpp"
+
 #include <ringframe/frame.hpp>
 
 #include <benchmark/benchmark.h>
@@ -40,75 +42,19 @@ using namespace ringframe;
 
 namespace {
 
-// `distinct`: every header differs (an extra "seq" key), so no message can
-// reuse the previous header's parse.
-std::string make_stream(std::size_t content_size, std::size_t target_bytes, std::size_t& count, bool distinct = false) {
-  std::string content(content_size, '\0');
-  for (std::size_t i = 0; i < content_size; ++i) content[i] = static_cast<char>(i * 31 + 7);
-  message m = message::binary(content, "binary/custom-client-binary-type");
-  std::string one;
-  if (!encode_frame(m, one)) std::abort();
-  count = std::max<std::size_t>(1, target_bytes / (one.size() + (distinct ? 16 : 0)));
-  std::string s;
-  s.reserve(count * (one.size() + 24));
-  for (std::size_t i = 0; i < count; ++i) {
-    if (distinct) {
-      m.extra = {{"seq", std::to_string(i)}};
-      if (!encode_frame(m, s)) std::abort();
-    } else {
-      s += one;
-    }
-  }
-  return s;
-}
+using codec_bench::make_stream;
 
 std::size_t decode_ours(const std::string& stream, std::size_t chunk) {
-  frame_decoder d;
-  std::size_t n = 0, bytes = 0;
-  message_view v;
-  for (std::size_t pos = 0; pos < stream.size(); pos += chunk) {
-    const std::size_t len = std::min(chunk, stream.size() - pos);
-    auto room = d.prepare(len);
-    std::memcpy(room.data(), stream.data() + pos, len);  // what recv would do
-    d.commit(len);
-    frame_decoder::status st;
-    while ((st = d.next(v)) == frame_decoder::status::message) {
-      ++n;
-      bytes += v.content.size();
-    }
-    if (st == frame_decoder::status::error) std::abort();
-  }
+  std::size_t bytes;
+  std::size_t n = codec_bench::decode_ours(stream, chunk, bytes);
   benchmark::DoNotOptimize(bytes);
   return n;
 }
 
 #if RINGFRAME_BENCH_NLOHMANN
-// How most users write it: append to a std::string, parse the header with
-// nlohmann::json, copy the content out, erase what was consumed.
 std::size_t decode_nlohmann(const std::string& stream, std::size_t chunk) {
-  std::string buf;
-  std::size_t n = 0, bytes = 0;
-  for (std::size_t pos = 0; pos < stream.size(); pos += chunk) {
-    buf.append(stream, pos, std::min(chunk, stream.size() - pos));
-    std::size_t at = 0;
-    for (;;) {
-      if (buf.size() - at < 2) break;
-      std::size_t hlen = (static_cast<unsigned char>(buf[at]) << 8) | static_cast<unsigned char>(buf[at + 1]);
-      if (buf.size() - at < 2 + hlen) break;
-      auto header = nlohmann::json::parse(buf.begin() + static_cast<long>(at + 2),
-                                          buf.begin() + static_cast<long>(at + 2 + hlen));
-      std::size_t clen = header.at("content-length").get<std::size_t>();
-      if (buf.size() - at < 2 + hlen + clen) break;
-      std::string content_type = header.at("content-type").get<std::string>();
-      std::string encoding = header.at("content-encoding").get<std::string>();
-      std::string byteorder = header.at("byteorder").get<std::string>();
-      std::string content = buf.substr(at + 2 + hlen, clen);
-      bytes += content.size() + content_type.size() + encoding.size() + byteorder.size();
-      ++n;
-      at += 2 + hlen + clen;
-    }
-    buf.erase(0, at);
-  }
+  std::size_t bytes;
+  std::size_t n = codec_bench::decode_nlohmann(stream, chunk, bytes);
   benchmark::DoNotOptimize(bytes);
   return n;
 }

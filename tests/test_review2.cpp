@@ -19,6 +19,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -84,23 +85,35 @@ task<void> later(executor* ex, std::chrono::milliseconds d, std::stop_source* sr
 
 // The batch is taken whole (its result, F_MORE, is dispatched: releasing)
 // and its pages wait behind a closed window; a stop afterwards ends the flush.
-void zc_stop_after_result(bool executor_stop) {
+// A zero-copy writer whose peer does not read, behind a closed window: a
+// SEND_ZC is taken whole at once and its pages then wait for the peer.
+struct zc_scene {
   executor ex;
-  auto [s, c] = ex.run(testing::tcp_pair(&ex));
-  int rcv = 4096;
-  REQUIRE(::setsockopt(c.fd(), SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv) == 0);
-  close_window(s.fd());
-  std::stop_source src;
-  s.set_stop_token(src.get_token());
-  connection_options wo;
-  wo.zero_copy_threshold = 1;
-  wo.write_timeout = 0s;
-  connection writer(std::move(s), wo);
-  rescuer r(c.fd());
+  ringframe::socket peer;
+  std::stop_source src;  // the writer socket's stop token
+  std::optional<connection> writer;
+  zc_scene() {
+    auto [s, c] = ex.run(testing::tcp_pair(&ex));
+    int rcv = 4096;
+    REQUIRE(::setsockopt(c.fd(), SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv) == 0);
+    close_window(s.fd());
+    s.set_stop_token(src.get_token());
+    connection_options wo;
+    wo.zero_copy_threshold = 1;
+    wo.write_timeout = 0s;
+    writer.emplace(std::move(s), wo);
+    peer = std::move(c);
+  }
+};
+
+void zc_stop_after_result(bool executor_stop) {
+  zc_scene sc;
+  executor& ex = sc.ex;
+  rescuer r(sc.peer.fd());
   std::error_code err;
   bool done = false;
-  ex.spawn(zc_flush(&writer, &err, &done));
-  ex.spawn(later(&ex, 100ms, executor_stop ? nullptr : &src));
+  ex.spawn(zc_flush(&*sc.writer, &err, &done));
+  ex.spawn(later(&ex, 100ms, executor_stop ? nullptr : &sc.src));
   ex.run_until_idle();
   r.done();
   CHECK(done);
@@ -177,28 +190,17 @@ task<void> stop_then_zc_flush(connection* c, nop_hook* hook, std::error_code* er
   *done = true;
 }
 
-
-
 void zc_stop_race(bool executor_stop) {
-  executor ex;
-  auto [s, c] = ex.run(testing::tcp_pair(&ex));
-  int rcv = 4096;
-  REQUIRE(::setsockopt(c.fd(), SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv) == 0);
-  close_window(s.fd());
-  std::stop_source src;
-  s.set_stop_token(src.get_token());
-  connection_options wo;
-  wo.zero_copy_threshold = 1;
-  wo.write_timeout = 0s;
-  connection writer(std::move(s), wo);
+  zc_scene sc;
+  executor& ex = sc.ex;
   nop_hook hook;
   hook.ex = &ex;
-  hook.src = &src;
+  hook.src = &sc.src;
   hook.fn = executor_stop ? +[](nop_hook* h) { h->ex->stop(); } : +[](nop_hook* h) { h->src->request_stop(); };
-  rescuer r(c.fd());
+  rescuer r(sc.peer.fd());
   std::error_code err;
   bool done = false;
-  ex.spawn(stop_then_zc_flush(&writer, &hook, &err, &done));
+  ex.spawn(stop_then_zc_flush(&*sc.writer, &hook, &err, &done));
   auto t0 = clk::now();
   ex.run_until_idle();
   auto took = clk::now() - t0;
