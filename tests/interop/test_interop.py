@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 
-server_bin, client_bin = sys.argv[1], sys.argv[2]
 here = os.path.dirname(os.path.abspath(__file__))
 env = dict(os.environ, PYTHONIOENCODING="utf-8")
 failures = []
@@ -44,33 +43,39 @@ def run(cmd):
     return subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", env=env, timeout=30)
 
 
-# 1. ringframe-server <- tutorial client
-srv, port = start([server_bin, "--mode", "app", "-q", "127.0.0.1", "0"])
-try:
-    for (action, value), want in CASES:
-        r = run([sys.executable, os.path.join(here, "tutorial_client.py"), "127.0.0.1", port, action, value])
-        got = r.stdout.splitlines()[-1] if r.stdout else ""
-        check(r.returncode == 0 and got == want, f"python client -> ringframe-server: {action} {value!r}: {got!r} {r.stderr[-200:]!r}")
-finally:
-    srv.send_signal(signal.SIGTERM)
-    out, _ = srv.communicate(timeout=10)
-check(srv.returncode == 0 and "0 malformed" in out, f"ringframe-server exits cleanly: {out.strip()[-160:]!r}")
+def main(server_bin, client_bin):
+    # 1. ringframe-server <- tutorial client
+    srv, port = start([server_bin, "--mode", "app", "-q", "127.0.0.1", "0"])
+    try:
+        for (action, value), want in CASES:
+            r = run([sys.executable, os.path.join(here, "tutorial_client.py"), "127.0.0.1", port, action, value])
+            got = r.stdout.splitlines()[-1] if r.stdout else ""
+            check(r.returncode == 0 and got == want, f"python client -> ringframe-server: {action} {value!r}: {got!r} {r.stderr[-200:]!r}")
+    finally:
+        srv.send_signal(signal.SIGTERM)
+        out, _ = srv.communicate(timeout=10)
+    check(srv.returncode == 0 and "0 malformed" in out, f"ringframe-server exits cleanly: {out.strip()[-160:]!r}")
 
-# 2. ringframe-client -> tutorial server
-py, port = start([sys.executable, "-u", os.path.join(here, "tutorial_server.py"), "127.0.0.1", "0"])
-try:
-    for (action, value), want in CASES:
-        r = run([client_bin, "app", "127.0.0.1", port, action, value])
-        lines = r.stdout.splitlines()
-        check(r.returncode == 0 and want in lines, f"ringframe-client -> python server: {action} {value!r}: {lines[-2:]!r} {r.stderr[-200:]!r}")
-    # The tutorial server closes after one response: a second request on the
-    # same connection must fail cleanly, saying so.
-    r = run([client_bin, "--repeat", "2", "app", "127.0.0.1", port, "search", "ring"])
-    check(r.returncode == 1 and "after 1 of 2 responses: the server closed the connection" in r.stderr,
-          f"repeat against a one-shot server fails clearly: {r.stderr.strip()!r}")
-finally:
-    py.kill()
-    py.wait()
+    # 2. ringframe-client -> tutorial server
+    py, port = start([sys.executable, "-u", os.path.join(here, "tutorial_server.py"), "127.0.0.1", "0"])
+    try:
+        for (action, value), want in CASES:
+            r = run([client_bin, "app", "127.0.0.1", port, action, value])
+            lines = r.stdout.splitlines()
+            check(r.returncode == 0 and want in lines, f"ringframe-client -> python server: {action} {value!r}: {lines[-2:]!r} {r.stderr[-200:]!r}")
+        # The tutorial server closes after one response: a second request on the
+        # same connection must fail cleanly, saying so.
+        r = run([client_bin, "--repeat", "2", "app", "127.0.0.1", port, "search", "ring"])
+        check(r.returncode == 1 and "after 1 of 2 responses: the server closed the connection" in r.stderr,
+              f"repeat against a one-shot server fails clearly: {r.stderr.strip()!r}")
+    finally:
+        py.kill()
+        py.wait()
 
-print(f"{len(CASES) * 2 + 2 - len(failures)} passed, {len(failures)} failed")
-sys.exit(1 if failures else 0)
+    print(f"{len(CASES) * 2 + 2 - len(failures)} passed, {len(failures)} failed")
+    return 1 if failures else 0
+
+
+# e2e_seccomp.py imports CASES from here: run only as a script.
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))
