@@ -19,6 +19,14 @@
 
 namespace testing {
 
+// For tests of what only the io_uring backend has (SEND_ZC's held pages, a
+// completion queue that overflows): the suite also runs with
+// RINGFRAME_BACKEND=epoll, which would otherwise test something else.
+inline ringframe::executor_options on_io_uring(ringframe::executor_options o = {}) {
+  o.backend = ringframe::backend_kind::io_uring;
+  return o;
+}
+
 // A connected pair of AF_UNIX stream sockets, both owned by `ex`.
 inline std::pair<ringframe::socket, ringframe::socket> socket_pair(ringframe::executor& ex) {
   int fds[2];

@@ -13,7 +13,6 @@
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
-#include <liburing.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -138,10 +137,7 @@ task<void> send_all_stopped_midway(executor* ex, ringframe::socket* s, std::stop
   stop_on_nop nop;
   nop.on_cqe = &stop_on_nop::fired;
   nop.src = src;
-  io_uring_sqe* sqe = ex->get_sqe(1);
-  io_uring_prep_nop(sqe);
-  io_uring_sqe_set_data64(sqe, detail::key_of(&nop));
-  ex->note_submitted(1);
+  ex->submit(detail::io_request{.op = detail::io_op::nop, .key = detail::key_of(&nop)});
   std::stop_token tok = src->get_token();
   // The first send takes what fits in the socket buffer at once (a short
   // send); its CQE follows the NOP's, after the stop was requested.
@@ -283,10 +279,7 @@ void nop_chain::submit(executor* ex, std::vector<int>* seen, int* next_id, int b
   n->next_id = next_id;
   n->id = (*next_id)++;
   n->budget = budget;
-  io_uring_sqe* sqe = ex->get_sqe(1);
-  io_uring_prep_nop(sqe);
-  io_uring_sqe_set_data64(sqe, detail::key_of(n.get()));
-  ex->note_submitted(1);
+  ex->submit(detail::io_request{.op = detail::io_op::nop, .key = detail::key_of(n.get())});
   chain_store->push_back(std::move(n));
 }
 

@@ -13,7 +13,6 @@
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
-#include <liburing.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -267,10 +266,7 @@ TEST_CASE("R4: an executor destroyed with completions reaped but not yet dispatc
     n.hits = &hits;
     // A get_sqe that finds the queue full submits it and reaps what completed
     // into the executor's completion queue, for the next turn to dispatch.
-    io_uring_sqe* sqe = ex->get_sqe(1);
-    io_uring_prep_nop(sqe);
-    io_uring_sqe_set_data64(sqe, detail::key_of(&n));
-    ex->note_submitted(1);
+    ex->submit(detail::io_request{.op = detail::io_op::nop, .key = detail::key_of(&n)});
   }
   auto t0 = clk::now();
   ex.reset();  // no turn ran: the reaped NOPs are still in completed_

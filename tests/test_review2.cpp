@@ -12,7 +12,6 @@
 
 #include <doctest/doctest.h>
 
-#include <liburing.h>
 #include <sys/socket.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -88,7 +87,7 @@ task<void> later(executor* ex, std::chrono::milliseconds d, std::stop_source* sr
 // A zero-copy writer whose peer does not read, behind a closed window: a
 // SEND_ZC is taken whole at once and its pages then wait for the peer.
 struct zc_scene {
-  executor ex;
+  executor ex{testing::on_io_uring()};  // the kernel holding SEND_ZC pages
   ringframe::socket peer;
   std::stop_source src;  // the writer socket's stop token
   std::optional<connection> writer;
@@ -173,10 +172,7 @@ struct nop_hook : detail::completion {
   std::stop_source* src = nullptr;
   void submit() {
     on_cqe = [](detail::completion* c, int, unsigned, bool) { auto* h = static_cast<nop_hook*>(c); h->fn(h); };
-    io_uring_sqe* sqe = ex->get_sqe(1);
-    io_uring_prep_nop(sqe);
-    io_uring_sqe_set_data64(sqe, detail::key_of(this));
-    ex->note_submitted(1);
+    ex->submit(detail::io_request{.op = detail::io_op::nop, .key = detail::key_of(this)});
   }
 };
 

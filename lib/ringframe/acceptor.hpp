@@ -1,6 +1,7 @@
 // acceptor: one multishot accept (IORING_OP_ACCEPT with IORING_ACCEPT_MULTISHOT,
-// Linux 5.19) that stays armed on a listener and yields a connection per
-// completion: one SQE for any number of connections instead of one each.
+// Linux 5.19; on the epoll backend, accept4 until EAGAIN on each edge) that
+// stays armed on a listener and yields a connection per completion: one
+// request for any number of connections instead of one each.
 //
 // The kernel ends a multishot request on an error (EMFILE, ENFILE, ...) or a
 // cancellation; next() reports that error once and re-arms on the call after.
@@ -9,6 +10,7 @@
 #pragma once
 
 #include <ringframe/detail/completion.hpp>
+#include <ringframe/detail/deferred_call.hpp>
 #include <ringframe/executor.hpp>
 #include <ringframe/result.hpp>
 #include <ringframe/socket.hpp>
@@ -50,11 +52,17 @@ class acceptor : private detail::completion {
   bool ready();
   result<socket> take();
   void arm();
-  void cancel() noexcept;
+  void request_cancel() noexcept;  // any thread
+  void cancel() noexcept;          // the executor's thread
 
   struct canceller {
     acceptor* a;
-    void operator()() noexcept { a->cancel(); }
+    void operator()() noexcept { a->request_cancel(); }
+  };
+  struct deferred_cancel : detail::deferred_call {
+    explicit deferred_cancel(acceptor* owner) noexcept : deferred_call(&deferred_cancel::run), a(owner) {}
+    acceptor* a;
+    static void run(detail::deferred_call* d, bool run);
   };
 
   socket& listener_;
@@ -64,6 +72,7 @@ class acceptor : private detail::completion {
   int terminal_ = 0;  // -errno that ended the last request, not yet reported
   bool armed_ = false;
   std::coroutine_handle<> waiter_;
+  deferred_cancel deferred_{this};
   std::optional<std::stop_callback<canceller>> stop_cb_;
 };
 

@@ -9,17 +9,22 @@
 // recycle() need only the id a completion carries, whichever part it came
 // from; older parts keep serving the recvs armed before.
 //
+// On the epoll backend the same buffers are handed out by take() from a
+// free list: a recv takes one only when data is there to read into it, and
+// gives it back when it reads nothing, so the contract above holds.
+//
 // Each buffer is followed by SIMDJSON_PADDING spare bytes, so its content can
 // be parsed in place like the decoder's own buffer.
 #pragma once
-
-#include <liburing.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
 #include <vector>
+
+struct io_uring;
+struct io_uring_buf_ring;
 
 namespace ringframe {
 
@@ -28,8 +33,9 @@ class buffer_ring {
   static constexpr std::size_t padding = 64;
 
   // Registers `count` (a power of two) buffers of `size` bytes as group
-  // `group`; grow() may take it to `max_count` in all. Throws
-  // std::system_error when the kernel refuses.
+  // `group` with `ring`; grow() may take it to `max_count` in all. Throws
+  // std::system_error when the kernel refuses. A null `ring`: the buffers
+  // are handed out by take() instead (the epoll backend).
   buffer_ring(io_uring* ring, unsigned count, std::size_t size, std::uint16_t group, unsigned max_count = 0);
   ~buffer_ring();
   buffer_ring(const buffer_ring&) = delete;
@@ -45,8 +51,15 @@ class buffer_ring {
     const part& p = part_of(id);
     return {p.base.get() + static_cast<std::size_t>(id - p.first_id) * stride(), len};
   }
-  // Give buffer `id` back to the kernel.
+  // Give buffer `id` back (to the kernel, or to the free list).
   void recycle(std::uint16_t id) noexcept;
+  // Without a ring: take a free buffer's id; false when every one is in use.
+  bool take(std::uint16_t& id) noexcept {
+    if (free_.empty()) return false;
+    id = free_.back();
+    free_.pop_back();
+    return true;
+  }
   // Register a new part with twice as many buffers as the last one; false
   // when that would pass max_count or the kernel refuses (nothing changes).
   bool grow() noexcept;
@@ -70,6 +83,7 @@ class buffer_ring {
   void add_part(unsigned count, std::uint16_t group);  // throws std::system_error
 
   io_uring* ring_;
+  std::vector<std::uint16_t> free_;  // without a ring: the buffers not in use
   std::size_t size_;
   unsigned total_ = 0;
   unsigned max_count_;

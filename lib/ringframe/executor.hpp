@@ -1,11 +1,14 @@
-// executor: one io_uring and the loop that drives the coroutines using it.
+// executor: the loop that drives the coroutines of one thread, and the I/O
+// backend (io_uring, or epoll where io_uring is refused) it drives them on.
 //
 // One executor per thread, the one that created it. Only defer() and
 // spawn_on() may be called from other threads; everything else belongs to the
-// executor's thread. The loop submits every queued SQE in one io_uring_enter,
-// then reaps every completion that is ready before it waits again, so a busy
-// executor makes one system call per batch, not per operation. Completions
-// are dispatched strictly in the order the kernel posted them.
+// executor's thread. The loop hands every request queued during a turn to the
+// kernel at once (one io_uring_enter), then takes every completion that is
+// ready before it waits again, so a busy executor makes one system call per
+// batch, not per operation. Completions are dispatched strictly in the order
+// they were posted. See detail/io_backend.hpp for the seam between the loop
+// and the kernel.
 #pragma once
 
 #include <ringframe/buffer_ring.hpp>
@@ -13,9 +16,8 @@
 #include <ringframe/detail/completion.hpp>
 #include <ringframe/detail/deferred_call.hpp>
 #include <ringframe/detail/detached.hpp>
+#include <ringframe/detail/io_backend.hpp>
 #include <ringframe/task.hpp>
-
-#include <liburing.h>
 
 #include <atomic>
 #include <chrono>
@@ -26,6 +28,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <thread>
 #include <vector>
@@ -50,6 +53,17 @@ struct stop_listener {
 // neither; executor::setup_mode() says which one the kernel accepted.
 enum class ring_setup { fastest, coop_taskrun, plain };
 
+// Which kernel interface the executor runs on. `automatic` (the default)
+// takes the environment variable RINGFRAME_BACKEND (io_uring, epoll or
+// auto) if it is set, else io_uring where the kernel allows it and epoll
+// where it refuses it (a seccomp profile, kernel.io_uring_disabled, an old
+// kernel, the locked-memory limit): one line on stderr says why, once per
+// process. An explicit io_uring that is refused is a setup_error.
+enum class backend_kind { automatic, io_uring, epoll };
+// "auto", "io_uring" (or "io-uring", "uring") and "epoll"; false for anything else.
+bool parse_backend_kind(std::string_view text, backend_kind& out) noexcept;
+const char* to_string(backend_kind k) noexcept;
+
 struct executor_options {
   // Submission queue entries. The completion queue gets cq_factor times as
   // many: completions arrive in bursts (a recv on every connection at once),
@@ -67,6 +81,9 @@ struct executor_options {
   // twice as many buffers as the last: 64, then 192, 448, 960, 1984 in all)
   // up to this many. Equal to receive_buffers: it never grows.
   unsigned receive_buffers_max = 2048;
+  // io_uring, epoll, or automatic (see backend_kind). sq_entries, cq_factor
+  // and setup concern io_uring only.
+  backend_kind backend = backend_kind::automatic;
 };
 
 // Thrown by the executor's constructor only (see result.hpp for why).
@@ -79,10 +96,10 @@ class setup_error : public std::system_error {
 struct executor_stats {
   // io_uring_enter said the completion queue was full (-EBUSY/-EAGAIN), or
   // the kernel had completions waiting in its overflow list: none is lost
-  // (IORING_FEAT_NODROP), they are reaped and dispatched in order.
+  // (IORING_FEAT_NODROP), they are reaped and dispatched in order. (io_uring only.)
   std::uint64_t cq_overflows = 0;
-  std::uint64_t submits = 0;      // io_uring_enter calls made to submit
-  std::uint64_t completions = 0;  // CQEs dispatched
+  std::uint64_t submits = 0;      // system calls that submit or wait (io_uring_enter, epoll_wait)
+  std::uint64_t completions = 0;  // completions dispatched
   std::uint64_t buffer_ring_empty = 0;  // -ENOBUFS: every provided buffer in use
   std::uint64_t buffer_ring_grown = 0;  // times the ring grew because of it
   std::uint64_t deadlines_expired = 0;  // coarse deadlines (deadline.hpp) that fired
@@ -97,9 +114,15 @@ class executor {
   executor(const executor&) = delete;
   executor& operator=(const executor&) = delete;
 
-  // "defer-taskrun", "coop-taskrun" or "plain": what the kernel accepted.
-  // With defer-taskrun the executor must run on the thread that created it.
-  const char* setup_mode() const noexcept { return setup_mode_; }
+  // io_uring: "defer-taskrun", "coop-taskrun" or "plain", what the kernel
+  // accepted (with defer-taskrun the executor must run on the thread that
+  // created it); epoll: "epoll".
+  const char* setup_mode() const noexcept { return backend_->setup_mode(); }
+  // The backend this executor runs on: io_uring or epoll, never automatic.
+  backend_kind backend() const noexcept { return kind_; }
+  const char* backend_name() const noexcept { return backend_->name(); }
+  // Why `automatic` fell back to epoll (the io_uring error, explained), or "".
+  const std::string& fallback_reason() const noexcept { return fallback_reason_; }
 
   // Can this process create an io_uring here? Empty string when it can, else a
   // one-paragraph diagnosis naming the cause and the fix.
@@ -133,7 +156,6 @@ class executor {
   // is destroyed unrun. (An earlier version sent it ring to ring with
   // IORING_OP_MSG_RING, whose failures could not be reported to anyone.)
   void spawn_on(executor& target, task<void> t);
-  int ring_fd() const noexcept { return ring_.ring_fd; }
 
   // Run c->fn on this executor's thread, from its loop, soon. Any thread; a
   // call already queued is not queued twice. See detail/deferred_call.hpp.
@@ -197,17 +219,21 @@ class executor {
   std::chrono::steady_clock::time_point now() const noexcept { return now_; }
 
   // ---- for operations (detail) ----
-  // Space for `n` consecutive SQEs is guaranteed (linked SQEs must not be split
-  // across submissions); returns the first, the next come from io_uring_get_sqe.
-  io_uring_sqe* get_sqe(unsigned n = 1);
-  // Submit a cancellation of the request whose user_data is `key`, on this
-  // thread. Never throws (cancel paths are noexcept): false when no SQE could
-  // be had, and the caller defers the cancellation to the next loop turn.
+  // Hand `r` to the backend (detail/io_backend.hpp). Every request is
+  // counted (twice with a deadline: its timer completes too) until its
+  // final completion, so that teardown can wait for all of them before
+  // coroutine frames (which the kernel writes into) go away.
+  void submit(const detail::io_request& r) {
+    backend_->submit(r);
+    if (!(r.key & detail::uncounted_tag)) inflight_ += r.deadline ? 2 : 1;
+  }
+  // Submit a cancellation of the request whose key is `key`, on this
+  // thread. Never throws (cancel paths are noexcept): false when it could
+  // not be asked now, and the caller defers it to the next loop turn.
   bool try_cancel(std::uint64_t key) noexcept;
-  // Every SQE that will post a CQE is counted, so that teardown can wait for
-  // all of them before coroutine frames (which the kernel writes into) go away.
-  void note_submitted(unsigned n = 1) noexcept { inflight_ += n; }
-  io_uring* ring() noexcept { return &ring_; }
+  // A descriptor is new to this executor (socket.hpp calls this), or is
+  // about to be closed: what the backend knew of its number is forgotten.
+  void forget_descriptor(int fd) noexcept { backend_->forget(fd); }
   std::size_t inflight() const noexcept { return inflight_; }
   const executor_stats& stats() const noexcept { return stats_; }
 
@@ -223,10 +249,7 @@ class executor {
   // The earliest armed coarse deadline, or false when none is armed.
   bool earliest_deadline(std::chrono::steady_clock::time_point& out) const noexcept;
   void expire_deadlines();
-  void submit_pending();
-  // Copies every CQE the ring holds to the back of completed_ (never
-  // dispatches: safe to call from inside a dispatch).
-  void reap() noexcept;
+  void make_backend(const executor_options& opts);
   // Dispatches completed_ from the front, in order, until it is empty (a
   // dispatch may reap more behind it). True if it dispatched anything.
   bool dispatch_completed();
@@ -236,28 +259,23 @@ class executor {
   void run_inbox(bool run);
   static void on_wake(detail::completion* c, int res, unsigned flags, bool);
 
-  io_uring ring_{};
   std::deque<std::coroutine_handle<>> ready_;
-  // Every CQE is copied out of the ring into this one queue before it is
-  // dispatched, and dispatched from its front: a resumed coroutine that
+  // Every completion is copied by the backend into this one queue before it
+  // is dispatched, and dispatched from its front: a resumed coroutine that
   // submits (and, under CQ pressure, reaps) appends behind what is waiting,
   // so nothing is ever overtaken (a SEND_ZC notification never precedes its
   // result; a multishot request's last CQE never precedes its data).
-  struct cqe_copy {
-    std::uint64_t user_data;
-    int res;
-    unsigned flags;
-  };
-  std::vector<cqe_copy> completed_;
+  std::vector<detail::cqe_copy> completed_;
   std::size_t completed_head_ = 0;
   std::size_t inflight_ = 0;
   executor_stats stats_;
-  const char* setup_mode_ = "plain";
+  std::unique_ptr<detail::io_backend> backend_;
+  backend_kind kind_ = backend_kind::io_uring;
+  std::string fallback_reason_;
   std::unique_ptr<buffer_ring> buffers_;
   bool buffers_tried_ = false;
   unsigned buffer_count_ = 64;
   unsigned buffer_max_ = 2048;
-  bool defer_taskrun_ = false;
   std::size_t live_ = 0;
   bool stopping_ = false;
   detail::detached_promise* detached_head_ = nullptr;
@@ -271,8 +289,8 @@ class executor {
   bool inbox_empty() noexcept;
 
   // The inbox: deferred_calls from any thread, run by this thread's loop. An
-  // eventfd read stays armed in the ring (not counted in flight); a poster
-  // writes the eventfd when the executor may be asleep.
+  // eventfd read stays armed in the backend (not counted in flight); a
+  // poster writes the eventfd when the executor may be asleep.
   const std::thread::id owner_ = std::this_thread::get_id();
   std::mutex inbox_lock_;
   detail::deferred_call* inbox_head_ = nullptr;

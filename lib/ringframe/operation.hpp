@@ -1,17 +1,19 @@
-// operation: the awaitable base of every io_uring primitive.
+// operation: the awaitable base of every I/O primitive.
 //
-// An operation lives in the awaiting coroutine's frame. await_suspend fills
-// one SQE (plus a linked timeout when the operation has a deadline) whose
-// user_data is the operation's address; the completion stores `res` and
-// resumes the coroutine. No allocation, no id-to-coroutine map.
+// An operation lives in the awaiting coroutine's frame. await_suspend hands
+// the executor's backend one request (detail/io_backend.hpp; with a linked
+// deadline when the operation has one) whose key is the operation's address;
+// the completion stores `res` and resumes the coroutine. No allocation, no
+// id-to-coroutine map.
 //
 // A stop request may come from any thread (std::stop_callback runs on the
 // thread that calls request_stop): on another thread the cancellation is
 // handed to the executor's thread (executor::defer), never written into its
 // submission queue from there.
 //
-// Deadlines are linked timeouts (IOSQE_IO_LINK + IORING_OP_LINK_TIMEOUT). The
-// kernel posts a CQE for both the operation and the timeout, in either order,
+// Deadlines are linked timeouts (on io_uring IOSQE_IO_LINK +
+// IORING_OP_LINK_TIMEOUT; the epoll backend emulates them). The backend
+// posts a completion for both the operation and the timeout, in either order,
 // so the operation resumes only after both have arrived: the frame must not
 // go away while the kernel still holds its address. An operation cancelled by
 // its timer reports ETIMEDOUT; one cancelled by its stop_token or by
@@ -19,9 +21,8 @@
 #pragma once
 
 #include <ringframe/detail/completion.hpp>
+#include <ringframe/detail/io_backend.hpp>
 #include <ringframe/executor.hpp>
-
-#include <liburing.h>
 
 #include <chrono>
 #include <coroutine>
@@ -83,21 +84,15 @@ class operation : public completion {
   }
 
  protected:
-  // Submit (or resubmit, for operations that loop like send_all) the SQE.
+  // Submit (or resubmit, for operations that loop like send_all) the request.
   void issue() {
-    io_uring_sqe* sqe = ex_.get_sqe(has_deadline_ ? 2 : 1);
-    static_cast<Derived*>(this)->prepare(sqe);
-    io_uring_sqe_set_data64(sqe, key_of(this));
-    pending_ = 1;
-    if (has_deadline_) {
-      sqe->flags |= IOSQE_IO_LINK;
-      io_uring_sqe* t = io_uring_get_sqe(ex_.ring());
-      // steady_clock is CLOCK_MONOTONIC, the kernel's default timeout clock.
-      io_uring_prep_link_timeout(t, &ts_, IORING_TIMEOUT_ABS);
-      io_uring_sqe_set_data64(t, key_of(this, true));
-      pending_ = 2;
-    }
-    ex_.note_submitted(pending_);
+    io_request r;
+    static_cast<Derived*>(this)->prepare(r);
+    r.key = key_of(this);
+    // steady_clock is CLOCK_MONOTONIC, the clock of the deadline.
+    if (has_deadline_) r.deadline = &ts_;
+    pending_ = has_deadline_ ? 2 : 1;
+    ex_.submit(r);
   }
 
   // Derived may override: return true to keep going (it called issue() again).
@@ -145,13 +140,13 @@ class operation : public completion {
     auto* self = static_cast<operation*>(c);
     if (from_timer) {
       if (res == -ETIME) self->timer_fired_ = true;
-    } else if (flags & IORING_CQE_F_NOTIF) {
+    } else if (flags & cqe_notif) {
       // Zero-copy send: the kernel is done with the buffer. The result came
       // in the CQE before this one.
     } else {
       self->res_ = res;
       self->flags_ = flags;
-      if (flags & IORING_CQE_F_MORE) ++self->pending_;  // a notification follows
+      if (flags & cqe_more) ++self->pending_;  // a notification follows
     }
     if (--self->pending_ != 0) return;
     // An operation that loops (send_all) continues unless something stopped it.
@@ -168,7 +163,7 @@ class operation : public completion {
   }
 
   std::coroutine_handle<> waiter_;
-  __kernel_timespec ts_{};
+  kernel_timespec ts_{};
   cancel_call cancel_call_{this};
   std::optional<std::stop_callback<canceller>> stop_cb_;
   unsigned char pending_ = 0;

@@ -1,5 +1,5 @@
-// signal_set: wait for POSIX signals as an awaitable (signalfd read through
-// the ring). Constructing it blocks those signals in the calling thread, so
+// signal_set: wait for POSIX signals as an awaitable (a signalfd read
+// through the executor's backend). Constructing it blocks those signals in the calling thread, so
 // they are delivered to the set instead of interrupting the process; create
 // it before any other thread starts, so that every thread inherits the mask.
 #pragma once
@@ -18,7 +18,12 @@ class read_op : public operation<read_op> {
  public:
   read_op(executor& ex, int fd, void* buf, unsigned len, op_options o)
       : operation(ex, o), fd_(fd), buf_(buf), len_(len) {}
-  void prepare(io_uring_sqe* sqe) { io_uring_prep_read(sqe, fd_, buf_, len_, static_cast<__u64>(-1)); }
+  void prepare(io_request& r) {
+    r.op = io_op::read;
+    r.fd = fd_;
+    r.buf = buf_;
+    r.len = len_;
+  }
   bool on_complete() {
     if (res_ == -EINTR || res_ == -EAGAIN) {
       issue();

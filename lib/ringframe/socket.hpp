@@ -1,5 +1,6 @@
 // socket: an owned socket descriptor bound to one executor, whose operations
-// are awaitables backed by io_uring (see operation.hpp). Every operation
+// are awaitables backed by its I/O backend (see operation.hpp). On the epoll
+// backend the descriptor is non-blocking. Every operation
 // returns result<T>; its error keeps the errno (ECONNRESET, EPIPE, ETIMEDOUT
 // for a deadline, ECANCELED for a cancellation or a stopping executor).
 //
@@ -38,9 +39,13 @@ namespace detail {
 class accept_op : public operation<accept_op> {
  public:
   accept_op(executor& ex, int fd, address* peer, op_options o) : operation(ex, o), fd_(fd), peer_(peer) {}
-  void prepare(io_uring_sqe* sqe) {
+  void prepare(io_request& r) {
     if (peer_) *peer_->size_ptr() = address::capacity();
-    io_uring_prep_accept(sqe, fd_, peer_ ? peer_->data() : nullptr, peer_ ? peer_->size_ptr() : nullptr, SOCK_CLOEXEC);
+    r.op = io_op::accept;
+    r.fd = fd_;
+    r.buf = peer_ ? peer_->data() : nullptr;
+    r.addr_len = peer_ ? peer_->size_ptr() : nullptr;
+    r.flags = SOCK_CLOEXEC;
   }
   bool on_complete() { return false; }
   result<socket> await_resume();
@@ -53,7 +58,12 @@ class accept_op : public operation<accept_op> {
 class connect_op : public operation<connect_op> {
  public:
   connect_op(executor& ex, int fd, const address& a, op_options o) : operation(ex, o), fd_(fd), addr_(a) {}
-  void prepare(io_uring_sqe* sqe) { io_uring_prep_connect(sqe, fd_, addr_.data(), addr_.size()); }
+  void prepare(io_request& r) {
+    r.op = io_op::connect;
+    r.fd = fd_;
+    r.buf = const_cast<sockaddr*>(addr_.data());
+    r.len = addr_.size();
+  }
   bool on_complete() { return false; }
   result<void> await_resume() {
     int r = result_code();
@@ -70,7 +80,13 @@ class recv_op : public operation<recv_op> {
  public:
   recv_op(executor& ex, int fd, std::span<std::byte> buf, int flags, op_options o)
       : operation(ex, o), fd_(fd), flags_(flags), buf_(buf) {}
-  void prepare(io_uring_sqe* sqe) { io_uring_prep_recv(sqe, fd_, buf_.data(), buf_.size(), flags_); }
+  void prepare(io_request& r) {
+    r.op = io_op::recv;
+    r.fd = fd_;
+    r.buf = buf_.data();
+    r.len = buf_.size();
+    r.flags = flags_;
+  }
   bool on_complete() {
     // A recv interrupted before it read anything is retried, never reported.
     if (res_ == -EINTR || res_ == -EAGAIN) {
@@ -94,10 +110,10 @@ class recv_op : public operation<recv_op> {
 class recv_provided_op : public operation<recv_provided_op> {
  public:
   recv_provided_op(executor& ex, int fd, buffer_ring& br, op_options o) : operation(ex, o), fd_(fd), br_(br) {}
-  void prepare(io_uring_sqe* sqe) {
-    io_uring_prep_recv(sqe, fd_, nullptr, br_.buffer_size(), 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = br_.group();
+  void prepare(io_request& r) {
+    r.op = io_op::recv_provided;
+    r.fd = fd_;
+    r.buffers = &br_;
   }
   bool on_complete() {
     if (res_ == -EINTR || res_ == -EAGAIN) {
@@ -111,9 +127,9 @@ class recv_provided_op : public operation<recv_provided_op> {
     if (r < 0) return errno_code(-r);
     provided_recv out;
     out.len = static_cast<std::size_t>(r);
-    if (flags_ & IORING_CQE_F_BUFFER) {
+    if (flags_ & cqe_buffer) {
       out.has_buffer = true;
-      out.id = static_cast<std::uint16_t>(flags_ >> IORING_CQE_BUFFER_SHIFT);
+      out.id = buffer_id_of(flags_);
     }
     return out;
   }
@@ -129,11 +145,13 @@ class send_op : public operation<send_op> {
  public:
   send_op(executor& ex, int fd, std::span<const std::byte> buf, bool all, op_options o, bool zero_copy = false)
       : operation(ex, o), fd_(fd), all_(all), zero_copy_(zero_copy), buf_(buf) {}
-  void prepare(io_uring_sqe* sqe) {
-    if (zero_copy_)  // IORING_OP_SEND_ZC: the buffer is held until the kernel's notification
-      io_uring_prep_send_zc(sqe, fd_, buf_.data() + sent_, buf_.size() - sent_, MSG_NOSIGNAL, 0);
-    else
-      io_uring_prep_send(sqe, fd_, buf_.data() + sent_, buf_.size() - sent_, MSG_NOSIGNAL);
+  void prepare(io_request& r) {
+    // Zero-copy: the buffer is held until the kernel's notification.
+    r.op = zero_copy_ ? io_op::send_zero_copy : io_op::send;
+    r.fd = fd_;
+    r.buf = const_cast<std::byte*>(buf_.data() + sent_);
+    r.len = buf_.size() - sent_;
+    r.flags = MSG_NOSIGNAL;
   }
   // Sees every completion, stopped or not: the bytes of the last send count
   // either way, and a send_all stopped before its last byte is an error
@@ -179,7 +197,11 @@ class send_op : public operation<send_op> {
 class shutdown_op : public operation<shutdown_op> {
  public:
   shutdown_op(executor& ex, int fd, int how, op_options o) : operation(ex, o), fd_(fd), how_(how) {}
-  void prepare(io_uring_sqe* sqe) { io_uring_prep_shutdown(sqe, fd_, how_); }
+  void prepare(io_request& r) {
+    r.op = io_op::shutdown;
+    r.fd = fd_;
+    r.flags = how_;
+  }
   bool on_complete() { return false; }
   result<void> await_resume() {
     int r = result_code();
@@ -201,12 +223,16 @@ class close_op : public operation<close_op> {
     }
     // A stopping executor still closes: a descriptor must never leak.
     if (ex_.stopping()) {
+      ex_.forget_descriptor(fd_);
       res_ = ::close(fd_) == 0 ? 0 : -errno;
       return true;
     }
     return false;
   }
-  void prepare(io_uring_sqe* sqe) { io_uring_prep_close(sqe, fd_); }
+  void prepare(io_request& r) {
+    r.op = io_op::close;
+    r.fd = fd_;
+  }
   bool on_complete() { return false; }
   result<void> await_resume() {
     if (res_ < 0) return errno_code(-res_);
@@ -222,7 +248,8 @@ class close_op : public operation<close_op> {
 class socket {
  public:
   socket() noexcept = default;
-  socket(executor& ex, int fd) noexcept : ex_(&ex), fd_(fd) {}
+  // Takes `fd` (a descriptor the executor may not have seen before).
+  socket(executor& ex, int fd) noexcept : ex_(&ex), fd_(fd) { ex.forget_descriptor(fd); }
   socket(socket&& o) noexcept;
   socket& operator=(socket&& o) noexcept;
   socket(const socket&) = delete;
@@ -268,7 +295,8 @@ class socket {
   }
   // send_all with IORING_OP_SEND_ZC (Linux 6.0): the kernel sends from `buf`
   // without copying it and the operation completes when it has let go of it.
-  // Falls back to a copying send where zero-copy is unsupported.
+  // Falls back to a copying send where zero-copy is unsupported (and on
+  // the epoll backend).
   [[nodiscard]] detail::send_op send_all_zero_copy(std::span<const std::byte> buf, op_options o = {}) {
     return {*ex_, fd_, buf, true, with_stop(o), true};
   }
@@ -278,7 +306,7 @@ class socket {
   [[nodiscard]] detail::shutdown_op shutdown(int how = SHUT_WR, op_options o = {}) {
     return {*ex_, fd_, how, with_stop(o)};
   }
-  // Close through the ring; the socket is empty afterwards whatever the result.
+  // Close through the backend; the socket is empty afterwards whatever the result.
   [[nodiscard]] detail::close_op close() { return {*ex_, release()}; }
 
   result<void> set_option(int level, int name, int value) noexcept;

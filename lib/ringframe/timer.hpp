@@ -1,5 +1,6 @@
-// sleep_for: a coroutine pause backed by IORING_OP_TIMEOUT (no timer thread,
-// no timerfd). Ends with success when the time is up, ECANCELED when cancelled.
+// sleep_for: a coroutine pause backed by the backend's timeout (io_uring:
+// IORING_OP_TIMEOUT; epoll: its timer queue; no timer thread, no timerfd).
+// Ends with success when the time is up, ECANCELED when cancelled.
 #pragma once
 
 #include <ringframe/operation.hpp>
@@ -18,7 +19,10 @@ class sleep_op : public operation<sleep_op> {
     dur_.tv_sec = d.count() / 1000000000;
     dur_.tv_nsec = d.count() % 1000000000;
   }
-  void prepare(io_uring_sqe* sqe) { io_uring_prep_timeout(sqe, &dur_, 0, 0); }
+  void prepare(io_request& r) {
+    r.op = io_op::timeout;
+    r.timeout = &dur_;
+  }
   bool on_complete() { return false; }
   result<void> await_resume() {
     if (res_ == -ETIME || res_ == 0) return {};
@@ -26,7 +30,7 @@ class sleep_op : public operation<sleep_op> {
   }
 
  private:
-  __kernel_timespec dur_{};
+  kernel_timespec dur_{};
 };
 }  // namespace detail
 

@@ -1,4 +1,5 @@
 #include <ringframe/acceptor.hpp>
+#include <ringframe/detail/io_backend.hpp>
 
 #include <unistd.h>
 
@@ -12,23 +13,35 @@ acceptor::acceptor(socket& listener, const std::stop_token* stop)
 
 acceptor::~acceptor() {
   stop_cb_.reset();
+  ex_.withdraw(&deferred_);
   for (int fd : fds_) ::close(fd);
 }
 
 void acceptor::arm() {
-  io_uring_sqe* sqe = ex_.get_sqe(1);
-  io_uring_prep_multishot_accept(sqe, listener_.fd(), nullptr, nullptr, SOCK_CLOEXEC);
-  io_uring_sqe_set_data64(sqe, detail::key_of(this));
-  ex_.note_submitted(1);
+  detail::io_request r;
+  r.op = detail::io_op::accept_multishot;
+  r.fd = listener_.fd();
+  r.flags = SOCK_CLOEXEC;
+  r.key = detail::key_of(this);
+  ex_.submit(r);
   armed_ = true;
+}
+
+void acceptor::request_cancel() noexcept {
+  // The stop callback runs on whichever thread requests the stop; the
+  // backend belongs to the executor's.
+  if (ex_.on_own_thread()) cancel();
+  else ex_.defer(&deferred_);
 }
 
 void acceptor::cancel() noexcept {
   if (!armed_) return;
-  io_uring_sqe* sqe = ex_.get_sqe(1);
-  io_uring_prep_cancel64(sqe, detail::key_of(this), 0);
-  io_uring_sqe_set_data64(sqe, 0);
-  ex_.note_submitted(1);
+  // Without room to ask now, from the next loop turn.
+  if (!ex_.try_cancel(detail::key_of(this))) ex_.defer(&deferred_);
+}
+
+void acceptor::deferred_cancel::run(detail::deferred_call* d, bool run) {
+  if (run) static_cast<deferred_cancel*>(d)->a->cancel();
 }
 
 bool acceptor::ready() {
@@ -59,8 +72,9 @@ result<socket> acceptor::take() {
 void acceptor::handle_cqe(detail::completion* c, int res, unsigned flags, bool) {
   auto* self = static_cast<acceptor*>(c);
   if (res >= 0) self->fds_.push_back(res);
-  if (!(flags & IORING_CQE_F_MORE)) {
+  if (!(flags & detail::cqe_more)) {
     self->armed_ = false;
+    self->ex_.withdraw(&self->deferred_);
     if (res < 0) self->terminal_ = res;
   }
   // Every CQE carries a connection or ends the request with an error, so

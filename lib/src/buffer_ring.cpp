@@ -1,6 +1,7 @@
 #include <ringframe/buffer_ring.hpp>
 #include <ringframe/result.hpp>
 
+#include <liburing.h>
 #include <sys/mman.h>
 
 #include <cstring>
@@ -18,6 +19,17 @@ void buffer_ring::add_part(unsigned count, std::uint16_t group) {
   p.count = count;
   p.group = group;
   p.first_id = total_;
+  if (!ring_) {  // handed out by take()
+    p.base.reset(new std::byte[count * stride()]);
+    for (unsigned i = 0; i < count; ++i) std::memset(p.base.get() + i * stride() + size_, 0, padding);
+    // Lowest id on top: a quiet server reuses the same few buffers (warm in
+    // the cache, and the rest never touched).
+    free_.reserve(total_ + count);
+    for (unsigned i = count; i-- > 0;) free_.push_back(static_cast<std::uint16_t>(p.first_id + i));
+    total_ += count;
+    parts_.push_back(std::move(p));
+    return;
+  }
   p.br_bytes = count * sizeof(io_uring_buf);
   void* mem = ::mmap(nullptr, p.br_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
   if (mem == MAP_FAILED) throw std::system_error(errno_code(errno), "buffer_ring: mmap");
@@ -45,12 +57,17 @@ void buffer_ring::add_part(unsigned count, std::uint16_t group) {
 
 buffer_ring::~buffer_ring() {
   for (part& p : parts_) {
+    if (!ring_) continue;
     io_uring_unregister_buf_ring(ring_, p.group);
     ::munmap(p.br, p.br_bytes);
   }
 }
 
 void buffer_ring::recycle(std::uint16_t id) noexcept {
+  if (!ring_) {
+    free_.push_back(id);  // reserved for every id: never allocates
+    return;
+  }
   const part& p = part_of(id);
   io_uring_buf_ring_add(p.br, p.base.get() + static_cast<std::size_t>(id - p.first_id) * stride(),
                         static_cast<unsigned>(size_), id, io_uring_buf_ring_mask(p.count), 0);

@@ -4,7 +4,6 @@
 #include <cerrno>
 #include <utility>
 
-#include <liburing.h>
 
 namespace ringframe {
 

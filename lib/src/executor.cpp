@@ -1,11 +1,14 @@
+#include "backend/backends.hpp"
+
+#include <ringframe/buffer_ring.hpp>
 #include <ringframe/detail/completion.hpp>
 #include <ringframe/executor.hpp>
 #include <ringframe/result.hpp>
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <memory>
 
 #include <sys/eventfd.h>
@@ -44,81 +47,6 @@ detached run_detached(executor* /*ex, read by the promise*/, task<void> t) {
 }  // namespace detail
 
 namespace {
-
-int read_sysctl_int(const char* path) {
-  std::ifstream f(path);
-  int v = -1;
-  if (f) f >> v;
-  return v;
-}
-
-std::string explain_setup_failure(int err) {
-  std::string why;
-  switch (err) {
-    case ENOSYS:
-      why = "this kernel has no io_uring (it is older than 5.1 or was built without CONFIG_IO_URING); "
-            "run on Linux 5.19 or newer with io_uring enabled";
-      break;
-    case EPERM:
-    case EACCES: {
-      int disabled = read_sysctl_int("/proc/sys/kernel/io_uring_disabled");
-      if (disabled == 2)
-        why = "io_uring is disabled system-wide (sysctl kernel.io_uring_disabled=2); "
-              "as root run: sysctl -w kernel.io_uring_disabled=0";
-      else if (disabled == 1)
-        why = "io_uring is restricted to root and the group in kernel.io_uring_group "
-              "(sysctl kernel.io_uring_disabled=1); run as root, join that group, or as root run: "
-              "sysctl -w kernel.io_uring_disabled=0";
-      else
-        why = "io_uring_setup was denied by a seccomp or LSM policy (container runtimes such as "
-              "Docker and Podman block io_uring by default); run with a seccomp profile that allows "
-              "io_uring_setup, io_uring_enter and io_uring_register";
-      break;
-    }
-    case ENOMEM:
-      why = "the kernel could not allocate the ring: on kernels before 5.12 ring memory counts "
-            "against the locked-memory limit; raise it (ulimit -l) or use a smaller ring";
-      break;
-    case EMFILE:
-    case ENFILE:
-      why = "no file descriptor is left for the ring; raise the limit (ulimit -n)";
-      break;
-    case EINVAL:
-      why = "the kernel rejected the ring parameters; it is likely too old (ringframe needs Linux 5.19 or newer)";
-      break;
-    default:
-      why = std::string("io_uring_setup failed: ") + std::strerror(err);
-  }
-  return "ringframe: cannot create an io_uring: " + why + " (" + std::strerror(err) + ")";
-}
-
-// Operations the library issues; all exist since Linux 5.11.
-constexpr std::array<std::pair<int, const char*>, 10> required_ops{{
-    {IORING_OP_ACCEPT, "ACCEPT"},
-    {IORING_OP_CONNECT, "CONNECT"},
-    {IORING_OP_RECV, "RECV"},
-    {IORING_OP_SEND, "SEND"},
-    {IORING_OP_SHUTDOWN, "SHUTDOWN"},
-    {IORING_OP_CLOSE, "CLOSE"},
-    {IORING_OP_TIMEOUT, "TIMEOUT"},
-    {IORING_OP_LINK_TIMEOUT, "LINK_TIMEOUT"},
-    {IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL"},
-    {IORING_OP_READ, "READ"},
-}};
-
-std::string missing_ops(io_uring* ring) {
-  std::unique_ptr<io_uring_probe, void (*)(io_uring_probe*)> probe(io_uring_get_probe_ring(ring),
-                                                                    io_uring_free_probe);
-  if (!probe) return "";  // probing needs 5.6; the ops will report their own errors
-  std::string missing;
-  for (auto [op, name] : required_ops)
-    if (!io_uring_opcode_supported(probe.get(), op)) missing += std::string(missing.empty() ? "" : ", ") + name;
-  return missing;
-}
-
-}  // namespace
-
-namespace {
 // A task in transit between executors. It lives on the heap from spawn_on
 // until the target's thread takes it from its inbox, spawns the task and
 // frees this; or, if the target goes away first, frees it unrun.
@@ -133,83 +61,104 @@ struct remote_spawn : detail::deferred_call {
 };
 }  // namespace
 
-std::string executor::probe() {
-  io_uring ring{};
-  int r = io_uring_queue_init(8, &ring, 0);
-  if (r < 0) return explain_setup_failure(-r);
-  std::string missing = missing_ops(&ring);
-  io_uring_queue_exit(&ring);
-  if (!missing.empty())
-    return "ringframe: this kernel's io_uring lacks operations ringframe needs (" + missing +
-           "); run on Linux 5.19 or newer";
-  return "";
+std::string executor::probe() { return detail::probe_uring(); }
+
+bool parse_backend_kind(std::string_view text, backend_kind& out) noexcept {
+  if (text == "auto" || text == "automatic") out = backend_kind::automatic;
+  else if (text == "io_uring" || text == "io-uring" || text == "uring") out = backend_kind::io_uring;
+  else if (text == "epoll") out = backend_kind::epoll;
+  else return false;
+  return true;
+}
+
+const char* to_string(backend_kind k) noexcept {
+  switch (k) {
+    case backend_kind::automatic: return "auto";
+    case backend_kind::io_uring: return "io_uring";
+    case backend_kind::epoll: return "epoll";
+  }
+  return "?";
+}
+
+namespace {
+// Errors of io_uring_setup (and of the checks after it) that mean "not
+// here" rather than "something is wrong": automatic falls back to epoll.
+bool io_uring_refused(int err) noexcept {
+  return err == EPERM || err == EACCES || err == ENOSYS || err == EOPNOTSUPP || err == ENOMEM;
+}
+
+// Once io_uring has been refused, the process's later executors (a server's
+// other threads) go to epoll directly, and the fallback is logged once.
+std::mutex fallback_lock;
+std::string fallback_why;  // empty until refused
+}  // namespace
+
+void executor::make_backend(const executor_options& opts) {
+  backend_kind want = opts.backend;
+  if (want == backend_kind::automatic) {
+    if (const char* env = std::getenv("RINGFRAME_BACKEND"); env && *env && !parse_backend_kind(env, want))
+      throw setup_error(errno_code(EINVAL), std::string("ringframe: RINGFRAME_BACKEND='") + env +
+                                                "' is not one of auto, io_uring, epoll");
+  }
+  if (want == backend_kind::io_uring) {
+    backend_ = detail::make_uring_backend(opts, completed_, stats_);
+    kind_ = backend_kind::io_uring;
+    return;
+  }
+  if (want == backend_kind::automatic) {
+    std::lock_guard<std::mutex> g(fallback_lock);
+    if (fallback_why.empty()) {
+      try {
+        backend_ = detail::make_uring_backend(opts, completed_, stats_);
+        kind_ = backend_kind::io_uring;
+        return;
+      } catch (const setup_error& e) {
+        if (!io_uring_refused(e.code().value())) throw;
+        std::string why = e.what();
+        if (why.rfind("ringframe: ", 0) == 0) why.erase(0, 11);
+        fallback_why = why;
+        std::fprintf(stderr, "ringframe: io_uring is not available here, falling back to epoll: %s\n", why.c_str());
+      }
+    }
+    fallback_reason_ = fallback_why;
+  }
+  backend_ = detail::make_epoll_backend(opts, completed_, stats_);
+  kind_ = backend_kind::epoll;
 }
 
 executor::executor(executor_options opts)
     : buffer_count_(opts.receive_buffers), buffer_max_(opts.receive_buffers_max) {
   if (buffer_count_ & (buffer_count_ - 1)) throw std::invalid_argument("executor_options::receive_buffers must be a power of two");
-  struct attempt {
-    unsigned flags;
-    const char* name;
-  };
-  const attempt all[] = {
-      {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, "defer-taskrun"},
-      {IORING_SETUP_COOP_TASKRUN, "coop-taskrun"},
-      {0, "plain"},
-  };
-  std::size_t first = opts.setup == ring_setup::fastest ? 0 : opts.setup == ring_setup::coop_taskrun ? 1 : 2;
-  int r = -EINVAL;
-  for (std::size_t i = first; i < std::size(all); ++i) {
-    io_uring_params p{};
-    p.flags = IORING_SETUP_CQSIZE | all[i].flags;
-    p.cq_entries = opts.sq_entries * (opts.cq_factor ? opts.cq_factor : 1);
-    r = io_uring_queue_init_params(opts.sq_entries, &ring_, &p);
-    if (r == -EINVAL && i + 1 < std::size(all)) continue;  // an older kernel: fall back
-    if (r == 0) {
-      setup_mode_ = all[i].name;
-      defer_taskrun_ = (all[i].flags & IORING_SETUP_DEFER_TASKRUN) != 0;
-    }
-    break;
-  }
-  if (r < 0) throw setup_error(errno_code(-r), explain_setup_failure(-r));
-  if (!(ring_.features & IORING_FEAT_EXT_ARG)) {  // waits with a timeout need it (Linux 5.11)
-    io_uring_queue_exit(&ring_);
-    throw setup_error(errno_code(EOPNOTSUPP), "ringframe: this kernel's io_uring cannot wait with a timeout "
-                                              "(no IORING_FEAT_EXT_ARG); run on Linux 5.19 or newer");
-  }
-  std::string missing = missing_ops(&ring_);
-  if (!missing.empty()) {
-    io_uring_queue_exit(&ring_);
-    throw setup_error(errno_code(EOPNOTSUPP), "ringframe: this kernel's io_uring lacks operations ringframe needs (" +
-                                                  missing + "); run on Linux 5.19 or newer");
-  }
+  // Reserved before the backend exists: it appends completions here.
+  completed_.reserve(256);
+  make_backend(opts);
   wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd_ < 0) {
     int e = errno;
-    io_uring_queue_exit(&ring_);
     throw setup_error(errno_code(e), std::string("ringframe: eventfd: ") + std::strerror(e));
   }
   waker_.ex = this;
   waker_.on_cqe = &executor::on_wake;
-  completed_.reserve(256);
   arm_waker();
 }
 
 // ---- the inbox (detail/deferred_call.hpp) ----
 
 void executor::arm_waker() noexcept {
-  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-  if (!sqe) {
-    io_uring_submit(&ring_);
-    sqe = io_uring_get_sqe(&ring_);
+  detail::io_request r;
+  r.op = detail::io_op::read;
+  r.fd = wake_fd_;
+  r.buf = &waker_.value;
+  r.len = sizeof waker_.value;
+  r.key = detail::key_of(&waker_) | detail::uncounted_tag;
+  try {
+    backend_->submit(r);  // not counted in flight
+    waker_armed_ = true;
+  } catch (...) {
+    // No room to submit it now: it is armed on the next wake-up check in
+    // run_once (waker_armed_ stays false); posts are never lost, only
+    // noticed at the next loop turn.
   }
-  // Without a free SQE the read is armed on the next wake-up check in
-  // run_once (waker_armed_ stays false); posts are never lost, only noticed
-  // at the next loop turn.
-  if (!sqe) return;
-  io_uring_prep_read(sqe, wake_fd_, &waker_.value, sizeof waker_.value, 0);
-  io_uring_sqe_set_data64(sqe, detail::key_of(&waker_) | detail::uncounted_tag);
-  waker_armed_ = true;
 }
 
 void executor::on_wake(detail::completion* c, int, unsigned, bool) {
@@ -326,24 +275,24 @@ executor::~executor() {
   closing_ = true;
   // Completions reaped but not dispatched are only counted now.
   for (std::size_t i = completed_head_; i < completed_.size(); ++i) {
-    const cqe_copy& c = completed_[i];
+    const detail::cqe_copy& c = completed_[i];
     if (c.user_data == (detail::key_of(&waker_) | detail::uncounted_tag)) waker_armed_ = false;
-    else if (!(c.flags & IORING_CQE_F_MORE) && !(c.user_data & detail::uncounted_tag)) --inflight_;
+    else if (!(c.flags & detail::cqe_more) && !(c.user_data & detail::uncounted_tag)) --inflight_;
   }
   completed_.clear();
   completed_head_ = 0;
   if (waker_armed_) try_cancel(detail::key_of(&waker_) | detail::uncounted_tag);
   for (int spins = 0; spins < 1000 && (inflight_ > 0 || waker_armed_); ++spins) {
-    __kernel_timespec ts{0, 10 * 1000 * 1000};
-    io_uring_cqe* cqe = nullptr;
-    io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
-    unsigned head, n = 0;
-    io_uring_for_each_cqe(&ring_, head, cqe) {
-      ++n;
-      if (cqe->user_data == (detail::key_of(&waker_) | detail::uncounted_tag)) waker_armed_ = false;
-      else if (!(cqe->flags & IORING_CQE_F_MORE)) --inflight_;
+    try {
+      backend_->run(true, std::chrono::milliseconds(10));
+    } catch (const std::exception&) {
+      break;  // the backend itself failed: nothing more will come
     }
-    io_uring_cq_advance(&ring_, n);
+    for (const detail::cqe_copy& c : completed_) {
+      if (c.user_data == (detail::key_of(&waker_) | detail::uncounted_tag)) waker_armed_ = false;
+      else if (!(c.flags & detail::cqe_more) && !(c.user_data & detail::uncounted_tag)) --inflight_;
+    }
+    completed_.clear();
   }
   // Orphans whose last CQE is in (only counted above) or never came.
   while (orphans_) bury(orphans_);
@@ -364,7 +313,7 @@ executor::~executor() {
       d = next;
     }
   buffers_.reset();  // unregister while the ring is still there
-  io_uring_queue_exit(&ring_);
+  backend_.reset();
 }
 
 // ---- coarse deadlines (deadline.hpp) ----
@@ -439,7 +388,7 @@ buffer_ring* executor::receive_buffers() {
     buffers_tried_ = true;
     if (buffer_count_ == 0) return nullptr;
     try {
-      buffers_ = std::make_unique<buffer_ring>(&ring_, buffer_count_, 16 * 1024, 1, buffer_max_);
+      buffers_ = backend_->make_buffers(buffer_count_, 16 * 1024, buffer_max_);
     } catch (const std::system_error&) {
       buffers_.reset();  // older kernel: receives fall back to their own buffers
     }
@@ -480,22 +429,9 @@ void executor::stop() {
 }
 
 bool executor::try_cancel(std::uint64_t key) noexcept {
-  for (int attempt = 0; attempt < 4; ++attempt) {
-    if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) {
-      if (key == 0) io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
-      else io_uring_prep_cancel64(sqe, key, 0);
-      io_uring_sqe_set_data64(sqe, 0);
-      note_submitted(1);
-      return true;
-    }
-    int r = io_uring_submit(&ring_);
-    ++stats_.submits;
-    if (r == -EBUSY || r == -EAGAIN) {
-      ++stats_.cq_overflows;
-      reap();  // only moves CQEs to completed_: safe here
-    } else if (r < 0 && r != -EINTR) {
-      break;
-    }
+  if (backend_->cancel(key)) {
+    ++inflight_;  // the cancellation's own completion (key 0)
+    return true;
   }
   ++stats_.cancels_deferred;
   return false;
@@ -508,51 +444,12 @@ void executor::run_until_idle() {
     if (!run_once(true)) break;
 }
 
-io_uring_sqe* executor::get_sqe(unsigned n) {
-  if (io_uring_sq_space_left(&ring_) < n) submit_pending();
-  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-  if (!sqe) throw std::logic_error("ringframe: submission queue full after submit");
-  return sqe;
-}
-
-void executor::submit_pending() {
-  for (int attempt = 0;; ++attempt) {
-    int r = io_uring_submit(&ring_);
-    ++stats_.submits;
-    if (r >= 0 && io_uring_sq_ready(&ring_) == 0) break;
-    if (r == -EINTR) continue;
-    if (r >= 0 || r == -EBUSY || r == -EAGAIN) {
-      ++stats_.cq_overflows;
-      // The completion queue is under pressure: move completions aside (to be
-      // dispatched by the loop, in order) so the kernel can take more work.
-      reap();
-      if (attempt > 1000) throw std::system_error(errno_code(EAGAIN), "ringframe: io_uring submission stalled");
-      continue;
-    }
-    throw std::system_error(errno_code(-r), "ringframe: io_uring_submit");
-  }
-  // The submission queue filled up inside one loop turn: a burst. Take the
-  // completions that are ready now rather than let the CQ fill behind it.
-  reap();
-}
-
-void executor::reap() noexcept {
-  io_uring_cqe* cqes[64];
-  for (;;) {
-    unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, 64);
-    if (n == 0) return;
-    for (unsigned i = 0; i < n; ++i) completed_.push_back({cqes[i]->user_data, cqes[i]->res, cqes[i]->flags});
-    io_uring_cq_advance(&ring_, n);
-    if (n < 64) return;
-  }
-}
-
 bool executor::dispatch_completed() {
   if (completed_head_ == completed_.size()) return false;
   // By index, copying each entry out: a dispatch may append (and so move the
   // vector), and must find what it appended dispatched after what is ahead.
   while (completed_head_ < completed_.size()) {
-    cqe_copy c = completed_[completed_head_++];
+    detail::cqe_copy c = completed_[completed_head_++];
     dispatch(c.user_data, c.res, c.flags);
   }
   completed_.clear();
@@ -562,7 +459,7 @@ bool executor::dispatch_completed() {
 
 void executor::dispatch(std::uint64_t user_data, int res, unsigned flags) {
   ++stats_.completions;
-  if (!(flags & IORING_CQE_F_MORE) && !(user_data & detail::uncounted_tag)) --inflight_;
+  if (!(flags & detail::cqe_more) && !(user_data & detail::uncounted_tag)) --inflight_;
   if (user_data == 0) return;
   auto* c = reinterpret_cast<detail::completion*>(user_data & ~detail::tag_mask);
   c->on_cqe(c, res, flags, (user_data & detail::timer_tag) != 0);
@@ -589,36 +486,16 @@ bool executor::run_once(bool block) {
   std::chrono::steady_clock::time_point next_deadline;
   const bool has_deadline = earliest_deadline(next_deadline);
   bool wait = block && !did && ready_.empty() && completed_.empty() && (inflight_ > 0 || has_deadline || guards_ > 0);
-  __kernel_timespec wait_for{};
+  std::chrono::nanoseconds max_wait{-1};  // no limit
   if (wait && has_deadline) {
     auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(next_deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) {
-      wait = false;  // already due: expire below without sleeping
-    } else {
-      wait_for.tv_sec = left.count() / 1000000000;
-      wait_for.tv_nsec = left.count() % 1000000000;
-    }
+    if (left.count() <= 0) wait = false;  // already due: expire below without sleeping
+    else max_wait = left;
   }
-  for (;;) {
-    // With DEFER_TASKRUN completions are posted only when asked for
-    // (IORING_ENTER_GETEVENTS), so a busy loop must ask on every pass.
-    // A timed wait passes its timeout in the enter call (EXT_ARG): no SQE.
-    io_uring_cqe* unused = nullptr;
-    int r = wait && has_deadline ? io_uring_submit_and_wait_timeout(&ring_, &unused, 1, &wait_for, nullptr)
-            : wait               ? io_uring_submit_and_wait(&ring_, 1)
-            : defer_taskrun_     ? io_uring_submit_and_get_events(&ring_)
-                                 : io_uring_submit(&ring_);
-    ++stats_.submits;
-    if (r >= 0 || r == -EINTR || r == -ETIME) break;
-    if (r == -EBUSY || r == -EAGAIN) {  // CQ overflow: reap below, submit next time
-      ++stats_.cq_overflows;
-      break;
-    }
-    throw std::system_error(errno_code(-r), "ringframe: io_uring_enter");
-  }
-  if (io_uring_cq_has_overflow(&ring_)) ++stats_.cq_overflows;
+  // Submits what this turn queued, sleeps if it may, and appends every
+  // completion there is to completed_.
+  backend_->run(wait, max_wait);
   now_ = std::chrono::steady_clock::now();
-  reap();
   did |= dispatch_completed();
   // What the completions woke (a send's waiters are posted, not resumed
   // inline) runs now, so its next requests go out with this turn's.

@@ -1,6 +1,6 @@
 #include <ringframe/receive_stream.hpp>
 
-#include <liburing.h>
+#include <ringframe/detail/io_backend.hpp>
 
 #include <cerrno>
 #include <utility>
@@ -8,7 +8,7 @@
 namespace ringframe {
 
 namespace {
-std::uint16_t buffer_id(unsigned flags) noexcept { return static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT); }
+std::uint16_t buffer_id(unsigned flags) noexcept { return detail::buffer_id_of(flags); }
 }  // namespace
 
 receive_stream::receive_stream(socket& s, frame_decoder& sink, options o, done_fn done, void* ctx,
@@ -113,17 +113,18 @@ void receive_stream::start_read(buffer_ring* br, std::span<std::byte> room) {
 }
 
 void receive_stream::submit(buffer_ring* br, std::span<std::byte> room) {
-  executor& ex = sock_.get_executor();
-  io_uring_sqe* sqe = ex.get_sqe(1);
+  detail::io_request r;
+  r.fd = sock_.fd();
+  r.key = detail::key_of(&slot_);
   if (br) {
-    io_uring_prep_recv(sqe, sock_.fd(), nullptr, br->buffer_size(), 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = br->group();
+    r.op = detail::io_op::recv_provided;
+    r.buffers = br;
   } else {
-    io_uring_prep_recv(sqe, sock_.fd(), room.data(), room.size(), 0);
+    r.op = detail::io_op::recv;
+    r.buf = room.data();
+    r.len = room.size();
   }
-  io_uring_sqe_set_data64(sqe, detail::key_of(&slot_));
-  ex.note_submitted(1);
+  sock_.get_executor().submit(r);
   state_ = state::receiving;
 }
 
@@ -134,13 +135,12 @@ void receive_stream::arm_multishot(buffer_ring* br) {
     ms_->on_cqe = &receive_stream::on_multishot_cqe;
   }
   ms_->br = br;
-  executor& ex = sock_.get_executor();
-  io_uring_sqe* sqe = ex.get_sqe(1);
-  io_uring_prep_recv_multishot(sqe, sock_.fd(), nullptr, 0, 0);
-  sqe->flags |= IOSQE_BUFFER_SELECT;
-  sqe->buf_group = br->group();
-  io_uring_sqe_set_data64(sqe, detail::key_of(ms_.get()));
-  ex.note_submitted(1);
+  detail::io_request r;
+  r.op = detail::io_op::recv_multishot;
+  r.fd = sock_.fd();
+  r.buffers = br;
+  r.key = detail::key_of(ms_.get());
+  sock_.get_executor().submit(r);
   ms_->cancel_sent = false;
   state_ = state::multishot;
 }
@@ -149,7 +149,7 @@ int receive_stream::outcome() noexcept {
   int res = res_;
   const unsigned flags = std::exchange(flags_, 0);
   buffer_ring* br = sock_.get_executor().receive_buffers();
-  if (flags & IORING_CQE_F_BUFFER) {
+  if (flags & detail::cqe_buffer) {
     try {
       if (res > 0) sink_.feed(br->data(buffer_id(flags), static_cast<std::size_t>(res)));
     } catch (...) {  // the decoder could not grow (bad_alloc): this connection fails, not the process
@@ -163,7 +163,7 @@ int receive_stream::outcome() noexcept {
   if (res > 0) {
     timed_out_ = false;  // data won the race with the deadline
     if (bytes_in_) *bytes_in_ += static_cast<std::size_t>(res);
-    const std::size_t full = (flags & IORING_CQE_F_BUFFER) ? br->buffer_size() : opts_.read_size;
+    const std::size_t full = (flags & detail::cqe_buffer) ? br->buffer_size() : opts_.read_size;
     note_read_size(static_cast<std::size_t>(res) >= full / 2);
     return res;
   }
@@ -235,10 +235,10 @@ void receive_stream::on_deadline(deadline* d) {
 
 void receive_stream::on_multishot_cqe(detail::completion* c, int res, unsigned flags, bool) {
   auto* slot = static_cast<multishot_slot*>(c);
-  const bool more = (flags & IORING_CQE_F_MORE) != 0;
+  const bool more = (flags & detail::cqe_more) != 0;
   receive_stream* self = slot->owner;
   if (!self) {  // left behind by a stream that is gone
-    if (flags & IORING_CQE_F_BUFFER) slot->br->recycle(buffer_id(flags));
+    if (flags & detail::cqe_buffer) slot->br->recycle(buffer_id(flags));
     if (!more) slot->leftover_cancel.ex->bury(slot);
     return;
   }
@@ -251,11 +251,11 @@ void receive_stream::on_multishot_cqe(detail::completion* c, int res, unsigned f
 
 void receive_stream::on_multishot(int res, unsigned flags) {
   buffer_ring* br = ms_->br;
-  if (res > 0 && (flags & IORING_CQE_F_BUFFER)) {
+  if (res > 0 && (flags & detail::cqe_buffer)) {
     if (waiting_) return deliver(res, flags);
     return hold(buffer_id(flags), static_cast<std::size_t>(res));
   }
-  if (flags & IORING_CQE_F_BUFFER) br->recycle(buffer_id(flags));
+  if (flags & detail::cqe_buffer) br->recycle(buffer_id(flags));
   if (state_ != state::idle) return;  // not the last CQE (nothing to report)
   // Only ringframe cancels it, for one of three reasons: too much held or
   // large reads ahead, the read deadline, or a stop. The reason is not

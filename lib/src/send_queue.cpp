@@ -1,6 +1,6 @@
 #include <ringframe/send_queue.hpp>
 
-#include <liburing.h>
+#include <ringframe/detail/io_backend.hpp>
 
 #include <utility>
 
@@ -53,16 +53,15 @@ void send_queue::start() {
 }
 
 void send_queue::submit() {
-  executor& ex = sock_.get_executor();
-  io_uring_sqe* sqe = ex.get_sqe(1);
-  const char* p = f_->sending.data() + f_->sent;
-  std::size_t n = f_->sending.size() - f_->sent;
-  if (zero_copy_)  // IORING_OP_SEND_ZC: the batch stays the kernel's until the notification
-    io_uring_prep_send_zc(sqe, sock_.fd(), p, n, MSG_NOSIGNAL, 0);
-  else
-    io_uring_prep_send(sqe, sock_.fd(), p, n, MSG_NOSIGNAL);
-  io_uring_sqe_set_data64(sqe, detail::key_of(f_.get()));
-  ex.note_submitted(1);
+  detail::io_request r;
+  // Zero-copy: the batch stays the kernel's until the notification.
+  r.op = zero_copy_ ? detail::io_op::send_zero_copy : detail::io_op::send;
+  r.fd = sock_.fd();
+  r.buf = f_->sending.data() + f_->sent;
+  r.len = f_->sending.size() - f_->sent;
+  r.flags = MSG_NOSIGNAL;
+  r.key = detail::key_of(f_.get());
+  sock_.get_executor().submit(r);
   state_ = state::sending;
 }
 
@@ -94,18 +93,18 @@ void send_queue::on_cqe(detail::completion* c, int res, unsigned flags, bool) {
   auto* f = static_cast<flight*>(c);
   send_queue* self = f->q;
   if (!self) {  // orphaned: free it with the last CQE
-    if (!(flags & IORING_CQE_F_MORE)) f->ex->bury(f);
+    if (!(flags & detail::cqe_more)) f->ex->bury(f);
     return;
   }
   // A cancellation still waiting for an SQE would hit the next batch: drop
   // it (a stop is seen again by refusal() before anything more is sent).
-  if (!(flags & IORING_CQE_F_MORE)) self->sock_.get_executor().withdraw(&self->deferred_);
-  if (flags & IORING_CQE_F_NOTIF) {
+  if (!(flags & detail::cqe_more)) self->sock_.get_executor().withdraw(&self->deferred_);
+  if (flags & detail::cqe_notif) {
     // The kernel let go of the pages; the result came in the CQE before.
     self->sock_.get_executor().unlisten_stop(f);
     return self->progress(f->res);
   }
-  if (flags & IORING_CQE_F_MORE) {  // SEND_ZC: a notification follows
+  if (flags & detail::cqe_more) {  // SEND_ZC: a notification follows
     f->res = res;
     self->state_ = state::releasing;
     // A stop that came while the send was in the kernel found nothing to

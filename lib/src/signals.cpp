@@ -1,6 +1,7 @@
 #include <ringframe/signals.hpp>
 
 #include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
 namespace ringframe {
@@ -20,6 +21,7 @@ signal_set::signal_set(executor& ex, std::initializer_list<int> signals) : ex_(e
     throw std::system_error(errno_code(e), "pthread_sigmask");
   fd_ = ::signalfd(-1, &mask, SFD_CLOEXEC);
   if (fd_ < 0) throw std::system_error(errno_code(errno), "signalfd");
+  ex_.forget_descriptor(fd_);  // new to the backend
 }
 
 signal_set::~signal_set() {

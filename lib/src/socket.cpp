@@ -31,6 +31,9 @@ socket& socket::operator=(socket&& o) noexcept {
   return *this;
 }
 
+// The executor is not told: it may be gone already (a socket may outlive
+// it). A backend that keeps state per descriptor starts afresh when the
+// number comes back (socket's constructor, accept).
 socket::~socket() {
   if (fd_ >= 0) ::close(fd_);
 }
@@ -38,7 +41,9 @@ socket::~socket() {
 int socket::release() noexcept { return std::exchange(fd_, -1); }
 
 result<socket> socket::open(executor& ex, int family, int type) {
-  int fd = ::socket(family, type | SOCK_CLOEXEC, 0);
+  // Non-blocking from the start where readiness drives it (epoll).
+  const int nonblock = ex.backend() == backend_kind::epoll ? SOCK_NONBLOCK : 0;
+  int fd = ::socket(family, type | SOCK_CLOEXEC | nonblock, 0);
   if (fd < 0) return errno_code(errno);
   socket s(ex, fd);
   if (family == AF_INET || family == AF_INET6) {

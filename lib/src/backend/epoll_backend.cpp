@@ -1,0 +1,520 @@
+// The epoll backend: for where io_uring is refused (container seccomp
+// profiles, kernel.io_uring_disabled, old kernels). Same contract as the
+// io_uring backend (detail/io_backend.hpp), built from readiness:
+//
+// * A request tries its system call at once (recv, send, accept4, connect,
+//   read, all non-blocking) and only on EAGAIN waits: it joins its
+//   descriptor's queue of readers or writers, and the descriptor is
+//   registered once, edge-triggered, for both directions. When epoll says
+//   a direction is ready, the queue is served in order until a call says
+//   EAGAIN again. A hint per direction (cleared by EAGAIN or a short read
+//   or send, set by the next edge) spares the system call that would only
+//   say EAGAIN.
+// * Results are posted, never dispatched from inside submit(): the executor
+//   takes them on its next turn, exactly as it takes CQEs from the ring.
+// * Provided buffers: the executor's buffer_ring hands out a buffer only when
+//   a recv has data to put in it (buffer_ring::take), so a waiting
+//   connection holds none, as with the kernel's buffer rings; none free is
+//   -ENOBUFS, as there.
+// * Multishot accept and recv: the request stays queued after each result
+//   (posted with cqe_more) until it is cancelled, fails, or (recv) the peer
+//   closes or no buffer is free.
+// * Zero-copy send: a plain send, whose one completion carries the result
+//   (the contract allows it; MSG_ZEROCOPY's error-queue notifications would
+//   cost more than the copy at the sizes where readiness is used).
+// * Linked deadlines and timeouts: a timer queue ordered by expiry, served
+//   after each wait; epoll_pwait2 sleeps no longer than its head.
+// * Cancellation completes the request with -ECANCELED at once.
+//
+// Sockets are made non-blocking (accept4 with SOCK_NONBLOCK; O_NONBLOCK set
+// on descriptors it is given), since one blocking call would stall every
+// coroutine of the thread.
+#include "backends.hpp"
+
+#include <ringframe/buffer_ring.hpp>
+#include <ringframe/detail/completion.hpp>
+#include <ringframe/result.hpp>
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <string>
+#include <system_error>
+#include <unordered_map>
+
+namespace ringframe::detail {
+
+namespace {
+
+std::int64_t monotonic_ns() noexcept {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+std::int64_t ns_of(const kernel_timespec& t) noexcept { return t.tv_sec * 1000000000 + t.tv_nsec; }
+
+class epoll_backend final : public io_backend {
+ public:
+  epoll_backend(std::vector<cqe_copy>& completed, executor_stats& stats) : io_backend(completed, stats) {
+    epfd_ = ::epoll_create1(EPOLL_CLOEXEC);
+    if (epfd_ < 0) {
+      int e = errno;
+      throw setup_error(errno_code(e), std::string("ringframe: epoll_create1: ") + std::strerror(e));
+    }
+  }
+  ~epoll_backend() override {
+    // Whatever still waits is freed unposted: the executor has stopped
+    // dispatching by now.
+    for (auto& [key, w] : by_key_) delete w;
+    for (waiter* w : spare_) delete w;
+    ::close(epfd_);
+  }
+
+  const char* name() const noexcept override { return "epoll"; }
+  const char* setup_mode() const noexcept override { return "epoll"; }
+
+  void submit(const io_request& r) override {
+    switch (r.op) {
+      case io_op::nop: return post(r.key, 0, 0);
+      case io_op::timeout: {
+        waiter* w = make_waiter(r, side_none);
+        by_key_[r.key] = w;
+        add_timer(w, monotonic_ns() + (r.timeout ? ns_of(*r.timeout) : 0));
+        return;
+      }
+      case io_op::shutdown: return finish(r, ::shutdown(r.fd, r.flags) == 0 ? 0 : -errno);
+      case io_op::close: {
+        forget(r.fd);
+        return finish(r, ::close(r.fd) == 0 ? 0 : -errno);
+      }
+      default: break;
+    }
+    if (r.fd < 0) return finish(r, -EBADF);
+    const int side = side_of(r.op);
+    {
+      fd_state& s = state(r.fd);
+      if (!s.nonblocking && needs_nonblocking(r.op)) {
+        if (int e = make_nonblocking(r.fd)) return finish(r, -e);
+        s.nonblocking = true;
+      }
+      // Behind requests already waiting (order is kept), or straight to the
+      // wait when the last call said the direction is empty.
+      if (s.head[side] || !s.ready[side]) return enqueue(waiter{r, side});
+    }
+    waiter tmp{r, side};
+    if (attempt(tmp) == step::done) return;
+    enqueue(tmp);
+  }
+
+  bool cancel(std::uint64_t key) noexcept override {
+    if (key == 0) {
+      int n = 0;
+      while (!by_key_.empty()) {
+        cancel_waiter(by_key_.begin()->second);
+        ++n;
+      }
+      post(0, n, 0);
+      return true;
+    }
+    auto it = by_key_.find(key);
+    if (it == by_key_.end()) {
+      post(0, -ENOENT, 0);  // done already (its result is posted) or never known
+      return true;
+    }
+    cancel_waiter(it->second);
+    post(0, 0, 0);
+    return true;
+  }
+
+  void run(bool wait, std::chrono::nanoseconds max_wait) override {
+    if (!posts_.empty()) wait = false;  // results from submit() are waiting to be taken
+    std::int64_t wait_ns = -1;          // no limit
+    if (!wait) {
+      wait_ns = 0;
+    } else {
+      if (max_wait.count() >= 0) wait_ns = max_wait.count();
+      if (!timers_.empty()) {
+        std::int64_t due = timers_.begin()->first - monotonic_ns();
+        if (due < 0) due = 0;
+        if (wait_ns < 0 || due < wait_ns) wait_ns = due;
+      }
+    }
+    epoll_event events[256];
+    int n = wait_events(events, 256, wait_ns);
+    ++stats_.submits;
+    if (n < 0) {
+      int e = errno;
+      if (e != EINTR) throw std::system_error(errno_code(e), "ringframe: epoll_wait");
+      n = 0;
+    }
+    for (int i = 0; i < n; ++i) {
+      const int fd = events[i].data.fd;
+      if (fd < 0 || static_cast<std::size_t>(fd) >= fds_.size()) continue;
+      const std::uint32_t ev = events[i].events;
+      // The peer's FIN or an error is signalled once, and stays: from now on
+      // a short read no longer means that nothing is left (the end is).
+      if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) at(fd).ended = true;
+      if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) serve(fd, side_read);
+      if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR)) serve(fd, side_write);
+    }
+    if (!timers_.empty()) expire_timers(monotonic_ns());
+    flush();
+  }
+
+  void reap() noexcept override { flush(); }
+
+  std::unique_ptr<buffer_ring> make_buffers(unsigned count, std::size_t size, unsigned max_count) override {
+    return std::make_unique<buffer_ring>(nullptr, count, size, 1, max_count);
+  }
+
+  void forget(int fd) noexcept override {
+    if (fd < 0 || static_cast<std::size_t>(fd) >= fds_.size()) return;
+    fd_state& s = fds_[static_cast<std::size_t>(fd)];
+    // Requests still waiting on a descriptor that goes: they would never
+    // hear from it again.
+    for (int side : {side_read, side_write})
+      while (s.head[side]) cancel_waiter(s.head[side]);
+    s = fd_state{};
+  }
+
+ private:
+  static constexpr int side_read = 0, side_write = 1, side_none = 2;
+  enum class step { done, again };
+
+  // A request that waits: for readiness, for its timer, or both.
+  struct waiter {
+    io_request req;
+    int side = side_none;
+    bool connecting = false;  // connect(): EINPROGRESS seen, SO_ERROR tells the end
+    bool timed = false;       // in timers_
+    waiter* prev = nullptr;
+    waiter* next = nullptr;
+    std::multimap<std::int64_t, waiter*>::iterator timer{};
+  };
+  struct fd_state {
+    waiter* head[2] = {nullptr, nullptr};
+    waiter* tail[2] = {nullptr, nullptr};
+    bool ready[2] = {true, true};  // false: the last call said EAGAIN (or read/sent short)
+    bool registered = false;
+    bool nonblocking = false;
+    bool ended = false;  // EPOLLRDHUP/HUP/ERR seen: reads never wait again
+  };
+
+  static int side_of(io_op op) noexcept {
+    switch (op) {
+      case io_op::connect:
+      case io_op::send:
+      case io_op::send_zero_copy: return side_write;
+      default: return side_read;
+    }
+  }
+  static bool needs_nonblocking(io_op op) noexcept {
+    // recv and send pass MSG_DONTWAIT instead.
+    return op == io_op::accept || op == io_op::accept_multishot || op == io_op::connect || op == io_op::read;
+  }
+  static int make_nonblocking(int fd) noexcept {
+    int fl = ::fcntl(fd, F_GETFL);
+    if (fl < 0) return errno;
+    if (!(fl & O_NONBLOCK) && ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return errno;
+    return 0;
+  }
+
+  // (A reference into fds_ must not be held across a call that may create a
+  // descriptor's state: accept4's fresh() may grow the table.)
+  fd_state& at(int fd) noexcept { return fds_[static_cast<std::size_t>(fd)]; }
+  fd_state& state(int fd) {
+    const auto i = static_cast<std::size_t>(fd);
+    if (i >= fds_.size()) fds_.resize(std::max<std::size_t>(i + 1, fds_.size() * 2));
+    return fds_[i];
+  }
+
+  void post(std::uint64_t key, int res, unsigned flags) { posts_.push_back({key, res, flags}); }
+  // The request's final result, and its timer's end when it had one.
+  void finish(const io_request& r, int res, unsigned flags = 0) {
+    post(r.key, res, flags);
+    if (r.deadline) post(r.key | timer_tag, -ECANCELED, 0);
+  }
+  void flush() noexcept {
+    if (posts_.empty()) return;
+    // completed_ keeps its capacity; a failed insert would lose results, so
+    // the executor reserves it generously (push_back below never throws in
+    // practice, and results are small).
+    completed_.insert(completed_.end(), posts_.begin(), posts_.end());
+    posts_.clear();
+  }
+
+  int wait_events(epoll_event* ev, int max, std::int64_t ns) {
+    if (use_pwait2_) {
+      timespec ts{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
+      int n = ::epoll_pwait2(epfd_, ev, max, ns < 0 ? nullptr : &ts, nullptr);
+      if (n >= 0 || (errno != ENOSYS && errno != EPERM)) return n;
+      use_pwait2_ = false;  // before Linux 5.11, or refused by a seccomp profile
+    }
+    int ms = ns < 0 ? -1 : static_cast<int>(std::min<std::int64_t>((ns + 999999) / 1000000, 1 << 30));
+    return ::epoll_wait(epfd_, ev, max, ms);
+  }
+
+  // One try of the request's system call. done: its final result is
+  // posted. again: it must wait for the next edge (the hint is cleared).
+  step attempt(waiter& w) {
+    const io_request& r = w.req;
+    for (;;) {
+      switch (r.op) {
+        case io_op::accept: {
+          int fd = ::accept4(r.fd, static_cast<sockaddr*>(r.buf), reinterpret_cast<socklen_t*>(r.addr_len),
+                             r.flags | SOCK_NONBLOCK);
+          if (fd >= 0) {
+            fresh(fd);
+            finish(r, fd);
+            return step::done;
+          }
+          if (errno == ECONNABORTED) continue;
+          break;
+        }
+        case io_op::accept_multishot: {
+          int fd = ::accept4(r.fd, nullptr, nullptr, r.flags | SOCK_NONBLOCK);
+          if (fd >= 0) {
+            fresh(fd);
+            post(r.key, fd, cqe_more);
+            continue;  // the next one, until EAGAIN
+          }
+          if (errno == ECONNABORTED) continue;  // that one is gone; the rest are not
+          break;
+        }
+        case io_op::connect: {
+          if (!w.connecting) {
+            if (::connect(r.fd, static_cast<const sockaddr*>(r.buf), static_cast<socklen_t>(r.len)) == 0) {
+              finish(r, 0);
+              return step::done;
+            }
+            if (errno == EINPROGRESS || errno == EINTR) {  // it goes on in the kernel
+              w.connecting = true;
+              at(r.fd).ready[side_write] = false;
+              return step::again;
+            }
+            break;
+          }
+          int err = 0;
+          socklen_t len = sizeof err;
+          if (::getsockopt(r.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+          if (err == 0) {
+            sockaddr_storage peer{};
+            socklen_t plen = sizeof peer;
+            if (::getpeername(r.fd, reinterpret_cast<sockaddr*>(&peer), &plen) != 0) {
+              if (errno == ENOTCONN) {  // an edge that was not the connect's end
+                at(r.fd).ready[side_write] = false;
+                return step::again;
+              }
+              err = errno;
+            }
+          }
+          finish(r, -err);
+          return step::done;
+        }
+        case io_op::recv: {
+          ssize_t n = ::recv(r.fd, r.buf, r.len, r.flags | MSG_DONTWAIT);
+          if (n >= 0) {
+            if (static_cast<std::size_t>(n) < r.len) drained(r.fd);
+            finish(r, static_cast<int>(n));
+            return step::done;
+          }
+          break;
+        }
+        case io_op::recv_provided:
+        case io_op::recv_multishot: {
+          const bool multi = r.op == io_op::recv_multishot;
+          std::uint16_t id;
+          if (!r.buffers->take(id)) {
+            finish(r, -ENOBUFS);
+            return step::done;
+          }
+          const std::size_t size = r.buffers->buffer_size();
+          ssize_t n = ::recv(r.fd, r.buffers->data(id, size).data(), size, r.flags | MSG_DONTWAIT);
+          if (n > 0) {
+            const unsigned flags = cqe_buffer | (static_cast<unsigned>(id) << cqe_buffer_shift);
+            const bool short_read = static_cast<std::size_t>(n) < size;
+            if (short_read) drained(r.fd);
+            if (!multi) {
+              finish(r, static_cast<int>(n), flags);
+              return step::done;
+            }
+            post(r.key, static_cast<int>(n), flags | cqe_more);
+            if (short_read && !at(r.fd).ready[side_read]) return step::again;
+            continue;
+          }
+          const int e = errno;
+          r.buffers->recycle(id);
+          if (n == 0) {
+            finish(r, 0);
+            return step::done;
+          }
+          errno = e;
+          break;
+        }
+        case io_op::send:
+        case io_op::send_zero_copy: {
+          ssize_t n = ::send(r.fd, r.buf, r.len, r.flags | MSG_DONTWAIT);
+          if (n >= 0) {
+            if (static_cast<std::size_t>(n) < r.len) at(r.fd).ready[side_write] = false;
+            finish(r, static_cast<int>(n));
+            return step::done;
+          }
+          break;
+        }
+        case io_op::read: {
+          ssize_t n = ::read(r.fd, r.buf, r.len);
+          if (n >= 0) {
+            finish(r, static_cast<int>(n));
+            return step::done;
+          }
+          break;
+        }
+        default:
+          finish(r, -EINVAL);
+          return step::done;
+      }
+      // The call failed: errno says how.
+      const int e = errno;
+      if (e == EINTR) continue;
+      if (e == EAGAIN || e == EWOULDBLOCK) {
+        at(r.fd).ready[w.side] = false;
+        return step::again;
+      }
+      finish(r, -e);
+      return step::done;
+    }
+  }
+
+  void enqueue(const waiter& tmp) {
+    waiter* w = make_waiter(tmp.req, tmp.side);
+    w->connecting = tmp.connecting;
+    const int side = w->side;
+    fd_state& s = at(w->req.fd);
+    w->prev = s.tail[side];
+    if (s.tail[side]) s.tail[side]->next = w;
+    else s.head[side] = w;
+    s.tail[side] = w;
+    by_key_[w->req.key] = w;
+    if (w->req.deadline) add_timer(w, ns_of(*w->req.deadline));
+    if (!s.registered) {
+      epoll_event ev{};
+      ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+      ev.data.fd = w->req.fd;
+      if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, w->req.fd, &ev) == 0 ||
+          (errno == EEXIST && ::epoll_ctl(epfd_, EPOLL_CTL_MOD, w->req.fd, &ev) == 0)) {
+        s.registered = true;
+      } else {
+        // Not pollable (or out of memory): the request fails, with why.
+        const int e = errno;
+        const io_request r = w->req;
+        unlink(w);
+        finish(r, -e);
+      }
+    }
+  }
+
+  // Serve the requests waiting on one direction of a descriptor that is
+  // ready, in order, until one must wait again.
+  void serve(int fd, int side) {
+    at(fd).ready[side] = true;
+    while (waiter* w = at(fd).head[side]) {
+      if (attempt(*w) == step::again) return;
+      unlink(w);
+    }
+  }
+
+  waiter* make_waiter(const io_request& r, int side) {
+    waiter* w;
+    if (!spare_.empty()) {
+      w = spare_.back();
+      spare_.pop_back();
+      *w = waiter{};
+    } else {
+      w = new waiter;
+    }
+    w->req = r;
+    w->side = side;
+    return w;
+  }
+
+  // Take `w` off every list and free it (its result is posted already).
+  void unlink(waiter* w) noexcept {
+    if (w->side != side_none) {
+      fd_state& s = fds_[static_cast<std::size_t>(w->req.fd)];
+      if (w->prev) w->prev->next = w->next;
+      else s.head[w->side] = w->next;
+      if (w->next) w->next->prev = w->prev;
+      else s.tail[w->side] = w->prev;
+    }
+    if (w->timed) timers_.erase(w->timer);
+    by_key_.erase(w->req.key);
+    if (spare_.size() < 1024) spare_.push_back(w);
+    else delete w;
+  }
+
+  void cancel_waiter(waiter* w) noexcept {
+    const io_request r = w->req;
+    unlink(w);
+    if (r.op == io_op::timeout) post(r.key, -ECANCELED, 0);
+    else finish(r, -ECANCELED);
+  }
+
+  void add_timer(waiter* w, std::int64_t at) {
+    w->timer = timers_.emplace(at, w);
+    w->timed = true;
+  }
+
+  void expire_timers(std::int64_t now) {
+    while (!timers_.empty() && timers_.begin()->first <= now) {
+      waiter* w = timers_.begin()->second;
+      const io_request r = w->req;
+      unlink(w);
+      if (r.op == io_op::timeout) {
+        post(r.key, -ETIME, 0);
+      } else {  // a linked deadline: the request ends, cancelled by its timer
+        post(r.key, -ECANCELED, 0);
+        post(r.key | timer_tag, -ETIME, 0);
+      }
+    }
+  }
+
+  // A short read took everything there was; the next read waits for the
+  // next edge without asking first. Not once the end was signalled: the
+  // end (0, or the error) is still there to read, and no edge will come.
+  void drained(int fd) noexcept {
+    fd_state& s = at(fd);
+    if (!s.ended) s.ready[side_read] = false;
+  }
+
+  // A descriptor the kernel just created (accept4): nothing known of an
+  // earlier one with its number applies, and it is non-blocking.
+  void fresh(int fd) {
+    fd_state& s = state(fd);
+    s = fd_state{};
+    s.nonblocking = true;
+  }
+
+  int epfd_ = -1;
+  bool use_pwait2_ = true;
+  std::vector<fd_state> fds_;
+  std::unordered_map<std::uint64_t, waiter*> by_key_;  // every waiter, for cancel()
+  std::multimap<std::int64_t, waiter*> timers_;
+  std::vector<cqe_copy> posts_;  // results not yet handed to the executor
+  std::vector<waiter*> spare_;
+};
+
+}  // namespace
+
+std::unique_ptr<io_backend> make_epoll_backend(const executor_options&, std::vector<cqe_copy>& completed,
+                                               executor_stats& stats) {
+  return std::make_unique<epoll_backend>(completed, stats);
+}
+
+}  // namespace ringframe::detail
