@@ -39,6 +39,9 @@ const char* const usage_text =
     "\n"
     "Options:\n"
     "  -t, --timeout SECONDS  give up on any one network operation after this long (default 10)\n"
+    "      --backend B        io_uring, epoll or auto (default auto: io_uring where the kernel\n"
+    "                         allows it, else epoll, saying why once on stderr); without it,\n"
+    "                         the environment variable RINGFRAME_BACKEND is used if set\n"
     "  -q, --quiet            multiconn, app: print only the summary line\n"
     "  -n, --repeat N         app: send the request N times over one connection (default 1)\n"
     "  -p, --pipeline D       app: keep up to D requests in flight (default 1)\n"
@@ -49,6 +52,7 @@ const char* const usage_text =
 
 struct options {
   std::chrono::nanoseconds timeout = 10s;
+  executor_options exec;
   bool quiet = false;
   long repeat = 1;
   long pipeline = 1;
@@ -68,6 +72,7 @@ options parse(int argc, char** argv) {
                                     {"pipeline", required_argument, nullptr, 'p'},
                                     {"help", no_argument, nullptr, 'h'},
                                     {"version", no_argument, nullptr, 'V'},
+                                    {"backend", required_argument, nullptr, 1},
                                     {nullptr, 0, nullptr, 0}};
   int c;
   opterr = 0;
@@ -90,6 +95,10 @@ options parse(int argc, char** argv) {
         (c == 'n' ? o.repeat : o.pipeline) = v;
         break;
       }
+      case 1:
+        if (!parse_backend_kind(optarg, o.exec.backend))
+          fail_usage(std::string("bad --backend '") + optarg + "' (expected io_uring, epoll or auto)");
+        break;
       case 'h': std::fputs(usage_text, stdout); std::exit(0);
       case 'V': std::printf("ringframe-client %s\n", RINGFRAME_VERSION); std::exit(0);
       default: fail_usage(std::string("unknown option '") + argv[optind - 1] + "'");
@@ -330,7 +339,7 @@ int main(int argc, char** argv) {
         fail_usage(unix_host ? "echo takes at most unix:/PATH TEXT (a unix: HOST has no PORT)"
                              : "echo takes at most HOST PORT TEXT");
       address to = endpoint();
-      executor ex;
+      executor ex(o.exec);
       return ex.run(echo_client(&ex, to, a.size() > rest ? a[rest] : "Hello, world", o.timeout));
     }
     if (cmd == "multiconn") {
@@ -342,7 +351,7 @@ int main(int argc, char** argv) {
       char* end = nullptr;
       long n = std::strtol(num.c_str(), &end, 10);
       if (num.empty() || *end || n < 1 || n > 1000000) fail_usage("bad NUM_CONNS '" + num + "'");
-      executor ex;
+      executor ex(o.exec);
       multiconn_state st{&ex, to, o.timeout, o.quiet};
       for (int i = 1; i <= n; ++i) ex.spawn(multiconn_one(&st, i));
       ex.run_until_idle();
@@ -356,7 +365,7 @@ int main(int argc, char** argv) {
         fail_usage(unix_host ? "usage: app unix:/PATH ACTION VALUE (a unix: HOST has no PORT)"
                              : "usage: app HOST PORT ACTION VALUE");
       address to = endpoint();
-      executor ex;
+      executor ex(o.exec);
       return ex.run(
           app_client(&ex, to, app_request{a[rest], a[rest + 1], o.repeat, o.pipeline, o.quiet, o.timeout}));
     }

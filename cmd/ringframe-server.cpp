@@ -36,7 +36,7 @@ const char* const usage_text =
     "  -m, --mode MODE          echo: bytes in, same bytes out (default)\n"
     "                           app: the tutorial's search / binary application, framed\n"
     "                           frame-echo: every framed message sent back unchanged\n"
-    "  -t, --threads N          N threads, each with its own io_uring, accepting from one shared\n"
+    "  -t, --threads N          N threads, each with its own io_uring (or epoll), accepting from one shared\n"
     "                           listener; default: the number of cores\n"
     "      --reuse-port         TCP: one SO_REUSEPORT listener per thread instead (the kernel\n"
     "                           spreads connections by address hash), and the port may be shared\n"
@@ -52,6 +52,9 @@ const char* const usage_text =
     "                           than this from its first byte to its last (default 30; 0: never)\n"
     "      --drain-timeout SECS on SIGINT/SIGTERM, how long connections may take to finish the\n"
     "                           replies they owe before they are closed (default 10)\n"
+    "      --backend B          io_uring, epoll or auto (default auto: io_uring where the kernel\n"
+    "                           allows it, else epoll, saying why once on stderr); without it,\n"
+    "                           the environment variable RINGFRAME_BACKEND is used if set\n"
     "      --io-uring SETUP     fastest (default: defer-taskrun, else coop-taskrun, else plain),\n"
     "                           coop-taskrun or plain; the choice made is logged at start\n"
     "      --single-accept      one accept request per connection instead of a multishot one\n"
@@ -78,6 +81,7 @@ struct options {
   connection_options conn;
   std::chrono::nanoseconds drain_timeout = std::chrono::seconds(10);
   ring_setup ring = ring_setup::fastest;
+  backend_kind backend = backend_kind::automatic;
   bool single_accept = false;
   bool reuse_port = false;
   unsigned threads = std::max(1u, std::thread::hardware_concurrency());
@@ -112,6 +116,7 @@ options parse(int argc, char** argv) {
       {"no-provided-buffers", no_argument, nullptr, 7}, {"multishot-recv", no_argument, nullptr, 9},
       {"zero-copy-threshold", required_argument, nullptr, 8},  {"threads", required_argument, nullptr, 't'},
       {"reuse-port", no_argument, nullptr, 10},     {"version", no_argument, nullptr, 'V'},
+      {"backend", required_argument, nullptr, 11},
       {nullptr, 0, nullptr, 0}};
   int c;
   opterr = 0;
@@ -152,6 +157,10 @@ options parse(int argc, char** argv) {
       case 7: o.conn.provided_buffers = false; break;
       case 9: o.conn.multishot_recv = true; break;
       case 10: o.reuse_port = true; break;
+      case 11:
+        if (!parse_backend_kind(optarg, o.backend))
+          fail_usage(std::string("bad --backend '") + optarg + "' (expected io_uring, epoll or auto)");
+        break;
       case 8: {
         char* end = nullptr;
         unsigned long long v = std::strtoull(optarg, &end, 10);
@@ -207,6 +216,7 @@ int main(int argc, char** argv) {
   so.listen_at = addrs.front();
   so.threads = o.threads;
   so.executor.setup = o.ring;
+  so.executor.backend = o.backend;
   so.server.max_connections = o.max_connections;
   so.server.log_connections = !o.quiet;
   so.server.multishot_accept = !o.single_accept;
@@ -223,10 +233,13 @@ int main(int argc, char** argv) {
       return 1;
     }
     std::printf("Listening on %s\n", srv.local_address().to_python().c_str());
-    const char* how = srv.threads() == 1          ? ""
-                      : srv.listener_per_shard() ? "s, one ring and one SO_REUSEPORT listener each"
-                                                 : "s, one ring each, one shared listener";
-    std::printf("io_uring: %s; %u thread%s\n", srv.setup_mode(), srv.threads(), how);
+    const bool uring = std::strcmp(srv.backend_name(), "io_uring") == 0;
+    const char* how = srv.threads() == 1 ? ""
+                      : srv.listener_per_shard()
+                          ? (uring ? "s, one ring and one SO_REUSEPORT listener each" : "s, one epoll and one SO_REUSEPORT listener each")
+                          : (uring ? "s, one ring each, one shared listener" : "s, one epoll each, one shared listener");
+    if (uring) std::printf("io_uring: %s; %u thread%s\n", srv.setup_mode(), srv.threads(), how);
+    else std::printf("epoll: %u thread%s\n", srv.threads(), how);
     srv.run();
     const server_stats sum = srv.stats();
     std::string messages;

@@ -111,7 +111,8 @@ class sharded_server {
   // Valid after a successful start().
   const address& local_address() const noexcept { return bound_; }
   unsigned threads() const noexcept { return static_cast<unsigned>(shards_.size()); }
-  const char* setup_mode() const noexcept;  // the shards' io_uring setup (executor::setup_mode)
+  const char* setup_mode() const noexcept;    // the shards' io_uring setup (executor::setup_mode)
+  const char* backend_name() const noexcept;  // "io_uring" or "epoll" (executor::backend_name)
   bool listener_per_shard() const noexcept { return per_shard_listeners_; }
   // The signal that began the drain, 0 if none did.
   int stopped_by() const noexcept { return stopped_by_; }

@@ -116,6 +116,10 @@ void executor::make_backend(const executor_options& opts) {
         if (!io_uring_refused(e.code().value())) throw;
         std::string why = e.what();
         if (why.rfind("ringframe: ", 0) == 0) why.erase(0, 11);
+        // system_error appends ": <strerror>"; the explanation names it already.
+        const std::string tail = ": " + e.code().message();
+        if (why.size() > tail.size() && why.compare(why.size() - tail.size(), tail.size(), tail) == 0)
+          why.erase(why.size() - tail.size());
         fallback_why = why;
         std::fprintf(stderr, "ringframe: io_uring is not available here, falling back to epoll: %s\n", why.c_str());
       }

@@ -33,6 +33,7 @@ struct sharded_server::shard {
   executor* ex = nullptr;
   server* srv = nullptr;
   const char* setup_mode = "";
+  const char* backend = "";
   std::exception_ptr failure;
 
   // The shard's thread only.
@@ -93,6 +94,10 @@ const char* sharded_server::setup_mode() const noexcept {
   return shards_.empty() ? "" : shards_.front()->setup_mode;
 }
 
+const char* sharded_server::backend_name() const noexcept {
+  return shards_.empty() ? "" : shards_.front()->backend;
+}
+
 // The owner's executor and signal set, every listener and each shard's
 // descriptors: everything that can fail with an errno, before any thread.
 result<void> sharded_server::bind_all() {
@@ -100,6 +105,7 @@ result<void> sharded_server::bind_all() {
   unsigned n = opts_.threads ? opts_.threads : std::max(1u, std::thread::hardware_concurrency());
   executor_options eo;
   eo.setup = opts_.executor.setup;
+  eo.backend = opts_.executor.backend;
   eo.sq_entries = 64;
   eo.receive_buffers = 0;
   owner_ = std::make_unique<executor>(eo);
@@ -332,6 +338,7 @@ void sharded_server::shard_thread(sharded_server* self, shard* sh, server::strea
   sh->ex = &*ex;
   sh->srv = &*srv;
   sh->setup_mode = ex->setup_mode();
+  sh->backend = ex->backend_name();
   ready->count_down();  // `ready` may be gone from here on
   try {
     ex->run(shard_main(self, sh, std::move(h)));
