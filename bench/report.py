@@ -85,7 +85,8 @@ if ab:
     print("| A | B | depth | content | A msg/s | B msg/s | B / A | A CPU ns/msg | B CPU ns/msg | B / A CPU | A p99 us | B p99 us |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     pairs = [("ab:ceiling", "ab:framed"), ("ab:ceiling", "ab:ceiling-fixed-files"), ("ab:framed", "ab:framed-no-read-deadlines"),
-             ("ab:framed", "ab:framed-multishot-recv"), ("ab:ceiling", "ab:ceiling-multishot-recv")]
+             ("ab:framed", "ab:framed-multishot-recv"), ("ab:ceiling", "ab:ceiling-multishot-recv"),
+             ("ab:ceiling", "ab:ceiling-epoll")]
     for a, b in pairs:
         # ab() runs A then B in turn: pair each B run with the A run before it.
         runs = [(ab[i - 1], ab[i]) for i in range(1, len(ab)) if ab[i]["mode"] == b and ab[i - 1]["mode"] == a]
