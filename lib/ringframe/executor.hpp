@@ -232,8 +232,12 @@ class executor {
   // not be asked now, and the caller defers it to the next loop turn.
   bool try_cancel(std::uint64_t key) noexcept;
   // A descriptor is new to this executor (socket.hpp calls this), or is
-  // about to be closed: what the backend knew of its number is forgotten.
+  // about to be closed: what the backend knew of its number is forgotten,
+  // and (epoll) operations still waiting on it end with ECANCELED.
   void forget_descriptor(int fd) noexcept { backend_->forget(fd); }
+  // Is `ex` an executor of this thread that has not been destroyed? (A
+  // socket may outlive its executor; it tells it of its close only if so.)
+  static bool alive_here(const executor* ex) noexcept;
   std::size_t inflight() const noexcept { return inflight_; }
   const executor_stats& stats() const noexcept { return stats_; }
 

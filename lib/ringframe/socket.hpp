@@ -254,7 +254,9 @@ class socket {
   socket& operator=(socket&& o) noexcept;
   socket(const socket&) = delete;
   socket& operator=(const socket&) = delete;
-  ~socket();  // closes synchronously if still open
+  // Closes synchronously if still open. (On epoll, operations still waiting
+  // on it end with ECANCELED; on io_uring they end as the kernel ends them.)
+  ~socket();
 
   // A new socket of `family` (AF_INET, AF_INET6, AF_UNIX), close-on-exec.
   static result<socket> open(executor& ex, int family, int type = SOCK_STREAM);
@@ -314,6 +316,7 @@ class socket {
   result<address> peer_address() const;
 
  private:
+  void close_now() noexcept;
   op_options with_stop(op_options o) const {
     if (!o.stop) o.stop = &stop_;
     return o;

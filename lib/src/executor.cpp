@@ -5,6 +5,7 @@
 #include <ringframe/executor.hpp>
 #include <ringframe/result.hpp>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -130,6 +131,17 @@ void executor::make_backend(const executor_options& opts) {
   kind_ = backend_kind::epoll;
 }
 
+namespace {
+// The executors created on this thread and not yet destroyed (usually one).
+thread_local std::vector<const executor*> executors_here;
+}  // namespace
+
+bool executor::alive_here(const executor* ex) noexcept {
+  for (const executor* e : executors_here)
+    if (e == ex) return true;
+  return false;
+}
+
 executor::executor(executor_options opts)
     : buffer_count_(opts.receive_buffers), buffer_max_(opts.receive_buffers_max) {
   if (buffer_count_ & (buffer_count_ - 1)) throw std::invalid_argument("executor_options::receive_buffers must be a power of two");
@@ -144,6 +156,7 @@ executor::executor(executor_options opts)
   waker_.ex = this;
   waker_.on_cqe = &executor::on_wake;
   arm_waker();
+  executors_here.push_back(this);
 }
 
 // ---- the inbox (detail/deferred_call.hpp) ----
@@ -264,6 +277,9 @@ void executor::run_inbox(bool run) {
 }
 
 executor::~executor() {
+  // Sockets closed from here on (by coroutine frames torn down below, or
+  // after) no longer tell this executor.
+  std::erase(executors_here, this);
   if (live_ > 0 || inflight_ > 0 || !ready_.empty() || completed_head_ < completed_.size()) {
     stop();
     // Let cancelled coroutines unwind through their own code paths.

@@ -23,7 +23,7 @@ socket::socket(socket&& o) noexcept : ex_(o.ex_), fd_(std::exchange(o.fd_, -1)),
 
 socket& socket::operator=(socket&& o) noexcept {
   if (this != &o) {
-    if (fd_ >= 0) ::close(fd_);
+    close_now();
     ex_ = o.ex_;
     fd_ = std::exchange(o.fd_, -1);
     stop_ = std::move(o.stop_);
@@ -31,11 +31,17 @@ socket& socket::operator=(socket&& o) noexcept {
   return *this;
 }
 
-// The executor is not told: it may be gone already (a socket may outlive
-// it). A backend that keeps state per descriptor starts afresh when the
+socket::~socket() { close_now(); }
+
+// The executor is told first (the epoll backend ends operations still
+// waiting on the descriptor: closed, it would never hear of them again),
+// unless it is gone or belongs to another thread: a socket may outlive it.
+// A backend that keeps state per descriptor also starts afresh when the
 // number comes back (socket's constructor, accept).
-socket::~socket() {
-  if (fd_ >= 0) ::close(fd_);
+void socket::close_now() noexcept {
+  if (fd_ < 0) return;
+  if (executor::alive_here(ex_)) ex_->forget_descriptor(fd_);
+  ::close(std::exchange(fd_, -1));
 }
 
 int socket::release() noexcept { return std::exchange(fd_, -1); }
