@@ -167,6 +167,9 @@ class frame_decoder {
   status parse_header(const std::byte* header, std::size_t len);
   bool validate_content(const std::byte* content, std::size_t len);
   void reserve_free(std::size_t free_needed);
+  // A buffer this decoder no longer uses, to the per-thread pool if it is a
+  // pooled size and there is room (else it is freed).
+  static void give_back(std::unique_ptr<std::byte[]> b, std::size_t cap) noexcept;
   [[noreturn]] void commit_overrun(std::size_t n) const noexcept;
 
   frame_limits limits_;

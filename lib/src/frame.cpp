@@ -309,6 +309,11 @@ void frame_decoder::reserve_free(std::size_t free_needed) {
     std::memset(nb.get() + newcap, 0, simdjson::SIMDJSON_PADDING);
   }
   if (live) std::memcpy(nb.get(), buf_.get() + begin_, live);
+  // The old buffer goes back to the pool, not to malloc: freed, it would
+  // often be the top of the thread's heap, which glibc then trims with
+  // madvise and grows back on the next allocation (8% of the server's
+  // CPU at 1 KiB x 16 pipelined on epoll, measured with perf).
+  give_back(std::move(buf_), cap_);
   buf_ = std::move(nb);
   cap_ = newcap;
   begin_ = 0;
@@ -347,14 +352,22 @@ void frame_decoder::feed(std::span<const std::byte> bytes) {
   }
 }
 
+void frame_decoder::give_back(std::unique_ptr<std::byte[]> b, std::size_t cap) noexcept {
+  if (!b) return;
+  try {
+    if (cap == pooled_size && pool().size() < 1024) {
+      pool().push_back(std::move(b));
+    } else if (int cls = large_class(cap); cls >= 0 && large().bytes + cap <= large_pool_budget) {
+      large().by_class[cls].push_back(std::move(b));
+      large().bytes += cap;
+    }
+  } catch (...) {  // the pool's own vector could not grow: free it instead
+  }
+}
+
 void frame_decoder::shrink_if_idle() noexcept {
   if (end_ - begin_ == 0 && consume_on_next_ == 0 && buf_) {
-    if (cap_ == pooled_size && pool().size() < 1024) {
-      pool().push_back(std::move(buf_));
-    } else if (int cls = large_class(cap_); cls >= 0 && large().bytes + cap_ <= large_pool_budget) {
-      large().by_class[cls].push_back(std::move(buf_));
-      large().bytes += cap_;
-    }
+    give_back(std::move(buf_), cap_);
     buf_.reset();
     cap_ = begin_ = end_ = consume_on_next_ = need_ = 0;
   }
