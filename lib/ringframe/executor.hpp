@@ -230,7 +230,8 @@ class executor {
   // Submit a cancellation of the request whose key is `key`, on this
   // thread. Never throws (cancel paths are noexcept): false when it could
   // not be asked now, and the caller defers it to the next loop turn.
-  bool try_cancel(std::uint64_t key) noexcept;
+  // `fd`: the descriptor the request was made on, if known (see io_backend).
+  bool try_cancel(std::uint64_t key, int fd = -1) noexcept;
   // A descriptor is new to this executor (socket.hpp calls this), or is
   // about to be closed: what the backend knew of its number is forgotten,
   // and (epoll) operations still waiting on it end with ECANCELED.

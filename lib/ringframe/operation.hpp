@@ -89,6 +89,7 @@ class operation : public completion {
     io_request r;
     static_cast<Derived*>(this)->prepare(r);
     r.key = key_of(this);
+    fd_ = r.fd;
     // steady_clock is CLOCK_MONOTONIC, the clock of the deadline.
     if (has_deadline_) r.deadline = &ts_;
     pending_ = has_deadline_ ? 2 : 1;
@@ -133,7 +134,7 @@ class operation : public completion {
   // On the executor's thread. Without a free SQE it tries again next turn.
   void cancel() noexcept {
     if (pending_ == 0) return;
-    if (!ex_.try_cancel(key_of(this))) ex_.defer(&cancel_call_);
+    if (!ex_.try_cancel(key_of(this), fd_)) ex_.defer(&cancel_call_);
   }
 
   static void handle_cqe(completion* c, int res, unsigned flags, bool from_timer) {
@@ -166,6 +167,7 @@ class operation : public completion {
   kernel_timespec ts_{};
   cancel_call cancel_call_{this};
   std::optional<std::stop_callback<canceller>> stop_cb_;
+  int fd_ = -1;  // of the request in flight: a hint for its cancellation
   unsigned char pending_ = 0;
   bool has_deadline_ = false;
   bool timer_fired_ = false;

@@ -115,6 +115,7 @@ class receive_stream {
       static void run(detail::deferred_call* d, bool run);
     } leftover_cancel{this};
     buffer_ring* br = nullptr;
+    int fd = -1;  // once left behind: the socket's, for the cancellation
     bool cancel_sent = false;
     bool ended = false;  // it ended (end_res) with no reader waiting
     int end_res = 0;

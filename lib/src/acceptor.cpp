@@ -37,7 +37,7 @@ void acceptor::request_cancel() noexcept {
 void acceptor::cancel() noexcept {
   if (!armed_) return;
   // Without room to ask now, from the next loop turn.
-  if (!ex_.try_cancel(detail::key_of(this))) ex_.defer(&deferred_);
+  if (!ex_.try_cancel(detail::key_of(this), listener_.fd())) ex_.defer(&deferred_);
 }
 
 void acceptor::deferred_cancel::run(detail::deferred_call* d, bool run) {

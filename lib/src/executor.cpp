@@ -301,7 +301,7 @@ executor::~executor() {
   }
   completed_.clear();
   completed_head_ = 0;
-  if (waker_armed_) try_cancel(detail::key_of(&waker_) | detail::uncounted_tag);
+  if (waker_armed_) try_cancel(detail::key_of(&waker_) | detail::uncounted_tag, wake_fd_);
   for (int spins = 0; spins < 1000 && (inflight_ > 0 || waker_armed_); ++spins) {
     try {
       backend_->run(true, std::chrono::milliseconds(10));
@@ -448,8 +448,8 @@ void executor::stop() {
   if (!try_cancel(0)) cancel_all_owed_ = true;
 }
 
-bool executor::try_cancel(std::uint64_t key) noexcept {
-  if (backend_->cancel(key)) {
+bool executor::try_cancel(std::uint64_t key, int fd) noexcept {
+  if (backend_->cancel(key, fd)) {
     ++inflight_;  // the cancellation's own completion (key 0)
     return true;
   }

@@ -424,15 +424,16 @@ frame_decoder::status frame_decoder::parse_header(const std::byte* header, std::
 
   // The other keys: a fault here leaves the stream in sync (the frame's end
   // is known), so it is reported once the frame is in, and then skipped.
-  struct field {
+  struct key {
     const char* name;
     bool present;
     dom::element* value;
-    std::string* into;
-  } fields[] = {{"byteorder", has_byteorder, &byteorder, &byteorder_},
-                {"content-type", has_ctype, &ctype, &content_type_},
-                {"content-encoding", has_cenc, &cenc, &content_encoding_}};
-  for (field& f : fields) {
+  } keys[] = {{"byteorder", has_byteorder, &byteorder},
+                {"content-type", has_ctype, &ctype},
+                {"content-encoding", has_cenc, &cenc}};
+  fields_.clear();
+  for (int i = 0; i < 3; ++i) {
+    key& f = keys[i];
     if (!f.present) {
       header_ok_ = false;
       fail(frame_errc::missing_key, true, std::string("JSON header lacks required key \"") + f.name + "\"");
@@ -445,13 +446,15 @@ frame_decoder::status frame_decoder::parse_header(const std::byte* header, std::
            std::string("\"") + f.name + "\" must be a string, got " + type_name(f.value->type()));
       return status::need_more;
     }
-    f.into->assign(sv);
+    // The header is at most 65,535 bytes: the offsets fit.
+    fields_.append(sv);
+    field_end_[i] = static_cast<std::uint32_t>(fields_.size());
   }
-  is_text_json_ = content_type_ == "text/json";
-  if (is_text_json_ && limits_.validate_json_content && !is_utf8_name(content_encoding_)) {
+  is_text_json_ = field(1) == "text/json";
+  if (is_text_json_ && limits_.validate_json_content && !is_utf8_name(field(2))) {
     header_ok_ = false;
     fail(frame_errc::unsupported_encoding, true,
-         "content-encoding \"" + content_encoding_.substr(0, 40) + "\" is not supported for text/json (use utf-8)");
+         "content-encoding \"" + std::string(field(2).substr(0, 40)) + "\" is not supported for text/json (use utf-8)");
     return status::need_more;
   }
   if (len <= 512) {  // headers of real peers are ~100 bytes; don't copy a huge one
@@ -509,9 +512,9 @@ frame_decoder::status frame_decoder::next_slow(message_view& out) {
     begin_ += frame_len_;  // skip the bad frame; the stream stays in sync
     return status::error;
   }
-  out.byteorder = byteorder_;
-  out.content_type = content_type_;
-  out.content_encoding = content_encoding_;
+  out.byteorder = field(0);
+  out.content_type = field(1);
+  out.content_encoding = field(2);
   out.content_length = content_len;
   out.header_json = {reinterpret_cast<const char*>(frame + 2), header_len_};
   out.content = {content, content_len};

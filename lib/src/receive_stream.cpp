@@ -35,13 +35,14 @@ receive_stream::~receive_stream() {
       delete s;
     };
     ex.adopt(slot);
-    if (!slot->cancel_sent && !ex.try_cancel(detail::key_of(slot))) ex.defer(&slot->leftover_cancel);
+    slot->fd = sock_.fd();
+    if (!slot->cancel_sent && !ex.try_cancel(detail::key_of(slot), slot->fd)) ex.defer(&slot->leftover_cancel);
   }
 }
 
 void receive_stream::multishot_slot::retry::run(detail::deferred_call* d, bool run) {
   auto* r = static_cast<retry*>(d);
-  if (run && !r->ex->try_cancel(detail::key_of(r->slot))) r->ex->defer(r);
+  if (run && !r->ex->try_cancel(detail::key_of(r->slot), r->slot->fd)) r->ex->defer(r);
 }
 
 int receive_stream::refusal() const noexcept {
@@ -221,7 +222,7 @@ void receive_stream::cancel_in_flight() noexcept {
   } else {
     return;  // nothing in the kernel, or its cancellation is on its way
   }
-  if (!ex.try_cancel(key)) return ex.defer(&deferred_);  // from the next turn
+  if (!ex.try_cancel(key, sock_.fd())) return ex.defer(&deferred_);  // from the next turn
   if (state_ == state::ending) ms_->cancel_sent = true;
 }
 

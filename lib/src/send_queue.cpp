@@ -13,7 +13,7 @@ send_queue::~send_queue() {
   sock_.get_executor().withdraw(&deferred_);
   if (f_) sock_.get_executor().unlisten_stop(f_.get());
   if (busy()) {
-    if (state_ == state::sending) sock_.get_executor().try_cancel(detail::key_of(f_.get()));
+    if (state_ == state::sending) sock_.get_executor().try_cancel(detail::key_of(f_.get()), sock_.fd());
     orphan_flight();
   }
   wake();
@@ -82,7 +82,7 @@ void send_queue::cancel_here(bool stopping) noexcept {
   }
   if (state_ != state::sending) return;  // idle, failed, or (deadline) let the pages go by themselves
   executor& ex = sock_.get_executor();
-  if (!ex.try_cancel(detail::key_of(f_.get()))) ex.defer(&deferred_);
+  if (!ex.try_cancel(detail::key_of(f_.get()), sock_.fd())) ex.defer(&deferred_);
 }
 
 void send_queue::deferred_cancel::run(detail::deferred_call* d, bool run) {

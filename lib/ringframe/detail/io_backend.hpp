@@ -21,7 +21,7 @@
 //   with -ECANCELED), -ECANCELED (or -ENOENT) when the request won;
 // * a completion is never dispatched from inside submit(): it is posted,
 //   and the executor dispatches it from its loop;
-// * cancel(key) ends the request with -ECANCELED (if it has not ended), and
+// * cancel(key, fd) ends the request with -ECANCELED (if it has not ended), and
 //   posts one completion of its own, with key 0;
 // * res is a byte count, a descriptor, 0, or -errno, as the system call's.
 #pragma once
@@ -110,9 +110,11 @@ class io_backend {
   // fails (it cannot submit at all); a request's own failure is its
   // completion's res.
   virtual void submit(const io_request& r) = 0;
-  // Cancel the request `key` (0: every request). Never throws; false when it
-  // could not be asked now (no room): the caller tries again next turn.
-  virtual bool cancel(std::uint64_t key) noexcept = 0;
+  // Cancel the request `key` (0: every request), made on descriptor `fd`
+  // (-1: none or unknown; a hint that spares the epoll backend a table of
+  // keys). Never throws; false when it could not be asked now (no room):
+  // the caller tries again next turn.
+  virtual bool cancel(std::uint64_t key, int fd) noexcept = 0;
   // Hand what is queued to the kernel; when `wait`, sleep until something
   // completes or `max_wait` passes (negative: no limit); then append every
   // completion there is to the executor's queue.

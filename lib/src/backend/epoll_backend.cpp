@@ -43,10 +43,9 @@
 
 #include <cerrno>
 #include <cstring>
-#include <map>
+#include <set>
 #include <string>
 #include <system_error>
-#include <unordered_map>
 
 namespace ringframe::detail {
 
@@ -69,13 +68,9 @@ class epoll_backend final : public io_backend {
       throw setup_error(errno_code(e), std::string("ringframe: epoll_create1: ") + std::strerror(e));
     }
   }
-  ~epoll_backend() override {
-    // Whatever still waits is freed unposted: the executor has stopped
-    // dispatching by now.
-    for (auto& [key, w] : by_key_) delete w;
-    for (waiter* w : spare_) delete w;
-    ::close(epfd_);
-  }
+  // Whatever still waits is dropped unposted (the executor has stopped
+  // dispatching by now); the slabs free every waiter.
+  ~epoll_backend() override { ::close(epfd_); }
 
   const char* name() const noexcept override { return "epoll"; }
   const char* setup_mode() const noexcept override { return "epoll"; }
@@ -85,50 +80,58 @@ class epoll_backend final : public io_backend {
       case io_op::nop: return post(r.key, 0, 0);
       case io_op::timeout: {
         waiter* w = make_waiter(r, side_none);
-        by_key_[r.key] = w;
         add_timer(w, monotonic_ns() + (r.timeout ? ns_of(*r.timeout) : 0));
         return;
       }
-      case io_op::shutdown: return finish(r, ::shutdown(r.fd, r.flags) == 0 ? 0 : -errno);
+      case io_op::shutdown: return finish(r.key, r.deadline != nullptr, ::shutdown(r.fd, r.flags) == 0 ? 0 : -errno);
       case io_op::close: {
         forget(r.fd);
-        return finish(r, ::close(r.fd) == 0 ? 0 : -errno);
+        return finish(r.key, r.deadline != nullptr, ::close(r.fd) == 0 ? 0 : -errno);
       }
       default: break;
     }
-    if (r.fd < 0) return finish(r, -EBADF);
+    if (r.fd < 0) return finish(r.key, r.deadline != nullptr, -EBADF);
     const int side = side_of(r.op);
     {
       fd_state& s = state(r.fd);
       if (!s.nonblocking && needs_nonblocking(r.op)) {
-        if (int e = make_nonblocking(r.fd)) return finish(r, -e);
+        if (int e = make_nonblocking(r.fd)) return finish(r.key, r.deadline != nullptr, -e);
         s.nonblocking = true;
       }
       // Behind requests already waiting (order is kept), or straight to the
       // wait when the last call said the direction is empty.
-      if (s.head[side] || !s.ready[side]) return enqueue(waiter{r, side});
+      if (s.head[side] || !s.ready[side]) return enqueue(make_waiter(r, side));
     }
-    waiter tmp{r, side};
+    waiter tmp;
+    fill(tmp, r, side);
     if (attempt(tmp) == step::done) return;
-    enqueue(tmp);
+    waiter* w = make_waiter(r, side);
+    w->connecting = tmp.connecting;
+    enqueue(w);
   }
 
-  bool cancel(std::uint64_t key) noexcept override {
+  bool cancel(std::uint64_t key, int fd) noexcept override {
     if (key == 0) {
       int n = 0;
-      while (!by_key_.empty()) {
-        cancel_waiter(by_key_.begin()->second);
+      for (std::size_t i = 0; i < fds_.size(); ++i)
+        for (int side : {side_read, side_write})
+          while (waiter* w = fds_[i].head[side]) {
+            cancel_waiter(w);
+            ++n;
+          }
+      while (!timers_.empty()) {
+        cancel_waiter(timers_.begin()->second);
         ++n;
       }
       post(0, n, 0);
       return true;
     }
-    auto it = by_key_.find(key);
-    if (it == by_key_.end()) {
+    waiter* w = find(key, fd);
+    if (!w) {
       post(0, -ENOENT, 0);  // done already (its result is posted) or never known
       return true;
     }
-    cancel_waiter(it->second);
+    cancel_waiter(w);
     post(0, 0, 0);
     return true;
   }
@@ -176,31 +179,38 @@ class epoll_backend final : public io_backend {
 
   void forget(int fd) noexcept override {
     if (fd < 0 || static_cast<std::size_t>(fd) >= fds_.size()) return;
-    fd_state& s = fds_[static_cast<std::size_t>(fd)];
     // Requests still waiting on a descriptor that goes: they would never
     // hear from it again.
     for (int side : {side_read, side_write})
-      while (s.head[side]) cancel_waiter(s.head[side]);
-    s = fd_state{};
+      while (waiter* w = at(fd).head[side]) cancel_waiter(w);
+    at(fd) = fd_state{};
   }
 
  private:
-  static constexpr int side_read = 0, side_write = 1, side_none = 2;
+  static constexpr std::uint8_t side_read = 0, side_write = 1, side_none = 2;
   enum class step { done, again };
 
-  // A request that waits: for readiness, for its timer, or both.
+  // A request that waits: for readiness, for its timer, or both. Kept
+  // small (72 bytes, from a slab): an idle connection has one.
   struct waiter {
-    io_request req;
-    int side = side_none;
-    bool connecting = false;  // connect(): EINPROGRESS seen, SO_ERROR tells the end
-    bool timed = false;       // in timers_
-    waiter* prev = nullptr;
+    std::uint64_t key = 0;
+    void* buf = nullptr;
+    std::size_t len = 0;
+    void* extra = nullptr;      // accept: the socklen_t*; provided recvs: the buffer_ring*
+    std::int64_t deadline = 0;  // when its timer fires (timed), CLOCK_MONOTONIC ns
+    waiter* prev = nullptr;     // its descriptor's queue (circular), or the free list
     waiter* next = nullptr;
-    std::multimap<std::int64_t, waiter*>::iterator timer{};
+    int fd = -1;
+    int flags = 0;
+    io_op op = io_op::nop;
+    std::uint8_t side = side_none;
+    bool connecting = false;    // connect(): EINPROGRESS seen, SO_ERROR tells the end
+    bool timed = false;         // in timers_
+    bool linked = false;        // has a linked deadline: its timer posts a completion too
   };
+  static_assert(sizeof(waiter) <= 72);
   struct fd_state {
-    waiter* head[2] = {nullptr, nullptr};
-    waiter* tail[2] = {nullptr, nullptr};
+    waiter* head[2] = {nullptr, nullptr};  // readers, writers (circular lists)
     bool ready[2] = {true, true};  // false: the last call said EAGAIN (or read/sent short)
     bool registered = false;
     bool nonblocking = false;
@@ -231,21 +241,38 @@ class epoll_backend final : public io_backend {
   fd_state& at(int fd) noexcept { return fds_[static_cast<std::size_t>(fd)]; }
   fd_state& state(int fd) {
     const auto i = static_cast<std::size_t>(fd);
-    if (i >= fds_.size()) fds_.resize(std::max<std::size_t>(i + 1, fds_.size() * 2));
+    if (i >= fds_.size()) {
+      // An eighth more than needed, not twice: descriptors are dense, and an
+      // idle connection's share of this table counts.
+      const std::size_t n = i + 1 + i / 8 + 16;
+      fds_.reserve(n);
+      fds_.resize(n);
+    }
     return fds_[i];
+  }
+
+  static void fill(waiter& w, const io_request& r, std::uint8_t side) noexcept {
+    w.key = r.key;
+    w.buf = r.buf;
+    w.len = r.len;
+    w.extra = r.addr_len ? static_cast<void*>(r.addr_len) : static_cast<void*>(r.buffers);
+    w.fd = r.fd;
+    w.flags = r.flags;
+    w.op = r.op;
+    w.side = side;
+    w.linked = r.deadline != nullptr;
+    w.deadline = r.deadline ? ns_of(*r.deadline) : 0;
   }
 
   void post(std::uint64_t key, int res, unsigned flags) { posts_.push_back({key, res, flags}); }
   // The request's final result, and its timer's end when it had one.
-  void finish(const io_request& r, int res, unsigned flags = 0) {
-    post(r.key, res, flags);
-    if (r.deadline) post(r.key | timer_tag, -ECANCELED, 0);
+  void finish(std::uint64_t key, bool linked, int res, unsigned flags = 0) {
+    post(key, res, flags);
+    if (linked) post(key | timer_tag, -ECANCELED, 0);
   }
+  void finish(const waiter& w, int res, unsigned flags = 0) { finish(w.key, w.linked, res, flags); }
   void flush() noexcept {
     if (posts_.empty()) return;
-    // completed_ keeps its capacity; a failed insert would lose results, so
-    // the executor reserves it generously (push_back below never throws in
-    // practice, and results are small).
     completed_.insert(completed_.end(), posts_.begin(), posts_.end());
     posts_.clear();
   }
@@ -264,25 +291,24 @@ class epoll_backend final : public io_backend {
   // One try of the request's system call. done: its final result is
   // posted. again: it must wait for the next edge (the hint is cleared).
   step attempt(waiter& w) {
-    const io_request& r = w.req;
     for (;;) {
-      switch (r.op) {
+      switch (w.op) {
         case io_op::accept: {
-          int fd = ::accept4(r.fd, static_cast<sockaddr*>(r.buf), reinterpret_cast<socklen_t*>(r.addr_len),
-                             r.flags | SOCK_NONBLOCK);
+          int fd = ::accept4(w.fd, static_cast<sockaddr*>(w.buf), static_cast<socklen_t*>(w.extra),
+                             w.flags | SOCK_NONBLOCK);
           if (fd >= 0) {
             fresh(fd);
-            finish(r, fd);
+            finish(w, fd);
             return step::done;
           }
           if (errno == ECONNABORTED) continue;
           break;
         }
         case io_op::accept_multishot: {
-          int fd = ::accept4(r.fd, nullptr, nullptr, r.flags | SOCK_NONBLOCK);
+          int fd = ::accept4(w.fd, nullptr, nullptr, w.flags | SOCK_NONBLOCK);
           if (fd >= 0) {
             fresh(fd);
-            post(r.key, fd, cqe_more);
+            post(w.key, fd, cqe_more);
             continue;  // the next one, until EAGAIN
           }
           if (errno == ECONNABORTED) continue;  // that one is gone; the rest are not
@@ -290,69 +316,70 @@ class epoll_backend final : public io_backend {
         }
         case io_op::connect: {
           if (!w.connecting) {
-            if (::connect(r.fd, static_cast<const sockaddr*>(r.buf), static_cast<socklen_t>(r.len)) == 0) {
-              finish(r, 0);
+            if (::connect(w.fd, static_cast<const sockaddr*>(w.buf), static_cast<socklen_t>(w.len)) == 0) {
+              finish(w, 0);
               return step::done;
             }
             if (errno == EINPROGRESS || errno == EINTR) {  // it goes on in the kernel
               w.connecting = true;
-              at(r.fd).ready[side_write] = false;
+              at(w.fd).ready[side_write] = false;
               return step::again;
             }
             break;
           }
           int err = 0;
           socklen_t len = sizeof err;
-          if (::getsockopt(r.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+          if (::getsockopt(w.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
           if (err == 0) {
             sockaddr_storage peer{};
             socklen_t plen = sizeof peer;
-            if (::getpeername(r.fd, reinterpret_cast<sockaddr*>(&peer), &plen) != 0) {
+            if (::getpeername(w.fd, reinterpret_cast<sockaddr*>(&peer), &plen) != 0) {
               if (errno == ENOTCONN) {  // an edge that was not the connect's end
-                at(r.fd).ready[side_write] = false;
+                at(w.fd).ready[side_write] = false;
                 return step::again;
               }
               err = errno;
             }
           }
-          finish(r, -err);
+          finish(w, -err);
           return step::done;
         }
         case io_op::recv: {
-          ssize_t n = ::recv(r.fd, r.buf, r.len, r.flags | MSG_DONTWAIT);
+          ssize_t n = ::recv(w.fd, w.buf, w.len, w.flags | MSG_DONTWAIT);
           if (n >= 0) {
-            if (static_cast<std::size_t>(n) < r.len) drained(r.fd);
-            finish(r, static_cast<int>(n));
+            if (static_cast<std::size_t>(n) < w.len) drained(w.fd);
+            finish(w, static_cast<int>(n));
             return step::done;
           }
           break;
         }
         case io_op::recv_provided:
         case io_op::recv_multishot: {
-          const bool multi = r.op == io_op::recv_multishot;
+          const bool multi = w.op == io_op::recv_multishot;
+          auto* br = static_cast<buffer_ring*>(w.extra);
           std::uint16_t id;
-          if (!r.buffers->take(id)) {
-            finish(r, -ENOBUFS);
+          if (!br->take(id)) {
+            finish(w, -ENOBUFS);
             return step::done;
           }
-          const std::size_t size = r.buffers->buffer_size();
-          ssize_t n = ::recv(r.fd, r.buffers->data(id, size).data(), size, r.flags | MSG_DONTWAIT);
+          const std::size_t size = br->buffer_size();
+          ssize_t n = ::recv(w.fd, br->data(id, size).data(), size, w.flags | MSG_DONTWAIT);
           if (n > 0) {
             const unsigned flags = cqe_buffer | (static_cast<unsigned>(id) << cqe_buffer_shift);
             const bool short_read = static_cast<std::size_t>(n) < size;
-            if (short_read) drained(r.fd);
+            if (short_read) drained(w.fd);
             if (!multi) {
-              finish(r, static_cast<int>(n), flags);
+              finish(w, static_cast<int>(n), flags);
               return step::done;
             }
-            post(r.key, static_cast<int>(n), flags | cqe_more);
-            if (short_read && !at(r.fd).ready[side_read]) return step::again;
+            post(w.key, static_cast<int>(n), flags | cqe_more);
+            if (short_read && !at(w.fd).ready[side_read]) return step::again;
             continue;
           }
           const int e = errno;
-          r.buffers->recycle(id);
+          br->recycle(id);
           if (n == 0) {
-            finish(r, 0);
+            finish(w, 0);
             return step::done;
           }
           errno = e;
@@ -360,127 +387,166 @@ class epoll_backend final : public io_backend {
         }
         case io_op::send:
         case io_op::send_zero_copy: {
-          ssize_t n = ::send(r.fd, r.buf, r.len, r.flags | MSG_DONTWAIT);
+          ssize_t n = ::send(w.fd, w.buf, w.len, w.flags | MSG_DONTWAIT);
           if (n >= 0) {
-            if (static_cast<std::size_t>(n) < r.len) at(r.fd).ready[side_write] = false;
-            finish(r, static_cast<int>(n));
+            if (static_cast<std::size_t>(n) < w.len) at(w.fd).ready[side_write] = false;
+            finish(w, static_cast<int>(n));
             return step::done;
           }
           break;
         }
         case io_op::read: {
-          ssize_t n = ::read(r.fd, r.buf, r.len);
+          ssize_t n = ::read(w.fd, w.buf, w.len);
           if (n >= 0) {
-            finish(r, static_cast<int>(n));
+            finish(w, static_cast<int>(n));
             return step::done;
           }
           break;
         }
         default:
-          finish(r, -EINVAL);
+          finish(w, -EINVAL);
           return step::done;
       }
       // The call failed: errno says how.
       const int e = errno;
       if (e == EINTR) continue;
       if (e == EAGAIN || e == EWOULDBLOCK) {
-        at(r.fd).ready[w.side] = false;
+        at(w.fd).ready[w.side] = false;
         return step::again;
       }
-      finish(r, -e);
+      finish(w, -e);
       return step::done;
     }
   }
 
-  void enqueue(const waiter& tmp) {
-    waiter* w = make_waiter(tmp.req, tmp.side);
-    w->connecting = tmp.connecting;
-    const int side = w->side;
-    fd_state& s = at(w->req.fd);
-    w->prev = s.tail[side];
-    if (s.tail[side]) s.tail[side]->next = w;
-    else s.head[side] = w;
-    s.tail[side] = w;
-    by_key_[w->req.key] = w;
-    if (w->req.deadline) add_timer(w, ns_of(*w->req.deadline));
-    if (!s.registered) {
-      epoll_event ev{};
-      ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-      ev.data.fd = w->req.fd;
-      if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, w->req.fd, &ev) == 0 ||
-          (errno == EEXIST && ::epoll_ctl(epfd_, EPOLL_CTL_MOD, w->req.fd, &ev) == 0)) {
-        s.registered = true;
-      } else {
-        // Not pollable (or out of memory): the request fails, with why.
-        const int e = errno;
-        const io_request r = w->req;
-        unlink(w);
-        finish(r, -e);
-      }
+  // Queue `w` behind its descriptor's other waiters of the same direction,
+  // and register the descriptor (once) if it is not.
+  void enqueue(waiter* w) {
+    fd_state& s = at(w->fd);
+    link(s.head[w->side], w);
+    if (w->linked) add_timer(w, w->deadline);
+    if (s.registered) return;
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    ev.data.fd = w->fd;
+    if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, w->fd, &ev) == 0 ||
+        (errno == EEXIST && ::epoll_ctl(epfd_, EPOLL_CTL_MOD, w->fd, &ev) == 0)) {
+      s.registered = true;
+      return;
     }
+    // Not pollable (or out of memory): the request fails, with why.
+    const int e = errno;
+    const std::uint64_t key = w->key;
+    const bool linked = w->linked;
+    release(w);
+    finish(key, linked, -e);
   }
 
   // Serve the requests waiting on one direction of a descriptor that is
   // ready, in order, until one must wait again.
-  void serve(int fd, int side) {
+  void serve(int fd, std::uint8_t side) {
     at(fd).ready[side] = true;
     while (waiter* w = at(fd).head[side]) {
       if (attempt(*w) == step::again) return;
-      unlink(w);
+      release(w);
     }
   }
 
-  waiter* make_waiter(const io_request& r, int side) {
-    waiter* w;
-    if (!spare_.empty()) {
-      w = spare_.back();
-      spare_.pop_back();
-      *w = waiter{};
-    } else {
-      w = new waiter;
+  // Circular doubly linked queues: a head pointer per direction is all a
+  // descriptor's entry holds.
+  static void link(waiter*& head, waiter* w) noexcept {
+    if (!head) {
+      head = w->prev = w->next = w;
+      return;
     }
-    w->req = r;
-    w->side = side;
+    waiter* tail = head->prev;
+    tail->next = w;
+    w->prev = tail;
+    w->next = head;
+    head->prev = w;
+  }
+  static void unlink(waiter*& head, waiter* w) noexcept {
+    if (w->next == w) {
+      head = nullptr;
+    } else {
+      w->prev->next = w->next;
+      w->next->prev = w->prev;
+      if (head == w) head = w->next;
+    }
+  }
+
+  waiter* make_waiter(const io_request& r, std::uint8_t side) {
+    if (!free_) {
+      constexpr std::size_t per_slab = 256;
+      slabs_.push_back(std::make_unique<waiter[]>(per_slab));
+      for (std::size_t i = 0; i < per_slab; ++i) {
+        slabs_.back()[i].next = free_;
+        free_ = &slabs_.back()[i];
+      }
+    }
+    waiter* w = free_;
+    free_ = w->next;
+    *w = waiter{};
+    fill(*w, r, side);
     return w;
   }
 
-  // Take `w` off every list and free it (its result is posted already).
-  void unlink(waiter* w) noexcept {
-    if (w->side != side_none) {
-      fd_state& s = fds_[static_cast<std::size_t>(w->req.fd)];
-      if (w->prev) w->prev->next = w->next;
-      else s.head[w->side] = w->next;
-      if (w->next) w->next->prev = w->prev;
-      else s.tail[w->side] = w->prev;
-    }
-    if (w->timed) timers_.erase(w->timer);
-    by_key_.erase(w->req.key);
-    if (spare_.size() < 1024) spare_.push_back(w);
-    else delete w;
+  // Take `w` off its queue and its timer, back to the free list (its
+  // result is posted already).
+  void release(waiter* w) noexcept {
+    if (w->side != side_none) unlink(at(w->fd).head[w->side], w);
+    if (w->timed) timers_.erase({w->deadline, w});
+    w->next = free_;
+    free_ = w;
+  }
+
+  // The waiter of request `key`, made on `fd` (-1: unknown).
+  waiter* find(std::uint64_t key, int fd) noexcept {
+    auto in_queue = [key](waiter* head) -> waiter* {
+      if (waiter* w = head) do {
+          if (w->key == key) return w;
+          w = w->next;
+        } while (w != head);
+      return nullptr;
+    };
+    if (fd >= 0 && static_cast<std::size_t>(fd) < fds_.size())
+      for (int side : {side_read, side_write})
+        if (waiter* w = in_queue(at(fd).head[side])) return w;
+    for (const auto& [when, w] : timers_)  // timeouts, and requests with a deadline
+      if (w->key == key) return w;
+    if (fd < 0)  // the slow way, for a caller that did not say
+      for (std::size_t i = 0; i < fds_.size(); ++i)
+        for (int side : {side_read, side_write})
+          if (waiter* w = in_queue(fds_[i].head[side])) return w;
+    return nullptr;
   }
 
   void cancel_waiter(waiter* w) noexcept {
-    const io_request r = w->req;
-    unlink(w);
-    if (r.op == io_op::timeout) post(r.key, -ECANCELED, 0);
-    else finish(r, -ECANCELED);
+    const std::uint64_t key = w->key;
+    const bool linked = w->linked;
+    const bool timeout = w->op == io_op::timeout;
+    release(w);
+    if (timeout) post(key, -ECANCELED, 0);
+    else finish(key, linked, -ECANCELED);
   }
 
-  void add_timer(waiter* w, std::int64_t at) {
-    w->timer = timers_.emplace(at, w);
+  void add_timer(waiter* w, std::int64_t at_ns) {
+    w->deadline = at_ns;
+    timers_.insert({at_ns, w});
     w->timed = true;
   }
 
   void expire_timers(std::int64_t now) {
     while (!timers_.empty() && timers_.begin()->first <= now) {
       waiter* w = timers_.begin()->second;
-      const io_request r = w->req;
-      unlink(w);
-      if (r.op == io_op::timeout) {
-        post(r.key, -ETIME, 0);
+      const std::uint64_t key = w->key;
+      const bool timeout = w->op == io_op::timeout;
+      release(w);
+      if (timeout) {
+        post(key, -ETIME, 0);
       } else {  // a linked deadline: the request ends, cancelled by its timer
-        post(r.key, -ECANCELED, 0);
-        post(r.key | timer_tag, -ETIME, 0);
+        post(key, -ECANCELED, 0);
+        post(key | timer_tag, -ETIME, 0);
       }
     }
   }
@@ -504,10 +570,10 @@ class epoll_backend final : public io_backend {
   int epfd_ = -1;
   bool use_pwait2_ = true;
   std::vector<fd_state> fds_;
-  std::unordered_map<std::uint64_t, waiter*> by_key_;  // every waiter, for cancel()
-  std::multimap<std::int64_t, waiter*> timers_;
+  std::set<std::pair<std::int64_t, waiter*>> timers_;  // by when they fire
   std::vector<cqe_copy> posts_;  // results not yet handed to the executor
-  std::vector<waiter*> spare_;
+  std::vector<std::unique_ptr<waiter[]>> slabs_;
+  waiter* free_ = nullptr;
 };
 
 }  // namespace

@@ -192,7 +192,7 @@ class uring_backend final : public io_backend {
     }
   }
 
-  bool cancel(std::uint64_t key) noexcept override {
+  bool cancel(std::uint64_t key, int) noexcept override {
     for (int attempt = 0; attempt < 4; ++attempt) {
       if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) {
         // Linux 5.19+ for ANY|ALL. On an older kernel this CQE says -EINVAL
