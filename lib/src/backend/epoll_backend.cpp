@@ -36,6 +36,8 @@
 #include <ringframe/result.hpp>
 
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -104,9 +106,11 @@ class epoll_backend final : public io_backend {
     }
     waiter tmp;
     fill(tmp, r, side);
-    if (attempt(tmp) == step::done) return;
+    const step st = attempt(tmp);
+    if (st == step::done) return;
     waiter* w = make_waiter(r, side);
     w->connecting = tmp.connecting;
+    if (st == step::later) return retry_later(w);
     enqueue(w);
   }
 
@@ -119,6 +123,10 @@ class epoll_backend final : public io_backend {
             cancel_waiter(w);
             ++n;
           }
+      while (!retry_.empty()) {
+        cancel_waiter(retry_.back());
+        ++n;
+      }
       while (!timers_.empty()) {
         cancel_waiter(timers_.begin()->second);
         ++n;
@@ -148,6 +156,8 @@ class epoll_backend final : public io_backend {
         if (due < 0) due = 0;
         if (wait_ns < 0 || due < wait_ns) wait_ns = due;
       }
+      constexpr std::int64_t retry_every = 1000000;  // 1 ms
+      if (!retry_.empty() && (wait_ns < 0 || wait_ns > retry_every)) wait_ns = retry_every;
     }
     epoll_event events[256];
     int n = wait_events(events, 256, wait_ns);
@@ -161,13 +171,15 @@ class epoll_backend final : public io_backend {
       const int fd = events[i].data.fd;
       if (fd < 0 || static_cast<std::size_t>(fd) >= fds_.size()) continue;
       const std::uint32_t ev = events[i].events;
-      // The peer's FIN or an error is signalled once, and stays: from now on
-      // a short read no longer means that nothing is left (the end is).
-      if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) at(fd).ended = true;
-      if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) serve(fd, side_read);
+      // The peer's FIN, an error or TCP urgent data is signalled once: from
+      // then on a short read no longer means that nothing is left (the end,
+      // or the bytes behind the urgent mark, are still there).
+      if (ev & (EPOLLPRI | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) at(fd).short_read_drains = false;
+      if (ev & (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) serve(fd, side_read);
       if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR)) serve(fd, side_write);
     }
     if (!timers_.empty()) expire_timers(monotonic_ns());
+    if (!retry_.empty()) retry_now();
     flush();
   }
 
@@ -188,7 +200,10 @@ class epoll_backend final : public io_backend {
 
  private:
   static constexpr std::uint8_t side_read = 0, side_write = 1, side_none = 2;
-  enum class step { done, again };
+  // done: the final result is posted. again: wait for the descriptor's
+  // next edge. later: try again soon, on a timer (a Unix-domain connect
+  // that found the listener's backlog full: no edge announces room).
+  enum class step { done, again, later };
 
   // A request that waits: for readiness, for its timer, or both. Kept
   // small (72 bytes, from a slab): an idle connection has one.
@@ -207,6 +222,7 @@ class epoll_backend final : public io_backend {
     bool connecting = false;    // connect(): EINPROGRESS seen, SO_ERROR tells the end
     bool timed = false;         // in timers_
     bool linked = false;        // has a linked deadline: its timer posts a completion too
+    bool retrying = false;      // in retry_
   };
   static_assert(sizeof(waiter) <= 72);
   struct fd_state {
@@ -214,7 +230,12 @@ class epoll_backend final : public io_backend {
     bool ready[2] = {true, true};  // false: the last call said EAGAIN (or read/sent short)
     bool registered = false;
     bool nonblocking = false;
-    bool ended = false;  // EPOLLRDHUP/HUP/ERR seen: reads never wait again
+    // A short read means the socket is empty (so the next read waits for
+    // an edge without asking first): true only for TCP, from registration
+    // until EPOLLPRI/RDHUP/HUP/ERR. Not for Unix sockets (a read stops at a
+    // segment that carries descriptors), datagrams or sequenced packets
+    // (one message per read), nor past TCP's urgent mark.
+    bool short_read_drains = false;
   };
 
   static int side_of(io_op op) noexcept {
@@ -325,6 +346,9 @@ class epoll_backend final : public io_backend {
               at(w.fd).ready[side_write] = false;
               return step::again;
             }
+            // AF_UNIX, the listener's backlog full: io_uring's connect
+            // waits for room (in a worker); here it is tried again soon.
+            if (errno == EAGAIN) return step::later;
             break;
           }
           int err = 0;
@@ -334,11 +358,19 @@ class epoll_backend final : public io_backend {
             sockaddr_storage peer{};
             socklen_t plen = sizeof peer;
             if (::getpeername(w.fd, reinterpret_cast<sockaddr*>(&peer), &plen) != 0) {
-              if (errno == ENOTCONN) {  // an edge that was not the connect's end
-                at(w.fd).ready[side_write] = false;
-                return step::again;
-              }
               err = errno;
+              if (err == ENOTCONN) {
+                // Still connecting (an edge that was not the connect's end),
+                // or failed with an error another operation on the socket
+                // (a read) has already taken: TCP's state tells which.
+                tcp_info ti{};
+                socklen_t tlen = sizeof ti;
+                if (::getsockopt(w.fd, IPPROTO_TCP, TCP_INFO, &ti, &tlen) == 0 && ti.tcpi_state == TCP_SYN_SENT) {
+                  at(w.fd).ready[side_write] = false;
+                  return step::again;
+                }
+                err = ECONNABORTED;
+              }
             }
           }
           finish(w, -err);
@@ -424,10 +456,13 @@ class epoll_backend final : public io_backend {
   void enqueue(waiter* w) {
     fd_state& s = at(w->fd);
     link(s.head[w->side], w);
-    if (w->linked) add_timer(w, w->deadline);
+    if (w->linked && !w->timed) add_timer(w, w->deadline);
     if (s.registered) return;
+    int proto = 0;
+    socklen_t plen = sizeof proto;
+    s.short_read_drains = ::getsockopt(w->fd, SOL_SOCKET, SO_PROTOCOL, &proto, &plen) == 0 && proto == IPPROTO_TCP;
     epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET;
     ev.data.fd = w->fd;
     if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, w->fd, &ev) == 0 ||
         (errno == EEXIST && ::epoll_ctl(epfd_, EPOLL_CTL_MOD, w->fd, &ev) == 0)) {
@@ -447,8 +482,39 @@ class epoll_backend final : public io_backend {
   void serve(int fd, std::uint8_t side) {
     at(fd).ready[side] = true;
     while (waiter* w = at(fd).head[side]) {
-      if (attempt(*w) == step::again) return;
+      const step st = attempt(*w);
+      if (st == step::again) return;
+      if (st == step::later) {
+        unlink(at(fd).head[side], w);
+        retry_later(w);
+        continue;
+      }
       release(w);
+    }
+  }
+
+  void retry_later(waiter* w) {
+    w->side = side_none;  // on no descriptor's queue
+    w->retrying = true;
+    retry_.push_back(w);
+    if (w->linked && !w->timed) add_timer(w, w->deadline);
+  }
+
+  void retry_now() {
+    std::vector<waiter*> now;
+    now.swap(retry_);
+    for (waiter* w : now) {
+      w->retrying = false;
+      const step st = attempt(*w);
+      if (st == step::later) {
+        w->retrying = true;
+        retry_.push_back(w);
+      } else if (st == step::again) {  // connecting now: wait for the edge
+        w->side = side_write;
+        enqueue(w);
+      } else {
+        release(w);
+      }
     }
   }
 
@@ -495,6 +561,7 @@ class epoll_backend final : public io_backend {
   // result is posted already).
   void release(waiter* w) noexcept {
     if (w->side != side_none) unlink(at(w->fd).head[w->side], w);
+    if (w->retrying) std::erase(retry_, w);
     if (w->timed) timers_.erase({w->deadline, w});
     w->next = free_;
     free_ = w;
@@ -513,6 +580,8 @@ class epoll_backend final : public io_backend {
       for (int side : {side_read, side_write})
         if (waiter* w = in_queue(at(fd).head[side])) return w;
     for (const auto& [when, w] : timers_)  // timeouts, and requests with a deadline
+      if (w->key == key) return w;
+    for (waiter* w : retry_)
       if (w->key == key) return w;
     if (fd < 0)  // the slow way, for a caller that did not say
       for (std::size_t i = 0; i < fds_.size(); ++i)
@@ -551,20 +620,21 @@ class epoll_backend final : public io_backend {
     }
   }
 
-  // A short read took everything there was; the next read waits for the
-  // next edge without asking first. Not once the end was signalled: the
-  // end (0, or the error) is still there to read, and no edge will come.
+  // A short read took everything there was (see short_read_drains): the
+  // next read waits for the next edge without asking first.
   void drained(int fd) noexcept {
     fd_state& s = at(fd);
-    if (!s.ended) s.ready[side_read] = false;
+    if (s.short_read_drains) s.ready[side_read] = false;
   }
 
   // A descriptor the kernel just created (accept4): nothing known of an
   // earlier one with its number applies, and it is non-blocking.
+  // Requests still queued on the number belong to a descriptor closed
+  // behind ringframe's back: they end with ECANCELED (forget).
   void fresh(int fd) {
-    fd_state& s = state(fd);
-    s = fd_state{};
-    s.nonblocking = true;
+    state(fd);
+    forget(fd);
+    at(fd).nonblocking = true;
   }
 
   int epfd_ = -1;
@@ -572,6 +642,7 @@ class epoll_backend final : public io_backend {
   std::vector<fd_state> fds_;
   std::set<std::pair<std::int64_t, waiter*>> timers_;  // by when they fire
   std::vector<cqe_copy> posts_;  // results not yet handed to the executor
+  std::vector<waiter*> retry_;  // see step::later
   std::vector<std::unique_ptr<waiter[]>> slabs_;
   waiter* free_ = nullptr;
 };
