@@ -56,9 +56,10 @@ enum class ring_setup { fastest, coop_taskrun, plain };
 // Which kernel interface the executor runs on. `automatic` (the default)
 // takes the environment variable RINGFRAME_BACKEND (io_uring, epoll or
 // auto) if it is set, else io_uring where the kernel allows it and epoll
-// where it refuses it (a seccomp profile, kernel.io_uring_disabled, an old
-// kernel, the locked-memory limit): one line on stderr says why, once per
-// process. An explicit io_uring that is refused is a setup_error.
+// where it refuses it (EPERM, EACCES, ENOSYS, EOPNOTSUPP, ENOMEM: a seccomp
+// profile, kernel.io_uring_disabled, an old kernel, the locked-memory limit;
+// EINVAL for a ring of an ordinary size): one line on stderr says why, once
+// per process. An explicit io_uring that is refused is a setup_error.
 enum class backend_kind { automatic, io_uring, epoll };
 // "auto", "io_uring" (or "io-uring", "uring") and "epoll"; false for anything else.
 bool parse_backend_kind(std::string_view text, backend_kind& out) noexcept;

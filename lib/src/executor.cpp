@@ -84,7 +84,12 @@ const char* to_string(backend_kind k) noexcept {
 namespace {
 // Errors of io_uring_setup (and of the checks after it) that mean "not
 // here" rather than "something is wrong": automatic falls back to epoll.
-bool io_uring_refused(int err) noexcept {
+// EINVAL for a ring of a size every io_uring kernel takes means a kernel
+// too old for the setup flags (before 5.5); for an impossible size it is
+// the caller's mistake, reported as such.
+bool io_uring_refused(int err, const executor_options& opts) noexcept {
+  if (err == EINVAL)
+    return opts.sq_entries <= 32768 && std::uint64_t{opts.sq_entries} * std::max(1u, opts.cq_factor) <= 65536;
   return err == EPERM || err == EACCES || err == ENOSYS || err == EOPNOTSUPP || err == ENOMEM;
 }
 
@@ -114,7 +119,7 @@ void executor::make_backend(const executor_options& opts) {
         kind_ = backend_kind::io_uring;
         return;
       } catch (const setup_error& e) {
-        if (!io_uring_refused(e.code().value())) throw;
+        if (!io_uring_refused(e.code().value(), opts)) throw;
         std::string why = e.what();
         if (why.rfind("ringframe: ", 0) == 0) why.erase(0, 11);
         // system_error appends ": <strerror>"; the explanation names it already.

@@ -1,0 +1,94 @@
+// with_timeout: a deadline around a whole task (any number of operations).
+//
+//   task<result<std::string>> fetch(socket* s, std::stop_token st);   // passes &st to its operations
+//   result<std::string> r = co_await with_timeout(ex, 2s,
+//       [&s](std::stop_token st) { return fetch(&s, st); });
+//   if (r.error() == std::errc::timed_out) ...
+//
+// `make` is a factory like when_any's: called once, as make(std::stop_token),
+// it returns the task<T>; it is a plain function or a lambda that is not
+// itself a coroutine. The task and a timer (sleep_for, on the same stop
+// source) start together. If the task finishes first, the timer is cancelled
+// and awaited, and its value is returned; if the timer fires first, stop is
+// requested (the task's operations end with ECANCELED), the task is awaited
+// until it has finished, and ETIMEDOUT is returned. Nothing outlives the
+// co_await.
+//
+// The result: result<U> for a task<result<U>> (its own errors pass through),
+// result<void> for task<void>, result<T> otherwise. An exception thrown by
+// the task is rethrown, unless the deadline fired first (then the task was
+// cancelled and its outcome is discarded). If the executor stops (stop())
+// before either finishes, the result is ECANCELED.
+#pragma once
+
+#include <ringframe/detail/join.hpp>
+#include <ringframe/executor.hpp>
+#include <ringframe/result.hpp>
+#include <ringframe/task.hpp>
+#include <ringframe/timer.hpp>
+
+#include <cerrno>
+#include <chrono>
+#include <concepts>
+#include <stop_token>
+#include <vector>
+
+namespace ringframe {
+
+namespace detail {
+
+template <class T>
+struct timeout_result {
+  using type = result<T>;
+};
+template <class U>
+struct timeout_result<result<U>> {
+  using type = result<U>;
+};
+template <class T>
+using timeout_result_t = typename timeout_result<T>::type;
+
+template <class = void>
+task<result<void>> deadline_timer(executor* ex, std::chrono::nanoseconds d, std::stop_token st) {
+  result<void> r = co_await sleep_for(*ex, d, &st);
+  co_return r;
+}
+
+template <class F>
+task<timeout_result_t<factory_value_t<F>>> with_timeout_impl(executor* ex, std::chrono::nanoseconds d, F make) {
+  using T = factory_value_t<F>;
+  std::stop_source src;
+  task<T> work = make(src.get_token());
+  task<result<void>> timer = deadline_timer(ex, d, src.get_token());
+  join_state st;
+  st.stop = &src;
+  std::vector<join_driver> drivers;
+  drivers.reserve(2);
+  drivers.push_back(drive<T>(&work, &st, 0));
+  drivers.push_back(drive<result<void>>(&timer, &st, 1));
+  join_awaiter both{&st, drivers.data(), drivers.size()};
+  co_await both;
+  if (st.first == 1) {
+    result<void> slept = timer.take_result();
+    if (slept) co_return timeout_result_t<T>(errno_code(ETIMEDOUT));
+    co_return timeout_result_t<T>(slept.error());  // the executor stopped
+  }
+  if (st.first_error) std::rethrow_exception(st.first_error);
+  if constexpr (std::is_void_v<T>) {
+    work.take_result();
+    co_return result<void>();
+  } else {
+    co_return timeout_result_t<T>(work.take_result());
+  }
+}
+
+}  // namespace detail
+
+template <class F, class Rep, class Period>
+  requires std::invocable<F&, std::stop_token>
+[[nodiscard]] task<detail::timeout_result_t<detail::factory_value_t<F>>> with_timeout(
+    executor& ex, std::chrono::duration<Rep, Period> d, F make) {
+  return detail::with_timeout_impl<F>(&ex, std::chrono::duration_cast<std::chrono::nanoseconds>(d), std::move(make));
+}
+
+}  // namespace ringframe
