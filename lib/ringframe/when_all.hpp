@@ -32,7 +32,7 @@ namespace ringframe {
 
 // A fixed set of tasks, possibly of different types.
 template <class... Ts>
-task<std::tuple<detail::join_value_t<Ts>...>> when_all(task<Ts>... ts) {
+static task<std::tuple<detail::join_value_t<Ts>...>> when_all(task<Ts>... ts) {
   detail::join_state st;
   st.first_only_errors = true;
   std::vector<detail::join_driver> drivers;
@@ -47,7 +47,7 @@ task<std::tuple<detail::join_value_t<Ts>...>> when_all(task<Ts>... ts) {
 
 // Any number of tasks of one type; values in the vector's order.
 template <class T>
-task<std::vector<detail::join_value_t<T>>> when_all(std::vector<task<T>> ts) {
+static task<std::vector<detail::join_value_t<T>>> when_all(std::vector<task<T>> ts) {
   detail::join_state st;
   st.first_only_errors = true;
   std::vector<detail::join_driver> drivers;

@@ -75,7 +75,7 @@ concept stop_task_factory = std::invocable<F&, std::stop_token> && requires { ty
 
 template <class... Fs>
   requires(sizeof...(Fs) > 0 && (detail::stop_task_factory<Fs> && ...))
-task<std::pair<std::size_t, std::variant<detail::join_value_t<detail::factory_value_t<Fs>>...>>>
+static task<std::pair<std::size_t, std::variant<detail::join_value_t<detail::factory_value_t<Fs>>...>>>
 when_any(Fs... fs) {
   using V = std::variant<detail::join_value_t<detail::factory_value_t<Fs>>...>;
   std::stop_source src;
@@ -93,7 +93,7 @@ when_any(Fs... fs) {
 
 template <class F>
   requires detail::stop_task_factory<F>
-task<std::pair<std::size_t, detail::join_value_t<detail::factory_value_t<F>>>> when_any(std::vector<F> fs) {
+static task<std::pair<std::size_t, detail::join_value_t<detail::factory_value_t<F>>>> when_any(std::vector<F> fs) {
   using T = detail::factory_value_t<F>;
   if (fs.empty()) throw std::invalid_argument("ringframe::when_any: no tasks");
   std::stop_source src;

@@ -49,13 +49,13 @@ template <class T>
 using timeout_result_t = typename timeout_result<T>::type;
 
 template <class = void>
-task<result<void>> deadline_timer(executor* ex, std::chrono::nanoseconds d, std::stop_token st) {
+static task<result<void>> deadline_timer(executor* ex, std::chrono::nanoseconds d, std::stop_token st) {
   result<void> r = co_await sleep_for(*ex, d, &st);
   co_return r;
 }
 
 template <class F>
-task<timeout_result_t<factory_value_t<F>>> with_timeout_impl(executor* ex, std::chrono::nanoseconds d, F make) {
+static task<timeout_result_t<factory_value_t<F>>> with_timeout_impl(executor* ex, std::chrono::nanoseconds d, F make) {
   using T = factory_value_t<F>;
   std::stop_source src;
   task<T> work = make(src.get_token());
@@ -86,7 +86,7 @@ task<timeout_result_t<factory_value_t<F>>> with_timeout_impl(executor* ex, std::
 
 template <class F, class Rep, class Period>
   requires std::invocable<F&, std::stop_token>
-[[nodiscard]] task<detail::timeout_result_t<detail::factory_value_t<F>>> with_timeout(
+[[nodiscard]] static task<detail::timeout_result_t<detail::factory_value_t<F>>> with_timeout(
     executor& ex, std::chrono::duration<Rep, Period> d, F make) {
   return detail::with_timeout_impl<F>(&ex, std::chrono::duration_cast<std::chrono::nanoseconds>(d), std::move(make));
 }

@@ -122,10 +122,13 @@ std::exception_ptr error_of(task<T>& t) noexcept {
   }
 }
 
-// The driver of one child. Parameters plain and by value; a non-inline
-// template (clang 14 with sanitizers cannot emit inline header coroutines).
+// The driver of one child. Parameters plain and by value. Every coroutine
+// template in these headers is `static`: an instantiation with external
+// linkage is a comdat, which clang 14 with sanitizers cannot emit ("Cannot
+// represent a difference across sections"); internal linkage gives each
+// translation unit its own copy.
 template <class T>
-join_driver drive(task<T>* t, join_state* st, std::size_t index) {
+static join_driver drive(task<T>* t, join_state* st, std::size_t index) {
   start_child<T> start{t->handle()};
   co_await start;
   st->child_done(index, error_of(*t));
