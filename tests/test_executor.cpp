@@ -3,6 +3,7 @@
 
 #include <ringframe/executor.hpp>
 #include <ringframe/socket.hpp>
+#include <ringframe/periodic_timer.hpp>
 #include <ringframe/timer.hpp>
 
 #include <doctest/doctest.h>
@@ -299,4 +300,105 @@ TEST_CASE("buffer ring parts: ids run on across parts, each maps to its own memo
   CHECK(std::adjacent_find(starts.begin(), starts.end()) == starts.end());
   for (std::size_t i = 1; i < starts.size(); ++i)
     CHECK(static_cast<std::size_t>(starts[i] - starts[i - 1]) >= br->buffer_size());
+}
+
+// ---- periodic_timer (periodic_timer.hpp), on each backend ----
+
+namespace {
+
+// `n` ticks, doing `work` (a sleep) after each: the schedule must not drift
+// by the work.
+task<void> tick_n(executor* ex, std::chrono::nanoseconds period, int n, std::chrono::nanoseconds work,
+                  clk::time_point* ended, std::uint64_t* missed) {
+  periodic_timer t(*ex, period);
+  for (int i = 0; i < n; ++i) {
+    result<void> r = co_await t.next();
+    REQUIRE(r);
+    if (work.count() > 0) {
+      result<void> w = co_await sleep_for(*ex, work);
+      REQUIRE(w);
+    }
+  }
+  *ended = clk::now();
+  *missed = t.missed();
+}
+
+task<void> tick_until_stopped(executor* ex, const std::stop_token* st, int* ticks, std::error_code* end) {
+  periodic_timer t(*ex, 10ms, st);
+  for (;;) {
+    result<void> r = co_await t.next();
+    if (!r) {
+      *end = r.error();
+      co_return;
+    }
+    ++*ticks;
+  }
+}
+
+task<void> stop_after(executor* ex, std::chrono::nanoseconds d, std::stop_source* src) {
+  co_await sleep_for(*ex, d);
+  src->request_stop();
+}
+
+void on_each_backend(void (*body)(backend_kind)) {
+  SUBCASE("io_uring") { body(backend_kind::io_uring); }
+  SUBCASE("epoll") { body(backend_kind::epoll); }
+}
+
+executor_options on(backend_kind k) {
+  executor_options o;
+  o.backend = k;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("periodic_timer ticks on a fixed schedule: work between ticks does not make it drift") {
+  on_each_backend([](backend_kind k) {
+    executor ex(on(k));
+    clk::time_point ended{};
+    std::uint64_t missed = 99;
+    const auto t0 = clk::now();
+    // 5 ticks of 40 ms with 30 ms of work after each: the 5th tick is due
+    // at 200 ms, its work ends at 230 ms. A timer measured from each
+    // wake-up would end at 5 x (40 + 30) = 350 ms. (The bound leaves 100 ms
+    // for a loaded machine.)
+    ex.run(tick_n(&ex, 40ms, 5, 30ms, &ended, &missed));
+    const auto took = ended - t0;
+    MESSAGE(std::string(to_string(k)) << ": 5 ticks of 40 ms with 30 ms of work each took "
+                                      << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms");
+    CHECK(took >= 230ms);
+    CHECK(took < 330ms);
+  });
+}
+
+TEST_CASE("periodic_timer: a waiter late by several periods is woken once and the skipped ticks are counted") {
+  on_each_backend([](backend_kind k) {
+    executor ex(on(k));
+    clk::time_point ended{};
+    std::uint64_t missed = 0;
+    // 10 ms period, 55 ms of work after each tick: each next() is late by
+    // about 4-5 periods, which are skipped, not delivered as a burst.
+    const auto t0 = clk::now();
+    ex.run(tick_n(&ex, 10ms, 3, 55ms, &ended, &missed));
+    CHECK(missed >= 6);
+    CHECK(ended - t0 >= 3 * 55ms);
+  });
+}
+
+TEST_CASE("periodic_timer: a stop ends the wait with ECANCELED, and a period of zero is refused") {
+  on_each_backend([](backend_kind k) {
+    executor ex(on(k));
+    std::stop_source src;
+    const std::stop_token st = src.get_token();
+    int ticks = 0;
+    std::error_code end;
+    ex.spawn(tick_until_stopped(&ex, &st, &ticks, &end));
+    ex.spawn(stop_after(&ex, 55ms, &src));
+    ex.run_until_idle();
+    CHECK(end == std::errc::operation_canceled);
+    CHECK(ticks >= 1);  // 5 are due before the stop; a loaded machine may skip some
+    CHECK(ticks <= 6);
+    CHECK_THROWS_AS(periodic_timer(ex, 0ms), std::invalid_argument);
+  });
 }
