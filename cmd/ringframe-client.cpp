@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -98,6 +99,8 @@ options parse(int argc, char** argv) {
       case 1:
         if (!parse_backend_kind(optarg, o.exec.backend))
           fail_usage(std::string("bad --backend '") + optarg + "' (expected io_uring, epoll or auto)");
+        // The option wins over the environment, auto included.
+        ::unsetenv("RINGFRAME_BACKEND");
         break;
       case 'h': std::fputs(usage_text, stdout); std::exit(0);
       case 'V': std::printf("ringframe-client %s\n", RINGFRAME_VERSION); std::exit(0);

@@ -18,6 +18,7 @@
 #include <chrono>
 #include <thread>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -160,6 +161,8 @@ options parse(int argc, char** argv) {
       case 11:
         if (!parse_backend_kind(optarg, o.backend))
           fail_usage(std::string("bad --backend '") + optarg + "' (expected io_uring, epoll or auto)");
+        // The option wins over the environment, auto included.
+        ::unsetenv("RINGFRAME_BACKEND");
         break;
       case 8: {
         char* end = nullptr;
