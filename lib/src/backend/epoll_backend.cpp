@@ -443,7 +443,7 @@ class epoll_backend final : public io_backend {
       const int e = errno;
       if (e == EINTR) continue;
       if (e == EAGAIN || e == EWOULDBLOCK) {
-        at(w.fd).ready[w.side] = false;
+        if (w.side != side_none) at(w.fd).ready[w.side] = false;
         return step::again;
       }
       finish(w, -e);
