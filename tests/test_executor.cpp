@@ -336,7 +336,8 @@ task<void> tick_until_stopped(executor* ex, const std::stop_token* st, int* tick
 }
 
 task<void> stop_after(executor* ex, std::chrono::nanoseconds d, std::stop_source* src) {
-  co_await sleep_for(*ex, d);
+  result<void> slept = co_await sleep_for(*ex, d);
+  CHECK(slept);
   src->request_stop();
 }
 
