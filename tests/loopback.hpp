@@ -27,6 +27,22 @@ inline ringframe::executor_options on_io_uring(ringframe::executor_options o = {
   return o;
 }
 
+// Options for an executor on backend `k`.
+inline ringframe::executor_options on(ringframe::backend_kind k) {
+  ringframe::executor_options o;
+  o.backend = k;
+  return o;
+}
+
+// Runs `body(kind)` once per backend, as a doctest subcase named after it:
+// for tests of the seam's contract, which must hold on both whatever
+// RINGFRAME_BACKEND says.
+template <class F>
+void on_each_backend(F body) {
+  SUBCASE("io_uring") { body(ringframe::backend_kind::io_uring); }
+  SUBCASE("epoll") { body(ringframe::backend_kind::epoll); }
+}
+
 // A connected pair of AF_UNIX stream sockets, both owned by `ex`.
 inline std::pair<ringframe::socket, ringframe::socket> socket_pair(ringframe::executor& ex) {
   int fds[2];

@@ -24,21 +24,10 @@
 using namespace ringframe;
 using namespace std::chrono_literals;
 using clk = std::chrono::steady_clock;
+using testing::on;
+using testing::on_each_backend;
 
 namespace {
-
-executor_options on(backend_kind k) {
-  executor_options o;
-  o.backend = k;
-  return o;
-}
-
-// Runs `body(kind)` once per backend, as a subcase named after it.
-template <class F>
-void on_each_backend(F body) {
-  SUBCASE("io_uring") { body(backend_kind::io_uring); }
-  SUBCASE("epoll") { body(backend_kind::epoll); }
-}
 
 task<result<std::size_t>> recv_once(ringframe::socket* s, std::span<std::byte> buf, std::chrono::nanoseconds timeout) {
   co_return co_await s->recv(buf, {.timeout = timeout});

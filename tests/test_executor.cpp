@@ -21,6 +21,8 @@
 using namespace ringframe;
 using namespace std::chrono_literals;
 using clk = std::chrono::steady_clock;
+using testing::on;
+using testing::on_each_backend;
 
 namespace {
 
@@ -339,17 +341,6 @@ task<void> stop_after(executor* ex, std::chrono::nanoseconds d, std::stop_source
   result<void> slept = co_await sleep_for(*ex, d);
   CHECK(slept);
   src->request_stop();
-}
-
-void on_each_backend(void (*body)(backend_kind)) {
-  SUBCASE("io_uring") { body(backend_kind::io_uring); }
-  SUBCASE("epoll") { body(backend_kind::epoll); }
-}
-
-executor_options on(backend_kind k) {
-  executor_options o;
-  o.backend = k;
-  return o;
 }
 
 }  // namespace

@@ -25,20 +25,10 @@
 using namespace ringframe;
 using namespace std::chrono_literals;
 using clk = std::chrono::steady_clock;
+using testing::on;
+using testing::on_each_backend;
 
 namespace {
-
-executor_options on(backend_kind k) {
-  executor_options o;
-  o.backend = k;
-  return o;
-}
-
-template <class F>
-void on_each_backend(F body) {
-  SUBCASE("io_uring") { body(backend_kind::io_uring); }
-  SUBCASE("epoll") { body(backend_kind::epoll); }
-}
 
 std::string text(const std::byte* p, std::size_t n) { return std::string(reinterpret_cast<const char*>(p), n); }
 

@@ -50,9 +50,7 @@ template <class T>
 static task<std::vector<detail::join_value_t<T>>> when_all(std::vector<task<T>> ts) {
   detail::join_state st;
   st.first_only_errors = true;
-  std::vector<detail::join_driver> drivers;
-  drivers.reserve(ts.size());
-  for (std::size_t i = 0; i < ts.size(); ++i) drivers.push_back(detail::drive<T>(&ts[i], &st, i));
+  std::vector<detail::join_driver> drivers = detail::drivers_for(ts, &st);
   detail::join_awaiter all{&st, drivers.data(), drivers.size()};
   co_await all;
   if (st.first_error) std::rethrow_exception(st.first_error);

@@ -102,9 +102,7 @@ static task<std::pair<std::size_t, detail::join_value_t<detail::factory_value_t<
   for (auto& f : fs) ts.push_back(f(src.get_token()));
   detail::join_state st;
   st.stop = &src;
-  std::vector<detail::join_driver> drivers;
-  drivers.reserve(ts.size());
-  for (std::size_t i = 0; i < ts.size(); ++i) drivers.push_back(detail::drive<T>(&ts[i], &st, i));
+  std::vector<detail::join_driver> drivers = detail::drivers_for(ts, &st);
   detail::join_awaiter all{&st, drivers.data(), drivers.size()};
   co_await all;
   if (st.first_error) std::rethrow_exception(st.first_error);

@@ -134,6 +134,15 @@ static join_driver drive(task<T>* t, join_state* st, std::size_t index) {
   st->child_done(index, error_of(*t));
 }
 
+// One driver per task of a vector (started by join_awaiter).
+template <class T>
+std::vector<join_driver> drivers_for(std::vector<task<T>>& ts, join_state* st) {
+  std::vector<join_driver> drivers;
+  drivers.reserve(ts.size());
+  for (std::size_t i = 0; i < ts.size(); ++i) drivers.push_back(drive<T>(&ts[i], st, i));
+  return drivers;
+}
+
 // Awaited by the combinator: start every driver, then wait for the last.
 struct join_awaiter {
   join_state* st;
