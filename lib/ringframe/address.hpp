@@ -25,8 +25,9 @@ class address {
   // A Unix-domain socket path; a leading '@' names an abstract socket.
   static result<address> from_unix_path(std::string_view path);
   // Name resolution through getaddrinfo. It BLOCKS the calling thread (and so
-  // the executor) for as long as the resolver takes: resolve before starting
-  // the loop, or accept the stall. Numeric hosts return at once.
+  // the executor) for as long as the resolver takes: inside a running loop
+  // use ringframe::resolve (resolver.hpp) instead, which runs this on a
+  // resolver thread. Numeric hosts return at once.
   static result<std::vector<address>> resolve(std::string_view host, std::uint16_t port);
 
   int family() const noexcept { return storage_.ss_family; }

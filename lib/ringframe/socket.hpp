@@ -350,8 +350,10 @@ result<socket> listen(executor& ex, const address& at, listen_options o = {});
 
 // A connected socket to `to`.
 task<result<socket>> connect(executor& ex, address to, op_options o = {});
-// Resolves `host` (blocking: see address::resolve), then tries each address
-// in turn; the error is the last address's.
+// Resolves `host` without blocking the executor (resolver.hpp: on a
+// resolver thread; a numeric host at once), then tries each address in
+// turn; the error is the last address's. `o` applies to the lookup (its
+// timeout and stop token) and to each connect.
 task<result<socket>> connect(executor& ex, std::string host, std::uint16_t port, op_options o = {});
 
 }  // namespace ringframe

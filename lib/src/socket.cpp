@@ -1,5 +1,7 @@
 #include <ringframe/socket.hpp>
 
+#include <ringframe/resolver.hpp>
+
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/stat.h>
@@ -155,7 +157,9 @@ task<result<socket>> connect(executor& ex, address to, op_options o) {
 }
 
 task<result<socket>> connect(executor& ex, std::string host, std::uint16_t port, op_options o) {
-  auto addrs = address::resolve(host, port);
+  // Off the loop's thread (resolver.hpp); a numeric host does not suspend.
+  task<result<std::vector<address>>> lookup = resolve(ex, std::move(host), port, o);
+  result<std::vector<address>> addrs = co_await std::move(lookup);
   if (!addrs) co_return addrs.error();
   std::error_code last = std::make_error_code(std::errc::host_unreachable);
   for (const address& a : *addrs) {

@@ -1,0 +1,142 @@
+// framed_client: request/reply calls over one framed connection
+// (docs/protocol.md), shared by any number of coroutines.
+//
+//   result<framed_client> c = co_await framed_client::connect(ex, "db.internal", 65432);
+//   result<message> reply = co_await c->call(message::json(R"({"action": "search", "value": "ring"})"));
+//
+// Pipelining: each call's request is written (in call order) as soon as it
+// is made, without waiting for the replies to earlier calls, and the
+// protocol has no request ids: replies are matched to calls first in, first
+// out. A call cancelled through its stop token returns ECANCELED at once;
+// its reply is still read when it comes, and dropped, so the stream stays
+// in step.
+//
+// Failure: a broken connection (reset, the server closing, a malformed
+// reply, no reply for reply_timeout, a failed send) fails every pending call
+// with the error (failure_detail() says it in words), and every later call
+// fails at once with the same error. close(), or destroying the client,
+// completes pending calls with ECANCELED (resumed from the executor's ready
+// queue). The client is a handle to a state on the heap that every
+// suspended call and the reply reader hold a reference to, so no coroutine
+// ever waits on freed memory; the connection goes when the last of them
+// lets go.
+//
+// One executor's thread (stop tokens may be requested from any thread).
+// Precondition: the executor outlives the client and its calls.
+#pragma once
+
+#include <ringframe/address.hpp>
+#include <ringframe/connection.hpp>
+#include <ringframe/executor.hpp>
+#include <ringframe/message.hpp>
+#include <ringframe/result.hpp>
+#include <ringframe/socket.hpp>
+#include <ringframe/task.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <stop_token>
+#include <string>
+
+namespace ringframe {
+
+// How framed_client::connect tries again when an attempt fails with an
+// error worth retrying (refused, reset, unreachable, timed out): `attempts`
+// in all, waiting `delay` before the second, then each wait `backoff` times
+// the last, at most `max_delay`. All of it within connect_timeout.
+struct retry_policy {
+  int attempts = 1;  // 1: no retry
+  std::chrono::nanoseconds delay = std::chrono::milliseconds(100);
+  double backoff = 2.0;
+  std::chrono::nanoseconds max_delay = std::chrono::seconds(2);
+};
+
+struct framed_client_options {
+  // The deadline of connect() as a whole: the lookup, every attempt and
+  // the waits between them. 0: none.
+  std::chrono::nanoseconds connect_timeout = std::chrono::seconds(10);
+  retry_policy retry;
+  // While calls are pending, the longest wait for the next reply (and for a
+  // reply's last byte after its first). A server that does not answer in
+  // time breaks the connection: every pending call fails with ETIMEDOUT.
+  std::chrono::nanoseconds reply_timeout = std::chrono::seconds(30);
+  // Limits, write timeout, buffers. Its idle and message timeouts are
+  // replaced by reply_timeout.
+  connection_options connection;
+};
+
+namespace detail {
+struct client_state;
+// A counted reference to the state (one thread: no atomics).
+class client_ref {
+ public:
+  client_ref() noexcept = default;
+  explicit client_ref(client_state* s) noexcept;
+  client_ref(const client_ref& o) noexcept : client_ref(o.s_) {}
+  client_ref(client_ref&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+  client_ref& operator=(client_ref o) noexcept {
+    std::swap(s_, o.s_);
+    return *this;
+  }
+  ~client_ref();
+  client_state* get() const noexcept { return s_; }
+  client_state* operator->() const noexcept { return s_; }
+  explicit operator bool() const noexcept { return s_ != nullptr; }
+
+ private:
+  client_state* s_ = nullptr;
+};
+}  // namespace detail
+
+class framed_client {
+ public:
+  // Not connected: calls fail with ENOTCONN.
+  framed_client() noexcept = default;
+  framed_client(framed_client&&) noexcept = default;
+  framed_client& operator=(framed_client&& o) noexcept;
+  framed_client(const framed_client&) = delete;
+  framed_client& operator=(const framed_client&) = delete;
+  // close()
+  ~framed_client();
+
+  // Resolve `host` (without blocking the executor: resolver.hpp), connect,
+  // retrying as o.retry says, within o.connect_timeout. `stop` ends it
+  // with ECANCELED. The error is the last attempt's.
+  static task<result<framed_client>> connect(executor& ex, std::string host, std::uint16_t port,
+                                             framed_client_options o = {}, std::stop_token stop = {});
+  static task<result<framed_client>> connect(executor& ex, address to, framed_client_options o = {},
+                                             std::stop_token stop = {});
+  // A client over a socket connected already (a Unix socketpair, a test).
+  static framed_client adopt(socket s, framed_client_options o = {});
+
+  // Send `request`, return its reply. A request that cannot be encoded
+  // (frame_errc: header_not_utf8, header_too_large...) fails alone; the
+  // connection is not affected. `stop` (optional; it must outlive the call,
+  // e.g. a by-value parameter of the calling coroutine) cancels this call
+  // only: ECANCELED at once, the reply dropped when it comes.
+  [[nodiscard]] task<result<message>> call(message request, const std::stop_token* stop = nullptr);
+
+  // Fail every pending call with ECANCELED, cancel what is in flight, and
+  // make every later call fail with ECANCELED. Idempotent.
+  void close() noexcept;
+
+  // Connected and not broken.
+  bool is_open() const noexcept;
+  // Why the client is broken (or closed); empty while it works.
+  std::error_code error() const noexcept;
+  // The same, in words: the decoder's detail for a malformed reply ("JSON
+  // header is not valid JSON: ..."), "the server closed the connection" for
+  // an end between replies, else the error's message.
+  std::string failure_detail() const;
+  // Calls whose reply has not been read (cancelled ones included).
+  std::size_t pending() const noexcept;
+  // The server's address (empty for an adopted socket whose peer has none).
+  const address& peer() const noexcept;
+
+ private:
+  explicit framed_client(detail::client_ref s) noexcept : s_(std::move(s)) {}
+  detail::client_ref s_;
+};
+
+}  // namespace ringframe

@@ -1,0 +1,323 @@
+#include <ringframe/framed_client.hpp>
+
+#include <ringframe/detail/deferred_call.hpp>
+#include <ringframe/frame.hpp>
+#include <ringframe/resolver.hpp>
+#include <ringframe/timer.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <coroutine>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <utility>
+#include <vector>
+
+namespace ringframe {
+
+namespace detail {
+
+struct call_waiter;
+
+// Who keeps it alive: the framed_client, every call coroutine (from its
+// first line to its last) and the reply reader, each through a client_ref.
+// So a call suspended anywhere (in the write's backpressure, in flush, on
+// its reply) and the reader suspended in read_message always find it. The
+// connection inside is destroyed once it is broken and the reader (the only
+// one that waits inside it holding raw pointers) has left it; a call
+// suspended in flush() holds a connection_handle, which turns null, and
+// every call checks `broken` after each suspension before touching it.
+struct client_state {
+  int refs = 0;
+  executor* ex = nullptr;
+  // The socket's stop token: request_stop() cancels the recv and the send
+  // in flight, and refuses new ones. Declared before conn: outlives it.
+  std::stop_source stop;
+  std::unique_ptr<connection> conn;
+  address peer;
+  // One slot per request written, oldest first; null: its caller left
+  // (cancelled, or its frame destroyed), the reply is read and dropped.
+  std::deque<call_waiter*> fifo;
+  std::uint64_t front_seq = 0;  // the sequence number of fifo.front()
+  std::error_code broken;
+  std::string detail;
+  bool reading = false;  // the reply reader runs
+
+  void fail(std::error_code ec, std::string why);
+};
+
+client_ref::client_ref(client_state* s) noexcept : s_(s) {
+  if (s_) ++s_->refs;
+}
+client_ref::~client_ref() {
+  if (s_ && --s_->refs == 0) delete s_;
+}
+
+// A call waiting for its reply: a named local of the call's coroutine frame.
+// The reader (or fail()) hands it its outcome and posts the coroutine;
+// its stop token takes it out of the line instead.
+struct call_waiter {
+  call_waiter(client_state* st, const std::stop_token* t) noexcept : s(st), stop(t) {}
+  call_waiter(const call_waiter&) = delete;
+  call_waiter& operator=(const call_waiter&) = delete;
+  ~call_waiter() {
+    cb.reset();  // waits for a callback running on another thread
+    s->ex->withdraw(&cancel);
+    if (queued) abandon();  // the frame is destroyed while it waits
+  }
+
+  void enqueue() {
+    seq = s->front_seq + s->fifo.size();
+    s->fifo.push_back(this);
+    queued = true;
+  }
+  // The outcome, from the reader or fail(): never resumed inline.
+  void deliver(result<message> r) {
+    queued = false;
+    out.emplace(std::move(r));
+    if (h) s->ex->post(h);
+  }
+  // Cancelled: out of the line (its reply will be dropped), ECANCELED now.
+  void leave() {
+    if (out) return;
+    abandon();
+    deliver(errno_code(ECANCELED));
+  }
+  void abandon() noexcept {
+    if (!queued) return;
+    queued = false;
+    const std::uint64_t i = seq - s->front_seq;
+    if (i < s->fifo.size() && s->fifo[i] == this) s->fifo[i] = nullptr;
+  }
+
+  bool await_ready() const noexcept { return out.has_value(); }
+  void await_suspend(std::coroutine_handle<> awaiting) {
+    h = awaiting;
+    if (stop && stop->stop_possible()) cb.emplace(*stop, canceller{this});
+  }
+  result<message> await_resume() {
+    cb.reset();
+    return std::move(*out);
+  }
+
+  struct canceller {
+    call_waiter* w;
+    void operator()() noexcept {
+      if (w->s->ex->on_own_thread()) w->leave();
+      else w->s->ex->defer(&w->cancel);
+    }
+  };
+  struct cancel_call : deferred_call {
+    explicit cancel_call(call_waiter* o) noexcept : deferred_call(&cancel_call::run), w(o) {}
+    call_waiter* w;
+    static void run(deferred_call* c, bool run) {
+      if (run) static_cast<cancel_call*>(c)->w->leave();
+    }
+  };
+
+  client_state* s;
+  const std::stop_token* stop;
+  std::uint64_t seq = 0;
+  bool queued = false;
+  std::coroutine_handle<> h;
+  std::optional<result<message>> out;
+  cancel_call cancel{this};
+  std::optional<std::stop_callback<canceller>> cb;
+};
+
+void client_state::fail(std::error_code ec, std::string why) {
+  if (broken) return;
+  broken = ec;
+  detail = std::move(why);
+  std::deque<call_waiter*> line = std::move(fifo);
+  fifo.clear();
+  front_seq += line.size();
+  for (call_waiter* w : line)
+    if (w) w->deliver(ec);
+  // Nothing more goes over this connection: the recv and send in flight
+  // end (ECANCELED) and the reader, if it waits, leaves. The socket is
+  // closed (the server sees the end, the descriptor is free) as soon as no
+  // reader is inside the connection: now, or when the reader leaves.
+  stop.request_stop();
+  if (!reading) conn.reset();
+}
+
+namespace {
+
+std::string describe_read_error(const client_state& s, std::error_code ec) {
+  if (ec == make_error_code(frame_errc::end_of_stream)) return "the server closed the connection";
+  // A malformed reply: the decoder says what exactly was wrong with it.
+  if (ec.category() == frame_category() && s.conn->last_frame_error().code != frame_errc{})
+    return s.conn->last_frame_error().detail;
+  return ec.message();
+}
+
+// The reply reader: runs while calls are pending (spawned by the call that
+// finds it not running), reading one reply per slot, in order.
+task<void> read_replies(client_ref ref) {
+  client_state* s = ref.get();
+  try {
+    while (!s->broken && !s->fifo.empty()) {
+      result<message_view> m = co_await s->conn->read_message();
+      if (s->broken) break;  // closed meanwhile
+      if (!m) {
+        s->fail(m.error(), describe_read_error(*s, m.error()));
+        break;
+      }
+      call_waiter* w = s->fifo.front();
+      s->fifo.pop_front();
+      ++s->front_seq;
+      if (w) w->deliver(message::from_view(*m));
+    }
+  } catch (const std::bad_alloc&) {
+    s->fail(std::make_error_code(std::errc::not_enough_memory), "out of memory reading a reply");
+  }
+  s->reading = false;
+  if (s->broken) s->conn.reset();
+}
+
+task<result<message>> do_call(client_ref ref, message request, const std::stop_token* stop) {
+  client_state* s = ref.get();
+  if (!s) co_return errno_code(ENOTCONN);
+  if (s->broken) co_return s->broken;
+  if (stop && stop->stop_requested()) co_return errno_code(ECANCELED);
+  std::string frame;
+  if (result<void> e = encode_frame(request, frame); !e) co_return e.error();  // this call's fault alone
+  call_waiter w(s, stop);
+  // The slot is taken in the same step as the bytes are queued: the line's
+  // order is the write order, whatever suspends below.
+  w.enqueue();
+  detail::write_awaitable queued = s->conn->write_raw(std::as_bytes(std::span(frame.data(), frame.size())));
+  result<void> q = co_await queued;  // suspends only for backpressure
+  // From here on the connection may be gone (broken, closed): check first.
+  if (!q) s->fail(q.error(), "cannot send: " + q.error().message());
+  if (s->broken) {
+    // fail() has given this call its outcome.
+  } else if (!s->reading) {
+    s->reading = true;
+    s->ex->spawn(read_replies(ref));  // its read_message sends what is queued
+  } else if (!w.out) {
+    // The reader waits in a recv already: the request goes out now, not
+    // when the reply before it comes.
+    result<void> f = co_await s->conn->flush();
+    if (!f) s->fail(f.error(), "cannot send: " + f.error().message());
+  }
+  result<message> r = co_await w;
+  co_return r;
+}
+
+bool worth_retrying(std::error_code ec) {
+  return ec == std::errc::connection_refused || ec == std::errc::connection_reset ||
+         ec == std::errc::connection_aborted || ec == std::errc::host_unreachable ||
+         ec == std::errc::network_unreachable || ec == std::errc::resource_unavailable_try_again ||
+         ec == std::errc::no_such_file_or_directory;  // a Unix socket not bound yet
+}
+
+std::chrono::nanoseconds left_until(std::chrono::steady_clock::time_point deadline) {
+  if (deadline == std::chrono::steady_clock::time_point::max()) return std::chrono::hours(24 * 365);
+  return deadline - std::chrono::steady_clock::now();
+}
+
+task<result<framed_client>> connect_to(executor* ex, std::vector<address> addrs, framed_client_options o,
+                                       std::chrono::steady_clock::time_point deadline, std::stop_token stop) {
+  std::error_code last = std::make_error_code(std::errc::host_unreachable);
+  std::chrono::nanoseconds delay = o.retry.delay;
+  const int attempts = std::max(1, o.retry.attempts);
+  for (int attempt = 1;; ++attempt) {
+    for (const address& a : addrs) {
+      const std::chrono::nanoseconds left = left_until(deadline);
+      if (left.count() <= 0) co_return errno_code(ETIMEDOUT);
+      result<socket> s = co_await ringframe::connect(*ex, a, {.timeout = left, .stop = &stop});
+      if (s) co_return framed_client::adopt(std::move(*s), o);
+      last = s.error();
+      if (last == std::errc::operation_canceled) co_return last;
+    }
+    if (attempt >= attempts || !worth_retrying(last)) co_return last;
+    const std::chrono::nanoseconds left = left_until(deadline);
+    if (left <= delay) co_return errno_code(ETIMEDOUT);  // the next attempt would start after the deadline
+    result<void> slept = co_await sleep_for(*ex, delay, &stop);
+    if (!slept) co_return slept.error();
+    delay = std::min(std::chrono::duration_cast<std::chrono::nanoseconds>(delay * o.retry.backoff), o.retry.max_delay);
+  }
+}
+
+std::chrono::steady_clock::time_point deadline_of(std::chrono::nanoseconds timeout) {
+  if (timeout.count() <= 0) return std::chrono::steady_clock::time_point::max();
+  return std::chrono::steady_clock::now() + timeout;
+}
+
+}  // namespace
+}  // namespace detail
+
+framed_client& framed_client::operator=(framed_client&& o) noexcept {
+  if (this != &o) {
+    close();
+    s_ = std::move(o.s_);
+  }
+  return *this;
+}
+
+framed_client::~framed_client() { close(); }
+
+task<result<framed_client>> framed_client::connect(executor& ex, address to, framed_client_options o,
+                                                   std::stop_token stop) {
+  return detail::connect_to(&ex, std::vector<address>{to}, o, detail::deadline_of(o.connect_timeout), std::move(stop));
+}
+
+task<result<framed_client>> framed_client::connect(executor& ex, std::string host, std::uint16_t port,
+                                                   framed_client_options o, std::stop_token stop) {
+  const auto deadline = detail::deadline_of(o.connect_timeout);
+  // Tasks named before they are awaited: g++ 12 may destroy a temporary
+  // with a destructor in a co_await expression twice.
+  task<result<std::vector<address>>> lookup =
+      resolve(ex, std::move(host), port, {.timeout = detail::left_until(deadline), .stop = &stop});
+  result<std::vector<address>> addrs = co_await std::move(lookup);
+  if (!addrs) co_return addrs.error();
+  task<result<framed_client>> attempts = detail::connect_to(&ex, std::move(*addrs), o, deadline, stop);
+  result<framed_client> c = co_await std::move(attempts);
+  co_return c;
+}
+
+framed_client framed_client::adopt(socket s, framed_client_options o) {
+  detail::client_ref ref(new detail::client_state);
+  ref->ex = &s.get_executor();
+  if (result<address> p = s.peer_address()) ref->peer = *p;
+  s.set_stop_token(ref->stop.get_token());
+  connection_options co = o.connection;
+  co.idle_timeout = co.message_timeout = o.reply_timeout;
+  ref->conn = std::make_unique<connection>(std::move(s), co);
+  return framed_client(std::move(ref));
+}
+
+task<result<message>> framed_client::call(message request, const std::stop_token* stop) {
+  // Not a coroutine itself: the call holds the state, not this object,
+  // which may be moved or destroyed while the call waits.
+  return detail::do_call(s_, std::move(request), stop);
+}
+
+void framed_client::close() noexcept {
+  if (!s_) return;
+  if (!s_->broken) s_->fail(errno_code(ECANCELED), "the client was closed");
+}
+
+bool framed_client::is_open() const noexcept { return s_ && !s_->broken; }
+
+std::error_code framed_client::error() const noexcept {
+  if (!s_) return errno_code(ENOTCONN);
+  return s_->broken;
+}
+
+std::string framed_client::failure_detail() const {
+  if (!s_) return "not connected";
+  return s_->broken ? s_->detail : std::string();
+}
+
+std::size_t framed_client::pending() const noexcept { return s_ ? s_->fifo.size() : 0; }
+
+const address& framed_client::peer() const noexcept {
+  static const address none;
+  return s_ ? s_->peer : none;
+}
+
+}  // namespace ringframe
