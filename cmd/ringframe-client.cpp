@@ -4,7 +4,10 @@
 
 #include <ringframe/connection.hpp>
 #include <ringframe/executor.hpp>
+#include <ringframe/framed_client.hpp>
+#include <ringframe/resolver.hpp>
 #include <ringframe/socket.hpp>
+#include <ringframe/when_all.hpp>
 #include <ringframe_version.hpp>
 
 #include <getopt.h>
@@ -258,62 +261,108 @@ bool print_response(const message_view& m, const address& peer) {
   return true;
 }
 
-task<int> app_client(executor* ex, address to, app_request r) {
+// A message_view of an owned message (print_response reads views).
+message_view view_of(const message& m) {
+  message_view v;
+  v.content_type = m.content_type;
+  v.content_encoding = m.content_encoding;
+  v.byteorder = m.byteorder;
+  v.content_length = m.content.size();
+  v.content = std::as_bytes(std::span(m.content.data(), m.content.size()));
+  return v;
+}
+
+// One app run: `pipeline` workers share the requests to make, each making
+// one call at a time on the one framed_client, so up to `pipeline` requests
+// are in flight; the client answers them in order.
+struct app_run {
+  framed_client* client = nullptr;
+  const message* request = nullptr;
+  const app_request* r = nullptr;
+  address peer;
+  long issued = 0, received = 0;
+  int rc = 0;
+  std::string first_type, first_content;
+};
+
+task<void> app_worker(app_run* run) {
+  while (run->rc == 0 && run->issued < run->r->repeat) {
+    ++run->issued;
+    task<result<message>> call = run->client->call(*run->request);
+    result<message> m = co_await std::move(call);
+    if (run->rc != 0) co_return;  // another worker has reported the failure
+    if (!m) {
+      std::string why = run->client->failure_detail();
+      if (why.empty()) why = m.error().message();
+      // A server that closed after its reply answers the next request with RST.
+      if (m.error() == std::errc::connection_reset && run->received > 0) why = "the server closed the connection (reset)";
+      std::fprintf(stderr, "ringframe-client: after %ld of %ld responses: %s\n", run->received, run->r->repeat, why.c_str());
+      run->rc = 1;
+      co_return;
+    }
+    if (run->received == 0) {
+      run->first_type = m->content_type;
+      run->first_content = m->content;
+      if (!run->r->quiet && !print_response(view_of(*m), run->peer)) {
+        run->rc = 1;
+        co_return;
+      }
+    } else if (m->content_type != run->first_type || m->content != run->first_content) {
+      std::fprintf(stderr, "ringframe-client: response %ld differs from the first\n", run->received + 1);
+      run->rc = 1;
+      co_return;
+    }
+    ++run->received;
+  }
+}
+
+// `host` is resolved here, inside the loop, without blocking it
+// (ringframe::resolve); a unix:/path or a numeric address needs no lookup.
+task<int> app_client(executor* ex, std::string host, std::uint16_t port, address unix_to, app_request r) {
+  address to = unix_to;
+  if (to.family() != AF_UNIX) {
+    task<result<std::vector<address>>> lookup = ringframe::resolve(*ex, host, port, {.timeout = r.timeout});
+    result<std::vector<address>> addrs = co_await std::move(lookup);
+    if (!addrs) {
+      std::fprintf(stderr, "ringframe-client: cannot resolve host '%s': %s\nTry 'ringframe-client --help'.\n",
+                   host.c_str(), addrs.error().message().c_str());
+      co_return 2;
+    }
+    to = addrs->front();
+  }
   if (!r.quiet) std::printf("Starting connection to %s\n", to.to_python().c_str());
-  result<ringframe::socket> s = co_await ringframe::connect(*ex, to, {.timeout = r.timeout});
-  if (!s) {
-    std::fprintf(stderr, "ringframe-client: cannot connect to %s: %s\n", to.to_string().c_str(), s.error().message().c_str());
+  framed_client_options fo;
+  fo.connect_timeout = fo.reply_timeout = fo.connection.write_timeout = r.timeout;
+  task<result<framed_client>> connecting = framed_client::connect(*ex, to, fo);
+  result<framed_client> client = co_await std::move(connecting);
+  if (!client) {
+    std::fprintf(stderr, "ringframe-client: cannot connect to %s: %s\n", to.to_string().c_str(), client.error().message().c_str());
     co_return 1;
   }
-  connection_options co;
-  co.idle_timeout = co.message_timeout = co.write_timeout = r.timeout;
-  connection conn(std::move(*s), co);
+  const message request = build_request(r);
   std::string frame;
-  if (auto enc = encode_frame(build_request(r), frame); !enc) {
+  if (auto enc = encode_frame(request, frame); !enc) {
     std::fprintf(stderr, "ringframe-client: cannot encode the request: %s\n", enc.error().message().c_str());
     co_return 2;
   }
   if (!r.quiet) std::printf("Sending %s to %s\n", cli::python_bytes_repr(frame).c_str(), to.to_python().c_str());
-  const auto frame_bytes = std::as_bytes(std::span(frame.data(), frame.size()));
 
-  std::string first_type, first_content;
-  long sent = 0, received = 0;
+  app_run run;
+  run.client = &*client;
+  run.request = &request;
+  run.r = &r;
+  run.peer = to;
   auto t0 = std::chrono::steady_clock::now();
-  while (received < r.repeat) {
-    while (sent < r.repeat && sent - received < r.pipeline) {
-      result<void> w = co_await conn.write_raw(frame_bytes);
-      if (!w) {
-        std::fprintf(stderr, "ringframe-client: send failed: %s\n", w.error().message().c_str());
-        co_return 1;
-      }
-      ++sent;
-    }
-    result<message_view> m = co_await conn.read_message();
-    if (!m) {
-      std::string why = m.error().category() == frame_category() && conn.last_frame_error().code != frame_errc{}
-                            ? conn.last_frame_error().detail
-                            : m.error().message();
-      if (m.error() == make_error_code(frame_errc::end_of_stream)) why = "the server closed the connection";
-      // A server that closed after its reply answers the next request with RST.
-      if (m.error() == std::errc::connection_reset && received > 0) why = "the server closed the connection (reset)";
-      std::fprintf(stderr, "ringframe-client: after %ld of %ld responses: %s\n", received, r.repeat, why.c_str());
-      co_return 1;
-    }
-    if (received == 0) {
-      first_type = m->content_type;
-      first_content = m->content_text();
-      if (!r.quiet && !print_response(*m, to)) co_return 1;
-    } else if (m->content_type != first_type || m->content_text() != first_content) {
-      std::fprintf(stderr, "ringframe-client: response %ld differs from the first\n", received + 1);
-      co_return 1;
-    }
-    ++received;
-  }
+  std::vector<task<void>> workers;
+  for (long i = 0; i < std::min(r.pipeline, r.repeat); ++i) workers.push_back(app_worker(&run));
+  task<std::vector<std::monostate>> all = when_all(std::move(workers));
+  co_await std::move(all);
+  if (run.rc != 0) co_return run.rc;
   auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!r.quiet) std::printf("Closing connection to %s\n", to.to_python().c_str());
   if (r.repeat > 1 || r.quiet)
-    std::printf("app: %ld responses, all alike, in %.1f ms (%.0f requests/s, pipeline depth %ld)\n", received,
-                secs * 1e3, received / (secs > 0 ? secs : 1e-9), r.pipeline);
+    std::printf("app: %ld responses, all alike, in %.1f ms (%.0f requests/s, pipeline depth %ld)\n", run.received,
+                secs * 1e3, run.received / (secs > 0 ? secs : 1e-9), r.pipeline);
   co_return 0;
 }
 
@@ -367,10 +416,21 @@ int main(int argc, char** argv) {
       if (a.size() != rest + 2)
         fail_usage(unix_host ? "usage: app unix:/PATH ACTION VALUE (a unix: HOST has no PORT)"
                              : "usage: app HOST PORT ACTION VALUE");
-      address to = endpoint();
+      // The port and a unix: path are checked here; a host name is resolved
+      // inside the loop (app_client), without blocking it.
+      address unix_to;
+      std::uint16_t port = 0;
+      if (unix_host) {
+        unix_to = endpoint();
+      } else {
+        const std::string port_text = a.size() > 1 ? a[1] : "65432";
+        auto p = parse_port(port_text);
+        if (!p) fail_usage("bad port '" + port_text + "': expected a whole number from 0 to 65535");
+        port = *p;
+      }
       executor ex(o.exec);
-      return ex.run(
-          app_client(&ex, to, app_request{a[rest], a[rest + 1], o.repeat, o.pipeline, o.quiet, o.timeout}));
+      return ex.run(app_client(&ex, a.empty() ? "127.0.0.1" : a[0], port, unix_to,
+                               app_request{a[rest], a[rest + 1], o.repeat, o.pipeline, o.quiet, o.timeout}));
     }
     fail_usage("unknown command '" + cmd + "' (expected echo, multiconn or app)");
   } catch (const setup_error& e) {
