@@ -8,7 +8,7 @@
 #include <ringframe/resolver.hpp>
 #include <ringframe/socket.hpp>
 #include <ringframe/when_all.hpp>
-#include <ringframe_version.hpp>
+#include <ringframe/version.hpp>
 
 #include <getopt.h>
 #include <signal.h>

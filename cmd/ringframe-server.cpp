@@ -8,7 +8,7 @@
 #include <ringframe/executor.hpp>
 #include <ringframe/server.hpp>
 #include <ringframe/sharded_server.hpp>
-#include <ringframe_version.hpp>
+#include <ringframe/version.hpp>
 
 #include <getopt.h>
 #include <signal.h>
