@@ -21,13 +21,14 @@ namespace detail {
 struct call_waiter;
 
 // Who keeps it alive: the framed_client, every call coroutine (from its
-// first line to its last) and the reply reader, each through a client_ref.
-// So a call suspended anywhere (in the write's backpressure, in flush, on
-// its reply) and the reader suspended in read_message always find it. The
-// connection inside is destroyed once it is broken and the reader (the only
-// one that waits inside it holding raw pointers) has left it; a call
-// suspended in flush() holds a connection_handle, which turns null, and
-// every call checks `broken` after each suspension before touching it.
+// first line to its last), the reply reader and a pending flush_soon, each
+// through a client_ref. So a call suspended anywhere (in the write's
+// backpressure, on its reply) and the reader suspended in read_message
+// always find it. The connection inside is destroyed once it is broken and
+// the reader (the only one that waits inside it holding raw pointers) has
+// left it; a flush (backpressure, flush_soon) holds a connection_handle,
+// which turns null, and every coroutine checks `broken` after each
+// suspension before touching the connection again.
 struct client_state {
   int refs = 0;
   executor* ex = nullptr;
@@ -43,6 +44,7 @@ struct client_state {
   std::error_code broken;
   std::string detail;
   bool reading = false;  // the reply reader runs
+  bool flush_scheduled = false;  // a flush_soon is spawned and has not started
 
   void fail(std::error_code ec, std::string why);
 };
@@ -177,6 +179,15 @@ task<void> read_replies(client_ref ref) {
   if (s->broken) s->conn.reset();
 }
 
+// Sends what the calls of one loop turn queued (see do_call).
+task<void> flush_soon(client_ref ref) {
+  client_state* s = ref.get();
+  s->flush_scheduled = false;  // calls made while this waits schedule the next
+  if (s->broken) co_return;
+  result<void> f = co_await s->conn->flush();
+  if (!f) s->fail(f.error(), "cannot send: " + f.error().message());
+}
+
 task<result<message>> do_call(client_ref ref, message request, const std::stop_token* stop) {
   client_state* s = ref.get();
   if (!s) co_return errno_code(ENOTCONN);
@@ -197,11 +208,12 @@ task<result<message>> do_call(client_ref ref, message request, const std::stop_t
   } else if (!s->reading) {
     s->reading = true;
     s->ex->spawn(read_replies(ref));  // its read_message sends what is queued
-  } else if (!w.out) {
-    // The reader waits in a recv already: the request goes out now, not
-    // when the reply before it comes.
-    result<void> f = co_await s->conn->flush();
-    if (!f) s->fail(f.error(), "cannot send: " + f.error().message());
+  } else if (!s->flush_scheduled) {
+    // The reader waits in a recv already: the request must go out now, not
+    // when the reply before it comes. One flush on the loop's next turn
+    // sends every request made during this one, in one send.
+    s->flush_scheduled = true;
+    s->ex->spawn(flush_soon(ref));
   }
   result<message> r = co_await w;
   co_return r;
