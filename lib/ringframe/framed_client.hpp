@@ -42,9 +42,12 @@
 namespace ringframe {
 
 // How framed_client::connect tries again when an attempt fails with an
-// error worth retrying (refused, reset, unreachable, timed out): `attempts`
-// in all, waiting `delay` before the second, then each wait `backoff` times
-// the last, at most `max_delay`. All of it within connect_timeout.
+// error worth retrying (refused, reset, aborted, host or network
+// unreachable, EAGAIN, a Unix socket path not bound yet): `attempts` in
+// all, waiting `delay` before the second, then each wait `backoff` times the
+// last, at most `max_delay`. All of it within connect_timeout: an attempt
+// gets what is left of it, and a wait that would end after it ends the
+// connect with ETIMEDOUT. A failed lookup is not retried.
 struct retry_policy {
   int attempts = 1;  // 1: no retry
   std::chrono::nanoseconds delay = std::chrono::milliseconds(100);
