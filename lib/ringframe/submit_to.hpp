@@ -251,7 +251,10 @@ class submit_awaiter : private stop_listener {
     cb_.reset();
     guard_.reset();
     s_->here->unlisten_stop(this);
-    if (s_->error) std::rethrow_exception(s_->error);
+    // Taken out, so that the exception is freed on this thread (the target
+    // may free the shared state): a count dropped to zero in libstdc++'s
+    // uninstrumented code on the other thread is a race to ThreadSanitizer.
+    if (s_->error) std::rethrow_exception(std::exchange(s_->error, nullptr));
     return std::move(*s_->value);
   }
 

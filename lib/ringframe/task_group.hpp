@@ -33,7 +33,10 @@
 //
 // join() takes no stop token (it must not return while children run): to
 // make it return sooner, request_stop(). One coroutine joins at a time; a
-// second concurrent join() throws std::logic_error.
+// second concurrent join() throws std::logic_error. Spawn from the owner or
+// from a child (a child's spawn keeps the group from emptying meanwhile):
+// a child spawned from elsewhere after the last one finished, before the
+// joiner has resumed, is not waited for by that join().
 //
 // Cost: a child spawned as a task<void> runs inside a small wrapper frame (a
 // coroutine of the group's own kind); a coroutine written as a child itself
