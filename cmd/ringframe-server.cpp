@@ -6,6 +6,7 @@
 #include <ringframe/echo.hpp>
 #include <ringframe/handler.hpp>
 #include <ringframe/executor.hpp>
+#include <ringframe/log.hpp>
 #include <ringframe/server.hpp>
 #include <ringframe/sharded_server.hpp>
 #include <ringframe/version.hpp>
@@ -68,6 +69,12 @@ const char* const usage_text =
     "                           between messages (for comparison)\n"
     "      --multishot-recv     framed modes: keep one multishot recv armed per connection\n"
     "                           instead of one recv per read (Linux 6.0; see docs/io-path.md)\n"
+    "      --metrics HOST:PORT  serve Prometheus metrics at http://HOST:PORT/metrics (off by\n"
+    "                           default; PORT 0: any free port, printed at start; [::1]:PORT\n"
+    "                           for IPv6); see README.md, \"Running in production\"\n"
+    "      --log-format FORMAT  text (default) or json: one JSON object per line with ts, level,\n"
+    "                           thread, event, peer, reason and msg\n"
+    "      --log-level LEVEL    error, warn, info (default) or debug (adds each metrics request)\n"
     "  -q, --quiet              do not log each connection\n"
     "  -h, --help               show this help and exit\n"
     "  -V, --version            show the version and exit\n"
@@ -90,6 +97,9 @@ struct options {
   std::string port = "65432";
   std::size_t max_connections = 100000;
   bool quiet = false;
+  std::string metrics;  // HOST:PORT, "" for none
+  bool log_json = false;
+  log_level level = log_level::info;
 };
 
 [[noreturn]] void fail_usage(const std::string& msg) {
@@ -118,6 +128,8 @@ options parse(int argc, char** argv) {
       {"zero-copy-threshold", required_argument, nullptr, 8},  {"threads", required_argument, nullptr, 't'},
       {"reuse-port", no_argument, nullptr, 10},     {"version", no_argument, nullptr, 'V'},
       {"backend", required_argument, nullptr, 11},
+      {"metrics", required_argument, nullptr, 12},  {"log-format", required_argument, nullptr, 13},
+      {"log-level", required_argument, nullptr, 14},
       {nullptr, 0, nullptr, 0}};
   int c;
   opterr = 0;
@@ -164,6 +176,19 @@ options parse(int argc, char** argv) {
         // The option wins over the environment, auto included.
         ::unsetenv("RINGFRAME_BACKEND");
         break;
+      case 12:
+        if (!*optarg) fail_usage("bad --metrics '' (expected HOST:PORT)");
+        o.metrics = optarg;
+        break;
+      case 13:
+        if (std::strcmp(optarg, "text") == 0) o.log_json = false;
+        else if (std::strcmp(optarg, "json") == 0) o.log_json = true;
+        else fail_usage(std::string("bad --log-format '") + optarg + "' (expected text or json)");
+        break;
+      case 14:
+        if (!parse_log_level(optarg, o.level))
+          fail_usage(std::string("bad --log-level '") + optarg + "' (expected error, warn, info or debug)");
+        break;
       case 8: {
         char* end = nullptr;
         unsigned long long v = std::strtoull(optarg, &end, 10);
@@ -199,8 +224,45 @@ server::stream_handler handler_for(const options& o) {
   return &echo_handler;
 }
 
-void print_line(const std::string& line) { std::printf("%s\n", line.c_str()); }
-void print_event(const std::string& line) { std::printf("ringframe-server: %s\n", line.c_str()); }
+// The log sinks. Text: the line the server has always printed (the
+// sharded server's own events with the program's name before them), as one
+// write; json: one object per line (log.hpp). Both drop what is above
+// --log-level. Called from every thread: stdout is line-buffered and each
+// line is one fputs.
+log_level max_level = log_level::info;
+bool log_json = false;
+
+std::string thread_name() {
+  int shard = sharded_server::this_thread_shard();
+  return shard < 0 ? "main" : std::to_string(shard);
+}
+
+void emit(const log_record& r, const char* text_prefix) {
+  std::string line = log_json ? to_json(r, thread_name()) : text_prefix + std::string(r.text);
+  line += '\n';
+  std::fputs(line.c_str(), stdout);
+}
+void print_record(const log_record& r) {
+  if (r.level <= max_level) emit(r, "");
+}
+void print_event_record(const log_record& r) {
+  if (r.level <= max_level) emit(r, "ringframe-server: ");
+}
+// The program's own lines (the addresses at start, the summary): always
+// printed, whatever --log-level (scripts read the address from them).
+void print_own(std::string_view event, const std::string& text) {
+  emit(log_record{log_level::info, event, nullptr, {}, text}, "");
+}
+
+// "HOST:PORT", "[v6]:PORT" -> host and port; false if there is no ':'.
+bool split_host_port(const std::string& text, std::string& host, std::string& port) {
+  std::size_t colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size()) return false;
+  host = text.substr(0, colon);
+  port = text.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  return true;
+}
 
 }  // namespace
 
@@ -215,45 +277,68 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ringframe-server: %s\n", error.c_str());
     return 2;
   }
+  max_level = o.level;
+  log_json = o.log_json;
+  std::vector<address> metrics_addrs;
+  if (!o.metrics.empty()) {
+    std::string mhost, mport;
+    if (!split_host_port(o.metrics, mhost, mport) || cli::is_unix_host(mhost))
+      fail_usage("bad --metrics '" + o.metrics + "' (expected HOST:PORT)");
+    metrics_addrs = cli::resolve_endpoint(mhost, mport, error);
+    if (metrics_addrs.empty()) {
+      std::fprintf(stderr, "ringframe-server: --metrics: %s\n", error.c_str());
+      return 2;
+    }
+  }
   sharded_server_options so;
   so.listen_at = addrs.front();
+  if (!metrics_addrs.empty()) {
+    so.metrics_at = metrics_addrs.front();
+    so.metrics_mode = o.mode;
+    so.server.measure_handling_time = true;  // its cost: bench/RESULTS.md
+  }
   so.threads = o.threads;
   so.executor.setup = o.ring;
   so.executor.backend = o.backend;
   so.server.max_connections = o.max_connections;
   so.server.log_connections = !o.quiet;
   so.server.multishot_accept = !o.single_accept;
-  so.server.log = &print_line;
+  so.server.log_records = &print_record;
   so.reuse_port = o.reuse_port;
   so.drain_timeout = o.drain_timeout;
-  so.log = &print_event;
+  so.log_records = &print_event_record;
   try {
+    const std::optional<address> so_metrics = so.metrics_at;
     sharded_server srv(std::move(so));
     if (auto r = srv.start(handler_for(o)); !r) {
       std::string why = r.error().message();
       if (r.error() == std::errc::file_exists) why += " (and is not a socket: left alone)";
-      std::fprintf(stderr, "ringframe-server: cannot listen on %s: %s\n", addrs.front().to_string().c_str(), why.c_str());
+      std::string where = addrs.front().to_string();
+      if (so_metrics) where += " (or, for metrics, " + so_metrics->to_string() + ")";
+      std::fprintf(stderr, "ringframe-server: cannot listen on %s: %s\n", where.c_str(), why.c_str());
       return 1;
     }
-    std::printf("Listening on %s\n", srv.local_address().to_python().c_str());
+    print_own("listening", "Listening on " + srv.local_address().to_python());
+    if (so_metrics) print_own("metrics_listening", "Metrics on http://" + srv.metrics_address().to_string() + "/metrics");
     const bool uring = std::strcmp(srv.backend_name(), "io_uring") == 0;
     const char* how = srv.threads() == 1 ? ""
                       : srv.listener_per_shard()
                           ? (uring ? "s, one ring and one SO_REUSEPORT listener each" : "s, one epoll and one SO_REUSEPORT listener each")
                           : (uring ? "s, one ring each, one shared listener" : "s, one epoll each, one shared listener");
-    if (uring) std::printf("io_uring: %s; %u thread%s\n", srv.setup_mode(), srv.threads(), how);
-    else std::printf("epoll: %u thread%s\n", srv.threads(), how);
+    if (uring) print_own("backend", "io_uring: " + std::string(srv.setup_mode()) + "; " + std::to_string(srv.threads()) + " thread" + how);
+    else print_own("backend", "epoll: " + std::to_string(srv.threads()) + " thread" + how);
     srv.run();
     const server_stats sum = srv.stats();
     std::string messages;
     if (o.mode != "echo")
       messages = ", " + std::to_string(sum.messages_in) + " messages in, " + std::to_string(sum.messages_out) +
                  " out, " + std::to_string(sum.malformed) + " malformed";
-    std::printf("ringframe-server: stopped by %s: served %llu connections (%llu rejected), %llu bytes in, %llu bytes out%s\n",
-                srv.stopped_by() ? (std::string("SIG") + sigabbrev_np(srv.stopped_by())).c_str() : "request",
-                (unsigned long long)sum.accepted, (unsigned long long)sum.rejected, (unsigned long long)sum.bytes_in,
-                (unsigned long long)sum.bytes_out, messages.c_str());
-    std::printf("ringframe-server: counters: %s\n", sum.to_string().c_str());
+    print_own("stopped", "ringframe-server: stopped by " +
+                             (srv.stopped_by() ? std::string("SIG") + sigabbrev_np(srv.stopped_by()) : std::string("request")) +
+                             ": served " + std::to_string(sum.accepted) + " connections (" + std::to_string(sum.rejected) +
+                             " rejected), " + std::to_string(sum.bytes_in) + " bytes in, " + std::to_string(sum.bytes_out) +
+                             " bytes out" + messages);
+    print_own("counters", "ringframe-server: counters: " + sum.to_string());
     return 0;
   } catch (const setup_error& e) {
     std::fprintf(stderr, "%s\n", e.what());

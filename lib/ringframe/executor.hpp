@@ -169,6 +169,8 @@ class executor {
   // The executor's provided receive buffers, registered on first use; null
   // when the kernel cannot provide them (then receives use their own buffers).
   buffer_ring* receive_buffers();
+  // How many provided buffers are registered now (0 before the first use).
+  unsigned receive_buffer_count() const noexcept { return buffers_ ? buffers_->count() : 0; }
   // A recv found every buffer in use (-ENOBUFS): counted, and the ring grows
   // if it may.
   void count_buffer_ring_empty() noexcept;

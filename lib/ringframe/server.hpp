@@ -5,6 +5,8 @@
 
 #include <ringframe/address.hpp>
 #include <ringframe/executor.hpp>
+#include <ringframe/latency_histogram.hpp>
+#include <ringframe/log.hpp>
 #include <ringframe/socket.hpp>
 #include <ringframe/task.hpp>
 
@@ -52,8 +54,15 @@ struct server_options {
   bool multishot_accept = true;
   // One line per event (connections, errors). Empty: silent.
   std::function<void(const std::string&)> log;
+  // The same events with their fields apart (log.hpp). When set, it takes
+  // every event instead of `log` (whose line is the record's `text`).
+  std::function<void(const log_record&)> log_records;
   // Log "Connected by (...)" / "Closing connection to (...)" for each connection.
   bool log_connections = true;
+  // Framed connections record each message's handling time (its receive
+  // completion to its reply queued) in handling_time(): one clock read per
+  // reply (bench/RESULTS.md has its cost). Off: no clock is read.
+  bool measure_handling_time = false;
 };
 
 // Counters. Single-threaded (one server per executor), so plain integers.
@@ -70,7 +79,11 @@ struct server_stats {
   std::uint64_t messages_out = 0;
   std::uint64_t malformed = 0;
   std::array<std::uint64_t, reasons> malformed_by_reason{};
-  std::uint64_t timeouts = 0;      // idle or mid-message
+  std::uint64_t timeouts = 0;      // idle, mid-message or write: the sum of the three below
+  std::uint64_t timeouts_idle = 0;     // no next message within idle_timeout
+  std::uint64_t timeouts_message = 0;  // a message not complete within message_timeout
+  std::uint64_t timeouts_write = 0;    // replies not taken by the peer within write_timeout
+  std::uint64_t backpressure_pauses = 0;  // a connection stopped reading until its replies were sent
   std::uint64_t drained = 0;       // connections that ended because of drain()
   std::uint64_t peak_unsent_bytes = 0;  // largest reply backlog of any connection
 
@@ -79,6 +92,17 @@ struct server_stats {
   // Sums (peak_unsent_bytes: the larger), for servers on several threads.
   server_stats& operator+=(const server_stats& o);
 };
+
+namespace detail {
+// A framed connection's own counters, which it adds to server_stats when it
+// ends (handler.cpp); listed on its server meanwhile, so that a snapshot
+// (server::stats_now) counts them too. Intrusive: no allocation.
+struct open_counters {
+  void (*add_to)(const open_counters* self, server_stats& out) noexcept = nullptr;
+  open_counters* prev = nullptr;
+  open_counters* next = nullptr;
+};
+}  // namespace detail
 
 // What a handler gets besides the socket. Small, so that it can be passed by
 // value to every coroutine of a connection: the peer's address lives once,
@@ -130,11 +154,35 @@ class server {
 
   std::size_t live_connections() const noexcept { return live_; }
   server_stats& stats() noexcept { return stats_; }
+  const server_stats& stats() const noexcept { return stats_; }
+  // stats() plus what the open framed connections have counted so far.
+  server_stats stats_now() const;
+  // Per message handling time (server_options::measure_handling_time).
+  latency_histogram& handling_time() noexcept { return handling_; }
+  const latency_histogram& handling_time() const noexcept { return handling_; }
+  // For framed(): list a connection's counters until it ends (this thread).
+  void track(detail::open_counters* c) noexcept {
+    c->prev = nullptr;
+    c->next = open_;
+    if (open_) open_->prev = c;
+    open_ = c;
+  }
+  void untrack(detail::open_counters* c) noexcept {
+    (c->prev ? c->prev->next : open_) = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->prev = c->next = nullptr;
+  }
   const server_options& options() const noexcept { return opts_; }
   executor& get_executor() noexcept { return ex_; }
   void log(const std::string& line) const {
-    if (opts_.log) opts_.log(line);
+    if (opts_.log_records) opts_.log_records(log_record{log_level::info, "message", nullptr, {}, line});
+    else if (opts_.log) opts_.log(line);
   }
+  void log(const log_record& r) const {
+    if (opts_.log_records) opts_.log_records(r);
+    else if (opts_.log) opts_.log(std::string(r.text));
+  }
+
 
  private:
   static task<void> accept_loop(server* self, socket* listener);
@@ -152,6 +200,8 @@ class server {
   std::stop_source drain_;  // accepting and reading new requests
   std::stop_token drain_token_ = drain_.get_token();  // what read_stop points to
   server_stats stats_;
+  latency_histogram handling_;
+  detail::open_counters* open_ = nullptr;  // framed connections' counters (track)
   std::size_t live_ = 0;
   std::size_t loops_ = 0;
   std::coroutine_handle<> drained_waiter_;

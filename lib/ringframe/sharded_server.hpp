@@ -37,9 +37,13 @@
 
 #include <ringframe/address.hpp>
 #include <ringframe/executor.hpp>
+#include <ringframe/log.hpp>
+#include <ringframe/metrics_endpoint.hpp>
 #include <ringframe/result.hpp>
 #include <ringframe/server.hpp>
 #include <ringframe/signals.hpp>
+#include <ringframe/socket.hpp>
+#include <ringframe/stats.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -47,6 +51,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -71,6 +76,18 @@ struct sharded_server_options {
   // The sharded server's own events ("SIGINT: draining 3 connections on
   // thread 1 ...", counters). Called from any of its threads. Empty: silent.
   std::function<void(const std::string&)> log;
+  // The same events with their fields apart (log.hpp); when set, it takes
+  // every event instead of `log`.
+  std::function<void(const log_record&)> log_records;
+  // Serve GET /metrics (the Prometheus text format, metrics.hpp) here, on
+  // the owner's thread and executor: a scrape never runs on a shard's loop,
+  // only a snapshot task does (see snapshot()). Unset: no endpoint.
+  std::optional<address> metrics_at;
+  metrics_endpoint_options metrics;
+  // The mode label of the message series ("": none).
+  std::string metrics_mode;
+  // A scrape waits at most this long for every shard's numbers (503 after).
+  std::chrono::nanoseconds metrics_snapshot_timeout = std::chrono::seconds(2);
 };
 
 class sharded_server {
@@ -107,6 +124,16 @@ class sharded_server {
   // The sum of the counters of the shards that have finished: every shard's
   // once run() has returned. Any thread.
   server_stats stats() const;
+  // Every shard's numbers (stats.hpp), each taken on its own thread by a
+  // task sent there, like the other orders; `done` runs on the owner's
+  // thread, in run(), once every shard has answered. Any thread. Not called
+  // when run() returns first (stats() then has the final sums).
+  void snapshot(std::function<void(stats_snapshot)> done);
+  // The metrics endpoint's address (port 0 resolved); after a start() with metrics_at.
+  const address& metrics_address() const noexcept { return metrics_bound_; }
+  // The index of the shard whose thread calls this, or -1 on any other
+  // thread (the owner's): for a log sink's "thread" field.
+  static int this_thread_shard() noexcept;
   std::size_t finished_shards() const noexcept { return finished_count_.load(); }
   // Valid after a successful start().
   const address& local_address() const noexcept { return bound_; }
@@ -119,11 +146,13 @@ class sharded_server {
 
  private:
   struct shard;
+  struct snapshot_request;
   struct order {
-    enum kind { drain, stop, counters, signal, finished } what;
+    enum kind { drain, stop, counters, signal, finished, snapshot, snapshot_part } what;
     std::chrono::nanoseconds grace{};
     int sig = 0;
     unsigned shard = 0;
+    std::shared_ptr<snapshot_request> snap = {};
   };
 
   result<void> bind_all();
@@ -133,8 +162,12 @@ class sharded_server {
   template <class MakeTask>
   void fan_out(MakeTask make);
   void send_exit(shard& sh);
-  void log(const std::string& line) const {
-    if (opts_.log) opts_.log(line);
+  void log(const log_record& r) const {
+    if (opts_.log_records) opts_.log_records(r);
+    else if (opts_.log) opts_.log(std::string(r.text));
+  }
+  void log(log_level level, std::string_view event, const std::string& text) const {
+    log(log_record{level, event, nullptr, {}, text});
   }
 
   static void shard_thread(sharded_server* self, shard* sh, server::stream_handler h, void* ready);
@@ -142,6 +175,8 @@ class sharded_server {
   static task<void> shard_drain(sharded_server* self, shard* sh, int sig, std::chrono::nanoseconds grace);
   static task<void> shard_stop(shard* sh);
   static task<void> shard_counters(sharded_server* self, shard* sh);
+  static task<void> shard_snapshot(sharded_server* self, shard* sh, std::shared_ptr<snapshot_request> req);
+  static task<result<std::string>> metrics_body(sharded_server* self, std::stop_token stop);
   static task<void> owner_loop(sharded_server* self);
   static task<void> signal_loop(sharded_server* self);
 
@@ -150,6 +185,8 @@ class sharded_server {
   std::unique_ptr<signal_set> signals_;
   std::vector<std::unique_ptr<shard>> shards_;
   address bound_;
+  socket metrics_listener_;  // on owner_; handed to the endpoint by run()
+  address metrics_bound_;
   detail::unix_socket_file file_;
   bool per_shard_listeners_ = false;
   bool started_ = false;

@@ -14,7 +14,8 @@ task<void> echo_handler(socket s, connection_info info) {
     result<std::size_t> n = co_await s.recv({buf.get(), buffer_size}, {.stop = info.read_stop});
     if (!n || *n == 0) {
       if (!n && n.error() != std::errc::operation_canceled && n.error() != std::errc::connection_reset)
-        info.server->log("recv from " + info.peer.to_python() + " failed: " + n.error().message());
+        info.server->log({log_level::warn, "connection_error", &info.peer, n.error().message(),
+                          "recv from " + info.peer.to_python() + " failed: " + n.error().message()});
       break;
     }
     stats.bytes_in += *n;
@@ -22,7 +23,8 @@ task<void> echo_handler(socket s, connection_info info) {
     if (!sent) {
       if (sent.error() != std::errc::operation_canceled && sent.error() != std::errc::broken_pipe &&
           sent.error() != std::errc::connection_reset)
-        info.server->log("send to " + info.peer.to_python() + " failed: " + sent.error().message());
+        info.server->log({log_level::warn, "connection_error", &info.peer, sent.error().message(),
+                          "send to " + info.peer.to_python() + " failed: " + sent.error().message()});
       break;
     }
     stats.bytes_out += *sent;

@@ -13,21 +13,46 @@ struct framed_setup {
   connection_options options;
 };
 
+void add_counters(const connection& c, server_stats& st) noexcept {
+  st.bytes_in += c.bytes_in;
+  st.bytes_out += c.bytes_out;
+  st.messages_in += c.messages_in;
+  st.messages_out += c.messages_out;
+  st.backpressure_pauses += c.backpressure_pauses;
+  st.peak_unsent_bytes = std::max<std::uint64_t>(st.peak_unsent_bytes, c.peak_unsent);
+}
+
+// A connection's counters, listed on its server while it is open (so that
+// a snapshot counts them); unlisted however the coroutine ends.
+struct tracked_counters : detail::open_counters {
+  server* srv;
+  const connection* conn;
+  tracked_counters(server* s, const connection* c) noexcept : srv(s), conn(c) {
+    add_to = &add;
+    srv->track(this);
+  }
+  tracked_counters(const tracked_counters&) = delete;
+  tracked_counters& operator=(const tracked_counters&) = delete;
+  ~tracked_counters() { srv->untrack(this); }
+  static void add(const detail::open_counters* self, server_stats& st) noexcept {
+    add_counters(*static_cast<const tracked_counters*>(self)->conn, st);
+  }
+};
+
 // The connection lives in this frame (no allocation of its own) and options
 // are read from the shared setup, not copied: an idle connection's memory is
 // mostly these frames (bench/RESULTS.md).
 task<void> run_framed(socket s, connection_info info, const framed_setup* setup) {
   connection conn(std::move(s), setup->options);
   conn.set_read_stop(info.read_stop);
-  task<void> t = setup->handler(conn, info);
-  co_await std::move(t);
-  co_await conn.close_gracefully(setup->options.linger_timeout);
-  server_stats& st = info.server->stats();
-  st.bytes_in += conn.bytes_in;
-  st.bytes_out += conn.bytes_out;
-  st.messages_in += conn.messages_in;
-  st.messages_out += conn.messages_out;
-  st.peak_unsent_bytes = std::max<std::uint64_t>(st.peak_unsent_bytes, conn.peak_unsent);
+  if (info.server->options().measure_handling_time) conn.measure_handling_time(&info.server->handling_time());
+  {
+    tracked_counters open(info.server, &conn);
+    task<void> t = setup->handler(conn, info);
+    co_await std::move(t);
+    co_await conn.close_gracefully(setup->options.linger_timeout);
+  }
+  add_counters(conn, info.server->stats());  // unlisted above: counted once
 }
 
 task<void> request_loop(connection& conn, connection_info info, const request_handler* h) {
@@ -53,7 +78,8 @@ task<void> request_loop(connection& conn, connection_info info, const request_ha
     }
     if (failed) {
       // The request was well-formed, so the stream is in sync: answer it.
-      info.server->log("Handler failed for " + info.peer.to_python() + ": " + failure);
+      info.server->log({log_level::error, "handler_error", &info.peer, failure,
+                        "Handler failed for " + info.peer.to_python() + ": " + failure});
       result<void> w = co_await conn.write_error("internal error: " + failure);
       if (!w) co_return;
       continue;
@@ -61,7 +87,9 @@ task<void> request_loop(connection& conn, connection_info info, const request_ha
     result<void> w = co_await conn.write(reply);
     if (!w) {
       if (w.error().category() == frame_category()) {  // the handler built a bad message
-        info.server->log("Handler reply to " + info.peer.to_python() + " cannot be encoded: " + w.error().message());
+        const std::string why = w.error().message();
+        info.server->log({log_level::error, "handler_error", &info.peer, why,
+                          "Handler reply to " + info.peer.to_python() + " cannot be encoded: " + why});
         result<void> e = co_await conn.write_error("internal error: reply cannot be encoded");
         if (!e) co_return;
         continue;
@@ -78,15 +106,17 @@ task<bool> answer_read_error(connection& conn, connection_info info, std::error_
     auto code = static_cast<frame_errc>(ec.value());
     if (code == frame_errc::end_of_stream) co_return false;
     if (code == frame_errc::truncated) {
-      info.server->log("Connection from " + info.peer.to_python() + " closed in the middle of a message");
+      info.server->log({log_level::info, "truncated", &info.peer, "closed in the middle of a message",
+                        "Connection from " + info.peer.to_python() + " closed in the middle of a message"});
       co_return false;
     }
     const frame_error& fe = conn.last_frame_error();
     server_stats& st = info.server->stats();
     ++st.malformed;
     ++st.malformed_by_reason[std::min<std::size_t>(static_cast<std::size_t>(code), server_stats::reasons - 1)];
-    info.server->log("Malformed message from " + info.peer.to_python() + ": " + fe.detail +
-                     (fe.in_sync ? " (answered with an error)" : " (answered with an error, closing)"));
+    info.server->log({log_level::warn, "malformed", &info.peer, fe.detail,
+                      "Malformed message from " + info.peer.to_python() + ": " + fe.detail +
+                          (fe.in_sync ? " (answered with an error)" : " (answered with an error, closing)")});
     result<void> w = co_await conn.write_error(fe.detail);
     if (!w) co_return false;
     if (!fe.in_sync) {
@@ -97,10 +127,25 @@ task<bool> answer_read_error(connection& conn, connection_info info, std::error_
     co_return true;
   }
   if (ec == std::errc::timed_out) {
-    ++info.server->stats().timeouts;
-    info.server->log("Connection from " + info.peer.to_python() + " timed out");
+    // The write deadline fails the send queue, and the reader reports it.
+    server_stats& st = info.server->stats();
+    ++st.timeouts;
+    const char* kind;
+    if (conn.send_error() == std::errc::timed_out) {
+      kind = "write";
+      ++st.timeouts_write;
+    } else if (conn.mid_message()) {
+      kind = "message";
+      ++st.timeouts_message;
+    } else {
+      kind = "idle";
+      ++st.timeouts_idle;
+    }
+    info.server->log({log_level::info, "timeout", &info.peer, kind, "Connection from " + info.peer.to_python() + " timed out"});
   } else if (ec != std::errc::operation_canceled && ec != std::errc::connection_reset && ec != std::errc::broken_pipe) {
-    info.server->log("Connection from " + info.peer.to_python() + " failed: " + ec.message());
+    const std::string why = ec.message();
+    info.server->log({log_level::warn, "connection_error", &info.peer, why,
+                      "Connection from " + info.peer.to_python() + " failed: " + why});
   }
   co_return false;
 }

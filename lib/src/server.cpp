@@ -125,7 +125,8 @@ void server::drain(std::chrono::nanoseconds grace) {
 task<void> server::stop_after(server* self, std::chrono::nanoseconds grace, std::stop_token cancel) {
   result<void> slept = co_await sleep_for(self->ex_, grace, &cancel);
   if (!slept) co_return;
-  self->log("Drain deadline reached: closing " + std::to_string(self->live_) + " connections");
+  self->log({log_level::warn, "drain_deadline", nullptr, {},
+             "Drain deadline reached: closing " + std::to_string(self->live_) + " connections"});
   self->stop();
 }
 
@@ -154,7 +155,8 @@ task<void> server::accept_loop(server* self, socket* listener) {
         continue;
       }
       if (e == EINVAL && use_multishot) {
-        self->log("multishot accept unavailable on this kernel: accepting one connection per request");
+        self->log({log_level::info, "fallback", nullptr, "multishot accept unavailable",
+                   "multishot accept unavailable on this kernel: accepting one connection per request"});
         use_multishot = false;
         continue;
       }
@@ -163,7 +165,8 @@ task<void> server::accept_loop(server* self, socket* listener) {
       // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of a resource that closing
       // connections gives back. Back off instead of spinning; those already
       // connected keep being served meanwhile.
-      self->log("accept failed: " + s.error().message() + "; retrying in 100 ms");
+      const std::string why = s.error().message();
+      self->log({log_level::error, "accept_error", nullptr, why, "accept failed: " + why + "; retrying in 100 ms"});
       result<void> slept = co_await sleep_for(self->ex_, std::chrono::milliseconds(100), &stop);
       (void)slept;
       continue;
@@ -175,8 +178,8 @@ task<void> server::accept_loop(server* self, socket* listener) {
     }
     if (self->live_ >= self->opts_.max_connections) {
       ++self->stats_.rejected;
-      self->log("Rejecting connection from " + peer.to_python() + ": limit of " +
-                std::to_string(self->opts_.max_connections) + " connections reached");
+      const std::string why = "limit of " + std::to_string(self->opts_.max_connections) + " connections reached";
+      self->log({log_level::warn, "rejected", &peer, why, "Rejecting connection from " + peer.to_python() + ": " + why});
       continue;  // the socket closes as it goes out of scope
     }
     s->set_stop_token(self->stop_.get_token());
@@ -192,16 +195,17 @@ task<void> server::accept_loop(server* self, socket* listener) {
 }
 
 detail::detached server::run_connection(executor* /*read by the promise*/, server* self, socket s, address peer) {
-  if (self->opts_.log_connections) self->log("Connected by " + peer.to_python());
+  if (self->opts_.log_connections) self->log({log_level::info, "connected", &peer, {}, "Connected by " + peer.to_python()});
   try {
     task<void> t = self->handler_(std::move(s), connection_info{peer, self, &self->drain_token_});
     co_await std::move(t);
   } catch (const std::exception& e) {
-    self->log("handler for " + peer.to_python() + " failed: " + e.what());
+    self->log({log_level::error, "handler_error", &peer, e.what(), "handler for " + peer.to_python() + " failed: " + e.what()});
   } catch (...) {
-    self->log("handler for " + peer.to_python() + " failed with an unknown exception");
+    self->log({log_level::error, "handler_error", &peer, "unknown exception",
+               "handler for " + peer.to_python() + " failed with an unknown exception"});
   }
-  if (self->opts_.log_connections) self->log("Closing connection to " + peer.to_python());
+  if (self->opts_.log_connections) self->log({log_level::info, "closed", &peer, {}, "Closing connection to " + peer.to_python()});
   if (self->draining()) ++self->stats_.drained;
   --self->live_;
   ++self->stats_.closed;
@@ -220,6 +224,10 @@ server_stats& server_stats::operator+=(const server_stats& o) {
   malformed += o.malformed;
   for (std::size_t i = 0; i < reasons; ++i) malformed_by_reason[i] += o.malformed_by_reason[i];
   timeouts += o.timeouts;
+  timeouts_idle += o.timeouts_idle;
+  timeouts_message += o.timeouts_message;
+  timeouts_write += o.timeouts_write;
+  backpressure_pauses += o.backpressure_pauses;
   drained += o.drained;
   peak_unsent_bytes = std::max(peak_unsent_bytes, o.peak_unsent_bytes);
   return *this;

@@ -1,6 +1,9 @@
 #include <ringframe/sharded_server.hpp>
 
+#include <ringframe/event.hpp>
+#include <ringframe/metrics.hpp>
 #include <ringframe/signals.hpp>
+#include <ringframe/with_timeout.hpp>
 
 #include <fcntl.h>
 #include <signal.h>
@@ -39,6 +42,7 @@ struct sharded_server::shard {
   // The shard's thread only.
   bool finished = false;
   server_stats final_stats;  // written before the `finished` order is posted
+  thread_stats final_thread;  // the same, for snapshots
   std::uint64_t exit_word = 0;
 
   // The owner's thread only.
@@ -50,7 +54,17 @@ struct sharded_server::shard {
   }
 };
 
+// A snapshot on its way: each shard writes its own slot of `result` on its
+// thread, then posts a snapshot_part order; the owner counts them down.
+struct sharded_server::snapshot_request {
+  std::function<void(stats_snapshot)> done;
+  stats_snapshot result;
+  std::size_t waiting = 0;
+};
+
 namespace {
+thread_local int current_shard = -1;
+
 std::string signal_name(int sig) {
   const char* abbrev = sigabbrev_np(sig);
   return abbrev ? std::string("SIG") + abbrev : "signal " + std::to_string(sig);
@@ -90,6 +104,8 @@ sharded_server::~sharded_server() {
   if (order_fd_ >= 0) ::close(order_fd_);
 }
 
+int sharded_server::this_thread_shard() noexcept { return current_shard; }
+
 const char* sharded_server::setup_mode() const noexcept {
   return shards_.empty() ? "" : shards_.front()->setup_mode;
 }
@@ -114,6 +130,13 @@ result<void> sharded_server::bind_all() {
   if (opts_.handle_signals) signals_ = std::make_unique<signal_set>(*owner_, std::initializer_list<int>{SIGINT, SIGTERM, SIGUSR1});
   order_fd_ = ::eventfd(0, EFD_CLOEXEC);
   if (order_fd_ < 0) return errno_code(errno);
+  if (opts_.metrics_at) {
+    auto m = ringframe::listen(*owner_, *opts_.metrics_at, {});
+    if (!m) return m.error();
+    auto a = m->local_address();
+    metrics_bound_ = a ? *a : *opts_.metrics_at;
+    metrics_listener_ = std::move(*m);
+  }
 
   // Every listener is bound here, before any thread starts, so that an error
   // is reported at once and nothing has to be unwound but descriptors.
@@ -187,6 +210,13 @@ void sharded_server::run() {
   if (!started_ || ran_) return;
   ran_ = true;
   if (signals_) owner_->spawn(signal_loop(this));
+  if (metrics_listener_.is_open()) {
+    metrics_endpoint_options mo = opts_.metrics;
+    if (!mo.log && (opts_.log_records || opts_.log)) mo.log = [this](const log_record& r) { log(r); };
+    metrics_source source = [this](std::stop_token st) { return metrics_body(this, st); };
+    owner_->spawn(serve_metrics(*owner_, std::move(metrics_listener_), std::move(source), std::move(mo),
+                                done_source_.get_token()));
+  }
   owner_->run(owner_loop(this));
   owner_->run_until_idle();  // the signal loop's cancelled wait comes back
   for (auto& sh : shards_)
@@ -198,6 +228,11 @@ void sharded_server::drain(std::chrono::nanoseconds grace) { post({order::drain,
 void sharded_server::stop() { post({order::stop}); }
 void sharded_server::log_counters() { post({order::counters}); }
 void sharded_server::on_signal(int sig) { post({order::signal, {}, sig}); }
+void sharded_server::snapshot(std::function<void(stats_snapshot)> done) {
+  auto req = std::make_shared<snapshot_request>();
+  req->done = std::move(done);
+  post({order::snapshot, {}, 0, 0, std::move(req)});
+}
 
 server_stats sharded_server::stats() const {
   std::lock_guard<std::mutex> g(stats_lock_);
@@ -235,7 +270,7 @@ void sharded_server::fan_out(MakeTask make) {
     try {
       owner_->spawn_on(*sh->ex, make(sh.get()));
     } catch (const std::exception& e) {
-      log("cannot send an order to thread " + std::to_string(sh->index) + ": " + e.what());
+      log(log_level::error, "error", "cannot send an order to thread " + std::to_string(sh->index) + ": " + e.what());
     }
   }
 }
@@ -269,10 +304,34 @@ void sharded_server::apply(const order& o) {
         stopped_by_ = o.sig;
         fan_out([this, &o](shard* sh) { return shard_drain(this, sh, o.sig, opts_.drain_timeout); });
       } else if (!done_) {
-        log(signal_name(o.sig) + (stopped_by_ ? " again" : "") + ": stopping now");
+        log(log_level::warn, "stop", signal_name(o.sig) + (stopped_by_ ? " again" : "") + ": stopping now");
         fan_out([](shard* sh) { return shard_stop(sh); });
       }
       return;
+    case order::snapshot: {
+      snapshot_request& r = *o.snap;
+      r.result.backend = backend_name();
+      r.result.threads.resize(shards_.size());
+      for (std::size_t i = 0; i < shards_.size(); ++i) r.result.threads[i].thread = static_cast<unsigned>(i);
+      if (!done_) {
+        for (auto& sh : shards_) {
+          if (!sh->ex || sh->exit_sent) continue;  // a shard that never started: zeros
+          try {
+            owner_->spawn_on(*sh->ex, shard_snapshot(this, sh.get(), o.snap));
+            ++r.waiting;
+          } catch (const std::exception& e) {
+            log(log_level::error, "error", "cannot send an order to thread " + std::to_string(sh->index) + ": " + e.what());
+          }
+        }
+      }
+      if (r.waiting == 0 && r.done) r.done(std::move(r.result));
+      return;
+    }
+    case order::snapshot_part: {
+      snapshot_request& r = *o.snap;
+      if (--r.waiting == 0 && r.done) r.done(std::move(r.result));
+      return;
+    }
   }
 }
 
@@ -314,6 +373,7 @@ task<void> sharded_server::signal_loop(sharded_server* self) {
 
 void sharded_server::shard_thread(sharded_server* self, shard* sh, server::stream_handler h, void* ready_ptr) {
   auto* ready = static_cast<std::latch*>(ready_ptr);
+  current_shard = static_cast<int>(sh->index);
   std::optional<executor> ex;
   std::optional<server> srv;
   try {
@@ -346,9 +406,10 @@ void sharded_server::shard_thread(sharded_server* self, shard* sh, server::strea
     // The loop itself failed (io_uring_enter). Report the shard finished, and
     // keep its executor alive (not looping) until the exit word: orders may
     // still be on their way to it.
-    self->log("thread " + std::to_string(sh->index) + " failed: " + e.what());
+    self->log(log_level::error, "error", "thread " + std::to_string(sh->index) + " failed: " + e.what());
     if (!sh->finished) {
       sh->final_stats = srv->stats();
+      sh->final_thread = take_thread_stats(*srv, sh->index);
       sh->finished = true;
       self->post({order::finished, {}, 0, sh->index});
     }
@@ -359,6 +420,7 @@ void sharded_server::shard_thread(sharded_server* self, shard* sh, server::strea
 task<void> sharded_server::shard_main(sharded_server* self, shard* sh, server::stream_handler h) {
   co_await sh->srv->serve(std::move(h));
   sh->final_stats = sh->srv->stats();
+  sh->final_thread = take_thread_stats(*sh->srv, sh->index);
   sh->finished = true;
   self->post({order::finished, {}, 0, sh->index});
   // Idle until the exit word: the loop keeps running, so an order sent to
@@ -373,7 +435,7 @@ task<void> sharded_server::shard_drain(sharded_server* self, shard* sh, int sig,
   std::string where = self->shards_.size() > 1 ? " on thread " + std::to_string(sh->index) : "";
   std::string what = "draining " + std::to_string(sh->srv->live_connections()) + " connections" + where +
                      " (at most " + seconds(grace) + " s";
-  self->log(sig ? signal_name(sig) + ": " + what + "; again to stop now)" : what + ")");
+  self->log(log_level::info, "drain", sig ? signal_name(sig) + ": " + what + "; again to stop now)" : what + ")");
   sh->srv->drain(grace);
 }
 
@@ -385,8 +447,51 @@ task<void> sharded_server::shard_stop(shard* sh) {
 task<void> sharded_server::shard_counters(sharded_server* self, shard* sh) {
   std::string where = self->shards_.size() > 1 ? " (thread " + std::to_string(sh->index) + ")" : "";
   const server_stats& s = sh->finished ? sh->final_stats : sh->srv->stats();
-  self->log("counters" + where + ": " + s.to_string());
+  self->log(log_level::info, "counters", "counters" + where + ": " + s.to_string());
   co_return;
+}
+
+task<void> sharded_server::shard_snapshot(sharded_server* self, shard* sh, std::shared_ptr<snapshot_request> req) {
+  // This shard's slot only; the owner reads the slots after the last part's
+  // order, which the order queue's lock orders after these writes.
+  req->result.threads[sh->index] = sh->finished ? sh->final_thread : take_thread_stats(*sh->srv, sh->index);
+  self->post({order::snapshot_part, {}, 0, sh->index, std::move(req)});
+  co_return;
+}
+
+namespace {
+struct snapshot_wait {
+  explicit snapshot_wait(executor& ex) : ready(ex) {}
+  event ready;
+  stats_snapshot snap;
+  bool have = false;
+};
+
+task<result<void>> wait_ready(std::shared_ptr<snapshot_wait> w, std::stop_token st) {
+  result<void> r = co_await w->ready.wait(&st);
+  co_return r;
+}
+}  // namespace
+
+// The body of one scrape, on the owner's thread.
+task<result<std::string>> sharded_server::metrics_body(sharded_server* self, std::stop_token stop) {
+  if (self->done_) co_return errno_code(ECANCELED);
+  auto w = std::make_shared<snapshot_wait>(*self->owner_);
+  auto req = std::make_shared<snapshot_request>();
+  req->done = [w](stats_snapshot s) {
+    w->snap = std::move(s);
+    w->have = true;
+    w->ready.set();
+  };
+  // The endpoint stopping (every shard has finished) ends the wait too.
+  std::stop_callback on_stop(stop, [w] { w->ready.set(); });
+  self->apply({order::snapshot, {}, 0, 0, req});
+  task<result<void>> waiting = with_timeout(*self->owner_, self->opts_.metrics_snapshot_timeout,
+                                            [w](std::stop_token st) { return wait_ready(w, st); });
+  result<void> r = co_await std::move(waiting);
+  if (!r) co_return r.error();
+  if (!w->have) co_return errno_code(ECANCELED);
+  co_return prometheus_text(w->snap, self->opts_.metrics_mode);
 }
 
 }  // namespace ringframe

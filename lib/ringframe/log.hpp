@@ -1,0 +1,60 @@
+// log_record: one event a server reports (a connection opened or closed,
+// malformed input, a timeout, a drain, an error), with its fields apart so
+// that a sink can write it as text or as a JSON line.
+//
+//   server_options o;
+//   o.log_records = [](const log_record& r) {
+//     if (r.level <= log_level::warn) std::puts(to_json(r, "0").c_str());
+//   };
+//
+// `text` is the line the plain-text log has always printed for the event
+// (server_options::log receives exactly that), so a sink can keep the text
+// format unchanged and add the fields only where it wants them.
+#pragma once
+
+#include <ringframe/address.hpp>
+
+#include <string>
+#include <string_view>
+
+namespace ringframe {
+
+// In order of severity: a sink that keeps levels <= some level filters.
+enum class log_level { error, warn, info, debug };
+const char* to_string(log_level l) noexcept;
+// "error", "warn" (or "warning"), "info", "debug"; false for anything else.
+bool parse_log_level(std::string_view text, log_level& out) noexcept;
+
+struct log_record {
+  log_level level = log_level::info;
+  // A short fixed name: "connected", "closed", "rejected", "malformed",
+  // "truncated", "timeout", "connection_error", "handler_error",
+  // "accept_error", "drain", "stop", "counters", ... (README: "Running in
+  // production" lists them).
+  std::string_view event;
+  // The peer the event concerns, or null.
+  const address* peer = nullptr;
+  // Why, when the event has a reason: the malformed input's detail, the
+  // timeout's kind, the error's message. May hold any bytes (a detail can
+  // quote the peer's input).
+  std::string_view reason;
+  // The whole line as the text log prints it.
+  std::string_view text;
+};
+
+// `s` as a JSON string, quotes included, appended to `out`. Unlike
+// frame.hpp's append_json_string (for header strings already checked to be
+// UTF-8), it takes any bytes: '"',
+// '\\' and control characters are escaped, U+2028/U+2029 too (JavaScript
+// reads them as line ends), and bytes that are not valid UTF-8 become
+// U+FFFD, so the output is always valid JSON in valid UTF-8.
+void append_json_text(std::string& out, std::string_view s);
+
+// One JSON object on one line (no newline at the end):
+// {"ts":"2026-12-01T15:45:55.123456Z","level":"info","thread":"0",
+//  "event":"connected","peer":"127.0.0.1:40312","reason":"","msg":"Connected by ('127.0.0.1', 40312)"}
+// `ts` is the wall clock (UTC) when this is called; `peer` is "" when the
+// record has none.
+std::string to_json(const log_record& r, std::string_view thread);
+
+}  // namespace ringframe

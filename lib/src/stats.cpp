@@ -1,0 +1,47 @@
+#include <ringframe/stats.hpp>
+
+#include <algorithm>
+
+namespace ringframe {
+
+server_stats server::stats_now() const {
+  server_stats s = stats_;
+  for (const detail::open_counters* c = open_; c; c = c->next) c->add_to(c, s);
+  return s;
+}
+
+thread_stats& thread_stats::operator+=(const thread_stats& o) {
+  server += o.server;
+  open_connections += o.open_connections;
+  executor.cq_overflows += o.executor.cq_overflows;
+  executor.submits += o.executor.submits;
+  executor.completions += o.executor.completions;
+  executor.buffer_ring_empty += o.executor.buffer_ring_empty;
+  executor.buffer_ring_grown += o.executor.buffer_ring_grown;
+  executor.deadlines_expired += o.executor.deadlines_expired;
+  executor.deferred_calls += o.executor.deferred_calls;
+  executor.cancels_deferred += o.executor.cancels_deferred;
+  receive_buffers += o.receive_buffers;
+  handling_time += o.handling_time;
+  return *this;
+}
+
+thread_stats stats_snapshot::total() const {
+  thread_stats t;
+  for (const thread_stats& s : threads) t += s;
+  return t;
+}
+
+thread_stats take_thread_stats(const server& srv, unsigned thread) {
+  thread_stats t;
+  t.thread = thread;
+  t.server = srv.stats_now();
+  t.open_connections = srv.live_connections();
+  executor& ex = const_cast<server&>(srv).get_executor();
+  t.executor = ex.stats();
+  t.receive_buffers = ex.receive_buffer_count();
+  t.handling_time = srv.handling_time();
+  return t;
+}
+
+}  // namespace ringframe
