@@ -37,7 +37,6 @@
 #include <ringframe/deadline.hpp>
 #include <ringframe/detail/completion.hpp>
 #include <ringframe/frame.hpp>
-#include <ringframe/latency_histogram.hpp>
 #include <ringframe/message.hpp>
 #include <ringframe/receive_stream.hpp>
 #include <ringframe/send_queue.hpp>
@@ -216,19 +215,14 @@ class connection {
   bool mid_message() const noexcept { return decoder_.mid_frame(); }
   // Why the replies can no longer be sent (ETIMEDOUT: write_timeout), or none.
   std::error_code send_error() const noexcept { return send_.error(); }
-  // Record in `h` (null: stop) each message's handling time: from the loop
-  // turn that received it (executor::now(), no clock read) to its first
-  // reply queued (one clock read). The server sets it (server_options::
-  // measure_handling_time).
-  void measure_handling_time(latency_histogram* h) noexcept { handling_ = h; }
+  // Times the connection stopped reading until its queued replies were sent
+  // (max_unsent_bytes reached).
+  std::uint32_t backpressure_pauses() const noexcept { return backpressure_pauses_; }
 
   std::uint64_t messages_in = 0, messages_out = 0, bytes_in = 0, bytes_out = 0;
   // The most reply bytes ever queued at once: what max_unsent_bytes bounds
   // (it can be exceeded by at most the one reply that crossed it).
   std::size_t peak_unsent = 0;
-  // Times the connection stopped reading until its queued replies were sent
-  // (max_unsent_bytes reached).
-  std::uint64_t backpressure_pauses = 0;
 
  private:
   friend class detail::read_message_awaitable;
@@ -285,8 +279,12 @@ class connection {
   bool peer_closed_ = false;
   bool message_deadline_ = false;  // recv_'s deadline is the message's
   bool reading_ = false;           // a read_message is waiting
-  latency_histogram* handling_ = nullptr;
-  std::chrono::steady_clock::time_point received_at_{};  // epoch: no message awaits its reply
+  std::uint32_t backpressure_pauses_ = 0;  // in the padding after the flags
+  // When the executor has a handling-time sink (executor.hpp), each
+  // message's time from the loop turn that received it (executor::now(), no
+  // clock read) to its first reply queued (one clock read) is recorded
+  // there. Epoch: no message awaits its reply.
+  std::chrono::steady_clock::time_point received_at_{};
 };
 
 }  // namespace ringframe

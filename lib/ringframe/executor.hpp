@@ -35,6 +35,8 @@
 
 namespace ringframe {
 
+struct latency_histogram;
+
 namespace detail {
 // Told when its executor stops, for what a kernel cancellation cannot end
 // (a zero-copy send's pages, held until the peer takes them). Intrusive;
@@ -171,6 +173,12 @@ class executor {
   buffer_ring* receive_buffers();
   // How many provided buffers are registered now (0 before the first use).
   unsigned receive_buffer_count() const noexcept { return buffers_ ? buffers_->count() : 0; }
+
+  // Where framed connections on this thread record each message's handling
+  // time (a server sets it: server_options::measure_handling_time), or
+  // null: none is measured. Kept here rather than in every connection.
+  latency_histogram* handling_time_sink() const noexcept { return handling_sink_; }
+  void set_handling_time_sink(latency_histogram* h) noexcept { handling_sink_ = h; }
   // A recv found every buffer in use (-ENOBUFS): counted, and the ring grows
   // if it may.
   void count_buffer_ring_empty() noexcept;
@@ -281,6 +289,7 @@ class executor {
   backend_kind kind_ = backend_kind::io_uring;
   std::string fallback_reason_;
   std::unique_ptr<buffer_ring> buffers_;
+  latency_histogram* handling_sink_ = nullptr;
   bool buffers_tried_ = false;
   unsigned buffer_count_ = 64;
   unsigned buffer_max_ = 2048;

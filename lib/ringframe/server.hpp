@@ -61,7 +61,9 @@ struct server_options {
   bool log_connections = true;
   // Framed connections record each message's handling time (its receive
   // completion to its reply queued) in handling_time(): one clock read per
-  // reply (bench/RESULTS.md has its cost). Off: no clock is read.
+  // reply (bench/RESULTS.md has its cost). Off: no clock is read. The
+  // histogram is hung on the executor (executor::set_handling_time_sink):
+  // one server per executor measures.
   bool measure_handling_time = false;
 };
 
@@ -93,14 +95,23 @@ struct server_stats {
   server_stats& operator+=(const server_stats& o);
 };
 
+class connection;
+
 namespace detail {
-// A framed connection's own counters, which it adds to server_stats when it
-// ends (handler.cpp); listed on its server meanwhile, so that a snapshot
-// (server::stats_now) counts them too. Intrusive: no allocation.
+// A framed connection, listed on its server while it is open: it adds its
+// own counters to server_stats only when it ends (handler.cpp), and a
+// snapshot (server::stats_now) adds them meanwhile. A node of a circular
+// list whose sentinel is in the server, so that it unlinks itself without
+// a pointer to the server: 24 bytes in the connection's coroutine frame.
 struct open_counters {
-  void (*add_to)(const open_counters* self, server_stats& out) noexcept = nullptr;
-  open_counters* prev = nullptr;
-  open_counters* next = nullptr;
+  open_counters* prev = this;
+  open_counters* next = this;
+  const connection* conn = nullptr;
+  void unlink() noexcept {
+    prev->next = next;
+    next->prev = prev;
+    prev = next = this;
+  }
 };
 }  // namespace detail
 
@@ -161,16 +172,12 @@ class server {
   latency_histogram& handling_time() noexcept { return handling_; }
   const latency_histogram& handling_time() const noexcept { return handling_; }
   // For framed(): list a connection's counters until it ends (this thread).
+  // (unlinked by c->unlink(), which needs no server).
   void track(detail::open_counters* c) noexcept {
-    c->prev = nullptr;
-    c->next = open_;
-    if (open_) open_->prev = c;
-    open_ = c;
-  }
-  void untrack(detail::open_counters* c) noexcept {
-    (c->prev ? c->prev->next : open_) = c->next;
-    if (c->next) c->next->prev = c->prev;
-    c->prev = c->next = nullptr;
+    c->prev = &open_;
+    c->next = open_.next;
+    open_.next->prev = c;
+    open_.next = c;
   }
   const server_options& options() const noexcept { return opts_; }
   executor& get_executor() noexcept { return ex_; }
@@ -201,7 +208,7 @@ class server {
   std::stop_token drain_token_ = drain_.get_token();  // what read_stop points to
   server_stats stats_;
   latency_histogram handling_;
-  detail::open_counters* open_ = nullptr;  // framed connections' counters (track)
+  detail::open_counters open_;  // the sentinel of the framed connections' list (track)
   std::size_t live_ = 0;
   std::size_t loops_ = 0;
   std::coroutine_handle<> drained_waiter_;

@@ -51,4 +51,9 @@ struct stats_snapshot {
 // The numbers of `srv` and its executor. On the executor's thread.
 thread_stats take_thread_stats(const server& srv, unsigned thread = 0);
 
+namespace detail {
+// A framed connection's counters added to `st` (handler.cpp, stats.cpp).
+void add_connection_counters(const connection& c, server_stats& st) noexcept;
+}  // namespace detail
+
 }  // namespace ringframe

@@ -1,4 +1,5 @@
 #include <ringframe/connection.hpp>
+#include <ringframe/latency_histogram.hpp>
 
 #include <algorithm>
 #include <cerrno>
@@ -45,7 +46,7 @@ bool write_awaitable::await_ready() const noexcept {
 }
 
 std::coroutine_handle<> write_awaitable::await_suspend(std::coroutine_handle<> h) {
-  ++c_->backpressure_pauses;  // queued, and max_unsent_bytes reached
+  ++c_->backpressure_pauses_;  // queued, and max_unsent_bytes reached
   flush_ = c_->flush();
   flush_.handle().promise().continuation = h;
   return flush_.handle();
@@ -139,7 +140,7 @@ std::optional<result<message_view>> connection::try_read_buffered() {
   switch (decoder_.next(v)) {
     case frame_decoder::status::message:
       ++messages_in;
-      if (handling_) received_at_ = sock_.get_executor().now();
+      received_at_ = sock_.get_executor().now();
       if (message_deadline_) {
         message_deadline_ = false;
         recv_.cancel_deadline();
@@ -236,7 +237,7 @@ task<result<message_view>> connection::read_slow() {
     if (send_.error()) co_return send_.error();
     // Backpressure: a peer that does not take its replies is not read from.
     if (unsent_bytes() >= opts_.max_unsent_bytes) {
-      ++backpressure_pauses;
+      ++backpressure_pauses_;
       result<void> f = co_await flush();
       if (!f) co_return f.error();
     }
@@ -274,9 +275,10 @@ void connection::on_send_failed(void* self) noexcept {
 
 detail::write_awaitable connection::queued(result<void> r) {
   if (r) ++messages_out;
-  if (handling_ && r && received_at_.time_since_epoch().count() != 0) {
+  if (latency_histogram* h = sock_.get_executor().handling_time_sink();
+      h && r && received_at_.time_since_epoch().count() != 0) {
     auto d = std::chrono::steady_clock::now() - std::exchange(received_at_, {});
-    handling_->record(static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
+    h->record(static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
   }
   peak_unsent = std::max(peak_unsent, unsent_bytes());
   return detail::write_awaitable(this, r);

@@ -1,4 +1,5 @@
 #include <ringframe/handler.hpp>
+#include <ringframe/stats.hpp>
 
 #include <algorithm>
 #include <memory>
@@ -13,30 +14,16 @@ struct framed_setup {
   connection_options options;
 };
 
-void add_counters(const connection& c, server_stats& st) noexcept {
-  st.bytes_in += c.bytes_in;
-  st.bytes_out += c.bytes_out;
-  st.messages_in += c.messages_in;
-  st.messages_out += c.messages_out;
-  st.backpressure_pauses += c.backpressure_pauses;
-  st.peak_unsent_bytes = std::max<std::uint64_t>(st.peak_unsent_bytes, c.peak_unsent);
-}
-
-// A connection's counters, listed on its server while it is open (so that
-// a snapshot counts them); unlisted however the coroutine ends.
-struct tracked_counters : detail::open_counters {
-  server* srv;
-  const connection* conn;
-  tracked_counters(server* s, const connection* c) noexcept : srv(s), conn(c) {
-    add_to = &add;
-    srv->track(this);
+// A connection, listed on its server while it is open (so that a snapshot
+// counts its counters); unlisted however the coroutine ends.
+struct tracked_connection : detail::open_counters {
+  tracked_connection(server* s, const connection* c) noexcept {
+    conn = c;
+    s->track(this);
   }
-  tracked_counters(const tracked_counters&) = delete;
-  tracked_counters& operator=(const tracked_counters&) = delete;
-  ~tracked_counters() { srv->untrack(this); }
-  static void add(const detail::open_counters* self, server_stats& st) noexcept {
-    add_counters(*static_cast<const tracked_counters*>(self)->conn, st);
-  }
+  tracked_connection(const tracked_connection&) = delete;
+  tracked_connection& operator=(const tracked_connection&) = delete;
+  ~tracked_connection() { unlink(); }
 };
 
 // The connection lives in this frame (no allocation of its own) and options
@@ -45,14 +32,13 @@ struct tracked_counters : detail::open_counters {
 task<void> run_framed(socket s, connection_info info, const framed_setup* setup) {
   connection conn(std::move(s), setup->options);
   conn.set_read_stop(info.read_stop);
-  if (info.server->options().measure_handling_time) conn.measure_handling_time(&info.server->handling_time());
   {
-    tracked_counters open(info.server, &conn);
+    tracked_connection open(info.server, &conn);
     task<void> t = setup->handler(conn, info);
     co_await std::move(t);
     co_await conn.close_gracefully(setup->options.linger_timeout);
   }
-  add_counters(conn, info.server->stats());  // unlisted above: counted once
+  detail::add_connection_counters(conn, info.server->stats());  // unlisted above: counted once
 }
 
 task<void> request_loop(connection& conn, connection_info info, const request_handler* h) {

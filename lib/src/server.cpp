@@ -74,9 +74,14 @@ void unix_socket_file::remove() noexcept {
 
 }  // namespace detail
 
-server::server(executor& ex, server_options opts) : ex_(ex), opts_(std::move(opts)) {}
+server::server(executor& ex, server_options opts) : ex_(ex), opts_(std::move(opts)) {
+  if (opts_.measure_handling_time) ex_.set_handling_time_sink(&handling_);
+}
 
-server::~server() { stop(); }
+server::~server() {
+  stop();
+  if (ex_.handling_time_sink() == &handling_) ex_.set_handling_time_sink(nullptr);
+}
 
 result<void> server::listen(const address& at, listen_options o) {
   auto s = ringframe::listen(ex_, at, o);

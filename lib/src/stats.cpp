@@ -1,12 +1,22 @@
+#include <ringframe/connection.hpp>
 #include <ringframe/stats.hpp>
 
 #include <algorithm>
 
 namespace ringframe {
 
+void detail::add_connection_counters(const connection& c, server_stats& st) noexcept {
+  st.bytes_in += c.bytes_in;
+  st.bytes_out += c.bytes_out;
+  st.messages_in += c.messages_in;
+  st.messages_out += c.messages_out;
+  st.backpressure_pauses += c.backpressure_pauses();
+  st.peak_unsent_bytes = std::max<std::uint64_t>(st.peak_unsent_bytes, c.peak_unsent);
+}
+
 server_stats server::stats_now() const {
   server_stats s = stats_;
-  for (const detail::open_counters* c = open_; c; c = c->next) c->add_to(c, s);
+  for (const detail::open_counters* c = open_.next; c != &open_; c = c->next) detail::add_connection_counters(*c->conn, s);
   return s;
 }
 
