@@ -290,15 +290,18 @@ def chat_tests(chat):
         time.sleep(0.1)
         n, big = 300, "x" * 65536
         received = []
+        counts = [0, 0]  # per reading client
 
-        def reader(cl, count):
+        def reader(cl, count, k):
             try:
                 for _ in range(count):
                     received.append(cl.recv()["said"])
+                    counts[k] += 1
             except Exception as e:  # recorded as a failure below
                 received.append(f"error: {e!r}")
+                counts[k] = n
 
-        readers = [threading.Thread(target=reader, args=(cl, n)) for cl in (c, d)]
+        readers = [threading.Thread(target=reader, args=(cl, n, k)) for k, cl in enumerate((c, d))]
         for t in readers:
             t.start()
         acks = []
@@ -314,6 +317,10 @@ def chat_tests(chat):
         at.start()
         t0 = time.monotonic()
         for i in range(n):
+            # The readers are never more than 4 messages behind (their queues
+            # hold 8): only the client that stopped reading can fill its queue,
+            # however slow this machine is.
+            wait_for(lambda: min(counts) >= i - 4, 30)
             b.send(say(f"{i}:{big}"))
         at.join(60)
         for t in readers:

@@ -1,6 +1,8 @@
 #include <ringframe/handler.hpp>
 #include <ringframe/stats.hpp>
 
+#include <ringframe/detail/join.hpp>
+
 #include <algorithm>
 #include <memory>
 
@@ -35,7 +37,17 @@ task<void> run_framed(socket s, connection_info info, const framed_setup* setup)
   {
     tracked_connection open(info.server, &conn);
     task<void> t = setup->handler(conn, info);
-    co_await std::move(t);
+    // Awaited without rethrowing (start_child): the handler's helpers
+    // (connection_info::helpers) use `conn`, and are stopped and joined
+    // before it goes, however the handler ended. Then its exception, or the
+    // first helper's, goes on to the server, which logs it.
+    detail::start_child<void> handling{t.handle()};
+    co_await handling;
+    if (info.helpers_slot && *info.helpers_slot) {
+      (*info.helpers_slot)->request_stop();
+      co_await (*info.helpers_slot)->join();
+    }
+    t.take_result();
     co_await conn.close_gracefully(setup->options.linger_timeout);
   }
   detail::add_connection_counters(conn, info.server->stats());  // unlisted above: counted once

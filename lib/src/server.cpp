@@ -1,4 +1,5 @@
 #include <ringframe/acceptor.hpp>
+#include <ringframe/detail/join.hpp>
 #include <ringframe/server.hpp>
 #include <ringframe/timer.hpp>
 
@@ -10,18 +11,11 @@
 #include <chrono>
 #include <cstddef>
 #include <cstring>
+#include <exception>
 
 namespace ringframe {
 
 namespace {
-struct drained_awaiter {
-  bool ready;
-  std::coroutine_handle<>* slot;
-  bool await_ready() const noexcept { return ready; }
-  void await_suspend(std::coroutine_handle<> h) noexcept { *slot = h; }
-  void await_resume() const noexcept {}
-};
-
 // Accept errors that concern one would-be connection, not the listener.
 bool transient_accept_error(int e) {
   switch (e) {
@@ -106,11 +100,19 @@ task<void> server::serve(stream_handler h) {
   handler_ = std::move(h);
   for (auto& l : listeners_) {
     ++loops_;
-    ex_.spawn(accept_loop(this, l.get()));
+    group_.spawn(accept_loop(this, l.get()));
   }
-  co_await drained_awaiter{live_ == 0 && loops_ == 0, &drained_waiter_};
+  // Until every accept loop and every connection has ended. An accept loop
+  // that threw (out of memory) has stopped the others through the group.
+  std::exception_ptr failed;
+  try {
+    co_await group_.join();
+  } catch (...) {
+    failed = std::current_exception();
+  }
   // Everything has ended: this also cancels a pending drain timer.
   stop_.request_stop();
+  if (failed) std::rethrow_exception(failed);
 }
 
 void server::stop() {
@@ -133,10 +135,6 @@ task<void> server::stop_after(server* self, std::chrono::nanoseconds grace, std:
   self->log({log_level::warn, "drain_deadline", nullptr, {},
              "Drain deadline reached: closing " + std::to_string(self->live_) + " connections"});
   self->stop();
-}
-
-void server::connection_finished() {
-  if (live_ == 0 && loops_ == 0 && drained_waiter_) ex_.post(std::exchange(drained_waiter_, {}));
 }
 
 task<void> server::accept_loop(server* self, socket* listener) {
@@ -190,31 +188,64 @@ task<void> server::accept_loop(server* self, socket* listener) {
     s->set_stop_token(self->stop_.get_token());
     ++self->live_;
     ++self->stats_.accepted;
-    self->ex_.spawn(run_connection(&self->ex_, self, std::move(*s), peer));
+    self->group_.spawn(run_connection(&self->group_, self, std::move(*s), peer));
   }
   // Close the listener: while draining, new clients are refused at once
   // rather than left waiting in the backlog.
   { socket closing = std::move(*listener); }
   if (--self->loops_ == 0) self->files_.clear();  // every listener is closed: remove their files
-  self->connection_finished();
 }
 
-detail::detached server::run_connection(executor* /*read by the promise*/, server* self, socket s, address peer) {
-  if (self->opts_.log_connections) self->log({log_level::info, "connected", &peer, {}, "Connected by " + peer.to_python()});
+namespace {
+// Outside the coroutine: its frame keeps no room for what this needs.
+void log_handler_failure(server* self, const address& peer, const char* who, std::exception_ptr e) {
+  std::string why = "unknown exception";
   try {
-    task<void> t = self->handler_(std::move(s), connection_info{peer, self, &self->drain_token_});
-    co_await std::move(t);
-  } catch (const std::exception& e) {
-    self->log({log_level::error, "handler_error", &peer, e.what(), "handler for " + peer.to_python() + " failed: " + e.what()});
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    why = x.what();
   } catch (...) {
-    self->log({log_level::error, "handler_error", &peer, "unknown exception",
-               "handler for " + peer.to_python() + " failed with an unknown exception"});
   }
+  self->log({log_level::error, "handler_error", &peer, why, std::string(who) + " for " + peer.to_python() + " failed: " + why});
+}
+}  // namespace
+
+detail::group_child server::run_connection(task_group* /*read by the promise*/, server* self, socket s, address peer) {
+  if (self->opts_.log_connections) self->log({log_level::info, "connected", &peer, {}, "Connected by " + peer.to_python()});
+  // The handler's helpers (connection_info::helpers) are joined before the
+  // handler's frame, and the socket in it, goes: the handler is awaited
+  // without rethrowing (start_child) and its exception, if any, taken after.
+  std::unique_ptr<task_group> helpers;
+  task<void> t;
+  try {
+    t = self->handler_(std::move(s), connection_info{peer, self, &self->drain_token_, &helpers});
+  } catch (...) {
+    log_handler_failure(self, peer, "handler", std::current_exception());
+  }
+  if (t.valid()) {
+    detail::start_child<void> handling{t.handle()};
+    co_await handling;
+  }
+  if (helpers) {
+    helpers->request_stop();
+    try {
+      co_await helpers->join();
+    } catch (...) {
+      log_handler_failure(self, peer, "a helper of the handler", std::current_exception());
+    }
+  }
+  if (t.valid()) {
+    try {
+      t.take_result();
+    } catch (...) {
+      log_handler_failure(self, peer, "handler", std::current_exception());
+    }
+  }
+  t = task<void>();  // the handler's frame, and the socket in it
   if (self->opts_.log_connections) self->log({log_level::info, "closed", &peer, {}, "Closing connection to " + peer.to_python()});
   if (self->draining()) ++self->stats_.drained;
   --self->live_;
   ++self->stats_.closed;
-  self->connection_finished();
 }
 
 server_stats& server_stats::operator+=(const server_stats& o) {
