@@ -167,10 +167,14 @@ task<void> read_replies(client_ref ref) {
         s->fail(m.error(), describe_read_error(*s, m.error()));
         break;
       }
+      // The reply is copied while its call is still in line: if the copy
+      // throws (bad_alloc, below), fail() finds the call there and answers it.
       call_waiter* w = s->fifo.front();
+      std::optional<message> reply;
+      if (w) reply.emplace(message::from_view(*m));
       s->fifo.pop_front();
       ++s->front_seq;
-      if (w) w->deliver(message::from_view(*m));
+      if (w) w->deliver(std::move(*reply));
     }
   } catch (const std::bad_alloc&) {
     s->fail(std::make_error_code(std::errc::not_enough_memory), "out of memory reading a reply");
