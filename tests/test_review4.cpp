@@ -15,11 +15,14 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <new>
+#include <optional>
 #include <span>
 #include <stop_token>
 #include <string>
 #include <system_error>
+#include <vector>
 
 using namespace ringframe;
 using namespace std::chrono_literals;
@@ -30,13 +33,20 @@ using testing::on_each_backend;
 // exact size: how a test reaches a bad_alloc handler without exhausting
 // memory. Every form goes through malloc/free, so that any new pairs with
 // any delete (ASan checks the pairing).
+// `matching_allocations` counts the allocations of the armed size; the
+// first `allocations_to_pass` of them succeed, the next one fails (and
+// disarms); with `count_only`, none fails.
 namespace {
 std::atomic<std::size_t> fail_allocation_of_size{0};
+std::atomic<int> allocations_to_pass{0};
+std::atomic<int> matching_allocations{0};
+std::atomic<bool> count_only{false};
 std::atomic<int> allocations_failed{0};
 
 void* checked_malloc(std::size_t n) {
   std::size_t want = fail_allocation_of_size.load(std::memory_order_relaxed);
-  if (want != 0 && n == want && fail_allocation_of_size.compare_exchange_strong(want, 0)) {
+  if (want != 0 && n == want && matching_allocations.fetch_add(1) >= allocations_to_pass.load() && !count_only.load() &&
+      fail_allocation_of_size.compare_exchange_strong(want, 0)) {
     allocations_failed.fetch_add(1);
     throw std::bad_alloc();
   }
@@ -115,6 +125,8 @@ TEST_CASE("framed_client: out of memory copying a reply fails that call too, not
     std::string reply;
     REQUIRE(encode_frame(message::binary(std::string(content_size, 'x'), "binary/test"), reply));
     allocations_failed.store(0);
+    allocations_to_pass.store(0);
+    count_only.store(false);
     ex.spawn(answer_once(std::move(peer), std::move(reply), content_size + 1));
     // Before the fix the reader took the call out of line, then failed to
     // copy its reply: the client broke, but this call was told nothing and
@@ -127,6 +139,128 @@ TEST_CASE("framed_client: out of memory copying a reply fails that call too, not
     CHECK_FALSE(client.is_open());
     CHECK(client.failure_detail() == "out of memory reading a reply");
     CHECK(client.pending() == 0);
+    client.close();
+    ex.run_until_idle();
+  });
+}
+
+namespace {
+
+// A peer that takes the requests it is told to expect, byte for byte (no
+// decoder: it allocates nothing while the allocator is armed), and answers
+// each with its reply. `buf` is sized beforehand.
+task<void> scripted_peer(ringframe::socket p, const std::vector<std::string>* expect,
+                         const std::vector<std::string>* replies, std::vector<char>* buf, int* answered) {
+  for (std::size_t i = 0; i < expect->size(); ++i) {
+    const std::string& want = (*expect)[i];
+    std::size_t got = 0;
+    while (got < want.size()) {
+      result<std::size_t> n =
+          co_await p.recv(std::as_writable_bytes(std::span(buf->data() + got, want.size() - got)), {.timeout = 5s});
+      if (!n || *n == 0) co_return;
+      got += *n;
+    }
+    CHECK(std::memcmp(buf->data(), want.data(), want.size()) == 0);  // this request, and not another
+    const std::string& r = (*replies)[i];
+    result<std::size_t> w = co_await p.send_all(std::as_bytes(std::span(r.data(), r.size())), {.timeout = 5s});
+    REQUIRE(w);
+    ++*answered;
+  }
+  for (;;) {  // until the client goes
+    result<std::size_t> more = co_await p.recv(std::as_writable_bytes(std::span(buf->data(), buf->size())), {.timeout = 5s});
+    if (!more || *more == 0) break;
+  }
+}
+
+struct call_outcome {
+  bool threw_bad_alloc = false;
+  std::optional<result<message>> r;
+};
+
+task<void> call_catching(framed_client* c, message m, call_outcome* out) {
+  try {
+    task<result<message>> t = c->call(std::move(m));
+    result<message> r = co_await std::move(t);
+    out->r.emplace(std::move(r));
+  } catch (const std::bad_alloc&) {
+    out->threw_bad_alloc = true;
+  }
+}
+
+std::string encoded(const message& m) {
+  std::string f;
+  REQUIRE(encode_frame(m, f));
+  return f;
+}
+
+}  // namespace
+
+TEST_CASE("framed_client: a request that cannot be queued (bad_alloc) takes no place in the reply line") {
+  on_each_backend([](backend_kind k) {
+    const message big = message::binary(std::string(20001, 'a'), "binary/test");
+    const message two = message::binary("two", "binary/test");
+    const std::vector<std::string> replies_big{encoded(message::binary("re:big", "binary/test"))};
+    const std::vector<std::string> replies_two{encoded(message::binary("re:two", "binary/test"))};
+    const std::vector<std::string> expect_big{encoded(big)};
+    const std::vector<std::string> expect_two{encoded(two)};
+    const std::size_t size = expect_big[0].size() + 1;  // a std::string holding the whole frame
+    std::vector<char> buf(64 * 1024);
+    framed_client_options o;
+    o.reply_timeout = 2s;
+
+    // A dry run: how many allocations of that size one call of `big` makes
+    // (its frame encoded, then appended to the connection's output); the
+    // last of them is the append.
+    int dry_answered = 0;
+    {
+      executor ex(on(k));
+      auto [mine, peer] = testing::socket_pair(ex);
+      framed_client client = framed_client::adopt(std::move(mine), o);
+      ex.spawn(scripted_peer(std::move(peer), &expect_big, &replies_big, &buf, &dry_answered));
+      call_outcome out;
+      matching_allocations.store(0);
+      allocations_to_pass.store(0);
+      count_only.store(true);
+      fail_allocation_of_size.store(size);
+      ex.run(call_catching(&client, big, &out));
+      fail_allocation_of_size.store(0);
+      count_only.store(false);
+      REQUIRE(out.r);
+      REQUIRE(*out.r);
+      CHECK((*out.r)->content == "re:big");
+      client.close();
+      ex.run_until_idle();
+    }
+    const int matches = matching_allocations.load();
+    REQUIRE(matches >= 1);
+    CHECK(dry_answered == 1);
+
+    // The append fails: the call throws, nothing of it was queued, and the
+    // next call gets its own reply. Before the fix its slot stayed in line
+    // (emptied), so the next call's reply went to it and was dropped, and
+    // the next call waited until reply_timeout (ETIMEDOUT); pipelined, every
+    // later call got the reply of the one before it.
+    int answered = 0;
+    executor ex(on(k));
+    auto [mine, peer] = testing::socket_pair(ex);
+    framed_client client = framed_client::adopt(std::move(mine), o);
+    ex.spawn(scripted_peer(std::move(peer), &expect_two, &replies_two, &buf, &answered));
+    call_outcome first, second;
+    matching_allocations.store(0);
+    allocations_to_pass.store(matches - 1);
+    allocations_failed.store(0);
+    fail_allocation_of_size.store(size);
+    ex.run(call_catching(&client, big, &first));
+    fail_allocation_of_size.store(0);
+    CHECK(allocations_failed.load() == 1);
+    CHECK(first.threw_bad_alloc);
+    CHECK(client.pending() == 0);
+    ex.run(call_catching(&client, two, &second));
+    REQUIRE(second.r);
+    REQUIRE_MESSAGE(*second.r, second.r->error().message());
+    CHECK((*second.r)->content == "re:two");
+    CHECK(answered == 1);
+    CHECK(client.is_open());
     client.close();
     ex.run_until_idle();
   });

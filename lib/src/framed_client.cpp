@@ -86,6 +86,11 @@ struct call_waiter {
     abandon();
     deliver(errno_code(ECANCELED));
   }
+  // The request was not queued after all: the slot, the last one, goes too.
+  void take_back() noexcept {
+    s->fifo.pop_back();
+    queued = false;
+  }
   void abandon() noexcept {
     if (!queued) return;
     queued = false;
@@ -203,8 +208,17 @@ task<result<message>> do_call(client_ref ref, message request, const std::stop_t
   // The slot is taken in the same step as the bytes are queued: the line's
   // order is the write order, whatever suspends below.
   w.enqueue();
-  detail::write_awaitable queued = s->conn->write_raw(std::as_bytes(std::span(frame.data(), frame.size())));
-  result<void> q = co_await queued;  // suspends only for backpressure
+  std::optional<detail::write_awaitable> queued;
+  try {
+    queued.emplace(s->conn->write_raw(std::as_bytes(std::span(frame.data(), frame.size()))));
+  } catch (...) {
+    // bad_alloc from the append, which leaves the output as it was: no slot
+    // without its request, or the next reply would go to the wrong call.
+    w.take_back();
+    throw;
+  }
+  detail::write_awaitable& queued_write = *queued;  // named: g++ 12 would copy `*queued`
+  result<void> q = co_await queued_write;  // suspends only for backpressure
   // From here on the connection may be gone (broken, closed): check first.
   if (!q) s->fail(q.error(), "cannot send: " + q.error().message());
   if (s->broken) {
