@@ -86,6 +86,12 @@ struct connection_options {
   // Batches of queued replies at least this large are sent with zero-copy
   // (IORING_OP_SEND_ZC); 0: never. Off by default: see docs/io-path.md.
   std::size_t zero_copy_threshold = 0;
+  // A reply's content (write(header, content)) or a whole frame
+  // (write_raw) at least this long that lies in the receive buffer (a reply
+  // that echoes or forwards what it received) is sent from there, by
+  // reference (a sendmsg gather list), instead of being copied into the
+  // send buffer; 0: always copy. See docs/io-path.md, "Large frames".
+  std::size_t gather_threshold = 16 * 1024;
   // close_gracefully: how long to wait for the peer's end of the stream.
   std::chrono::nanoseconds linger_timeout = std::chrono::seconds(1);
 };
@@ -249,6 +255,8 @@ class connection {
   std::optional<result<message_view>> try_read_buffered();
   task<result<message_view>> read_slow();
   detail::write_awaitable queued(result<void> r);
+  // Can `bytes` be sent by reference from the receive buffer (write_raw)?
+  bool can_share(std::span<const std::byte> bytes) const noexcept;
 
   // read_message without a coroutine frame: between frames, one recv from
   // the provided buffers (and the queued replies' send beside it). False

@@ -3,6 +3,7 @@
 // benchmarked alone; connection.hpp is only plumbing around it.
 #pragma once
 
+#include <ringframe/detail/byte_block.hpp>
 #include <ringframe/message.hpp>
 #include <ringframe/result.hpp>
 
@@ -88,6 +89,10 @@ struct header_fields {
 // is read, with no sum allowed to wrap).
 result<void> encode_frame(const header_fields& h, std::span<const std::byte> content, std::string& out);
 result<void> encode_frame(const message& m, std::string& out);
+// Appends only the prefix and header of such a frame, for a content of
+// `content_length` bytes that the caller sends right after them. Fails as
+// encode_frame does.
+result<void> encode_frame_header(const header_fields& h, std::size_t content_length, std::string& out);
 
 // Appends `s` to `out` as a JSON string literal, quotes included.
 void append_json_string(std::string& out, std::string_view s);
@@ -116,10 +121,18 @@ class frame_decoder {
   // nothing, when the buffered bytes plus `min_free` could not be allocated
   // as one buffer (their sum would exceed PTRDIFF_MAX); std::bad_alloc as
   // any allocation may.
+  //
+  // The span is `min_free` long, or as long as the frame in progress still
+  // needs when that is more: a read into it ends at that frame's end, so the
+  // next frame starts in a fresh read and a large partial frame is never
+  // left behind to be moved.
   std::span<std::byte> prepare(std::size_t min_free = 16 * 1024) {
     // Fast path (tiny reads): room enough, and the frame in progress fits.
-    if (!consume_on_next_ && need_ && cap_ - end_ >= min_free && begin_ + need_ <= cap_)
-      return {buf_.get() + end_, cap_ - end_};
+    if (!consume_on_next_ && need_ && cap_ - end_ >= min_free && begin_ + need_ <= cap_) {
+      const std::size_t missing = begin_ + need_ > end_ ? begin_ + need_ - end_ : 0;
+      prepared_ = missing > min_free ? missing : min_free;
+      return {buf_->data() + end_, prepared_};
+    }
     return prepare_slow(min_free);
   }
   // `n` bytes were written into the span prepare() returned. Precondition:
@@ -127,9 +140,10 @@ class frame_decoder {
   // (the kernel never returns more than it was given); it is checked in
   // every build and aborts, rather than count bytes that were never received.
   void commit(std::size_t n) noexcept {
-    if (n > cap_ - end_) [[unlikely]]
+    if (n > prepared_) [[unlikely]]
       commit_overrun(n);
     end_ += n;
+    prepared_ = 0;
   }
   // Copy bytes in (equivalent to prepare + memcpy + commit). Throws as
   // prepare() does, before reading `bytes`.
@@ -160,6 +174,18 @@ class frame_decoder {
   void shrink_if_idle() noexcept;
   const frame_limits& limits() const noexcept { return limits_; }
 
+  // Sharing received bytes (a reply that echoes or forwards content sends
+  // it from the receive buffer: connection::write_raw).
+  // True when `bytes` lie in this decoder's buffer.
+  bool holds(std::span<const std::byte> bytes) const noexcept {
+    return buf_ && buf_->contains(bytes.data(), bytes.size());
+  }
+  // A reference to the buffer: while it is held, the decoder never writes
+  // over, moves or reuses what it has received so far (it takes another
+  // buffer instead), so spans that were handed out stay valid and unchanged
+  // for the holder.
+  detail::block_ref share() const noexcept { return buf_; }
+
  private:
   status next_slow(message_view& out);
   std::span<std::byte> prepare_slow(std::size_t min_free);
@@ -167,17 +193,16 @@ class frame_decoder {
   status parse_header(const std::byte* header, std::size_t len);
   bool validate_content(const std::byte* content, std::size_t len);
   void reserve_free(std::size_t free_needed);
-  // A buffer this decoder no longer uses, to the per-thread pool if it is a
-  // pooled size and there is room (else it is freed).
-  static void give_back(std::unique_ptr<std::byte[]> b, std::size_t cap) noexcept;
   [[noreturn]] void commit_overrun(std::size_t n) const noexcept;
 
   frame_limits limits_;
   simdjson::dom::parser* parser_;
-  std::unique_ptr<std::byte[]> buf_;
-  std::size_t cap_ = 0;    // usable bytes; SIMDJSON_PADDING more are allocated
+  // From the per-thread pool, and back to it when the last holder lets go.
+  detail::block_ref buf_;
+  std::size_t cap_ = 0;    // usable bytes (buf_'s capacity); zeroed padding follows
   std::size_t begin_ = 0;  // first byte not yet handed out
   std::size_t end_ = 0;    // one past the last byte received
+  std::size_t prepared_ = 0;  // the room the last prepare() gave, until commit()
   std::size_t consume_on_next_ = 0;  // the last message's size, dropped lazily
   // Bytes (from begin_) the frame in progress needs before next() can make
   // progress; 0 when unknown. Set only when next() returned need_more.

@@ -2,7 +2,10 @@
 // and handed to the kernel one batch at a time: while a batch is out, what
 // is written meanwhile waits and follows as the next batch, so replies leave
 // in the order they were written and pipelined replies share system calls.
-// Short sends continue from the completion. Batches at least
+// Short sends continue from the completion. Bytes that are already in a
+// shared receive buffer (append_shared: content a reply echoes or forwards)
+// are not copied: the batch goes out as a gather list (sendmsg) that points
+// into that buffer, holding a reference until it is sent. Batches at least
 // zero_copy_threshold long go out with IORING_OP_SEND_ZC (the kernel then
 // holds the batch's pages until its notification).
 //
@@ -23,6 +26,7 @@
 #pragma once
 
 #include <ringframe/deadline.hpp>
+#include <ringframe/detail/byte_block.hpp>
 #include <ringframe/detail/completion.hpp>
 #include <ringframe/socket.hpp>
 
@@ -30,8 +34,13 @@
 #include <coroutine>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <system_error>
+#include <vector>
+
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 namespace ringframe {
 
@@ -70,7 +79,15 @@ class send_queue {
   ~send_queue();
 
   std::string& out() noexcept { return queued_; }  // append replies here
-  std::size_t unsent() const noexcept { return queued_.size() + (busy() ? f_->sending.size() - f_->sent : 0); }
+  // Append `bytes`, which lie in `block`, by reference: they go out from
+  // there, and the block is held until they are sent. False (nothing
+  // appended) when too many such pieces wait already: copy them instead.
+  // Throws std::bad_alloc.
+  bool append_shared(detail::block_ref block, std::span<const std::byte> bytes);
+  std::size_t unsent() const noexcept {
+    if (!f_) return queued_.size();
+    return queued_.size() + f_->pending_bytes + (busy() ? f_->total - f_->sent : 0);
+  }
   state current() const noexcept { return state_; }
   bool busy() const noexcept { return state_ == state::sending || state_ == state::releasing; }
   std::error_code error() const noexcept { return error_ ? errno_code(error_) : std::error_code{}; }
@@ -97,13 +114,33 @@ class send_queue {
  private:
   // Also told when the executor stops, while the kernel holds a zero-copy
   // batch's pages (an executor that stops ends that wait: cancel_here(true)).
+  // Bytes appended by reference, logically inserted at offset `at` of the
+  // string they were appended after.
+  struct piece {
+    std::size_t at;
+    const std::byte* data;
+    std::size_t len;
+    detail::block_ref block;
+  };
+  static constexpr std::size_t max_pieces = 64;
   struct flight : detail::orphan, detail::stop_listener {
     send_queue* q;  // null once orphaned
     executor* ex;
     std::string sending;  // the batch in the kernel
+    std::vector<piece> sending_pieces;  // ... and its pieces by reference
+    std::size_t total = 0;  // the batch's bytes, pieces included
     std::size_t sent = 0;
     int res = 0;  // SEND_ZC: the result, kept until the notification
+    // Pieces appended since the batch in the kernel was formed (they go
+    // with queued_ in the next one). Here rather than in the queue: an idle
+    // connection's memory counts.
+    std::vector<piece> pending;
+    std::size_t pending_bytes = 0;
+    // The gather list of a batch with pieces, as the kernel reads it.
+    std::vector<iovec> iov;
+    msghdr msg{};
   };
+  void make_flight();
   struct timer : deadline {
     explicit timer(send_queue* owner) noexcept : deadline(&send_queue::on_deadline), q(owner) {}
     send_queue* q;

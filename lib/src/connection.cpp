@@ -289,14 +289,26 @@ detail::write_awaitable connection::write(const message& m) {
   return queued(encode_frame(m, send_.out()));
 }
 
+bool connection::can_share(std::span<const std::byte> bytes) const noexcept {
+  return opts_.gather_threshold && bytes.size() >= opts_.gather_threshold && decoder_.holds(bytes);
+}
+
 detail::write_awaitable connection::write(const header_fields& h, std::span<const std::byte> content) {
   if (send_.error()) return detail::write_awaitable(this, send_.error());
+  if (can_share(content)) {
+    const std::size_t before = send_.out().size();
+    result<void> r = encode_frame_header(h, content.size(), send_.out());
+    if (!r) return queued(r);
+    if (send_.append_shared(decoder_.share(), content)) return queued(r);
+    send_.out().resize(before);  // too many pieces wait: copied below
+  }
   return queued(encode_frame(h, content, send_.out()));
 }
 
 detail::write_awaitable connection::write_raw(std::span<const std::byte> frame) {
   if (send_.error()) return detail::write_awaitable(this, send_.error());
-  send_.out().append(reinterpret_cast<const char*>(frame.data()), frame.size());
+  if (!can_share(frame) || !send_.append_shared(decoder_.share(), frame))
+    send_.out().append(reinterpret_cast<const char*>(frame.data()), frame.size());
   return queued({});
 }
 

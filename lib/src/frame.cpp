@@ -117,7 +117,11 @@ void append_json_string(std::string& out, std::string_view s) {
   out.push_back('"');
 }
 
-result<void> encode_frame(const header_fields& h, std::span<const std::byte> content, std::string& out) {
+namespace {
+// The prefix and header of a frame whose content is `content_length` bytes;
+// `reserve_content`: make room for the content too (it is appended next).
+result<void> encode_prefix_and_header(const header_fields& h, std::size_t content_length, std::string& out,
+                                      bool reserve_content) {
   // Header strings become JSON strings, which must be UTF-8; content is bytes.
   if (!simdjson::validate_utf8(h.content_type) || !simdjson::validate_utf8(h.content_encoding) ||
       !simdjson::validate_utf8(h.byteorder))
@@ -136,11 +140,12 @@ result<void> encode_frame(const header_fields& h, std::span<const std::byte> con
   // Then the whole frame (prefix, at most 65,535 header bytes, content) must
   // fit in `out`; content.size() is only a number here, never trusted.
   const std::size_t start = out.size();
-  if (sat_add(sat_add(start, 2 + 0xffff), content.size()) > out.max_size())
+  if (sat_add(sat_add(start, 2 + 0xffff), content_length) > out.max_size())
     return make_error_code(frame_errc::content_too_large);
   // Cannot wrap: start + content.size() + 65,537 fits, and the two header
   // strings are shorter than 65,536 together.
-  out.reserve(start + 2 + 96 + h.content_type.size() + h.content_encoding.size() + content.size());
+  out.reserve(start + 2 + 96 + h.content_type.size() + h.content_encoding.size() +
+              (reserve_content ? content_length : 0));
   out.append(2, '\0');  // the length prefix, patched below
   out += "{\"byteorder\":";
   append_json_string(out, h.byteorder);
@@ -149,7 +154,7 @@ result<void> encode_frame(const header_fields& h, std::span<const std::byte> con
   out += ",\"content-encoding\":";
   append_json_string(out, h.content_encoding);
   out += ",\"content-length\":";
-  out += std::to_string(content.size());
+  out += std::to_string(content_length);
   if (h.extra)
     for (const auto& [k, v] : *h.extra) {
       out.push_back(',');
@@ -165,8 +170,18 @@ result<void> encode_frame(const header_fields& h, std::span<const std::byte> con
   }
   out[start] = static_cast<char>(header_len >> 8);
   out[start + 1] = static_cast<char>(header_len & 0xff);
-  out.append(reinterpret_cast<const char*>(content.data()), content.size());
   return {};
+}
+}  // namespace
+
+result<void> encode_frame_header(const header_fields& h, std::size_t content_length, std::string& out) {
+  return encode_prefix_and_header(h, content_length, out, false);
+}
+
+result<void> encode_frame(const header_fields& h, std::span<const std::byte> content, std::string& out) {
+  result<void> r = encode_prefix_and_header(h, content.size(), out, true);
+  if (r) out.append(reinterpret_cast<const char*>(content.data()), content.size());
+  return r;
 }
 
 result<void> encode_frame(const message& m, std::string& out) {
@@ -189,7 +204,8 @@ static_assert(message_view::content_padding <= simdjson::SIMDJSON_PADDING,
 namespace {
 // The largest buffer a decoder asks for, so that adding the padding cannot
 // wrap and the size is one new[] can be asked for at all.
-constexpr std::size_t max_buffer = static_cast<std::size_t>(PTRDIFF_MAX) - simdjson::SIMDJSON_PADDING;
+constexpr std::size_t max_buffer =
+    static_cast<std::size_t>(PTRDIFF_MAX) - sizeof(detail::byte_block) - detail::byte_block::tail_padding;
 // The largest frame a decoder accepts: prefix, the longest header, content.
 constexpr std::size_t max_frame = 2 + 0xffff + frame_limits::hard_max_content_length;
 static_assert(max_frame - 2 - 0xffff == frame_limits::hard_max_content_length && max_frame <= max_buffer,
@@ -215,53 +231,8 @@ frame_decoder::status frame_decoder::fail(frame_errc code, bool in_sync, std::st
   return status::error;
 }
 
-namespace {
-// Receive buffers of the common size, kept per thread between uses: an idle
-// connection gives its buffer back (shrink_if_idle) and the next connection
-// with bytes to decode takes one, so thousands of idle connections cost no
-// buffers and busy ones do not allocate per read.
-constexpr std::size_t pooled_size = 16 * 1024;
-std::vector<std::unique_ptr<std::byte[]>>& pool() {
-  static thread_local std::vector<std::unique_ptr<std::byte[]>> p;
-  return p;
-}
-
-// Larger buffers, up to 4 MiB, are kept per thread too, up to
-// large_pool_budget bytes in all: a connection that receives large frames
-// one at a time goes idle between them and gives its buffer back; freeing it
-// and allocating a fresh one for the next frame cost more than the frame's
-// own copy (glibc returns the pages with madvise and the next frame faults
-// them in again, zeroed: docs/io-path.md, "Large frames"). Their sizes are
-// rounded up to a class, four per power of two (p * 5/4, 6/4, 7/4, 2 for p
-// from 16 KiB to 2 MiB), so a buffer serves frames of about its size while
-// wasting at most a quarter of it.
-constexpr std::size_t large_pool_budget = 32u << 20;
-constexpr std::size_t largest_class = std::size_t{4} << 20;
-constexpr unsigned first_p_log2 = 14;  // 16 KiB
-constexpr unsigned p_count = 8;        // 16 KiB .. 2 MiB
-struct large_pool {
-  std::vector<std::unique_ptr<std::byte[]>> by_class[p_count * 4];
-  std::size_t bytes = 0;
-};
-large_pool& large() {
-  static thread_local large_pool p;
-  return p;
-}
-// The class at or above n (n itself outside the pooled range).
-std::size_t round_to_class(std::size_t n) {
-  if (n <= pooled_size || n > largest_class) return n;
-  const std::size_t step = std::bit_floor(n - 1) / 4;
-  return (n + step - 1) / step * step;
-}
-// The pool slot of a capacity, or -1 when it is not a class size.
-int large_class(std::size_t cap) {
-  if (cap <= pooled_size || cap > largest_class) return -1;
-  const std::size_t p = std::bit_floor(cap - 1), step = p / 4;
-  if (cap % step != 0) return -1;
-  const unsigned lg = static_cast<unsigned>(std::countr_zero(p));
-  return static_cast<int>((lg - first_p_log2) * 4 + (cap / step - 5));
-}
-}  // namespace
+static_assert(simdjson::SIMDJSON_PADDING <= detail::byte_block::tail_padding,
+              "a decoder's buffer is followed by the padding simdjson reads");
 
 void frame_decoder::reserve_free(std::size_t free_needed) {
   // The bytes kept plus the room asked for must be one allocatable buffer;
@@ -275,10 +246,14 @@ void frame_decoder::reserve_free(std::size_t free_needed) {
     begin_ += consume_on_next_;
     consume_on_next_ = 0;
   }
-  if (begin_ == end_) begin_ = end_ = 0;
+  // A buffer that a send still holds (share()) keeps every byte received so
+  // far where it is: the decoder only writes past end_, or moves to another
+  // buffer. Otherwise the room before begin_ can be used again.
+  const bool shared = buf_ && buf_->shared();
+  if (begin_ == end_ && !shared) begin_ = end_ = 0;
   if (cap_ - end_ >= free_needed) return;
-  if (cap_ - live >= free_needed && buf_) {
-    std::memmove(buf_.get(), buf_.get() + begin_, live);
+  if (cap_ - live >= free_needed && buf_ && !shared) {
+    std::memmove(buf_->data(), buf_->data() + begin_, live);
     begin_ = 0;
     end_ = live;
     return;
@@ -287,35 +262,22 @@ void frame_decoder::reserve_free(std::size_t free_needed) {
   // limits allow plus the read size, unless the bytes already here need it.
   // Every term is at most max_buffer (total <= max_buffer, the limit <= the
   // hard cap), so nothing below wraps, and newcap + padding cannot either.
-  std::size_t newcap = std::max({total, cap_ <= max_buffer / 2 ? cap_ * 2 : max_buffer, pooled_size});
+  // Leaving a shared buffer that is big enough is not growth: the same size.
+  std::size_t newcap = shared && cap_ - live >= free_needed
+                           ? cap_
+                           : std::max({total, cap_ <= max_buffer / 2 ? cap_ * 2 : max_buffer,
+                                       detail::byte_block::smallest_class});
   const std::size_t largest = sat_add(2 + 0xffff + limits_.max_content_length, free_needed);
   newcap = std::min({newcap, std::max(largest, total), max_buffer});
   // Up to 4 MiB, a pool class: the per-thread pool reuses it.
-  newcap = round_to_class(newcap);
-  // Default-initialised: only the padding simdjson may read past the end of
-  // a document is cleared, not the whole buffer.
-  std::unique_ptr<std::byte[]> nb;
-  const int cls = large_class(newcap);
-  if (newcap == pooled_size && !pool().empty()) {
-    nb = std::move(pool().back());
-    pool().pop_back();
-  } else if (cls >= 0 && !large().by_class[cls].empty()) {
-    auto& v = large().by_class[cls];
-    nb = std::move(v.back());
-    v.pop_back();
-    large().bytes -= newcap;
-  } else {
-    nb.reset(new std::byte[newcap + simdjson::SIMDJSON_PADDING]);
-    std::memset(nb.get() + newcap, 0, simdjson::SIMDJSON_PADDING);
-  }
-  if (live) std::memcpy(nb.get(), buf_.get() + begin_, live);
-  // The old buffer goes back to the pool, not to malloc: freed, it would
-  // often be the top of the thread's heap, which glibc then trims with
-  // madvise and grows back on the next allocation (8% of the server's
-  // CPU at 1 KiB x 16 pipelined on epoll, measured with perf).
-  give_back(std::move(buf_), cap_);
+  detail::block_ref nb(detail::byte_block::make(newcap));
+  if (live) std::memcpy(nb->data(), buf_->data() + begin_, live);
+  // The old buffer goes back to the pool (when no send holds it), not to
+  // malloc: freed, it would often be the top of the thread's heap, which
+  // glibc then trims with madvise and grows back on the next allocation (8%
+  // of the server's CPU at 1 KiB x 16 pipelined on epoll, measured with perf).
   buf_ = std::move(nb);
-  cap_ = newcap;
+  cap_ = buf_->capacity();
   begin_ = 0;
   end_ = live;
 }
@@ -331,14 +293,17 @@ std::span<std::byte> frame_decoder::prepare_slow(std::size_t min_free) {
   std::size_t frame_total = 2;
   if (have_header_) frame_total = frame_len_;
   else if (avail >= 2)
-    frame_total = 2 + ((static_cast<std::size_t>(buf_[begin_]) << 8) | static_cast<std::size_t>(buf_[begin_ + 1]));
+    frame_total = 2 + ((static_cast<std::size_t>(buf_->data()[begin_]) << 8) |
+                       static_cast<std::size_t>(buf_->data()[begin_ + 1]));
   const std::size_t missing = frame_total > avail ? frame_total - avail : 0;
-  reserve_free(std::max(min_free, missing));
-  return {buf_.get() + end_, cap_ - end_};
+  const std::size_t room = std::max(min_free, missing);
+  reserve_free(room);
+  prepared_ = room;
+  return {buf_->data() + end_, room};
 }
 
 void frame_decoder::commit_overrun(std::size_t n) const noexcept {
-  std::fprintf(stderr, "ringframe::frame_decoder::commit(%zu): only %zu bytes were prepared; aborting\n", n, cap_ - end_);
+  std::fprintf(stderr, "ringframe::frame_decoder::commit(%zu): only %zu bytes were prepared; aborting\n", n, prepared_);
   std::abort();
 }
 
@@ -352,24 +317,10 @@ void frame_decoder::feed(std::span<const std::byte> bytes) {
   }
 }
 
-void frame_decoder::give_back(std::unique_ptr<std::byte[]> b, std::size_t cap) noexcept {
-  if (!b) return;
-  try {
-    if (cap == pooled_size && pool().size() < 1024) {
-      pool().push_back(std::move(b));
-    } else if (int cls = large_class(cap); cls >= 0 && large().bytes + cap <= large_pool_budget) {
-      large().by_class[cls].push_back(std::move(b));
-      large().bytes += cap;
-    }
-  } catch (...) {  // the pool's own vector could not grow: free it instead
-  }
-}
-
 void frame_decoder::shrink_if_idle() noexcept {
   if (end_ - begin_ == 0 && consume_on_next_ == 0 && buf_) {
-    give_back(std::move(buf_), cap_);
-    buf_.reset();
-    cap_ = begin_ = end_ = consume_on_next_ = need_ = 0;
+    buf_.reset();  // to the pool, once no send holds it
+    cap_ = begin_ = end_ = prepared_ = consume_on_next_ = need_ = 0;
   }
 }
 
@@ -484,7 +435,7 @@ frame_decoder::status frame_decoder::next_slow(message_view& out) {
     consume_on_next_ = 0;
   }
   const std::size_t avail = end_ - begin_;
-  const std::byte* frame = buf_.get() + begin_;
+  const std::byte* frame = buf_ ? buf_->data() + begin_ : nullptr;
   if (!have_header_) {
     if (avail < 2) {
       need_ = 2;

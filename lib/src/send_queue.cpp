@@ -2,6 +2,7 @@
 
 #include <ringframe/detail/io_backend.hpp>
 
+#include <climits>
 #include <utility>
 
 namespace ringframe {
@@ -35,32 +36,75 @@ int send_queue::refusal() const noexcept {
   return 0;
 }
 
+void send_queue::make_flight() {
+  f_ = std::make_unique<flight>();
+  f_->q = this;
+  f_->ex = &sock_.get_executor();
+  f_->on_cqe = &send_queue::on_cqe;
+  f_->fn = [](detail::stop_listener* l) noexcept { static_cast<flight*>(l)->q->cancel_here(true); };
+}
+
+bool send_queue::append_shared(detail::block_ref block, std::span<const std::byte> bytes) {
+  if (!f_) make_flight();
+  if (f_->pending.size() >= max_pieces) return false;
+  f_->pending.push_back(piece{queued_.size(), bytes.data(), bytes.size(), std::move(block)});
+  f_->pending_bytes += bytes.size();
+  return true;
+}
+
 void send_queue::start() {
-  if (state_ != state::idle || queued_.empty()) return;
+  if (state_ != state::idle || (queued_.empty() && (!f_ || f_->pending.empty()))) return;
   if (int e = refusal()) return fail(e);
-  if (!f_) {
-    f_ = std::make_unique<flight>();
-    f_->q = this;
-    f_->ex = &sock_.get_executor();
-    f_->on_cqe = &send_queue::on_cqe;
-    f_->fn = [](detail::stop_listener* l) noexcept { static_cast<flight*>(l)->q->cancel_here(true); };
-  }
+  if (!f_) make_flight();
   std::swap(f_->sending, queued_);
+  std::swap(f_->sending_pieces, f_->pending);
+  f_->total = f_->sending.size() + f_->pending_bytes;
+  f_->pending_bytes = 0;
   f_->sent = 0;
-  zero_copy_ = opts_.zero_copy_threshold && f_->sending.size() >= opts_.zero_copy_threshold;
+  // A gather list goes out with a plain sendmsg.
+  zero_copy_ = opts_.zero_copy_threshold && f_->sending_pieces.empty() &&
+               f_->sending.size() >= opts_.zero_copy_threshold;
   if (opts_.write_timeout.count() > 0) deadline_.arm(sock_.get_executor(), opts_.write_timeout);
   submit();
 }
 
 void send_queue::submit() {
   detail::io_request r;
-  // Zero-copy: the batch stays the kernel's until the notification.
-  r.op = zero_copy_ ? detail::io_op::send_zero_copy : detail::io_op::send;
   r.fd = sock_.fd();
-  r.buf = f_->sending.data() + f_->sent;
-  r.len = f_->sending.size() - f_->sent;
+  r.len = f_->total - f_->sent;
   r.flags = MSG_NOSIGNAL;
   r.key = detail::key_of(f_.get());
+  if (f_->sending_pieces.empty()) {
+    // Zero-copy: the batch stays the kernel's until the notification.
+    r.op = zero_copy_ ? detail::io_op::send_zero_copy : detail::io_op::send;
+    r.buf = f_->sending.data() + f_->sent;
+  } else {
+    // The gather list from where the last send stopped: the string's runs
+    // with the pieces between them, in the order they were appended.
+    std::vector<iovec>& iov = f_->iov;
+    iov.clear();
+    std::size_t pos = 0;  // the batch's offset at the start of the next run
+    const std::size_t sent = f_->sent;
+    auto add = [&](const void* p, std::size_t n) {
+      if (n && pos + n > sent && iov.size() < IOV_MAX) {
+        const std::size_t skip = sent > pos ? sent - pos : 0;
+        iov.push_back({const_cast<std::byte*>(static_cast<const std::byte*>(p)) + skip, n - skip});
+      }
+      pos += n;
+    };
+    std::size_t from = 0;
+    for (const piece& pc : f_->sending_pieces) {
+      add(f_->sending.data() + from, pc.at - from);
+      from = pc.at;
+      add(pc.data, pc.len);
+    }
+    add(f_->sending.data() + from, f_->sending.size() - from);
+    f_->msg = msghdr{};
+    f_->msg.msg_iov = iov.data();
+    f_->msg.msg_iovlen = iov.size();
+    r.op = detail::io_op::sendmsg;
+    r.buf = &f_->msg;
+  }
   sock_.get_executor().submit(r);
   state_ = state::sending;
 }
@@ -131,17 +175,18 @@ void send_queue::progress(int res) {
   }
   f_->sent += static_cast<std::size_t>(res);
   if (bytes_out_) *bytes_out_ += static_cast<std::size_t>(res);
-  if (f_->sent < f_->sending.size()) {  // a short send: the rest, from the completion
+  if (f_->sent < f_->total) {  // a short send: the rest, from the completion
     if (int e = refusal()) return fail(e);
     return submit();
   }
   f_->sending.clear();
-  f_->sent = 0;
+  f_->sending_pieces.clear();  // the blocks go back (to their decoder, or the pool)
+  f_->sent = f_->total = 0;
   // Everything went out: a deadline that fired meanwhile (while a zero-copy
   // notification was pending, say) came too late to matter.
   timed_out_ = false;
   state_ = state::idle;
-  if (!queued_.empty()) return start();  // written while this batch was out
+  if (!queued_.empty() || !f_->pending.empty()) return start();  // written while this batch was out
   deadline_.cancel();
   // A burst of large replies should not pin megabytes to an idle connection.
   if (f_->sending.capacity() > opts_.keep_capacity) std::string().swap(f_->sending);
@@ -156,7 +201,10 @@ void send_queue::fail(int err) {
   queued_.clear();
   if (f_) {  // (an orphaned flight keeps its bytes)
     f_->sending.clear();
-    f_->sent = 0;
+    f_->sending_pieces.clear();
+    f_->pending.clear();
+    f_->pending_bytes = 0;
+    f_->sent = f_->total = 0;
   }
   deadline_.cancel();
   if (hook_) hook_(hook_ctx_);

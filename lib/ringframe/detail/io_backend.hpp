@@ -72,6 +72,7 @@ enum class io_op : std::uint8_t {
   recv_multishot,    // recv_provided, again and again (cqe_more) until cancelled, EOF or an error
   send,              // buf/len: what; flags: MSG_*; may send less than asked
   send_zero_copy,    // send without copying: the result, then cqe_notif (or just the result)
+  sendmsg,           // buf: a msghdr (a gather list); len: its total bytes; flags: MSG_*
   shutdown,          // flags: how
   close,
   read,              // buf/len (eventfd, signalfd)

@@ -242,7 +242,8 @@ class epoll_backend final : public io_backend {
     switch (op) {
       case io_op::connect:
       case io_op::send:
-      case io_op::send_zero_copy: return side_write;
+      case io_op::send_zero_copy:
+      case io_op::sendmsg: return side_write;
       default: return side_read;
     }
   }
@@ -420,6 +421,15 @@ class epoll_backend final : public io_backend {
         case io_op::send:
         case io_op::send_zero_copy: {
           ssize_t n = ::send(w.fd, w.buf, w.len, w.flags | MSG_DONTWAIT);
+          if (n >= 0) {
+            if (static_cast<std::size_t>(n) < w.len) at(w.fd).ready[side_write] = false;
+            finish(w, static_cast<int>(n));
+            return step::done;
+          }
+          break;
+        }
+        case io_op::sendmsg: {
+          ssize_t n = ::sendmsg(w.fd, static_cast<const msghdr*>(w.buf), w.flags | MSG_DONTWAIT);
           if (n >= 0) {
             if (static_cast<std::size_t>(n) < w.len) at(w.fd).ready[side_write] = false;
             finish(w, static_cast<int>(n));

@@ -173,6 +173,9 @@ class uring_backend final : public io_backend {
         break;
       case io_op::send: io_uring_prep_send(sqe, r.fd, r.buf, r.len, r.flags); break;
       case io_op::send_zero_copy: io_uring_prep_send_zc(sqe, r.fd, r.buf, r.len, r.flags, 0); break;
+      case io_op::sendmsg:
+        io_uring_prep_sendmsg(sqe, r.fd, static_cast<const msghdr*>(r.buf), static_cast<unsigned>(r.flags));
+        break;
       case io_op::shutdown: io_uring_prep_shutdown(sqe, r.fd, r.flags); break;
       case io_op::close: io_uring_prep_close(sqe, r.fd); break;
       case io_op::read: io_uring_prep_read(sqe, r.fd, r.buf, static_cast<unsigned>(r.len), static_cast<__u64>(-1)); break;

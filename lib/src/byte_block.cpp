@@ -1,0 +1,104 @@
+#include <ringframe/detail/byte_block.hpp>
+
+#include <bit>
+#include <cstring>
+#include <new>
+#include <vector>
+
+namespace ringframe::detail {
+
+namespace {
+// Blocks kept per thread between uses. An idle connection gives its
+// receive buffer back and the next connection with bytes to decode takes
+// one, so thousands of idle connections cost no buffers and busy ones do not
+// allocate per read. Large blocks (up to 4 MiB, large_budget bytes in all)
+// are kept too: freeing one and allocating a fresh one for the next large
+// frame costs more than the frame's own copy (glibc returns the pages with
+// madvise and the next frame faults them in again, zeroed: docs/io-path.md,
+// "Large frames").
+constexpr std::size_t small_limit = 1024;  // 16 MiB of 16 KiB blocks
+constexpr std::size_t large_budget = 32u << 20;
+constexpr unsigned first_p_log2 = 14;  // 16 KiB
+constexpr unsigned p_count = 8;        // 16 KiB .. 2 MiB: classes up to 4 MiB
+
+struct pool {
+  std::vector<byte_block*> small;
+  std::vector<byte_block*> by_class[p_count * 4];
+  std::size_t large_bytes = 0;
+  ~pool() {
+    for (byte_block* b : small) ::operator delete(b);
+    for (auto& v : by_class)
+      for (byte_block* b : v) ::operator delete(b);
+  }
+};
+pool& this_thread_pool() {
+  static thread_local pool p;
+  return p;
+}
+
+// The pool slot of a capacity above the smallest class, or -1.
+int large_class(std::size_t cap) noexcept {
+  if (cap <= byte_block::smallest_class || cap > byte_block::largest_class) return -1;
+  const std::size_t p = std::bit_floor(cap - 1), step = p / 4;
+  if (cap % step != 0) return -1;
+  const unsigned lg = static_cast<unsigned>(std::countr_zero(p));
+  return static_cast<int>((lg - first_p_log2) * 4 + (cap / step - 5));
+}
+}  // namespace
+
+std::size_t byte_block::round_up(std::size_t n) noexcept {
+  if (n <= smallest_class) return smallest_class;
+  if (n > largest_class) return n;
+  const std::size_t step = std::bit_floor(n - 1) / 4;
+  return (n + step - 1) / step * step;
+}
+
+byte_block* byte_block::make(std::size_t cap) {
+  cap = round_up(cap);
+  pool& p = this_thread_pool();
+  if (cap == smallest_class && !p.small.empty()) {
+    byte_block* b = p.small.back();
+    p.small.pop_back();
+    b->refs_ = 1;
+    return b;
+  }
+  if (int cls = large_class(cap); cls >= 0 && !p.by_class[cls].empty()) {
+    byte_block* b = p.by_class[cls].back();
+    p.by_class[cls].pop_back();
+    p.large_bytes -= cap;
+    b->refs_ = 1;
+    return b;
+  }
+  // Left uninitialised (an idle connection's untouched pages cost nothing);
+  // only the padding simdjson may read is cleared. The caller keeps `cap`
+  // below PTRDIFF_MAX minus the header and padding (frame.cpp's max_buffer).
+  void* raw = ::operator new(sizeof(byte_block) + cap + tail_padding);
+  auto* b = new (raw) byte_block(cap);
+  std::memset(b->data() + cap, 0, tail_padding);
+  return b;
+}
+
+void byte_block::recycle(byte_block* b) noexcept {
+  pool& p = this_thread_pool();
+  const std::size_t cap = b->cap_;
+  try {
+    if (cap == smallest_class && p.small.size() < small_limit) {
+      p.small.push_back(b);
+      return;
+    }
+    if (int cls = large_class(cap); cls >= 0 && p.large_bytes + cap <= large_budget) {
+      p.by_class[cls].push_back(b);
+      p.large_bytes += cap;
+      return;
+    }
+  } catch (...) {  // the pool's own vector could not grow: free it instead
+  }
+  ::operator delete(b);
+}
+
+std::size_t byte_block::pooled_bytes() noexcept {
+  pool& p = this_thread_pool();
+  return p.small.size() * smallest_class + p.large_bytes;
+}
+
+}  // namespace ringframe::detail
