@@ -445,3 +445,134 @@ TEST_CASE("frame-echo: a late, slow reader of pipelined large frames gets every 
     es.ex.run(echo_read_late(&es.ex, es.to, frames));
   }
 }
+
+// ---- the per-thread receive budget ----
+
+namespace {
+// Sends one frame in pieces of `piece` bytes, `gap` apart, then reads the
+// echo and checks it.
+task<void> slow_sender(executor* ex, address to, std::string frame, std::size_t piece, int* done) {
+  result<ringframe::socket> s = co_await ringframe::connect(*ex, to, {.timeout = 10s});
+  REQUIRE(s);
+  for (std::size_t at = 0; at < frame.size(); at += piece) {
+    result<std::size_t> w = co_await s->send_all(std::string_view(frame).substr(at, piece), {.timeout = 20s});
+    REQUIRE(w);
+    result<void> slept = co_await sleep_for(*ex, 2ms);
+    CHECK(slept);
+  }
+  std::string got = co_await read_exactly(&*s, frame.size());
+  CHECK(got == frame);
+  ++*done;
+}
+
+// Small requests, one at a time, while the large frames wait.
+task<void> small_requests(executor* ex, address to, int n, int* done_large, int* answered_while_full) {
+  result<ringframe::socket> s = co_await ringframe::connect(*ex, to, {.timeout = 10s});
+  REQUIRE(s);
+  const std::string f = binary_frame(64, 'm');
+  for (int i = 0; i < n; ++i) {
+    result<std::size_t> w = co_await s->send_all(f, {.timeout = 10s});
+    REQUIRE(w);
+    std::string got = co_await read_exactly(&*s, f.size());
+    REQUIRE(got == f);
+    if (receive_budget::this_thread().waiting() > 0 && *done_large < 300) ++*answered_while_full;
+    result<void> slept = co_await sleep_for(*ex, 1ms);
+    CHECK(slept);
+  }
+  ++*done_large;
+}
+}  // namespace
+
+TEST_CASE("receive budget: 300 peers each sending a large frame slowly are held to the budget, all answered") {
+  testing::require_fd_limit(2048);
+  receive_budget& b = receive_budget::this_thread();
+  const std::uint64_t waits_before = b.waits();
+  b.reset_peak();
+  connection_options co;
+  co.thread_receive_budget = 1 << 20;  // about three of the frames below at once
+  co.limits.max_content_length = 1 << 20;
+  {
+    echo_server es(co);
+    int done = 0, answered_while_full = 0;
+    char fill = 'a';
+    for (int i = 0; i < 300; ++i) {
+      es.ex.spawn(slow_sender(&es.ex, es.to, binary_frame(256 * 1024, fill), 32 * 1024, &done));
+      fill = fill == 'z' ? 'a' : static_cast<char>(fill + 1);
+    }
+    es.ex.spawn(small_requests(&es.ex, es.to, 200, &done, &answered_while_full));
+    es.ex.run(wait_for(&es.ex, &done, 301));
+    CHECK(done == 301);
+    CHECK(b.peak() <= b.limit());  // one frame over the limit is admitted only alone
+    CHECK(b.waits() - waits_before > 100);  // most frames waited their turn
+    CHECK(answered_while_full > 0);  // small requests went on meanwhile
+  }
+  CHECK(b.used() == 0);  // every reservation given back
+  CHECK(b.waiting() == 0);
+}
+
+TEST_CASE("receive budget: a frame larger than the whole budget still goes through, alone") {
+  connection_options co;
+  co.thread_receive_budget = 64 * 1024;
+  co.limits.max_content_length = 2 << 20;
+  echo_server es(co);
+  int done = 0;
+  for (int i = 0; i < 3; ++i) es.ex.spawn(slow_sender(&es.ex, es.to, binary_frame(1 << 20, 'L'), 256 * 1024, &done));
+  es.ex.run(wait_for(&es.ex, &done, 3));
+  CHECK(done == 3);
+  CHECK(receive_budget::this_thread().waits() > 0);
+}
+
+namespace {
+// Sends the first half of a frame and stalls.
+task<void> stall_mid_frame(executor* ex, address to, ringframe::socket* keep) {
+  result<ringframe::socket> s = co_await ringframe::connect(*ex, to, {.timeout = 10s});
+  REQUIRE(s);
+  *keep = std::move(*s);
+  const std::string f = binary_frame(512 * 1024, 'h');
+  result<std::size_t> w = co_await keep->send_all(std::string_view(f).substr(0, f.size() / 2), {.timeout = 5s});
+  REQUIRE(w);
+}
+task<void> wait_timeouts(executor* ex, server* srv, std::uint64_t want) {
+  for (int i = 0; i < 1000 && srv->stats().timeouts < want; ++i) {
+    result<void> r = co_await sleep_for(*ex, 10ms);
+    REQUIRE(r);
+  }
+}
+task<void> wait_waiting(executor* ex, std::size_t want) {
+  for (int i = 0; i < 1000 && receive_budget::this_thread().waiting() < want; ++i) {
+    result<void> r = co_await sleep_for(*ex, 10ms);
+    REQUIRE(r);
+  }
+}
+}  // namespace
+
+TEST_CASE("receive budget: a frame waiting for room is cut off by the message timeout and by a stop, and gives nothing back twice") {
+  connection_options co;
+  co.thread_receive_budget = 600 * 1024;  // one of the frames below at a time
+  co.message_timeout = 300ms;
+  co.limits.max_content_length = 1 << 20;
+  receive_budget& b = receive_budget::this_thread();
+  {
+    echo_server es(co);
+    ringframe::socket first, second;
+    es.ex.spawn(stall_mid_frame(&es.ex, es.to, &first));
+    es.ex.spawn(stall_mid_frame(&es.ex, es.to, &second));
+    es.ex.run(wait_timeouts(&es.ex, &es.srv, 2));
+    CHECK(es.srv.stats().timeouts == 2);  // the admitted one and the waiting one
+    CHECK(b.used() == 0);
+    CHECK(b.waiting() == 0);
+  }
+  {
+    co.message_timeout = 30s;
+    echo_server es(co);
+    ringframe::socket first, second;
+    es.ex.spawn(stall_mid_frame(&es.ex, es.to, &first));
+    es.ex.spawn(stall_mid_frame(&es.ex, es.to, &second));
+    es.ex.run(wait_waiting(&es.ex, 1));
+    CHECK(b.waiting() == 1);
+    es.srv.stop();  // cancels the recv of one, the wait of the other
+    es.ex.run_until_idle();
+    CHECK(b.used() == 0);
+    CHECK(b.waiting() == 0);
+  }
+}

@@ -92,6 +92,11 @@ struct connection_options {
   // reference (a sendmsg gather list), instead of being copied into the
   // send buffer; 0: always copy. See docs/io-path.md, "Large frames".
   std::size_t gather_threshold = 16 * 1024;
+  // The memory that large frames in progress may hold on this connection's
+  // thread, in bytes (receive_budget.hpp): past it, connections wanting
+  // more stop being read until frames are consumed; 0: no bound. One value
+  // per thread: the last connection to read sets it.
+  std::size_t thread_receive_budget = receive_budget::default_limit;
   // close_gracefully: how long to wait for the peer's end of the stream.
   std::chrono::nanoseconds linger_timeout = std::chrono::seconds(1);
 };
@@ -287,6 +292,7 @@ class connection {
   bool peer_closed_ = false;
   bool message_deadline_ = false;  // recv_'s deadline is the message's
   bool reading_ = false;           // a read_message is waiting
+  bool budget_frame_out_ = false;         // the frame recv_ reserved for was handed out
   std::uint32_t backpressure_pauses_ = 0;  // in the padding after the flags
   // When the executor has a handling-time sink (executor.hpp), each
   // message's time from the loop turn that received it (executor::now(), no

@@ -166,6 +166,9 @@ class frame_decoder {
   std::size_t buffered() const noexcept { return end_ - begin_; }
   // True when a frame has started (some of its bytes are buffered).
   bool mid_frame() const noexcept { return buffered() > 0; }
+  // The length of the frame being read (prefix, header, content), once its
+  // header has been parsed; 0 before.
+  std::size_t frame_length() const noexcept { return have_header_ ? frame_len_ : 0; }
   std::size_t capacity() const noexcept { return cap_; }
   // Give the buffer back when nothing is buffered (idle connections): to a
   // per-thread pool (16 KiB ones, and larger ones of a size class up to

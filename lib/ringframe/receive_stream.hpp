@@ -17,6 +17,11 @@
 //
 // At most one recv is in the kernel (the state says which). A stop may be
 // requested from any thread; it is carried out on the executor's.
+//
+// Before reading the rest of a frame longer than one read, the stream
+// reserves the frame's length from its thread's receive_budget; a frame that
+// does not fit waits there (state `budget`, nothing in the kernel), and is
+// cancelled by a stop or the read deadline like a recv.
 #pragma once
 
 #include <ringframe/buffer_ring.hpp>
@@ -24,6 +29,7 @@
 #include <ringframe/detail/completion.hpp>
 #include <ringframe/detail/deferred_call.hpp>
 #include <ringframe/frame.hpp>
+#include <ringframe/receive_budget.hpp>
 #include <ringframe/socket.hpp>
 
 #include <array>
@@ -42,11 +48,14 @@ class receive_stream {
     receiving,  // one recv in the kernel
     multishot,  // the multishot recv is armed
     ending,     // the multishot recv was cancelled; its last CQE is not in yet
+    budget,     // waiting for room in the thread's receive_budget
   };
   struct options {
     bool provided_buffers = true;
     bool multishot = false;
     std::size_t read_size = 16 * 1024;  // direct reads
+    // The thread's receive_budget limit (0: frames reserve nothing).
+    std::size_t budget = receive_budget::default_limit;
   };
   // A read the stream was asked for (start() returned true) has an outcome.
   using done_fn = void (*)(void* ctx);
@@ -83,6 +92,13 @@ class receive_stream {
   // False once it fired (or was never armed, or was cancelled).
   bool deadline_armed() const noexcept { return timer_.armed(); }
   void forgive_timeout() noexcept { timed_out_ = false; }
+
+  // Bytes reserved from the thread's budget for the frame being read.
+  std::size_t reserved() const noexcept { return reserved_; }
+  // The frame they were reserved for is done with: give them back.
+  void release_budget() noexcept {
+    if (reserved_) receive_budget::this_thread().release(std::exchange(reserved_, 0));
+  }
 
   // Reads stop when `t` (besides the socket's own token) is requested.
   void set_stop(const std::stop_token* t) noexcept { stop_ = t; }
@@ -134,6 +150,17 @@ class receive_stream {
     static void run(detail::deferred_call* d, bool run);
   };
 
+  // A frame waiting for room in the budget (made when one first waits).
+  struct budget_wait : detail::budget_waiter {
+    explicit budget_wait(receive_stream* s) noexcept : budget_waiter(&budget_wait::run), owner(s) {}
+    receive_stream* owner;
+    bool cancelled = false;
+    static void run(detail::deferred_call* d, bool run);
+  };
+  // Reserve for a frame of `want` bytes; false: it waits (state budget).
+  bool reserve_or_wait(std::size_t want);
+  void on_budget();
+
   void start_read(buffer_ring* br, std::span<std::byte> room);
   void submit(buffer_ring* br, std::span<std::byte> room);
   void arm_multishot(buffer_ring* br);
@@ -161,6 +188,8 @@ class receive_stream {
   std::uint64_t* bytes_in_;
   slot slot_;
   std::unique_ptr<multishot_slot> ms_;
+  std::unique_ptr<budget_wait> bw_;
+  std::size_t reserved_ = 0;
   timer timer_{this};
   deferred_cancel deferred_{this};
   const std::stop_token* stop_ = nullptr;

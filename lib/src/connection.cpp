@@ -94,6 +94,7 @@ receive_stream::options receive_options(const connection_options& o) {
   ro.provided_buffers = o.provided_buffers;
   ro.multishot = o.multishot_recv;
   ro.read_size = o.read_size;
+  ro.budget = o.thread_receive_budget;
   return ro;
 }
 }  // namespace
@@ -136,8 +137,12 @@ void connection::set_read_stop(const std::stop_token* t) {
 
 std::optional<result<message_view>> connection::try_read_buffered() {
   if (unsent_bytes() >= opts_.max_unsent_bytes) return std::nullopt;  // send first
+  // The reader is done with the last message: what its frame reserved goes back.
+  if (std::exchange(budget_frame_out_, false)) recv_.release_budget();
   message_view v;
-  switch (decoder_.next(v)) {
+  const frame_decoder::status st = decoder_.next(v);
+  if (st != frame_decoder::status::need_more && recv_.reserved()) budget_frame_out_ = true;
+  switch (st) {
     case frame_decoder::status::message:
       ++messages_in;
       received_at_ = sock_.get_executor().now();
@@ -320,6 +325,7 @@ detail::write_awaitable connection::write_error(std::string_view detail) {
 
 task<void> connection::close_gracefully(std::chrono::nanoseconds linger) {
   recv_.stop();  // a multishot recv still armed: the lingering reads below take over
+  recv_.release_budget();  // no frame will be read any more
   result<void> f = co_await flush();
   if (!f || peer_closed_ || !sock_.is_open()) co_return;  // nothing more to protect
   result<void> sh = co_await sock_.shutdown(SHUT_WR);

@@ -21,6 +21,11 @@ receive_stream::receive_stream(socket& s, frame_decoder& sink, options o, done_f
 receive_stream::~receive_stream() {
   executor& ex = sock_.get_executor();
   ex.withdraw(&deferred_);
+  if (bw_ && !receive_budget::this_thread().dequeue(bw_.get())) {
+    ex.withdraw(bw_.get());
+    if (bw_->admitted) receive_budget::this_thread().release(bw_->want);  // its run never came
+  }
+  release_budget();
   if (!ms_) return;
   for (std::uint8_t i = 0; i < ms_->held_n; ++i) ms_->br->recycle(ms_->held[i].id);
   if (state_ == state::multishot || state_ == state::ending) {
@@ -97,6 +102,12 @@ bool receive_stream::start(bool between_frames) {
     if (!br || !multishot_suits()) cancel_in_flight();
     br = ms_->br;
   }
+  // The rest of a frame longer than one read: reserve it first.
+  if (!br && !between_frames && state_ == state::idle && opts_.budget && reserved_ == 0 &&
+      sink_.frame_length() > opts_.read_size && !reserve_or_wait(sink_.frame_length())) {
+    waiting_ = true;
+    return true;
+  }
   std::span<std::byte> room;
   if (!br) {
     room = sink_.prepare(opts_.read_size);
@@ -105,6 +116,44 @@ bool receive_stream::start(bool between_frames) {
   waiting_ = true;
   start_read(br, room);
   return true;
+}
+
+bool receive_stream::reserve_or_wait(std::size_t want) {
+  receive_budget& b = receive_budget::this_thread();
+  b.set_limit(opts_.budget);
+  if (b.try_reserve(want)) {
+    reserved_ = want;
+    return true;
+  }
+  if (!bw_) bw_ = std::make_unique<budget_wait>(this);
+  bw_->ex = &sock_.get_executor();
+  bw_->want = want;
+  bw_->cancelled = false;
+  state_ = state::budget;
+  b.enqueue(bw_.get());  // may admit it at once: then its run comes next turn
+  return false;
+}
+
+void receive_stream::budget_wait::run(detail::deferred_call* d, bool run) {
+  if (run) static_cast<budget_wait*>(d)->owner->on_budget();
+}
+
+// Admitted (reserved), or cancelled: from the executor's loop.
+void receive_stream::on_budget() {
+  state_ = state::idle;
+  if (bw_->admitted) {
+    bw_->admitted = false;
+    reserved_ = bw_->want;
+  }
+  if (std::exchange(bw_->cancelled, false) || refusal()) return deliver(-ECANCELED, 0);
+  std::span<std::byte> room;
+  try {
+    room = sink_.prepare(opts_.read_size);
+  } catch (...) {  // the decoder could not grow: this connection fails, not the process
+    return deliver(-ENOMEM, 0);
+  }
+  direct_ = true;
+  submit(nullptr, room);
 }
 
 void receive_stream::start_read(buffer_ring* br, std::span<std::byte> room) {
@@ -214,6 +263,14 @@ void receive_stream::deferred_cancel::run(detail::deferred_call* d, bool run) {
 void receive_stream::cancel_in_flight() noexcept {
   executor& ex = sock_.get_executor();
   std::uint64_t key;
+  if (state_ == state::budget) {
+    // Not in the kernel: out of the queue (unless admitted already, when
+    // its run is on its way), and the reader told from the next turn.
+    if (bw_->cancelled) return;
+    bw_->cancelled = true;
+    if (receive_budget::this_thread().dequeue(bw_.get())) ex.defer(bw_.get());
+    return;
+  }
   if (state_ == state::receiving) {
     key = detail::key_of(&slot_);
   } else if (state_ == state::multishot || (state_ == state::ending && !ms_->cancel_sent)) {

@@ -1,0 +1,89 @@
+// receive_budget: a per-thread bound on the memory that large frames in
+// progress may hold, so that many peers each sending a large frame
+// back-pressure (they stop being read) instead of exhausting memory.
+//
+// A frame longer than one read (connection_options::read_size) reserves its
+// whole length from its thread's budget when the connection is about to read
+// the rest of it (its header has said how long it is), and gives it back when
+// the connection moves past it (the next read_message, or the connection's
+// end). A frame that does not fit waits, in arrival order, and its
+// connection is not read meanwhile; the connections asking for the most are
+// the ones held back, small requests go on. A frame is always admitted when
+// nothing else is reserved, so one larger than the whole budget still goes
+// through, alone: there is always progress.
+//
+// What stays outside it, bounded per connection: a partial header and up to
+// one read past it (read_size), replies waiting to be sent
+// (max_unsent_bytes), bytes a multishot recv holds.
+//
+// One thread's (like the connections it serves): plain integers, no locks.
+#pragma once
+
+#include <ringframe/detail/deferred_call.hpp>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace ringframe {
+
+class executor;
+
+namespace detail {
+// A frame waiting for room, queued in its budget; once admitted (its bytes
+// reserved) it is run on `ex`'s thread as a deferred call.
+struct budget_waiter : deferred_call {
+  using deferred_call::deferred_call;
+  executor* ex = nullptr;
+  std::size_t want = 0;
+  budget_waiter* before = nullptr;
+  budget_waiter* after = nullptr;
+  bool in_queue = false;
+  bool admitted = false;
+};
+}  // namespace detail
+
+class receive_budget {
+ public:
+  // 256 MiB per thread unless connection_options::receive_budget says
+  // otherwise.
+  static constexpr std::size_t default_limit = std::size_t{256} << 20;
+
+  // The calling thread's.
+  static receive_budget& this_thread() noexcept;
+
+  void set_limit(std::size_t bytes) noexcept { limit_ = bytes; }
+  std::size_t limit() const noexcept { return limit_; }
+  // Bytes reserved now, and the most ever reserved at once.
+  std::size_t used() const noexcept { return used_; }
+  std::size_t peak() const noexcept { return peak_; }
+  void reset_peak() noexcept { peak_ = used_; }
+  // Frames that had to wait, and how many wait now.
+  std::uint64_t waits() const noexcept { return waits_; }
+  std::size_t waiting() const noexcept { return waiting_; }
+
+  // Reserve `n` bytes now if they fit (and nobody waits ahead).
+  bool try_reserve(std::size_t n) noexcept;
+  void release(std::size_t n) noexcept;
+
+  // Queue `w` (it is admitted, reserved, and told through its executor), or
+  // take it out of the queue (false: it was admitted already).
+  void enqueue(detail::budget_waiter* w) noexcept;
+  bool dequeue(detail::budget_waiter* w) noexcept;
+
+ private:
+  void admit() noexcept;
+  void take(std::size_t n) noexcept {
+    used_ += n;
+    if (used_ > peak_) peak_ = used_;
+  }
+
+  std::size_t limit_ = default_limit;
+  std::size_t used_ = 0;
+  std::size_t peak_ = 0;
+  std::uint64_t waits_ = 0;
+  std::size_t waiting_ = 0;
+  detail::budget_waiter* head_ = nullptr;
+  detail::budget_waiter* tail_ = nullptr;
+};
+
+}  // namespace ringframe
