@@ -122,15 +122,16 @@ class frame_decoder {
   // as one buffer (their sum would exceed PTRDIFF_MAX); std::bad_alloc as
   // any allocation may.
   //
-  // The span is `min_free` long, or as long as the frame in progress still
-  // needs when that is more: a read into it ends at that frame's end, so the
-  // next frame starts in a fresh read and a large partial frame is never
-  // left behind to be moved.
+  // The span reaches at most `min_free` bytes past the end of the frame in
+  // progress (when its length is known; else it is `min_free` long): one
+  // read finishes a frame and brings in the next one's prefix and header,
+  // but never more than `min_free` bytes of a frame are left behind to be
+  // moved when its buffer fills (docs/io-path.md, "Large frames").
   std::span<std::byte> prepare(std::size_t min_free = 16 * 1024) {
     // Fast path (tiny reads): room enough, and the frame in progress fits.
     if (!consume_on_next_ && need_ && cap_ - end_ >= min_free && begin_ + need_ <= cap_) {
       const std::size_t missing = begin_ + need_ > end_ ? begin_ + need_ - end_ : 0;
-      prepared_ = missing > min_free ? missing : min_free;
+      prepared_ = room_for(missing, min_free);
       return {buf_->data() + end_, prepared_};
     }
     return prepare_slow(min_free);
@@ -197,6 +198,12 @@ class frame_decoder {
   bool validate_content(const std::byte* content, std::size_t len);
   void reserve_free(std::size_t free_needed);
   [[noreturn]] void commit_overrun(std::size_t n) const noexcept;
+  // The room prepare() gives once `missing` bytes of the frame are still to
+  // come (and at least min_free are free).
+  std::size_t room_for(std::size_t missing, std::size_t min_free) const noexcept {
+    const std::size_t free = cap_ - end_, want = missing + min_free;
+    return want < free ? want : free;
+  }
 
   frame_limits limits_;
   simdjson::dom::parser* parser_;

@@ -289,17 +289,18 @@ std::span<std::byte> frame_decoder::prepare_slow(std::size_t min_free) {
   }
   const std::size_t avail = end_ - begin_;
   // How much of the current frame is still to come, when known: a large
-  // frame gets room for all of it, so its content ends up contiguous.
+  // frame gets room for all of it, so its content ends up contiguous, and
+  // at most min_free more (the next frame's prefix and header come in the
+  // same read; no more of it is left to be moved).
   std::size_t frame_total = 2;
   if (have_header_) frame_total = frame_len_;
   else if (avail >= 2)
     frame_total = 2 + ((static_cast<std::size_t>(buf_->data()[begin_]) << 8) |
                        static_cast<std::size_t>(buf_->data()[begin_ + 1]));
   const std::size_t missing = frame_total > avail ? frame_total - avail : 0;
-  const std::size_t room = std::max(min_free, missing);
-  reserve_free(room);
-  prepared_ = room;
-  return {buf_->data() + end_, room};
+  reserve_free(std::max(min_free, missing));
+  prepared_ = room_for(missing, min_free);
+  return {buf_->data() + end_, prepared_};
 }
 
 void frame_decoder::commit_overrun(std::size_t n) const noexcept {
