@@ -64,6 +64,13 @@ const char* const usage_text =
     "      --zero-copy-threshold BYTES\n"
     "                           framed modes: send reply batches of at least BYTES with\n"
     "                           IORING_OP_SEND_ZC (default 0: never)\n"
+    "      --receive-budget BYTES\n"
+    "                           framed modes: per thread, the most memory large frames in\n"
+    "                           progress may hold; past it their connections stop being read\n"
+    "                           until frames are consumed (default 268435456; 0: no bound)\n"
+    "      --gather-threshold BYTES\n"
+    "                           framed modes: echoed or forwarded content at least this long is\n"
+    "                           sent from the receive buffer, not copied (default 16384; 0: never)\n"
     "      --no-provided-buffers\n"
     "                           framed modes: receive into each connection's own buffer even\n"
     "                           between messages (for comparison)\n"
@@ -129,7 +136,8 @@ options parse(int argc, char** argv) {
       {"reuse-port", no_argument, nullptr, 10},     {"version", no_argument, nullptr, 'V'},
       {"backend", required_argument, nullptr, 11},
       {"metrics", required_argument, nullptr, 12},  {"log-format", required_argument, nullptr, 13},
-      {"log-level", required_argument, nullptr, 14},
+      {"log-level", required_argument, nullptr, 14}, {"receive-budget", required_argument, nullptr, 15},
+      {"gather-threshold", required_argument, nullptr, 16},
       {nullptr, 0, nullptr, 0}};
   int c;
   opterr = 0;
@@ -189,6 +197,17 @@ options parse(int argc, char** argv) {
         if (!parse_log_level(optarg, o.level))
           fail_usage(std::string("bad --log-level '") + optarg + "' (expected error, warn, info or debug)");
         break;
+      case 15:
+      case 16: {
+        const char* name = c == 15 ? "--receive-budget" : "--gather-threshold";
+        char* end = nullptr;
+        errno = 0;
+        unsigned long long v = std::strtoull(optarg, &end, 10);
+        if (!*optarg || *end || *optarg == '-' || errno == ERANGE)
+          fail_usage(std::string("bad ") + name + " '" + optarg + "' (expected a number of bytes)");
+        (c == 15 ? o.conn.thread_receive_budget : o.conn.gather_threshold) = v;
+        break;
+      }
       case 8: {
         char* end = nullptr;
         unsigned long long v = std::strtoull(optarg, &end, 10);

@@ -34,6 +34,14 @@ struct thread_stats {
   executor_stats executor;
   // Provided receive buffers registered now (0: none yet, or the backend has none).
   std::uint64_t receive_buffers = 0;
+  // The thread's receive_budget (receive_budget.hpp): bytes reserved by
+  // large frames in progress now, the most at once, its limit, and frames
+  // that had to wait for room (in all, and now).
+  std::uint64_t budget_reserved = 0;
+  std::uint64_t budget_peak = 0;
+  std::uint64_t budget_limit = 0;
+  std::uint64_t budget_waits = 0;
+  std::uint64_t budget_waiting = 0;
   // Per message, from the receive completion to its reply queued; empty
   // unless server_options::measure_handling_time.
   latency_histogram handling_time;

@@ -170,6 +170,29 @@ std::string prometheus_text(const stats_snapshot& s, std::string_view mode) {
     for (const thread_stats& t : s.threads) w.sample(p.name, t, t.executor.*p.field);
   }
 
+  struct budget_series {
+    const char* name;
+    const char* type;
+    const char* help;
+    std::uint64_t thread_stats::*field;
+  };
+  static const budget_series budget[] = {
+      {"ringframe_receive_budget_bytes", "gauge", "The thread's receive budget for large frames in progress.",
+       &thread_stats::budget_limit},
+      {"ringframe_receive_budget_reserved_bytes", "gauge", "Bytes large frames in progress have reserved now.",
+       &thread_stats::budget_reserved},
+      {"ringframe_receive_budget_peak_bytes", "gauge", "The most bytes reserved at once.", &thread_stats::budget_peak},
+      {"ringframe_receive_budget_waits_total", "counter",
+       "Large frames that waited for room in the budget (their connection was not read meanwhile).",
+       &thread_stats::budget_waits},
+      {"ringframe_receive_budget_waiting", "gauge", "Large frames waiting for room now.",
+       &thread_stats::budget_waiting},
+  };
+  for (const budget_series& p : budget) {
+    w.family(p.name, p.type, p.help);
+    for (const thread_stats& t : s.threads) w.sample(p.name, t, t.*p.field);
+  }
+
   w.family("ringframe_message_handling_seconds", "histogram",
            "Per message, from its receive completion to its reply queued.");
   for (const thread_stats& t : s.threads) {

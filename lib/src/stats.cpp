@@ -1,6 +1,8 @@
 #include <ringframe/connection.hpp>
 #include <ringframe/stats.hpp>
 
+#include <ringframe/receive_budget.hpp>
+
 #include <algorithm>
 
 namespace ringframe {
@@ -32,6 +34,11 @@ thread_stats& thread_stats::operator+=(const thread_stats& o) {
   executor.deferred_calls += o.executor.deferred_calls;
   executor.cancels_deferred += o.executor.cancels_deferred;
   receive_buffers += o.receive_buffers;
+  budget_reserved += o.budget_reserved;
+  budget_peak += o.budget_peak;
+  budget_limit += o.budget_limit;
+  budget_waits += o.budget_waits;
+  budget_waiting += o.budget_waiting;
   handling_time += o.handling_time;
   return *this;
 }
@@ -50,6 +57,12 @@ thread_stats take_thread_stats(const server& srv, unsigned thread) {
   executor& ex = const_cast<server&>(srv).get_executor();
   t.executor = ex.stats();
   t.receive_buffers = ex.receive_buffer_count();
+  const receive_budget& b = receive_budget::this_thread();
+  t.budget_reserved = b.used();
+  t.budget_peak = b.peak();
+  t.budget_limit = b.limit();
+  t.budget_waits = b.waits();
+  t.budget_waiting = b.waiting();
   t.handling_time = srv.handling_time();
   return t;
 }
