@@ -12,10 +12,12 @@
 
 #include <doctest/doctest.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <new>
 #include <optional>
 #include <span>
@@ -42,8 +44,22 @@ std::atomic<int> allocations_to_pass{0};
 std::atomic<int> matching_allocations{0};
 std::atomic<bool> count_only{false};
 std::atomic<int> allocations_failed{0};
+// Tracing: every allocation's size is recorded in order (in a fixed array:
+// recording allocates nothing), and the one at `fail_at_index`, if any, fails.
+std::atomic<bool> tracing{false};
+std::atomic<int> traced_count{0};
+std::atomic<int> fail_at_index{-1};
+std::array<std::size_t, 1024> traced{};
 
 void* checked_malloc(std::size_t n) {
+  if (tracing.load()) {
+    const int i = traced_count.fetch_add(1);
+    if (i < static_cast<int>(traced.size())) traced[static_cast<std::size_t>(i)] = n;
+    if (i == fail_at_index.load()) {
+      allocations_failed.fetch_add(1);
+      throw std::bad_alloc();
+    }
+  }
   std::size_t want = fail_allocation_of_size.load(std::memory_order_relaxed);
   if (want != 0 && n == want && matching_allocations.fetch_add(1) >= allocations_to_pass.load() && !count_only.load() &&
       fail_allocation_of_size.compare_exchange_strong(want, 0)) {
@@ -109,7 +125,8 @@ struct call_factory {
 };
 
 task<result<message>> call_within(executor* ex, framed_client* c, std::chrono::nanoseconds limit) {
-  result<message> r = co_await with_timeout(*ex, limit, call_factory{c});
+  task<result<message>> t = with_timeout(*ex, limit, call_factory{c});
+  result<message> r = co_await std::move(t);
   co_return r;
 }
 
@@ -261,6 +278,98 @@ TEST_CASE("framed_client: a request that cannot be queued (bad_alloc) takes no p
     CHECK((*second.r)->content == "re:two");
     CHECK(answered == 1);
     CHECK(client.is_open());
+    client.close();
+    ex.run_until_idle();
+  });
+}
+
+namespace {
+
+task<result<message>> call_message_stoppable(framed_client* c, message m, std::stop_token st) {
+  task<result<message>> t = c->call(std::move(m), &st);
+  result<message> r = co_await std::move(t);
+  co_return r;
+}
+
+struct message_call_factory {
+  framed_client* c;
+  message m;
+  task<result<message>> operator()(std::stop_token st) const { return call_message_stoppable(c, m, st); }
+};
+
+task<result<message>> message_call_within(executor* ex, framed_client* c, message m, std::chrono::nanoseconds limit) {
+  // Named before it is awaited: g++ 12 destroys a temporary with a
+  // destructor in a co_await expression twice.
+  message_call_factory f{c, std::move(m)};
+  task<result<message>> t = with_timeout(*ex, limit, std::move(f));
+  result<message> r = co_await std::move(t);
+  co_return r;
+}
+
+}  // namespace
+
+TEST_CASE("framed_client: the reply reader that cannot be started (bad_alloc) is started by the next call") {
+  on_each_backend([](backend_kind k) {
+    const message big = message::binary(std::string(20001, 'a'), "binary/test");
+    const message two = message::binary("two", "binary/test");
+    const std::vector<std::string> expect{encoded(big), encoded(two)};
+    const std::vector<std::string> replies{encoded(message::binary("re:big", "binary/test")),
+                                           encoded(message::binary("re:two", "binary/test"))};
+    const std::size_t append_size = expect[0].size() + 1;  // the request appended to the output
+    std::vector<char> buf(64 * 1024);
+
+    // A dry run records the allocations of one call of `big` on a fresh
+    // client: the one right after the append is the reply reader's frame
+    // (spawned by the first call).
+    int dry_answered = 0;
+    int reader_index = -1;
+    {
+      executor ex(on(k));
+      auto [mine, peer] = testing::socket_pair(ex);
+      framed_client client = framed_client::adopt(std::move(mine));
+      ex.spawn(scripted_peer(std::move(peer), &expect, &replies, &buf, &dry_answered));
+      call_outcome out;
+      task<void> t = call_catching(&client, big, &out);
+      traced_count.store(0);
+      fail_at_index.store(-1);
+      tracing.store(true);
+      ex.run(std::move(t));
+      tracing.store(false);
+      REQUIRE(out.r);
+      REQUIRE(*out.r);
+      const int n = std::min(traced_count.load(), static_cast<int>(traced.size()));
+      for (int i = 0; i < n; ++i)
+        if (traced[static_cast<std::size_t>(i)] == append_size) reader_index = i + 1;
+      client.close();
+      ex.run_until_idle();
+    }
+    REQUIRE(reader_index > 0);
+
+    // The reader's frame cannot be made: the first call throws (its request
+    // was queued: its slot stays, emptied, to take its reply). Before the
+    // fix the client believed a reader ran: nothing read the replies any
+    // more, and the next call waited forever (here: its with_timeout).
+    int answered = 0;
+    executor ex(on(k));
+    auto [mine, peer] = testing::socket_pair(ex);
+    framed_client client = framed_client::adopt(std::move(mine));
+    ex.spawn(scripted_peer(std::move(peer), &expect, &replies, &buf, &answered));
+    call_outcome first;
+    task<void> t = call_catching(&client, big, &first);
+    traced_count.store(0);
+    allocations_failed.store(0);
+    fail_at_index.store(reader_index);
+    tracing.store(true);
+    ex.run(std::move(t));
+    tracing.store(false);
+    fail_at_index.store(-1);
+    CHECK(allocations_failed.load() == 1);
+    CHECK(first.threw_bad_alloc);
+    result<message> r = ex.run(message_call_within(&ex, &client, two, 3s));
+    REQUIRE_MESSAGE(r, r.error().message());
+    CHECK(r->content == "re:two");
+    CHECK(answered == 2);
+    CHECK(client.pending() == 0);
     client.close();
     ex.run_until_idle();
   });

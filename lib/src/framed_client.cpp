@@ -224,8 +224,8 @@ task<result<message>> do_call(client_ref ref, message request, const std::stop_t
   if (s->broken) {
     // fail() has given this call its outcome.
   } else if (!s->reading) {
-    s->reading = true;
     s->ex->spawn(read_replies(ref));  // its read_message sends what is queued
+    s->reading = true;  // only once it is spawned: if that throws, the next call starts one
   } else if (!s->flush_scheduled) {
     // The reader waits in a recv already: the request must go out now, not
     // when the reply before it comes. One flush on the loop's next turn
