@@ -151,8 +151,14 @@ class receive_stream {
   };
 
   // A frame waiting for room in the budget (made when one first waits).
-  struct budget_wait : detail::budget_waiter {
-    explicit budget_wait(receive_stream* s) noexcept : budget_waiter(&budget_wait::run), owner(s) {}
+  // Nothing is in the kernel meanwhile, so an executor's stop (which
+  // cancels what is) tells it as a stop_listener.
+  struct budget_wait : detail::budget_waiter, detail::stop_listener {
+    explicit budget_wait(receive_stream* s) noexcept : budget_waiter(&budget_wait::run), owner(s) {
+      detail::stop_listener::fn = [](detail::stop_listener* l) noexcept {
+        static_cast<budget_wait*>(l)->owner->cancel_in_flight();
+      };
+    }
     receive_stream* owner;
     bool cancelled = false;
     static void run(detail::deferred_call* d, bool run);

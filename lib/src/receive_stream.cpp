@@ -21,6 +21,7 @@ receive_stream::receive_stream(socket& s, frame_decoder& sink, options o, done_f
 receive_stream::~receive_stream() {
   executor& ex = sock_.get_executor();
   ex.withdraw(&deferred_);
+  if (bw_) ex.unlisten_stop(bw_.get());
   if (bw_ && !receive_budget::this_thread().dequeue(bw_.get())) {
     ex.withdraw(bw_.get());
     if (bw_->admitted) receive_budget::this_thread().release(bw_->want);  // its run never came
@@ -130,6 +131,7 @@ bool receive_stream::reserve_or_wait(std::size_t want) {
   bw_->want = want;
   bw_->cancelled = false;
   state_ = state::budget;
+  sock_.get_executor().listen_stop(bw_.get());  // (stopping already: refusal() said so in start())
   b.enqueue(bw_.get());  // may admit it at once: then its run comes next turn
   return false;
 }
@@ -141,6 +143,7 @@ void receive_stream::budget_wait::run(detail::deferred_call* d, bool run) {
 // Admitted (reserved), or cancelled: from the executor's loop.
 void receive_stream::on_budget() {
   state_ = state::idle;
+  sock_.get_executor().unlisten_stop(bw_.get());
   if (bw_->admitted) {
     bw_->admitted = false;
     reserved_ = bw_->want;

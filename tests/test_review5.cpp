@@ -1,0 +1,115 @@
+// The fifth review: large frames (issue 12): the decoder's shared
+// byte_blocks, the send queue's gather lists, and the per-thread receive
+// budget. Each case fails without its fix; every wait is bounded.
+#include "loopback.hpp"
+
+#include <ringframe/connection.hpp>
+#include <ringframe/frame.hpp>
+#include <ringframe/receive_budget.hpp>
+#include <ringframe/send_queue.hpp>
+#include <ringframe/timer.hpp>
+
+#include <doctest/doctest.h>
+
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstring>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+using namespace ringframe;
+using namespace std::chrono_literals;
+using testing::on;
+using testing::on_each_backend;
+
+namespace {
+
+std::string binary_frame(std::size_t size, char fill) {
+  std::string c(size, fill);
+  for (std::size_t i = 0; i < c.size(); i += 997) c[i] = static_cast<char>(i / 997);
+  std::string f;
+  REQUIRE(encode_frame(message::binary(c, "binary/x"), f));
+  return f;
+}
+
+// Writes `bytes` into a socket the test owns (never more than its buffer).
+void put(ringframe::socket& s, std::string_view bytes) {
+  REQUIRE(::send(s.fd(), bytes.data(), bytes.size(), MSG_DONTWAIT) == static_cast<ssize_t>(bytes.size()));
+}
+
+struct read_outcome {
+  bool done = false;
+  std::error_code error;
+  std::size_t size = 0;
+};
+
+task<void> read_one(connection* c, read_outcome* out) {
+  result<message_view> m = co_await c->read_message();
+  out->done = true;
+  if (m) out->size = m->wire.size();
+  else out->error = m.error();
+}
+
+// Turns the loop until `pred` holds (bounded).
+template <class P>
+void turn_until(executor& ex, P pred) {
+  for (int i = 0; i < 2000 && !pred(); ++i) ex.run_once(false);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// F1: executor::stop() cancels every operation in flight "so coroutines
+// unwind by themselves". A frame waiting for room in the receive budget has
+// nothing in the kernel, so the stop's cancel-all does not reach it, and no
+// stop listener tells it: its reader is never resumed (run_until_idle
+// returns with it still suspended; with a message timeout it would end only
+// at that deadline, as ETIMEDOUT).
+TEST_CASE("review5 F1: executor::stop() ends a read waiting for room in the receive budget") {
+  on_each_backend([](backend_kind k) {
+    receive_budget& b = receive_budget::this_thread();
+    REQUIRE(b.used() == 0);
+    {
+      executor ex(on(k));
+      auto [a1, p1] = testing::socket_pair(ex);
+      auto [a2, p2] = testing::socket_pair(ex);
+      connection_options co;
+      co.thread_receive_budget = 600 * 1024;  // one of the frames below at a time
+      co.limits.max_content_length = 1 << 20;
+      co.message_timeout = 2s;  // without the fix, what ends the wait (as ETIMEDOUT)
+      connection c1(std::move(a1), co), c2(std::move(a2), co);
+      // A way out for the failing case (the reader must not outlive c2).
+      std::stop_source unwind;
+      const std::stop_token tok = unwind.get_token();
+      c2.set_read_stop(&tok);
+      const std::string f = binary_frame(512 * 1024, 'w');
+      put(p1, std::string_view(f).substr(0, 1000));
+      put(p2, std::string_view(f).substr(0, 1000));
+      read_outcome r1, r2;
+      ex.spawn(read_one(&c1, &r1));
+      turn_until(ex, [&] { return b.used() > 0; });
+      REQUIRE(b.used() > 0);  // c1 reserved its frame
+      ex.spawn(read_one(&c2, &r2));
+      turn_until(ex, [&] { return b.waiting() == 1; });
+      REQUIRE(b.waiting() == 1);  // c2 waits for room
+      const auto t0 = std::chrono::steady_clock::now();
+      ex.stop();
+      ex.run_until_idle();
+      CHECK(std::chrono::steady_clock::now() - t0 < 1s);
+      CHECK(r1.done);
+      CHECK(r1.error == std::errc::operation_canceled);
+      CHECK(r2.done);  // fails without the fix: nobody tells the waiting frame
+      CHECK(r2.error == std::errc::operation_canceled);
+      if (!r2.done) {
+        unwind.request_stop();
+        ex.run_until_idle();
+      }
+      CHECK(b.waiting() == 0);
+    }
+    CHECK(b.used() == 0);
+    CHECK(b.waiting() == 0);
+  });
+}
