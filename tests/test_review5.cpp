@@ -113,3 +113,52 @@ TEST_CASE("review5 F1: executor::stop() ends a read waiting for room in the rece
     CHECK(b.waiting() == 0);
   });
 }
+
+
+// ---------------------------------------------------------------------------
+// F2: with multishot_recv, a frame in progress is read from the provided
+// buffers while reads are small (multishot_suits), and start() reserves
+// only for direct reads (`!br`): a peer that sends a large frame in small
+// pieces never reserves anything, and its decoder is grown for the whole
+// frame (feed prepares room for all of it) outside the budget. Many such
+// peers are exactly what the budget is for.
+TEST_CASE("review5 F2: with multishot recvs, a large frame sent in small pieces still reserves from the budget") {
+  on_each_backend([](backend_kind k) {
+    receive_budget& b = receive_budget::this_thread();
+    REQUIRE(b.used() == 0);
+    {
+      executor ex(on(k));
+      auto [a1, p1] = testing::socket_pair(ex);
+      auto [a2, p2] = testing::socket_pair(ex);
+      connection_options co;
+      co.multishot_recv = true;
+      co.thread_receive_budget = 600 * 1024;  // one of the frames below at a time
+      co.limits.max_content_length = 1 << 20;
+      connection c1(std::move(a1), co), c2(std::move(a2), co);
+      const std::string f = binary_frame(512 * 1024, 'm');
+      read_outcome r1, r2;
+      ex.spawn(read_one(&c1, &r1));
+      ex.spawn(read_one(&c2, &r2));
+      // Small pieces, a loop turn apart: every read is small.
+      std::size_t at = 0;
+      for (int i = 0; i < 40; ++i, at += 1000) {
+        put(p1, std::string_view(f).substr(at, 1000));
+        put(p2, std::string_view(f).substr(at, 1000));
+        for (int t = 0; t < 5; ++t) ex.run_once(false);
+      }
+      CHECK(!r1.done);
+      CHECK(!r2.done);
+      // Both frames are in progress: one has reserved its length, the other
+      // waits for room (without the fix: nothing reserved, nobody waits).
+      CHECK(b.used() >= f.size());
+      CHECK(b.waiting() == 1);
+      ex.stop();
+      ex.run_until_idle();
+      CHECK(r1.done);
+      CHECK(r2.done);
+      CHECK(b.waiting() == 0);
+    }
+    CHECK(b.used() == 0);
+    CHECK(b.waiting() == 0);
+  });
+}

@@ -93,9 +93,15 @@ bool receive_stream::start(bool between_frames) {
   // read was large is busy with large traffic: reading straight into the
   // decoder spares the copy out of the ring.
   buffer_ring* br = !between_frames || !opts_.provided_buffers || last_read_large_ ? nullptr : ex.receive_buffers();
+  // The rest of a frame longer than one read reserves its length first
+  // (below), whatever the size of the reads that bring it.
+  const bool reserve =
+      !between_frames && opts_.budget && reserved_ == 0 && sink_.frame_length() > opts_.read_size;
   // A multishot recv reads from the ring mid-frame too, while reads are
-  // small; large ones go straight into the decoder, as above.
-  if (multishot_suits()) br = ex.receive_buffers();
+  // small; large ones go straight into the decoder, as above. Not a frame
+  // that has yet to reserve: fed from the ring, the decoder would grow to
+  // its whole length outside the budget.
+  if (multishot_suits() && !reserve) br = ex.receive_buffers();
   if (std::exchange(skip_ring_once_, false)) br = nullptr;
   if (state_ == state::multishot || state_ == state::ending) {
     // Switching to direct reads: the multishot recv must end first (its
@@ -104,8 +110,7 @@ bool receive_stream::start(bool between_frames) {
     br = ms_->br;
   }
   // The rest of a frame longer than one read: reserve it first.
-  if (!br && !between_frames && state_ == state::idle && opts_.budget && reserved_ == 0 &&
-      sink_.frame_length() > opts_.read_size && !reserve_or_wait(sink_.frame_length())) {
+  if (reserve && !br && state_ == state::idle && !reserve_or_wait(sink_.frame_length())) {
     waiting_ = true;
     return true;
   }
