@@ -162,3 +162,54 @@ TEST_CASE("review5 F2: with multishot recvs, a large frame sent in small pieces 
     CHECK(b.waiting() == 0);
   });
 }
+
+// ---------------------------------------------------------------------------
+// F3: the rest of F2. A multishot recv that is being ended (its cancel is in
+// the kernel) still delivers what it had received to the waiting reader,
+// and feed() sizes the decoder's buffer for the whole declared frame (as a
+// direct read does after reserving). So a frame that then waits for room
+// already holds a buffer of its full length, outside the budget: the
+// declared length, not the bytes received, decides the memory, which is
+// what the budget is there to prevent.
+TEST_CASE("review5 F3: bytes fed before a frame has reserved do not size the decoder for the whole frame") {
+  on_each_backend([](backend_kind k) {
+    receive_budget& b = receive_budget::this_thread();
+    REQUIRE(b.used() == 0);
+    {
+      executor ex(on(k));
+      auto [a, p] = testing::socket_pair(ex);
+      connection_options co;
+      co.multishot_recv = true;
+      co.thread_receive_budget = 600 * 1024;
+      co.limits.max_content_length = 1 << 20;
+      connection c(std::move(a), co);
+      const std::string f = binary_frame(512 * 1024, 'r');
+      // Somebody else holds the whole budget: this frame will wait.
+      REQUIRE(b.try_reserve(600 * 1024));
+      // Blocks of every class from 256 KiB to 2 MiB wait in the pool: a
+      // decoder that grows to the frame's length takes one of them.
+      {
+        std::vector<detail::block_ref> warm;
+        for (std::size_t sz = 256 * 1024; sz <= (2u << 20); sz = detail::byte_block::round_up(sz + 1))
+          warm.emplace_back(detail::byte_block::make(sz));
+      }
+      const std::size_t pooled = detail::byte_block::pooled_bytes();
+      read_outcome r;
+      ex.spawn(read_one(&c, &r));
+      for (int t = 0; t < 5; ++t) ex.run_once(false);  // the multishot recv is armed
+      put(p, std::string_view(f).substr(0, 48 * 1024));  // three provided buffers' worth at once
+      turn_until(ex, [&] { return b.waiting() == 1; });
+      REQUIRE(b.waiting() == 1);
+      // What the decoder took from the pool: about what came in, not 512 KiB.
+      const std::size_t taken = pooled > detail::byte_block::pooled_bytes() ? pooled - detail::byte_block::pooled_bytes() : 0;
+      CHECK(taken < 256 * 1024);
+      b.release(600 * 1024);  // admitted now
+      ex.stop();
+      ex.run_until_idle();
+      CHECK(r.done);
+      CHECK(b.waiting() == 0);
+    }
+    CHECK(b.used() == 0);
+    CHECK(b.waiting() == 0);
+  });
+}

@@ -146,8 +146,10 @@ class frame_decoder {
     end_ += n;
     prepared_ = 0;
   }
-  // Copy bytes in (equivalent to prepare + memcpy + commit). Throws as
-  // prepare() does, before reading `bytes`.
+  // Copy bytes in (like prepare + memcpy + commit, but the buffer grows by
+  // what is copied, never to the declared length of the frame in progress:
+  // see receive_budget.hpp). Throws as prepare() does, before reading
+  // `bytes`.
   void feed(std::span<const std::byte> bytes);
   void feed(std::string_view bytes) { feed(std::as_bytes(std::span(bytes.data(), bytes.size()))); }
 

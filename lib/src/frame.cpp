@@ -309,13 +309,16 @@ void frame_decoder::commit_overrun(std::size_t n) const noexcept {
 }
 
 void frame_decoder::feed(std::span<const std::byte> bytes) {
-  while (!bytes.empty()) {
-    std::span<std::byte> room = prepare(bytes.size());
-    std::size_t n = std::min(room.size(), bytes.size());
-    std::memcpy(room.data(), bytes.data(), n);
-    commit(n);
-    bytes = bytes.subspan(n);
-  }
+  if (bytes.empty()) return;
+  // Room for these bytes (growing as a buffer does), not for the rest of
+  // the frame they belong to, as prepare() gives a direct read: copied bytes
+  // come from a receive that has not reserved the frame's length from the
+  // receive budget (a multishot recv's), and a declared length alone must
+  // not size a buffer outside it.
+  reserve_free(bytes.size());
+  std::memcpy(buf_->data() + end_, bytes.data(), bytes.size());
+  end_ += bytes.size();
+  prepared_ = 0;
 }
 
 void frame_decoder::shrink_if_idle() noexcept {
