@@ -304,7 +304,14 @@ detail::write_awaitable connection::write(const header_fields& h, std::span<cons
     const std::size_t before = send_.out().size();
     result<void> r = encode_frame_header(h, content.size(), send_.out());
     if (!r) return queued(r);
-    if (send_.append_shared(decoder_.share(), content)) return queued(r);
+    bool shared;
+    try {
+      shared = send_.append_shared(decoder_.share(), content);
+    } catch (...) {  // bad_alloc: no header without its content is left queued
+      send_.out().resize(before);
+      throw;
+    }
+    if (shared) return queued(r);
     send_.out().resize(before);  // too many pieces wait: copied below
   }
   return queued(encode_frame(h, content, send_.out()));
