@@ -286,7 +286,11 @@ finally:
     load_stop.set()
     srv.terminate()
     out, err = finish(srv)  # a server that hangs: meson's timeout fails the test
-check(srv.returncode == 0, f"server exits 0 on SIGTERM (stderr {err[-300:]!r})")
+    if failures or srv.returncode != 0:  # the first thing to read when a check failed (or raised)
+        report = err.find("WARNING: ThreadSanitizer")  # a sanitizer's report whole, else the tail
+        print(f"--- the server's stderr (exit status {srv.returncode}):\n" + (err[report:] if report >= 0 else err[-6000:]),
+              flush=True)
+check(srv.returncode == 0, f"server exits 0 on SIGTERM (exit status {srv.returncode})")
 check("Connected by ('127.0.0.1'," in out, "text logs unchanged beside the metrics")
 
 # Timeouts by kind, on a server with short ones.

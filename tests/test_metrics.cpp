@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <future>
@@ -289,5 +290,52 @@ TEST_CASE("sharded_server: snapshot() from another thread, and GET /metrics on t
     CHECK(body.find(",mode=\"frame-echo\"} 4\n") != std::string::npos);  // the one connection's shard
     CHECK(not_found.rfind("HTTP/1.1 404 Not Found\r\n", 0) == 0);
     CHECK(srv.stats().messages_in == 4);
+  });
+}
+
+// A snapshot's last reference may be dropped on any thread (the order that
+// carried it to the owner, the shard's answer): what `done` holds must
+// still be released on the owner's thread, where it ran. It once was not:
+// the /metrics scrape's wait object went on a shard's thread and touched
+// the owner's executor there (ThreadSanitizer, e2e-metrics).
+TEST_CASE("sharded_server: snapshot()'s callback, and what it holds, is released on the owner's thread") {
+  struct probe {
+    std::thread::id owner;
+    std::atomic<int>* elsewhere = nullptr;
+    ~probe() {
+      if (std::this_thread::get_id() != owner) elsewhere->fetch_add(1);
+    }
+  };
+  testing::on_each_backend([](backend_kind k) {
+    sharded_server_options o;
+    auto at = address::from_ip("127.0.0.1", 0);
+    REQUIRE(at);
+    o.listen_at = *at;
+    o.threads = 2;
+    o.handle_signals = false;
+    o.executor.backend = k;
+    o.server.log_connections = false;
+    sharded_server srv(std::move(o));
+    REQUIRE(srv.start(framed(&frame_echo_handler)));
+    std::atomic<int> elsewhere{0};
+    const std::thread::id owner = std::this_thread::get_id();
+    constexpr int rounds = 3000;
+    int answered = 0;
+    std::thread client([&] {
+      for (int i = 0; i < rounds; ++i) {
+        auto held = std::make_shared<probe>();
+        held->owner = owner;
+        held->elsewhere = &elsewhere;
+        std::promise<void> p;
+        srv.snapshot([held = std::move(held), &p](stats_snapshot) { p.set_value(); });
+        p.get_future().get();
+        ++answered;
+      }
+      srv.stop();
+    });
+    srv.run();
+    client.join();
+    CHECK(answered == rounds);
+    CHECK(elsewhere.load() == 0);
   });
 }

@@ -126,8 +126,10 @@ class sharded_server {
   server_stats stats() const;
   // Every shard's numbers (stats.hpp), each taken on its own thread by a
   // task sent there, like the other orders; `done` runs on the owner's
-  // thread, in run(), once every shard has answered. Any thread. Not called
-  // when run() returns first (stats() then has the final sums).
+  // thread, in run(), once every shard has answered, and is destroyed there
+  // right after. Any thread. Not called when run() returns first (stats()
+  // then has the final sums); it is then destroyed on whichever thread
+  // drops the request last, so let it hold nothing bound to one thread.
   void snapshot(std::function<void(stats_snapshot)> done);
   // The metrics endpoint's address (port 0 resolved); after a start() with metrics_at.
   const address& metrics_address() const noexcept { return metrics_bound_; }
@@ -158,6 +160,7 @@ class sharded_server {
   result<void> bind_all();
   void post(order o);
   void apply(const order& o);
+  void finish_snapshot(snapshot_request& r);
   void take_orders();
   template <class MakeTask>
   void fan_out(MakeTask make);

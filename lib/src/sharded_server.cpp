@@ -242,7 +242,7 @@ server_stats sharded_server::stats() const {
 void sharded_server::post(order o) {
   {
     std::lock_guard<std::mutex> g(orders_lock_);
-    orders_.push_back(o);
+    orders_.push_back(std::move(o));
   }
   if (order_fd_ >= 0) {
     std::uint64_t one = 1;
@@ -324,15 +324,25 @@ void sharded_server::apply(const order& o) {
           }
         }
       }
-      if (r.waiting == 0 && r.done) r.done(std::move(r.result));
+      if (r.waiting == 0) finish_snapshot(r);
       return;
     }
     case order::snapshot_part: {
       snapshot_request& r = *o.snap;
-      if (--r.waiting == 0 && r.done) r.done(std::move(r.result));
+      if (--r.waiting == 0) finish_snapshot(r);
       return;
     }
   }
+}
+
+// `done` runs here, on the owner's thread, and is destroyed here too: the
+// request itself may be freed on a shard's thread (whichever drops the last
+// reference), and what `done` holds (a scrape's wait, on the owner's
+// executor) must not go with it there.
+void sharded_server::finish_snapshot(snapshot_request& r) {
+  std::function<void(stats_snapshot)> done = std::move(r.done);
+  r.done = nullptr;
+  if (done) done(std::move(r.result));
 }
 
 void sharded_server::send_exit(shard& sh) {
@@ -478,7 +488,11 @@ task<result<std::string>> sharded_server::metrics_body(sharded_server* self, std
   if (self->done_) co_return errno_code(ECANCELED);
   auto w = std::make_shared<snapshot_wait>(*self->owner_);
   auto req = std::make_shared<snapshot_request>();
-  req->done = [w](stats_snapshot s) {
+  // Weakly: a request that is never answered (the server stopped) ends on
+  // whichever thread drops it last, and the wait belongs to this thread.
+  req->done = [weak = std::weak_ptr<snapshot_wait>(w)](stats_snapshot s) {
+    std::shared_ptr<snapshot_wait> w = weak.lock();
+    if (!w) return;  // the scrape has given up (timed out or stopped)
     w->snap = std::move(s);
     w->have = true;
     w->ready.set();
