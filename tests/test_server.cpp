@@ -1,19 +1,25 @@
 // server with the raw echo handler: concurrency, limits, stop, faults.
+#include "frames.hpp"
 #include "loopback.hpp"
 
+#include <ringframe/app.hpp>
 #include <ringframe/echo.hpp>
+#include <ringframe/handler.hpp>
 #include <ringframe/server.hpp>
 #include <ringframe/timer.hpp>
 
 #include <doctest/doctest.h>
 
 #include <sys/stat.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace ringframe;
@@ -254,4 +260,72 @@ TEST_CASE("listen() on a Unix path: EADDRINUSE where someone listens, EEXIST (un
   REQUIRE(::lstat(plain.c_str(), &st) == 0);
   CHECK(S_ISREG(st.st_mode));
   CHECK(st.st_size == 4);
+}
+
+namespace {
+// A blocking client socket connected to `to` (IPv4 loopback), made non-blocking.
+int plain_client(const address& to) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  REQUIRE(::connect(fd, to.data(), to.size()) == 0);
+  REQUIRE(::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK) == 0);
+  return fd;
+}
+}  // namespace
+
+// A server's framed connections are told of a drain and a stop by the
+// server, through its list of them, not by stop callbacks of their own
+// (an idle connection's memory): a drain must still reach one waiting for
+// its next request at once, and a stop one blocked sending to a peer that
+// does not read, also when stop() is called on another thread.
+TEST_CASE("drain() reaches framed connections waiting to read; stop() from another thread, one blocked in a send") {
+  testing::on_each_backend([](backend_kind k) {
+    executor ex(testing::on(k));
+    server srv(ex);
+    address to = start(srv);
+    connection_options co;
+    co.max_unsent_bytes = 64 * 1024;
+    ex.spawn(srv.serve(framed(&frame_echo_handler, co)));
+    std::vector<int> idle;
+    for (int i = 0; i < 3; ++i) idle.push_back(plain_client(to));
+    // One client sends 64 KiB requests and reads nothing: the server's
+    // replies fill the socket, and its send waits.
+    const int stuck = plain_client(to);
+    const std::string req = testing::raw_frame(
+        R"({"byteorder": "little", "content-type": "binary/x", "content-encoding": "binary", "content-length": 65536})",
+        std::string(65536, 'r'));
+    std::size_t off = 0;
+    int quiet_turns = 0;
+    for (int i = 0; i < 20000 && quiet_turns < 200; ++i) {
+      ssize_t n = ::send(stuck, req.data() + off, req.size() - off, MSG_NOSIGNAL);
+      if (n > 0) {
+        off = (off + static_cast<std::size_t>(n)) % req.size();
+        quiet_turns = 0;
+      } else {
+        REQUIRE(errno == EAGAIN);
+        ++quiet_turns;
+      }
+      ex.run_once(false);
+    }
+    REQUIRE(quiet_turns >= 200);  // neither side moves any more
+    REQUIRE(srv.live_connections() == 4);
+
+    // The drain's grace is far longer than the test: the idle connections
+    // must end because the drain reached their reads, not by the deadline.
+    const auto t0 = std::chrono::steady_clock::now();
+    srv.drain(60s);
+    for (int i = 0; i < 5000 && srv.live_connections() > 1; ++i) ex.run_once(true);
+    CHECK(srv.live_connections() == 1);
+    CHECK(std::chrono::steady_clock::now() - t0 < 30s);
+
+    // The stuck one owes replies its peer never takes: only stop() ends it.
+    std::thread other([&srv] { srv.stop(); });
+    other.join();
+    for (int i = 0; i < 5000 && srv.live_connections() > 0; ++i) ex.run_once(true);
+    CHECK(srv.live_connections() == 0);
+    CHECK(srv.stats().closed == 4);
+    ex.run_until_idle();
+    for (int fd : idle) ::close(fd);
+    ::close(stuck);
+  });
 }

@@ -104,6 +104,7 @@ struct connection_options {
 class connection;
 
 namespace detail {
+struct server_access;
 // What a connection_handle points to: it outlives the connection (the
 // connection holds one reference, each handle one) and is cleared when the
 // connection goes. One executor's thread only, like the connection.
@@ -220,7 +221,6 @@ class connection {
 
   const frame_error& last_frame_error() const noexcept { return decoder_.error(); }
   socket& get_socket() noexcept { return sock_; }
-  const connection_options& options() const noexcept { return opts_; }
   std::size_t unsent_bytes() const noexcept { return send_.unsent(); }
   // A frame has begun and not ended (what a timed_out read was waiting for).
   bool mid_message() const noexcept { return decoder_.mid_frame(); }
@@ -254,7 +254,25 @@ class connection {
       c->send_.cancel();
     }
   };
+  // Only for stop tokens nobody else tells the connection about (a
+  // connection of one's own): a server's connections are told by the server
+  // instead (tell_stopped), which saves 120 bytes and two registrations in
+  // the tokens' shared state per connection.
+  struct stop_callbacks {
+    std::optional<std::stop_callback<stop_reads>> reads;
+    std::optional<std::stop_callback<stop_all>> all;
+  };
   static task<result<void>> flush_until_sent(connection_handle h);
+  // For the server that lists this connection (handler.cpp), on the
+  // executor's thread: what the callbacks above would do.
+  friend struct detail::server_access;
+  struct listed_by_server {};
+  connection(socket s, const connection_options& o, listed_by_server);
+  void tell_stopped(bool all) noexcept {
+    recv_.stop();
+    if (all) send_.cancel();
+  }
+  stop_callbacks& stop_cbs();
 
   // Decode from what is buffered, without I/O: set when that settles it.
   std::optional<result<message_view>> try_read_buffered();
@@ -280,14 +298,20 @@ class connection {
   void arm_read_deadline(bool between_frames);
 
   socket sock_;
-  connection_options opts_;
+  // What the connection reads of its options after construction; the rest
+  // went to the decoder, recv_ and send_ (an idle connection's memory counts).
+  struct settings {
+    std::chrono::nanoseconds idle_timeout;
+    std::chrono::nanoseconds message_timeout;
+    std::size_t max_unsent_bytes;
+    std::size_t gather_threshold;
+  } opts_;
   frame_decoder decoder_;
   receive_stream recv_;
   send_queue send_;
   std::coroutine_handle<> read_waiter_;             // read_slow, waiting on recv_
   detail::read_message_awaitable* fast_ = nullptr;  // a fast read waiting on recv_
-  std::optional<std::stop_callback<stop_reads>> read_stop_cb_;
-  std::optional<std::stop_callback<stop_all>> stop_cb_;
+  std::unique_ptr<stop_callbacks> stop_cbs_;
   detail::connection_anchor* anchor_ = nullptr;  // made by the first handle()
   bool peer_closed_ = false;
   bool message_deadline_ = false;  // recv_'s deadline is the message's
@@ -300,5 +324,18 @@ class connection {
   // there. Epoch: no message awaits its reply.
   std::chrono::steady_clock::time_point received_at_{};
 };
+
+namespace detail {
+// The server's way in (handler.cpp, server.cpp): a connection it lists and
+// tells of its stop and drain itself, on its executor's thread.
+struct server_access {
+  static connection make(socket s, const connection_options& o) {
+    return connection(std::move(s), o, connection::listed_by_server{});
+  }
+  static void set_read_stop(connection& c, const std::stop_token* t) noexcept { c.recv_.set_stop(t); }
+  // all: the hard stop (reads and sends); else the drain (reads).
+  static void tell_stopped(connection& c, bool all) noexcept { c.tell_stopped(all); }
+};
+}  // namespace detail
 
 }  // namespace ringframe

@@ -221,10 +221,8 @@ class frame_decoder {
   std::size_t need_ = 0;
 
   // The frame being read: known once its header was parsed.
-  bool have_header_ = false;
   std::size_t header_len_ = 0;
   std::size_t frame_len_ = 0;
-  bool header_ok_ = true;  // false: in-sync error to report once the frame is in
   // The header's string fields, copied out of the JSON parser (whose memory
   // the next parse reuses); their capacity is reused, so steady state
   // decoding allocates nothing.
@@ -233,20 +231,23 @@ class frame_decoder {
   // field_end_[0], [1] and [2].
   std::string fields_;
   std::uint32_t field_end_[3] = {0, 0, 0};
+  // The flags, together: each alone between wider members costs 7 bytes.
+  bool have_header_ = false;
+  bool header_ok_ = true;  // false: in-sync error to report once the frame is in
+  bool is_text_json_ = false;
+  bool cache_valid_ = false;  // cached_header_ (below) holds a header
+  bool broken_ = false;
   std::string_view field(int i) const noexcept {
     const std::size_t b = i ? field_end_[i - 1] : 0;
     return {fields_.data() + b, field_end_[i] - b};
   }
-  bool is_text_json_ = false;
   // The last header that parsed cleanly, byte for byte, with its
   // content-length. Peers repeat their header (same type, encoding and
   // length), and identical bytes parse identically: a repeat costs a memcmp
   // instead of a JSON parse. The fields above still hold its values.
   std::string cached_header_;
   std::size_t cached_content_length_ = 0;
-  bool cache_valid_ = false;
   frame_error error_;
-  bool broken_ = false;
 };
 
 // The JSON text of an error reply: {"error": "<detail>"}.

@@ -109,7 +109,7 @@ namespace detail {
 struct open_counters {
   open_counters* prev = this;
   open_counters* next = this;
-  const connection* conn = nullptr;
+  connection* conn = nullptr;
   void unlink() noexcept {
     prev->next = next;
     next->prev = prev;
@@ -170,10 +170,12 @@ class server {
   // to return. Each connection runs `h` in a coroutine of its own.
   task<void> serve(stream_handler h);
 
-  // Stop accepting and cancel what every connection is waiting on.
+  // Stop accepting and cancel what every connection is waiting on. Any
+  // thread (from another, the cancellations are carried to the executor's).
   void stop();
   // Graceful stop: stop accepting and reading new requests at once; let the
   // connections answer what they already received; after `grace`, stop().
+  // The executor's thread.
   void drain(std::chrono::nanoseconds grace);
   bool stopped() const noexcept { return stop_.stop_requested(); }
   bool draining() const noexcept { return drain_.stop_requested(); }
@@ -195,6 +197,8 @@ class server {
     open_.next->prev = c;
     open_.next = c;
   }
+  // The read stop a framed connection honours, and is told of (see tell_).
+  const std::stop_token* drain_token() const noexcept { return &drain_token_; }
   const server_options& options() const noexcept { return opts_; }
   executor& get_executor() noexcept { return ex_; }
   void log(const std::string& line) const {
@@ -226,6 +230,15 @@ class server {
   detail::open_counters open_;  // the sentinel of the framed connections' list (track)
   std::size_t live_ = 0;
   std::size_t loops_ = 0;
+  // The framed connections are told of stop() and drain() through the list
+  // above, not by stop callbacks of their own; from another thread, this
+  // carries the telling to the executor's.
+  struct tell_call : detail::deferred_call {
+    explicit tell_call(server* s) noexcept : deferred_call(&tell_call::run), srv(s) {}
+    server* srv;
+    static void run(detail::deferred_call* d, bool run);
+  } tell_{this};
+  void tell_connections() noexcept;
   // Every accept loop and every connection is a child: serve() joins them.
   // Its stop is the hard stop (a child that throws stops the server).
   task_group group_{ex_, stop_};

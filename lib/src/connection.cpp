@@ -101,21 +101,34 @@ receive_stream::options receive_options(const connection_options& o) {
 
 connection::connection(socket s, connection_options o)
     : sock_(std::move(s)),
-      opts_(o),
+      opts_{o.idle_timeout, o.message_timeout, o.max_unsent_bytes, o.gather_threshold},
       decoder_(o.limits),
       recv_(sock_, decoder_, receive_options(o), &connection::on_read_done, this, &bytes_in),
       send_(sock_, send_options(o), &bytes_out) {
   send_.on_failure(&connection::on_send_failed, this);
-  // Registered once, not per operation: stopping the socket's owner (the
-  // server) cancels whatever this connection has in flight.
-  if (sock_.stop_token().stop_possible()) stop_cb_.emplace(sock_.stop_token(), stop_all{this});
+  // Registered once, not per operation: stopping the socket's owner
+  // cancels whatever this connection has in flight.
+  if (sock_.stop_token().stop_possible()) stop_cbs().all.emplace(sock_.stop_token(), stop_all{this});
+}
+
+connection::connection(socket s, const connection_options& o, listed_by_server)
+    : sock_(std::move(s)),
+      opts_{o.idle_timeout, o.message_timeout, o.max_unsent_bytes, o.gather_threshold},
+      decoder_(o.limits),
+      recv_(sock_, decoder_, receive_options(o), &connection::on_read_done, this, &bytes_in),
+      send_(sock_, send_options(o), &bytes_out) {
+  send_.on_failure(&connection::on_send_failed, this);
+}
+
+connection::stop_callbacks& connection::stop_cbs() {
+  if (!stop_cbs_) stop_cbs_ = std::make_unique<stop_callbacks>();
+  return *stop_cbs_;
 }
 
 connection::~connection() {
   // First the stop callbacks (their destructors wait for one running on
   // another thread); recv_ and send_ then withdraw what they deferred.
-  stop_cb_.reset();
-  read_stop_cb_.reset();
+  stop_cbs_.reset();
   if (anchor_) {
     anchor_->c = nullptr;
     connection_handle::release(anchor_);
@@ -130,9 +143,9 @@ connection_handle connection::handle() {
 }
 
 void connection::set_read_stop(const std::stop_token* t) {
-  read_stop_cb_.reset();
+  if (stop_cbs_) stop_cbs_->reads.reset();
   recv_.set_stop(t);
-  if (t && t->stop_possible()) read_stop_cb_.emplace(*t, stop_reads{this});
+  if (t && t->stop_possible()) stop_cbs().reads.emplace(*t, stop_reads{this});
 }
 
 std::optional<result<message_view>> connection::try_read_buffered() {

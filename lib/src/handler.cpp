@@ -19,7 +19,7 @@ struct framed_setup {
 // A connection, listed on its server while it is open (so that a snapshot
 // counts its counters); unlisted however the coroutine ends.
 struct tracked_connection : detail::open_counters {
-  tracked_connection(server* s, const connection* c) noexcept {
+  tracked_connection(server* s, connection* c) noexcept {
     conn = c;
     s->track(this);
   }
@@ -32,8 +32,12 @@ struct tracked_connection : detail::open_counters {
 // are read from the shared setup, not copied: an idle connection's memory is
 // mostly these frames (bench/RESULTS.md).
 task<void> run_framed(socket s, connection_info info, const framed_setup* setup) {
-  connection conn(std::move(s), setup->options);
-  conn.set_read_stop(info.read_stop);
+  // Listed on the server, which tells it of a stop or a drain (no stop
+  // callbacks of its own): listed before its first operation, so that a
+  // stop from now on reaches it, and one before is refused by the stream
+  // and the queue (the socket's token, and the read stop, below).
+  connection conn = detail::server_access::make(std::move(s), setup->options);
+  detail::server_access::set_read_stop(conn, info.read_stop);
   {
     tracked_connection open(info.server, &conn);
     task<void> t = setup->handler(conn, info);

@@ -1,4 +1,5 @@
 #include <ringframe/acceptor.hpp>
+#include <ringframe/connection.hpp>
 #include <ringframe/detail/join.hpp>
 #include <ringframe/server.hpp>
 #include <ringframe/timer.hpp>
@@ -74,7 +75,23 @@ server::server(executor& ex, server_options opts) : ex_(ex), opts_(std::move(opt
 
 server::~server() {
   stop();
+  ex_.withdraw(&tell_);
   if (ex_.handling_time_sink() == &handling_) ex_.set_handling_time_sink(nullptr);
+}
+
+// Cancels what the listed (framed) connections wait on: their reads once
+// draining, their sends too once stopped. Never resumes a coroutine from
+// here (the streams and queues submit cancellations and post wake-ups), so
+// the list stays as it is while it is walked.
+void server::tell_connections() noexcept {
+  const bool all = stop_.stop_requested();
+  if (!all && !drain_.stop_requested()) return;
+  for (detail::open_counters* c = open_.next; c != &open_; c = c->next)
+    if (c->conn) detail::server_access::tell_stopped(*c->conn, all);
+}
+
+void server::tell_call::run(detail::deferred_call* d, bool run) {
+  if (run) static_cast<tell_call*>(d)->srv->tell_connections();
 }
 
 result<void> server::listen(const address& at, listen_options o) {
@@ -118,11 +135,14 @@ task<void> server::serve(stream_handler h) {
 void server::stop() {
   drain_.request_stop();
   stop_.request_stop();
+  if (ex_.on_own_thread()) tell_connections();
+  else ex_.defer(&tell_);
 }
 
 void server::drain(std::chrono::nanoseconds grace) {
   if (draining()) return;
   drain_.request_stop();
+  tell_connections();
   ex_.spawn(stop_after(this, grace, stop_.get_token()));
 }
 
