@@ -14,6 +14,7 @@
 //
 // `idle` opens N connections and reports the server's resident memory per
 // connection (from /proc/PID/status), then the same after one message on each.
+#include <ringframe/app.hpp>
 #include <ringframe/executor.hpp>
 #include <ringframe/frame.hpp>
 #include <ringframe/socket.hpp>
@@ -89,6 +90,7 @@ struct config {
   double seconds = 5;
   std::uint64_t messages = 0;  // 0: run for `seconds`
   bool quiet = false;
+  bool app = false;  // --app: the tutorial's search request, for --mode app servers
   pid_t server_pid = 0;
 };
 
@@ -97,7 +99,9 @@ struct run_state {
   address to;
   config cfg;
   std::string frame;       // the request template
-  std::size_t seq_offset = 0;  // where the sequence number goes
+  std::string reply;       // the reply expected (with the same sequence number)
+  std::size_t seq_offset = 0;  // where the sequence number goes, in both
+  std::size_t seq_room = 0;    // how many of its 8 bytes fit (0: none, --app)
   clk::time_point start, deadline;
   bool stop_sending = false;
   std::uint64_t sent = 0, completed = 0, completed_in_window = 0, bytes = 0;
@@ -106,6 +110,11 @@ struct run_state {
   histogram lat;
   std::string first_error;
 };
+
+// The 2-byte prefix and the JSON header of an encoded frame.
+std::size_t frame_header_size(const std::string& f) {
+  return 2 + ((static_cast<std::size_t>(static_cast<unsigned char>(f[0])) << 8) | static_cast<unsigned char>(f[1]));
+}
 
 void put_seq(char* frame, std::size_t off, std::size_t room, std::uint64_t seq) {
   std::size_t n = std::min<std::size_t>(8, room);
@@ -126,11 +135,11 @@ task<void> load_connection(run_state* st, int id) {
     --st->running;
     co_return;
   }
-  const std::size_t L = st->frame.size();
-  const std::size_t room = c.size;
+  const std::size_t L = st->frame.size(), R = st->reply.size();
+  const std::size_t room = st->seq_room;
   std::vector<char> out(static_cast<std::size_t>(c.depth) * L);
-  std::vector<char> in(std::max<std::size_t>(256 * 1024, 2 * L));
-  std::vector<char> expect(st->frame.begin(), st->frame.end());
+  std::vector<char> in(std::max<std::size_t>(256 * 1024, 2 * R));
+  std::vector<char> expect(st->reply.begin(), st->reply.end());
   std::vector<clk::time_point> sent_at(static_cast<std::size_t>(c.depth));
   std::uint64_t next = static_cast<std::uint64_t>(id) << 40;  // distinct per connection
   const std::uint64_t first = next;
@@ -169,9 +178,9 @@ task<void> load_connection(run_state* st, int id) {
     have += *n;
     now = clk::now();
     std::size_t off = 0;
-    while (have - off >= L) {
+    while (have - off >= R) {
       put_seq(expect.data(), st->seq_offset, room, acked);
-      if (std::memcmp(in.data() + off, expect.data(), L) != 0) {
+      if (std::memcmp(in.data() + off, expect.data(), R) != 0) {
         fail(st, "reply " + std::to_string(acked - first) + " on connection " + std::to_string(id) +
                      " differs from its request");
         have = 0;
@@ -181,9 +190,9 @@ task<void> load_connection(run_state* st, int id) {
       st->lat.add(static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now - t).count()));
       ++acked;
       ++st->completed;
-      st->bytes += L;
+      st->bytes += R;
       if (now <= st->deadline) ++st->completed_in_window;
-      off += L;
+      off += R;
     }
     if (off) {
       std::memmove(in.data(), in.data() + off, have - off);
@@ -253,7 +262,20 @@ int run_load(const config& c, const address& to) {
   st.ex = &ex;
   st.to = to;
   st.cfg = c;
-  st.frame = make_frame(c.size, st.seq_offset);
+  if (c.app) {
+    // The tutorial client's search, and the reply the tutorial's server (and
+    // ringframe's --mode app) gives it, byte for byte: no sequence number.
+    std::string result = "{\"result\": ";
+    append_json_string(result, app_search("morpheus"));
+    result += "}";
+    if (!encode_frame(message::json(R"({"action": "search", "value": "morpheus"})"), st.frame) ||
+        !encode_frame(message::json(result), st.reply))
+      std::abort();
+  } else {
+    st.frame = make_frame(c.size, st.seq_offset);
+    st.reply = st.frame;
+    st.seq_room = c.size;
+  }
   st.start = clk::now();
   st.deadline = c.messages ? clk::time_point::max() : st.start + std::chrono::nanoseconds(static_cast<long long>(c.seconds * 1e9));
   st.running = c.connections;
@@ -267,10 +289,11 @@ int run_load(const config& c, const address& to) {
   std::uint64_t counted = c.messages ? st.completed : st.completed_in_window;
   double mps = counted / secs;
   double mibs = mps * static_cast<double>(st.frame.size()) / (1024.0 * 1024.0);
+  const std::size_t content = c.app ? st.frame.size() - frame_header_size(st.frame) : c.size;
   if (!c.quiet)
     std::printf("%s: %d connections x depth %d, %zu B content (%zu B frames), %.1f s: %.0f msg/s, %.1f MiB/s, "
                 "latency p50 %.0f us, p99 %.0f us, p99.9 %.0f us; %llu errors, %llu failed connections%s%s\n",
-                c.mode.c_str(), c.connections, c.depth, c.size, st.frame.size(), secs, mps, mibs, st.lat.percentile_us(50),
+                c.mode.c_str(), c.connections, c.depth, content, st.frame.size(), secs, mps, mibs, st.lat.percentile_us(50),
                 st.lat.percentile_us(99), st.lat.percentile_us(99.9), (unsigned long long)st.errors,
                 (unsigned long long)st.failed, st.first_error.empty() ? "" : "; first: ", st.first_error.c_str());
   // Server CPU per message (all replies, drain included): the figure that
@@ -280,7 +303,7 @@ int run_load(const config& c, const address& to) {
   std::printf("{\"bench\":\"load\",\"mode\":\"%s\",\"connections\":%d,\"depth\":%d,\"size\":%zu,\"seconds\":%.3f,"
               "\"messages\":%llu,\"msgs_per_s\":%.0f,\"mib_per_s\":%.2f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
               "\"errors\":%llu,\"failed_connections\":%llu,\"server_cpu_ns_per_msg\":%.0f}\n",
-              c.mode.c_str(), c.connections, c.depth, c.size, secs, (unsigned long long)counted, mps, mibs,
+              c.mode.c_str(), c.connections, c.depth, content, secs, (unsigned long long)counted, mps, mibs,
               st.lat.percentile_us(50), st.lat.percentile_us(99), st.lat.percentile_us(99.9), (unsigned long long)st.errors,
               (unsigned long long)st.failed, cpu_ns);
   return st.errors || st.failed ? 1 : 0;
@@ -375,6 +398,10 @@ const char* const usage_text =
     "  -m, --messages M      stop after M requests instead\n"
     "      --mode MODE       a label (framed, raw, ceiling, ...): the traffic is the same whatever\n"
     "                        the server, and every reply is checked byte for byte\n"
+    "      --app             send the tutorial's search request (text/json, {\"action\": \"search\",\n"
+    "                        \"value\": \"morpheus\"}) instead of binary frames, and expect its\n"
+    "                        reply, for ringframe-server --mode app (or the tutorial's server);\n"
+    "                        --size is then ignored\n"
     "      --server-pid PID  the server process: idle reads its memory; a load run reports its\n"
     "                        CPU time per message\n"
     "  -q, --quiet           print only the JSON line\n"
@@ -394,6 +421,7 @@ int main(int argc, char** argv) {
       {"size", required_argument, nullptr, 's'},        {"seconds", required_argument, nullptr, 't'},
       {"messages", required_argument, nullptr, 'm'},    {"mode", required_argument, nullptr, 1},
       {"server-pid", required_argument, nullptr, 2},    {"quiet", no_argument, nullptr, 'q'},
+      {"app", no_argument, nullptr, 3},
       {"help", no_argument, nullptr, 'h'},              {nullptr, 0, nullptr, 0}};
   int ch;
   auto number = [](const char* what, const char* s, double lo, double hi) {
@@ -415,6 +443,7 @@ int main(int argc, char** argv) {
       case 1:
         c.mode = optarg;
         break;
+      case 3: c.app = true; break;
       case 2: c.server_pid = static_cast<pid_t>(number("--server-pid", optarg, 1, 1e9)); break;
       case 'q': c.quiet = true; break;
       case 'h': std::fputs(usage_text, stdout); return 0;
