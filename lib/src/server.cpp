@@ -87,7 +87,7 @@ void server::tell_connections() noexcept {
   const bool all = stop_.stop_requested();
   if (!all && !drain_.stop_requested()) return;
   for (detail::open_counters* c = open_.next; c != &open_; c = c->next)
-    if (c->conn) detail::server_access::tell_stopped(*c->conn, all);
+    if (c->conn) detail::server_access::tell_stopped(*c->conn, all, &drain_token_);
 }
 
 void server::tell_call::run(detail::deferred_call* d, bool run) {
