@@ -268,8 +268,11 @@ class connection {
   friend struct detail::server_access;
   struct listed_by_server {};
   connection(socket s, const connection_options& o, listed_by_server);
-  void tell_stopped(bool all) noexcept {
-    recv_.stop();
+  // A drain stops the reads only of a connection that still honours the
+  // server's read stop (`drain`): a handler that chose its own with
+  // set_read_stop() reads on, as its stop_reads callback used to let it.
+  void tell_stopped(bool all, const std::stop_token* drain) noexcept {
+    if (all || recv_.read_stop() == drain) recv_.stop();
     if (all) send_.cancel();
   }
   stop_callbacks& stop_cbs();
@@ -333,8 +336,11 @@ struct server_access {
     return connection(std::move(s), o, connection::listed_by_server{});
   }
   static void set_read_stop(connection& c, const std::stop_token* t) noexcept { c.recv_.set_stop(t); }
-  // all: the hard stop (reads and sends); else the drain (reads).
-  static void tell_stopped(connection& c, bool all) noexcept { c.tell_stopped(all); }
+  // all: the hard stop (reads and sends); else the drain (the reads of a
+  // connection whose read stop is still `drain`).
+  static void tell_stopped(connection& c, bool all, const std::stop_token* drain) noexcept {
+    c.tell_stopped(all, drain);
+  }
 };
 }  // namespace detail
 

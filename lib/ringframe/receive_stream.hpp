@@ -102,6 +102,7 @@ class receive_stream {
 
   // Reads stop when `t` (besides the socket's own token) is requested.
   void set_stop(const std::stop_token* t) noexcept { stop_ = t; }
+  const std::stop_token* read_stop() const noexcept { return stop_; }
   // Cancel the read in flight; any thread (the rest is done on the
   // executor's). Reads from now on see the stop through refusal().
   void stop() noexcept;

@@ -17,6 +17,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
@@ -242,6 +243,15 @@ class server {
   // Every accept loop and every connection is a child: serve() joins them.
   // Its stop is the hard stop (a child that throws stops the server).
   task_group group_{ex_, stop_};
+  // The hard stop however it is requested: stop(), the group's (a child
+  // that threw), serve()'s end. Accepting ends (the accept loops watch the
+  // drain) and the framed connections are told (tell_). One callback per
+  // server, not per connection; last, so that it goes first.
+  struct on_hard_stop {
+    server* srv;
+    void operator()() const noexcept;
+  };
+  std::optional<std::stop_callback<on_hard_stop>> hard_stop_;
 };
 
 // Made on first use (a connection whose handler spawns no helper pays

@@ -71,10 +71,14 @@ void unix_socket_file::remove() noexcept {
 
 server::server(executor& ex, server_options opts) : ex_(ex), opts_(std::move(opts)) {
   if (opts_.measure_handling_time) ex_.set_handling_time_sink(&handling_);
+  hard_stop_.emplace(stop_.get_token(), on_hard_stop{this});
 }
 
 server::~server() {
   stop();
+  // A callback running on another thread is waited for; none runs again,
+  // so nothing defers tell_ after it is withdrawn.
+  hard_stop_.reset();
   ex_.withdraw(&tell_);
   if (ex_.handling_time_sink() == &handling_) ex_.set_handling_time_sink(nullptr);
 }
@@ -87,11 +91,18 @@ void server::tell_connections() noexcept {
   const bool all = stop_.stop_requested();
   if (!all && !drain_.stop_requested()) return;
   for (detail::open_counters* c = open_.next; c != &open_; c = c->next)
-    if (c->conn) detail::server_access::tell_stopped(*c->conn, all);
+    if (c->conn) detail::server_access::tell_stopped(*c->conn, all, &drain_token_);
 }
 
 void server::tell_call::run(detail::deferred_call* d, bool run) {
   if (run) static_cast<tell_call*>(d)->srv->tell_connections();
+}
+
+// On whichever thread requested the hard stop, once.
+void server::on_hard_stop::operator()() const noexcept {
+  srv->drain_.request_stop();
+  if (srv->ex_.on_own_thread()) srv->tell_connections();
+  else srv->ex_.defer(&srv->tell_);
 }
 
 result<void> server::listen(const address& at, listen_options o) {
@@ -132,11 +143,10 @@ task<void> server::serve(stream_handler h) {
   if (failed) std::rethrow_exception(failed);
 }
 
+// The connections are told by the stop's callback (on_hard_stop).
 void server::stop() {
   drain_.request_stop();
   stop_.request_stop();
-  if (ex_.on_own_thread()) tell_connections();
-  else ex_.defer(&tell_);
 }
 
 void server::drain(std::chrono::nanoseconds grace) {
