@@ -26,9 +26,11 @@
 //   (the ring's order, which is the order buffers were given back, not the
 //   order of their ids: the ring keeps a map of which buffer sits where).
 // consume() turns a completion into its slices, in order, whatever the
-// mode; release() gives a slice back. Both assume completions are taken in the
-// order the kernel consumed the buffers (the CQE order, which the kernel
-// keeps for requests sharing a buffer group).
+// mode; release() gives a slice back. Both assume completions are taken in
+// the order the kernel consumed the buffers: the CQE order, which the kernel
+// keeps for requests sharing a buffer group from Linux 6.15 (before, a
+// single recv's completion and a multishot one's could be swapped: see
+// docs/io-path.md).
 //
 // Each buffer is followed by SIMDJSON_PADDING spare bytes, so its content can
 // be parsed in place like the decoder's own buffer.
