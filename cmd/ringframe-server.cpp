@@ -76,6 +76,12 @@ const char* const usage_text =
     "                           between messages (for comparison)\n"
     "      --multishot-recv     framed modes: keep one multishot recv armed per connection\n"
     "                           instead of one recv per read (Linux 6.0; see docs/io-path.md)\n"
+    "      --pbuf-inc           io_uring: consume the provided receive buffers incrementally\n"
+    "                           (IOU_PBUF_RING_INC, Linux 6.12), a recv taking only the bytes it\n"
+    "                           gets; said once on stderr where the kernel lacks it (default off)\n"
+    "      --recv-bundle        io_uring: a recv from the provided buffers may fill several\n"
+    "                           (IORING_RECVSEND_BUNDLE, Linux 6.10); said once on stderr where\n"
+    "                           the kernel lacks it (default off)\n"
     "      --metrics HOST:PORT  serve Prometheus metrics at http://HOST:PORT/metrics (off by\n"
     "                           default; PORT 0: any free port, printed at start; [::1]:PORT\n"
     "                           for IPv6); see README.md, \"Running in production\"\n"
@@ -99,6 +105,8 @@ struct options {
   backend_kind backend = backend_kind::automatic;
   bool single_accept = false;
   bool reuse_port = false;
+  bool pbuf_inc = false;
+  bool recv_bundle = false;
   unsigned threads = std::max(1u, std::thread::hardware_concurrency());
   std::string host = "127.0.0.1";
   std::string port = "65432";
@@ -138,6 +146,7 @@ options parse(int argc, char** argv) {
       {"metrics", required_argument, nullptr, 12},  {"log-format", required_argument, nullptr, 13},
       {"log-level", required_argument, nullptr, 14}, {"receive-budget", required_argument, nullptr, 15},
       {"gather-threshold", required_argument, nullptr, 16},
+      {"pbuf-inc", no_argument, nullptr, 17},       {"recv-bundle", no_argument, nullptr, 18},
       {nullptr, 0, nullptr, 0}};
   int c;
   opterr = 0;
@@ -178,6 +187,8 @@ options parse(int argc, char** argv) {
       case 7: o.conn.provided_buffers = false; break;
       case 9: o.conn.multishot_recv = true; break;
       case 10: o.reuse_port = true; break;
+      case 17: o.pbuf_inc = true; break;
+      case 18: o.recv_bundle = true; break;
       case 11:
         if (!parse_backend_kind(optarg, o.backend))
           fail_usage(std::string("bad --backend '") + optarg + "' (expected io_uring, epoll or auto)");
@@ -319,6 +330,8 @@ int main(int argc, char** argv) {
   so.threads = o.threads;
   so.executor.setup = o.ring;
   so.executor.backend = o.backend;
+  so.executor.incremental_buffers = o.pbuf_inc;
+  so.executor.recv_bundles = o.recv_bundle;
   so.server.max_connections = o.max_connections;
   so.server.log_connections = !o.quiet;
   so.server.multishot_accept = !o.single_accept;

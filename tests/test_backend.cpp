@@ -208,12 +208,12 @@ TEST_CASE("provided buffers: a recv takes one only when data comes, gives it bac
     result<provided_recv> r3 = ex.run(recv_provided_once(&a, br));
     REQUIRE_FALSE(r3);
     CHECK(r3.error() == std::errc::no_buffer_space);
-    br->recycle(r->id);
-    br->recycle(r2->id);
+    br->release(r->slice());
+    br->release(r2->slice());
     result<provided_recv> r4 = ex.run(recv_provided_once(&a, br));  // the "!" was not lost
     REQUIRE(r4);
     CHECK(r4->len == 1);
-    br->recycle(r4->id);
+    br->release(r4->slice());
   });
 }
 

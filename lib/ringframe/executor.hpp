@@ -84,6 +84,15 @@ struct executor_options {
   // twice as many buffers as the last: 64, then 192, 448, 960, 1984 in all)
   // up to this many. Equal to receive_buffers: it never grows.
   unsigned receive_buffers_max = 2048;
+  // Incremental consumption of the receive buffers (IOU_PBUF_RING_INC, Linux
+  // 6.12): a recv takes from a buffer only the bytes it receives, and the
+  // next recv continues in the same buffer. Bundles (IORING_RECVSEND_BUNDLE,
+  // Linux 6.10): one recv from the buffers may fill several of them. Each is
+  // probed when the buffers are first used; a kernel without it gets the
+  // plain ring and one line on stderr says so (once per process). io_uring
+  // only: no-ops on epoll. Off by default: measured in docs/io-path.md.
+  bool incremental_buffers = false;
+  bool recv_bundles = false;
   // io_uring, epoll, or automatic (see backend_kind). sq_entries, cq_factor
   // and setup concern io_uring only.
   backend_kind backend = backend_kind::automatic;
@@ -293,6 +302,7 @@ class executor {
   bool buffers_tried_ = false;
   unsigned buffer_count_ = 64;
   unsigned buffer_max_ = 2048;
+  buffer_ring::features buffer_features_;
   std::size_t live_ = 0;
   bool stopping_ = false;
   detail::detached_promise* detached_head_ = nullptr;

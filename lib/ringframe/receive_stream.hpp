@@ -7,9 +7,14 @@
 // * mid-frame or once reads are large, straight into the decoder's buffer
 //   (a large frame is received in place);
 // * with options::multishot, one multishot recv stays armed on the ring.
-//   Bytes that arrive while nobody reads are held (up to 4 ring buffers, then
-//   a spill buffer) until the next read: the message the reader holds points
-//   into the decoder, so they cannot be fed to it before.
+//   Bytes that arrive while nobody reads are held (up to 4 slices of ring
+//   buffers, then a spill buffer) until the next read: the message the
+//   reader holds points into the decoder, so they cannot be fed to it before.
+//
+// Whatever the ring's features (incremental consumption, bundles: see
+// buffer_ring.hpp), every completion that names a ring buffer goes through
+// buffer_ring::consume(), which says where its bytes are; reads from the
+// ring ask for bundles, which the ring grants or not.
 //
 // A read's outcome: bytes fed to the sink (> 0), 0 (the peer closed),
 // -EAGAIN (nothing yet: ask again), or -errno: ETIMEDOUT when the read
@@ -113,10 +118,6 @@ class receive_stream {
   struct slot : detail::completion {
     receive_stream* owner = nullptr;
   };
-  struct held_buffer {
-    std::uint16_t id;
-    std::uint32_t len;
-  };
   static constexpr std::size_t max_held = 4;
   // The multishot recv's completion and state live on the heap, made only
   // for streams that use it (an idle connection's memory counts). A stream
@@ -135,9 +136,10 @@ class receive_stream {
     int fd = -1;  // once left behind: the socket's, for the cancellation
     bool cancel_sent = false;
     bool ended = false;  // it ended (end_res) with no reader waiting
+    bool lost = false;   // bytes could not be kept (no memory for the spill): ends with ENOMEM
     int end_res = 0;
     std::uint8_t held_n = 0;
-    std::array<held_buffer, max_held> held{};
+    std::array<buffer_ring::slice, max_held> held{};
     std::string spill;  // what arrived once `held` was full
   };
   struct timer : deadline {
@@ -173,7 +175,7 @@ class receive_stream {
   void arm_multishot(buffer_ring* br);
   void cancel_in_flight() noexcept;
   void deliver(int res, unsigned flags);
-  void hold(std::uint16_t id, std::size_t len);
+  void hold(unsigned flags, int res);
   void on_multishot(int res, unsigned flags);
   static void on_cqe(detail::completion* c, int res, unsigned flags, bool);
   static void on_multishot_cqe(detail::completion* c, int res, unsigned flags, bool);

@@ -26,12 +26,16 @@ namespace ringframe {
 
 class socket;
 
-// What a recv from the provided buffers got: `len` bytes in buffer `id`
-// (give it back with buffer_ring::recycle), or len 0: the peer closed.
+// What a recv from the provided buffers got: `len` bytes at `offset` in
+// buffer `id` (the offset is 0 unless the ring consumes buffers
+// incrementally; give them back with buffer_ring::release(r.slice())), or
+// len 0: the peer closed.
 struct provided_recv {
   std::uint16_t id = 0;
   std::size_t len = 0;
   bool has_buffer = false;
+  std::uint32_t offset = 0;
+  buffer_ring::slice slice() const noexcept { return {id, offset, static_cast<std::uint32_t>(len)}; }
 };
 
 namespace detail {
@@ -124,13 +128,18 @@ class recv_provided_op : public operation<recv_provided_op> {
   }
   result<provided_recv> await_resume() {
     int r = result_code();
-    if (r < 0) return errno_code(-r);
     provided_recv out;
+    // Where the bytes are (one slice: this recv asks for no bundle), kept
+    // for the caller; and the ring's own accounting, bytes or not.
+    if (flags_ & cqe_buffer)
+      br_.consume(flags_, r, [&out](const buffer_ring::slice& s) noexcept {
+        out.has_buffer = true;
+        out.id = s.id;
+        out.offset = s.offset;
+        return true;
+      });
+    if (r < 0) return errno_code(-r);
     out.len = static_cast<std::size_t>(r);
-    if (flags_ & cqe_buffer) {
-      out.has_buffer = true;
-      out.id = buffer_id_of(flags_);
-    }
     return out;
   }
 

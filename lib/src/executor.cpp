@@ -148,7 +148,9 @@ bool executor::alive_here(const executor* ex) noexcept {
 }
 
 executor::executor(executor_options opts)
-    : buffer_count_(opts.receive_buffers), buffer_max_(opts.receive_buffers_max) {
+    : buffer_count_(opts.receive_buffers),
+      buffer_max_(opts.receive_buffers_max),
+      buffer_features_{opts.incremental_buffers, opts.recv_bundles} {
   if (buffer_count_ & (buffer_count_ - 1)) throw std::invalid_argument("executor_options::receive_buffers must be a power of two");
   // Reserved before the backend exists: it appends completions here.
   completed_.reserve(256);
@@ -408,14 +410,30 @@ void executor::expire_deadlines() {
   }
 }
 
+namespace {
+// A feature asked for that the kernel lacks is said once per process, not
+// once per executor (a server has one per thread).
+std::atomic<bool> said_no_incremental{false};
+std::atomic<bool> said_no_bundles{false};
+}  // namespace
+
 buffer_ring* executor::receive_buffers() {
   if (!buffers_tried_) {
     buffers_tried_ = true;
     if (buffer_count_ == 0) return nullptr;
     try {
-      buffers_ = backend_->make_buffers(buffer_count_, 16 * 1024, buffer_max_);
+      buffers_ = backend_->make_buffers(buffer_count_, 16 * 1024, buffer_max_, buffer_features_);
     } catch (const std::system_error&) {
       buffers_.reset();  // older kernel: receives fall back to their own buffers
+    }
+    // On epoll both are no-ops (documented), not something missing.
+    if (buffers_ && kind_ == backend_kind::io_uring) {
+      if (buffer_features_.incremental && !buffers_->granted().incremental && !said_no_incremental.exchange(true))
+        std::fprintf(stderr, "ringframe: incremental buffer consumption (IOU_PBUF_RING_INC, Linux 6.12) is not "
+                             "available on this kernel: receive buffers are consumed whole\n");
+      if (buffer_features_.bundles && !buffers_->granted().bundles && !said_no_bundles.exchange(true))
+        std::fprintf(stderr, "ringframe: recv bundles (IORING_RECVSEND_BUNDLE, Linux 6.10) are not available on "
+                             "this kernel: one receive buffer per recv\n");
     }
   }
   return buffers_.get();

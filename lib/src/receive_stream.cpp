@@ -3,12 +3,14 @@
 #include <ringframe/detail/io_backend.hpp>
 
 #include <cerrno>
+#include <exception>
 #include <utility>
 
 namespace ringframe {
 
 namespace {
-std::uint16_t buffer_id(unsigned flags) noexcept { return detail::buffer_id_of(flags); }
+// A completion's bytes that nobody reads: the ring's accounting only.
+constexpr auto discard = [](const buffer_ring::slice&) noexcept { return false; };
 }  // namespace
 
 receive_stream::receive_stream(socket& s, frame_decoder& sink, options o, done_fn done, void* ctx,
@@ -28,7 +30,7 @@ receive_stream::~receive_stream() {
   }
   release_budget();
   if (!ms_) return;
-  for (std::uint8_t i = 0; i < ms_->held_n; ++i) ms_->br->recycle(ms_->held[i].id);
+  for (std::uint8_t i = 0; i < ms_->held_n; ++i) ms_->br->release(ms_->held[i]);
   if (state_ == state::multishot || state_ == state::ending) {
     // The kernel still holds the multishot recv: leave its completion
     // behind to take the last CQE (see multishot_slot).
@@ -177,6 +179,7 @@ void receive_stream::submit(buffer_ring* br, std::span<std::byte> room) {
   if (br) {
     r.op = detail::io_op::recv_provided;
     r.buffers = br;
+    r.bundle = true;  // if the ring grants bundles
   } else {
     r.op = detail::io_op::recv;
     r.buf = room.data();
@@ -197,6 +200,7 @@ void receive_stream::arm_multishot(buffer_ring* br) {
   r.op = detail::io_op::recv_multishot;
   r.fd = sock_.fd();
   r.buffers = br;
+  r.bundle = true;  // if the ring grants bundles
   r.key = detail::key_of(ms_.get());
   sock_.get_executor().submit(r);
   ms_->cancel_sent = false;
@@ -208,12 +212,19 @@ int receive_stream::outcome() noexcept {
   const unsigned flags = std::exchange(flags_, 0);
   buffer_ring* br = sock_.get_executor().receive_buffers();
   if (flags & detail::cqe_buffer) {
-    try {
-      if (res > 0) sink_.feed(br->data(buffer_id(flags), static_cast<std::size_t>(res)));
-    } catch (...) {  // the decoder could not grow (bad_alloc): this connection fails, not the process
-      res = -ENOMEM;
-    }
-    br->recycle(buffer_id(flags));
+    // One slice, or (incremental consumption, bundles) several, in order.
+    bool failed = false;
+    br->consume(flags, res, [&](const buffer_ring::slice& s) noexcept {
+      if (!failed) {
+        try {
+          sink_.feed(br->data(s));
+        } catch (...) {  // the decoder could not grow (bad_alloc): this connection fails, not the process
+          failed = true;
+        }
+      }
+      return false;  // copied: the ring may have it back
+    });
+    if (failed) res = -ENOMEM;
   } else if (res > 0 && direct_) {
     sink_.commit(static_cast<std::size_t>(res));
   }
@@ -304,7 +315,7 @@ void receive_stream::on_multishot_cqe(detail::completion* c, int res, unsigned f
   const bool more = (flags & detail::cqe_more) != 0;
   receive_stream* self = slot->owner;
   if (!self) {  // left behind by a stream that is gone
-    if (flags & detail::cqe_buffer) slot->br->recycle(buffer_id(flags));
+    if (flags & detail::cqe_buffer) slot->br->consume(flags, res, discard);
     if (!more) slot->leftover_cancel.ex->bury(slot);
     return;
   }
@@ -318,10 +329,11 @@ void receive_stream::on_multishot_cqe(detail::completion* c, int res, unsigned f
 void receive_stream::on_multishot(int res, unsigned flags) {
   buffer_ring* br = ms_->br;
   if (res > 0 && (flags & detail::cqe_buffer)) {
+    if (ms_->lost) return br->consume(flags, res, discard);  // the stream is ending with ENOMEM
     if (waiting_) return deliver(res, flags);
-    return hold(buffer_id(flags), static_cast<std::size_t>(res));
+    return hold(flags, res);
   }
-  if (flags & detail::cqe_buffer) br->recycle(buffer_id(flags));
+  if (flags & detail::cqe_buffer) br->consume(flags, res, discard);
   if (state_ != state::idle) return;  // not the last CQE (nothing to report)
   // Only ringframe cancels it, for one of three reasons: too much held or
   // large reads ahead, the read deadline, or a stop. The reason is not
@@ -348,18 +360,35 @@ void receive_stream::on_multishot(int res, unsigned flags) {
     return;
   }
   if (waiting_) return deliver(res, flags);
+  if (ms_->lost) return;  // ENOMEM is reported, not what came after the bytes lost
   ms_->ended = true;  // end of stream or an error: reported by the next read
   ms_->end_res = res;
 }
 
-void receive_stream::hold(std::uint16_t id, std::size_t len) {
+void receive_stream::hold(unsigned flags, int res) {
   buffer_ring* br = ms_->br;
-  if (ms_->held_n < max_held && ms_->spill.empty()) {
-    ms_->held[ms_->held_n++] = {id, static_cast<std::uint32_t>(len)};
-  } else {  // CQEs already posted when the cancellation below was sent
-    std::span<std::byte> d = br->data(id, len);
-    ms_->spill.append(reinterpret_cast<const char*>(d.data()), d.size());
-    br->recycle(id);
+  br->consume(flags, res, [&](const buffer_ring::slice& s) noexcept {
+    if (ms_->lost) return false;
+    if (ms_->held_n < max_held && ms_->spill.empty()) {
+      ms_->held[ms_->held_n++] = s;
+      return true;
+    }
+    // CQEs already posted when the cancellation below was sent, or the
+    // rest of a bundle.
+    try {
+      std::span<std::byte> d = br->data(s);
+      ms_->spill.append(reinterpret_cast<const char*>(d.data()), d.size());
+    } catch (...) {  // no memory for them: this stream fails, not the process
+      ms_->lost = true;
+    }
+    return false;
+  });
+  if (ms_->lost) {
+    // Reported by the next read, after the bytes held before the loss.
+    ms_->ended = true;
+    ms_->end_res = -ENOMEM;
+    if (state_ == state::multishot) cancel_in_flight();
+    return;
   }
   // Enough held: stop receiving until the reader asks again, so one stream
   // cannot take the ring buffers every other one needs.
@@ -369,12 +398,22 @@ void receive_stream::hold(std::uint16_t id, std::size_t len) {
 bool receive_stream::drain_held() {
   if (!has_held()) return false;
   buffer_ring* br = ms_->br;
+  // Every slice goes back to the ring, even when the decoder cannot take
+  // the bytes (bad_alloc, rethrown once the ring is square).
+  std::exception_ptr failed;
   for (std::uint8_t i = 0; i < ms_->held_n; ++i) {
-    sink_.feed(br->data(ms_->held[i].id, ms_->held[i].len));
-    br->recycle(ms_->held[i].id);
-    if (bytes_in_) *bytes_in_ += ms_->held[i].len;
+    if (!failed) {
+      try {
+        sink_.feed(br->data(ms_->held[i]));
+        if (bytes_in_) *bytes_in_ += ms_->held[i].len;
+      } catch (...) {
+        failed = std::current_exception();
+      }
+    }
+    br->release(ms_->held[i]);
   }
   ms_->held_n = 0;
+  if (failed) std::rethrow_exception(failed);
   if (!ms_->spill.empty()) {
     sink_.feed(ms_->spill);
     if (bytes_in_) *bytes_in_ += ms_->spill.size();

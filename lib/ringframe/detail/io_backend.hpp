@@ -26,6 +26,8 @@
 // * res is a byte count, a descriptor, 0, or -errno, as the system call's.
 #pragma once
 
+#include <ringframe/buffer_ring.hpp>
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -34,7 +36,6 @@
 
 namespace ringframe {
 
-class buffer_ring;
 struct executor_stats;
 
 namespace detail {
@@ -44,6 +45,9 @@ namespace detail {
 inline constexpr unsigned cqe_buffer = 1u << 0;  // a provided buffer was used: its id is in the high bits
 inline constexpr unsigned cqe_more = 1u << 1;    // more completions follow for this request
 inline constexpr unsigned cqe_notif = 1u << 3;   // zero-copy send: the kernel let go of the pages
+// Incremental buffer consumption: the buffer named stays with the kernel,
+// which puts the next bytes after these (io_uring only; see buffer_ring.hpp).
+inline constexpr unsigned cqe_buf_more = 1u << 4;
 inline constexpr unsigned cqe_buffer_shift = 16;
 inline std::uint16_t buffer_id_of(unsigned flags) noexcept {
   return static_cast<std::uint16_t>(flags >> cqe_buffer_shift);
@@ -68,7 +72,7 @@ enum class io_op : std::uint8_t {
   accept_multishot,  // a completion (cqe_more) per accepted socket until cancelled or an error
   connect,           // buf/len: the address
   recv,              // buf/len: where; flags: MSG_*
-  recv_provided,     // into a buffer of `buffers`, taken when data arrives (cqe_buffer)
+  recv_provided,     // into a buffer of `buffers`, taken when data arrives (cqe_buffer); `bundle`: maybe several
   recv_multishot,    // recv_provided, again and again (cqe_more) until cancelled, EOF or an error
   send,              // buf/len: what; flags: MSG_*; may send less than asked
   send_zero_copy,    // send without copying: the result, then cqe_notif (or just the result)
@@ -88,6 +92,10 @@ struct io_request {
   unsigned* addr_len = nullptr;  // accept: in/out, socklen_t
   buffer_ring* buffers = nullptr;
   std::uint64_t key = 0;
+  // recv_provided, recv_multishot: one completion may fill several buffers
+  // (IORING_RECVSEND_BUNDLE) when the ring grants bundles; its bytes are
+  // then read with buffer_ring::consume(). The epoll backend fills one.
+  bool bundle = false;
   // Read when submitted (the io_uring backend: when its SQE goes to the
   // kernel), so the caller keeps them until the request completes.
   const kernel_timespec* deadline = nullptr;  // absolute CLOCK_MONOTONIC; null: none
@@ -123,8 +131,11 @@ class io_backend {
   // Append the completions that are ready, without a system call where the
   // backend can (safe to call from inside a dispatch).
   virtual void reap() noexcept = 0;
-  // The provided receive buffers for this backend (throws when it has none).
-  virtual std::unique_ptr<buffer_ring> make_buffers(unsigned count, std::size_t size, unsigned max_count) = 0;
+  // The provided receive buffers for this backend (throws when it has none),
+  // with what of `want` (buffer_ring::features) the kernel has: see
+  // buffer_ring::granted(). The epoll backend grants none.
+  virtual std::unique_ptr<buffer_ring> make_buffers(unsigned count, std::size_t size, unsigned max_count,
+                                                    buffer_ring::features want) = 0;
   // `fd` is about to be closed, or a descriptor with this number is new:
   // forget what is known of it.
   virtual void forget(int fd) noexcept = 0;

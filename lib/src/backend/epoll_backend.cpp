@@ -185,7 +185,10 @@ class epoll_backend final : public io_backend {
 
   void reap() noexcept override { flush(); }
 
-  std::unique_ptr<buffer_ring> make_buffers(unsigned count, std::size_t size, unsigned max_count) override {
+  // Incremental consumption and bundles are the kernel's buffer ring's:
+  // none here (each recv fills one whole buffer of the free list).
+  std::unique_ptr<buffer_ring> make_buffers(unsigned count, std::size_t size, unsigned max_count,
+                                            buffer_ring::features) override {
     return std::make_unique<buffer_ring>(nullptr, count, size, 1, max_count);
   }
 

@@ -5,6 +5,7 @@
 // provided buffer rings, multishot accept and recv, SEND_ZC notifications,
 // linked timeouts and cancellation (detail/io_backend.hpp).
 #include "backends.hpp"
+#include "uring_compat.hpp"
 
 #include <ringframe/buffer_ring.hpp>
 #include <ringframe/detail/completion.hpp>
@@ -23,6 +24,7 @@ namespace ringframe::detail {
 static_assert(cqe_buffer == IORING_CQE_F_BUFFER);
 static_assert(cqe_more == IORING_CQE_F_MORE);
 static_assert(cqe_notif == IORING_CQE_F_NOTIF);
+static_assert(cqe_buf_more == IORING_CQE_F_BUF_MORE);
 static_assert(cqe_buffer_shift == IORING_CQE_BUFFER_SHIFT);
 static_assert(sizeof(kernel_timespec) == sizeof(__kernel_timespec));
 static_assert(offsetof(kernel_timespec, tv_nsec) == offsetof(__kernel_timespec, tv_nsec));
@@ -162,12 +164,21 @@ class uring_backend final : public io_backend {
         break;
       case io_op::recv: io_uring_prep_recv(sqe, r.fd, r.buf, r.len, r.flags); break;
       case io_op::recv_provided:
-        io_uring_prep_recv(sqe, r.fd, nullptr, r.buffers->buffer_size(), r.flags);
+        if (r.bundle && r.buffers->granted().bundles) {
+          // Up to bundle_bytes() over as many buffers as that takes.
+          io_uring_prep_recv(sqe, r.fd, nullptr, r.buffers->bundle_bytes(), r.flags);
+          sqe->ioprio |= IORING_RECVSEND_BUNDLE;
+        } else {
+          io_uring_prep_recv(sqe, r.fd, nullptr, r.buffers->buffer_size(), r.flags);
+        }
         sqe->flags |= IOSQE_BUFFER_SELECT;
         sqe->buf_group = r.buffers->group();
         break;
       case io_op::recv_multishot:
+        // A multishot recv takes no length (older kernels refuse one): a
+        // bundle of it takes what the socket holds, buffers permitting.
         io_uring_prep_recv_multishot(sqe, r.fd, nullptr, 0, r.flags);
+        if (r.bundle && r.buffers->granted().bundles) sqe->ioprio |= IORING_RECVSEND_BUNDLE;
         sqe->flags |= IOSQE_BUFFER_SELECT;
         sqe->buf_group = r.buffers->group();
         break;
@@ -256,8 +267,12 @@ class uring_backend final : public io_backend {
     }
   }
 
-  std::unique_ptr<buffer_ring> make_buffers(unsigned count, std::size_t size, unsigned max_count) override {
-    return std::make_unique<buffer_ring>(&ring_, count, size, 1, max_count);
+  std::unique_ptr<buffer_ring> make_buffers(unsigned count, std::size_t size, unsigned max_count,
+                                            buffer_ring::features want) override {
+    // Bundles: the feature bit the kernel set at io_uring_setup (Linux 6.10).
+    // Incremental consumption has no bit: the ring's registration probes it.
+    want.bundles = want.bundles && (ring_.features & IORING_FEAT_RECVSEND_BUNDLE) != 0;
+    return std::make_unique<buffer_ring>(&ring_, count, size, 1, max_count, want);
   }
 
   void forget(int) noexcept override {}  // the kernel keeps nothing per descriptor for us
