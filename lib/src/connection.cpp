@@ -99,13 +99,7 @@ receive_stream::options receive_options(const connection_options& o) {
 }
 }  // namespace
 
-connection::connection(socket s, connection_options o)
-    : sock_(std::move(s)),
-      opts_{o.idle_timeout, o.message_timeout, o.max_unsent_bytes, o.gather_threshold},
-      decoder_(o.limits),
-      recv_(sock_, decoder_, receive_options(o), &connection::on_read_done, this, &bytes_in),
-      send_(sock_, send_options(o), &bytes_out) {
-  send_.on_failure(&connection::on_send_failed, this);
+connection::connection(socket s, connection_options o) : connection(std::move(s), o, listed_by_server{}) {
   // Registered once, not per operation: stopping the socket's owner
   // cancels whatever this connection has in flight.
   if (sock_.stop_token().stop_possible()) stop_cbs().all.emplace(sock_.stop_token(), stop_all{this});
