@@ -560,3 +560,58 @@ TEST_CASE("commit() of more than prepare() gave is a contract violation that sto
   CHECK(WIFSIGNALED(status));
   CHECK(WTERMSIG(status) == SIGABRT);
 }
+
+// The encoder remembers the last header it built without extra fields (a
+// repeat is copied, not escaped again): every change of any field, extras
+// between, and an error between must still give exactly the right bytes.
+TEST_CASE("encode_frame: repeated, alternating and changed headers encode exactly") {
+  auto expect = [](std::string_view bo, std::string_view type, std::string_view enc, std::string_view content,
+                   std::string_view extra = {}) {
+    std::string h = "{\"byteorder\":\"" + std::string(bo) + "\",\"content-type\":\"" + std::string(type) +
+                    "\",\"content-encoding\":\"" + std::string(enc) + "\",\"content-length\":" +
+                    std::to_string(content.size()) + std::string(extra) + "}";
+    return testing::raw_frame(h, content);
+  };
+  message big = message::binary("q\xC3", "t");
+  message a = message::json(R"({"result": "x"})");
+  a.byteorder = "little";
+  message b = message::binary(std::string(300, 'b'), "binary/custom-server-binary-type");
+  b.byteorder = "little";
+  message c = b;
+  c.content_encoding = "utf-16";
+  message d = b;
+  d.byteorder = "big";
+  message e = a;
+  e.extra = {{"x-id", "7"}};
+  message q = a;
+  q.content_type = "text/\"quoted\"";
+  for (int round = 0; round < 2; ++round) {
+    CHECK(encoded(a) == expect("little", "text/json", "utf-8", a.content));
+    CHECK(encoded(a) == expect("little", "text/json", "utf-8", a.content));
+    a.content += "!";  // another length, same fields
+    CHECK(encoded(a) == expect("little", "text/json", "utf-8", a.content));
+    CHECK(encoded(b) == expect("little", "binary/custom-server-binary-type", "binary", b.content));
+    CHECK(encoded(c) == expect("little", "binary/custom-server-binary-type", "utf-16", c.content));
+    CHECK(encoded(d) == expect("big", "binary/custom-server-binary-type", "binary", d.content));
+    CHECK(encoded(e) == expect("little", "text/json", "utf-8", e.content, ",\"x-id\":\"7\""));
+    CHECK(encoded(a) == expect("little", "text/json", "utf-8", a.content));
+    CHECK(encoded(q) == expect("little", "text/\\\"quoted\\\"", "utf-8", q.content));
+    CHECK(encoded(q) == expect("little", "text/\\\"quoted\\\"", "utf-8", q.content));
+    std::string out = "keep";
+    big.content_type = "bad \xC3";
+    CHECK(encode_frame(big, out).error() == frame_errc::header_not_utf8);
+    CHECK(out == "keep");  // untouched, and the remembered header is not this one
+    CHECK(encoded(q) == expect("little", "text/\\\"quoted\\\"", "utf-8", q.content));
+  }
+  // A header too large is refused every time, also when repeated.
+  message huge = message::binary("x", std::string(70000, 'a'));
+  std::string out;
+  CHECK(encode_frame(huge, out).error() == frame_errc::header_too_large);
+  CHECK(encode_frame(huge, out).error() == frame_errc::header_too_large);
+  CHECK(out.empty());
+  message near = message::binary("x", std::string(65000, 'a'));
+  CHECK(encode_frame(near, out));  // fits (65,000 + the rest < 65,535)
+  out.clear();
+  CHECK(encode_frame(near, out));
+  CHECK(out.size() > 65000);
+}

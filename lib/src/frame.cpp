@@ -5,6 +5,7 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -118,10 +119,53 @@ void append_json_string(std::string& out, std::string_view s) {
 }
 
 namespace {
+// The last header this thread encoded without extra fields, up to its
+// content-length's value: a server answers with the same byteorder,
+// content-type and content-encoding again and again, and identical fields
+// encode identically, so a repeat costs three compares instead of UTF-8
+// checks and JSON escaping (--mode app: bench/RESULTS.md).
+struct encoded_header_cache {
+  std::string byteorder, content_type, content_encoding;
+  std::string head;  // {"byteorder":...,"content-length":
+  bool valid = false;
+  bool matches(const header_fields& h) const noexcept {
+    return valid && !h.extra && h.content_type == content_type && h.content_encoding == content_encoding &&
+           h.byteorder == byteorder;
+  }
+};
+thread_local encoded_header_cache last_header;
+
+// `content_length` and the closing brace after a header's head at
+// out[start + 2, ...), then the 2-byte length prefix at out[start].
+result<void> finish_header(std::size_t content_length, std::string& out, std::size_t start) {
+  char digits[24];
+  auto [end, ec] = std::to_chars(digits, digits + sizeof digits, content_length);
+  (void)ec;  // 24 digits hold any size_t
+  out.append(digits, end);
+  out.push_back('}');
+  const std::size_t header_len = out.size() - start - 2;
+  if (header_len > 0xffff) {
+    out.resize(start);
+    return make_error_code(frame_errc::header_too_large);
+  }
+  out[start] = static_cast<char>(header_len >> 8);
+  out[start + 1] = static_cast<char>(header_len & 0xff);
+  return {};
+}
+
 // The prefix and header of a frame whose content is `content_length` bytes;
 // `reserve_content`: make room for the content too (it is appended next).
 result<void> encode_prefix_and_header(const header_fields& h, std::size_t content_length, std::string& out,
                                       bool reserve_content) {
+  if (last_header.matches(h)) {
+    const std::size_t start = out.size();
+    if (sat_add(sat_add(start, 2 + 0xffff), content_length) > out.max_size())
+      return make_error_code(frame_errc::content_too_large);
+    out.reserve(start + 2 + last_header.head.size() + 24 + (reserve_content ? content_length : 0));
+    out.append(2, '\0');
+    out += last_header.head;
+    return finish_header(content_length, out, start);
+  }
   // Header strings become JSON strings, which must be UTF-8; content is bytes.
   if (!simdjson::validate_utf8(h.content_type) || !simdjson::validate_utf8(h.content_encoding) ||
       !simdjson::validate_utf8(h.byteorder))
@@ -154,14 +198,24 @@ result<void> encode_prefix_and_header(const header_fields& h, std::size_t conten
   out += ",\"content-encoding\":";
   append_json_string(out, h.content_encoding);
   out += ",\"content-length\":";
+  if (!h.extra) {
+    // Remembered for the next header with the same fields (a head too long
+    // for any header is refused by finish_header each time it is used).
+    last_header.valid = false;
+    last_header.byteorder.assign(h.byteorder);
+    last_header.content_type.assign(h.content_type);
+    last_header.content_encoding.assign(h.content_encoding);
+    last_header.head.assign(out, start + 2, std::string::npos);
+    last_header.valid = true;
+    return finish_header(content_length, out, start);
+  }
   out += std::to_string(content_length);
-  if (h.extra)
-    for (const auto& [k, v] : *h.extra) {
-      out.push_back(',');
-      append_json_string(out, k);
-      out.push_back(':');
-      append_json_string(out, v);
-    }
+  for (const auto& [k, v] : *h.extra) {
+    out.push_back(',');
+    append_json_string(out, k);
+    out.push_back(':');
+    append_json_string(out, v);
+  }
   out.push_back('}');
   const std::size_t header_len = out.size() - start - 2;
   if (header_len > 0xffff) {
