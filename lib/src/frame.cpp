@@ -135,13 +135,9 @@ struct encoded_header_cache {
 };
 thread_local encoded_header_cache last_header;
 
-// `content_length` and the closing brace after a header's head at
-// out[start + 2, ...), then the 2-byte length prefix at out[start].
-result<void> finish_header(std::size_t content_length, std::string& out, std::size_t start) {
-  char digits[24];
-  auto [end, ec] = std::to_chars(digits, digits + sizeof digits, content_length);
-  (void)ec;  // 24 digits hold any size_t
-  out.append(digits, end);
+// The closing brace of a header begun at out[start + 2, ...), then its
+// 2-byte length prefix at out[start]; a header too large is taken back out.
+result<void> close_header(std::string& out, std::size_t start) {
   out.push_back('}');
   const std::size_t header_len = out.size() - start - 2;
   if (header_len > 0xffff) {
@@ -151,6 +147,13 @@ result<void> finish_header(std::size_t content_length, std::string& out, std::si
   out[start] = static_cast<char>(header_len >> 8);
   out[start + 1] = static_cast<char>(header_len & 0xff);
   return {};
+}
+
+void append_length(std::string& out, std::size_t content_length) {
+  char digits[24];
+  auto [end, ec] = std::to_chars(digits, digits + sizeof digits, content_length);
+  (void)ec;  // 24 digits hold any size_t
+  out.append(digits, end);
 }
 
 // The prefix and header of a frame whose content is `content_length` bytes;
@@ -164,7 +167,8 @@ result<void> encode_prefix_and_header(const header_fields& h, std::size_t conten
     out.reserve(start + 2 + last_header.head.size() + 24 + (reserve_content ? content_length : 0));
     out.append(2, '\0');
     out += last_header.head;
-    return finish_header(content_length, out, start);
+    append_length(out, content_length);
+    return close_header(out, start);
   }
   // Header strings become JSON strings, which must be UTF-8; content is bytes.
   if (!simdjson::validate_utf8(h.content_type) || !simdjson::validate_utf8(h.content_encoding) ||
@@ -200,31 +204,23 @@ result<void> encode_prefix_and_header(const header_fields& h, std::size_t conten
   out += ",\"content-length\":";
   if (!h.extra) {
     // Remembered for the next header with the same fields (a head too long
-    // for any header is refused by finish_header each time it is used).
+    // for any header is refused by close_header each time it is used).
     last_header.valid = false;
     last_header.byteorder.assign(h.byteorder);
     last_header.content_type.assign(h.content_type);
     last_header.content_encoding.assign(h.content_encoding);
     last_header.head.assign(out, start + 2, std::string::npos);
     last_header.valid = true;
-    return finish_header(content_length, out, start);
   }
-  out += std::to_string(content_length);
+  append_length(out, content_length);
+  if (!h.extra) return close_header(out, start);
   for (const auto& [k, v] : *h.extra) {
     out.push_back(',');
     append_json_string(out, k);
     out.push_back(':');
     append_json_string(out, v);
   }
-  out.push_back('}');
-  const std::size_t header_len = out.size() - start - 2;
-  if (header_len > 0xffff) {
-    out.resize(start);
-    return make_error_code(frame_errc::header_too_large);
-  }
-  out[start] = static_cast<char>(header_len >> 8);
-  out[start + 1] = static_cast<char>(header_len & 0xff);
-  return {};
+  return close_header(out, start);
 }
 }  // namespace
 
