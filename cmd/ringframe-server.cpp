@@ -249,7 +249,7 @@ options parse(int argc, char** argv) {
 }
 
 server::stream_handler handler_for(const options& o) {
-  if (o.mode == "app") return per_request(&app_handler, o.conn);
+  if (o.mode == "app") return framed(&app_connection_handler, o.conn);
   if (o.mode == "frame-echo") return framed(&frame_echo_handler, o.conn);
   return &echo_handler;
 }

@@ -41,6 +41,12 @@ struct message_view {
   std::string_view content_text() const noexcept {
     return {reinterpret_cast<const char*>(content.data()), content.size()};
   }
+
+  // Set by the decoder, for content_json() (json.hpp): the parser that
+  // checked text/json content, and which of its parses that was (0: none).
+  // Null in a view built by hand (its content has no padding).
+  const void* parsed_by = nullptr;
+  unsigned long long parse_number = 0;
 };
 
 // Extra header keys with string values, written after the required four.

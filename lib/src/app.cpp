@@ -1,28 +1,70 @@
 #include <ringframe/app.hpp>
-
-#include <simdjson.h>
+#include <ringframe/json.hpp>
 
 namespace ringframe {
 
 namespace {
 
-// Python's f"{x}" of a JSON value as json.loads gives it: strings as they
-// are, null as None, true/false as True/False, anything else as its JSON.
-std::string python_str(simdjson::dom::element e) {
+// Python's f"{x}" of a JSON value as json.loads gives it, appended to `out`:
+// strings as they are, null as None, true/false as True/False, anything else
+// as its JSON; a missing key (absent) as None.
+void append_python_str(std::string& out, simdjson::simdjson_result<simdjson::dom::element> r) {
+  simdjson::dom::element e;
+  if (r.get(e)) {
+    out += "None";
+    return;
+  }
   std::string_view s;
-  if (!e.get(s)) return std::string(s);
-  if (e.is_null()) return "None";
   bool b;
-  if (!e.get(b)) return b ? "True" : "False";
-  return simdjson::minify(e);
+  if (!e.get(s)) out += s;
+  else if (e.is_null()) out += "None";
+  else if (!e.get(b)) out += b ? "True" : "False";
+  else out += simdjson::minify(e);
 }
 
-std::string result_json(std::string_view text) {
+constexpr header_fields json_reply{"text/json", "utf-8"};
+
+// The reply to `req`: its content appended to `out`, its header fields
+// returned. Shared by both forms of the application below.
+header_fields app_reply(const message_view& req, std::string& out) {
+  if (req.content_type != "text/json") {
+    out += "First 10 bytes of request: ";
+    out += req.content_text().substr(0, 10);
+    return {"binary/custom-server-binary-type", "binary"};
+  }
+  // Parsed once: the decoder has checked that the content is JSON, and
+  // content_json() hands out the document it built (json.hpp).
+  simdjson::dom::object obj;
+  if (content_json(req).get(obj)) {
+    out += error_reply_json("a text/json request must be a JSON object");
+    return json_reply;
+  }
   // Laid out as the tutorial's json.dumps(..., ensure_ascii=False) writes it.
-  std::string out = "{\"result\": ";
-  append_json_string(out, text);
+  out += "{\"result\": ";
+  std::string_view action;
+  std::string_view hit;
+  const bool searching = !obj["action"].get(action) && action == "search";
+  if (searching) {
+    std::string_view value;
+    if (!obj["value"].get(value)) hit = app_search(value);  // only strings are in the table
+  }
+  if (!hit.empty()) {
+    append_json_string(out, hit);
+  } else {
+    // The rarer answers, with Python's rendering of the value.
+    std::string text;
+    if (searching) {
+      text = "No match for \"";
+      append_python_str(text, obj["value"]);
+    } else {
+      text = "Error: invalid action \"";
+      append_python_str(text, obj["action"]);
+    }
+    text += "\".";
+    append_json_string(out, text);
+  }
   out += "}";
-  return out;
+  return json_reply;
 }
 
 }  // namespace
@@ -35,28 +77,31 @@ std::string_view app_search(std::string_view value) {
 }
 
 task<message> app_handler(message_view req, connection_info) {
-  if (req.content_type != "text/json") {
-    std::string content = "First 10 bytes of request: ";
-    std::string_view body = req.content_text();
-    content.append(body.substr(0, 10));
-    co_return message::binary(std::move(content), "binary/custom-server-binary-type");
+  message reply;
+  header_fields h = app_reply(req, reply.content);
+  reply.content_type = h.content_type;
+  reply.content_encoding = h.content_encoding;
+  co_return reply;
+}
+
+task<void> app_connection_handler(connection& conn, connection_info info) {
+  // write() copies the reply into the send queue before it returns (a
+  // short reply is never sent by reference), so one buffer per thread
+  // serves every connection on it.
+  static thread_local std::string reply;
+  for (;;) {
+    result<message_view> m = co_await conn.read_message();
+    if (!m) {
+      bool go_on = co_await answer_read_error(conn, info, m.error());
+      if (go_on) continue;
+      co_return;
+    }
+    reply.clear();
+    header_fields h = app_reply(*m, reply);
+    result<void> w = co_await conn.write(h, std::as_bytes(std::span(reply.data(), reply.size())));
+    if (reply.capacity() > 64 * 1024) std::string().swap(reply);  // after a huge value echoed in an error
+    if (!w) co_return;
   }
-  // The codec has checked that the content is JSON; parse it for the fields.
-  // Parsed in place: the decoder leaves simdjson's padding after content.
-  static_assert(message_view::content_padding >= simdjson::SIMDJSON_PADDING);
-  static thread_local simdjson::dom::parser parser;
-  simdjson::dom::element doc;
-  simdjson::dom::object obj;
-  if (parser.parse(reinterpret_cast<const uint8_t*>(req.content.data()), req.content.size(), false).get(doc) ||
-      doc.get(obj))
-    co_return message::json(error_reply_json("a text/json request must be a JSON object"));
-  simdjson::dom::element action_e, value_e;
-  std::string action = obj["action"].get(action_e) ? "None" : python_str(action_e);
-  std::string value = obj["value"].get(value_e) ? "None" : python_str(value_e);
-  if (action != "search") co_return message::json(result_json("Error: invalid action \"" + action + "\"."));
-  std::string_view hit = app_search(value);
-  if (!hit.empty()) co_return message::json(result_json(hit));
-  co_return message::json(result_json("No match for \"" + value + "\"."));
 }
 
 task<void> frame_echo_handler(connection& conn, connection_info info) {

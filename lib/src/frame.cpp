@@ -1,4 +1,5 @@
 #include <ringframe/frame.hpp>
+#include <ringframe/json.hpp>
 
 #include <bit>
 
@@ -41,13 +42,22 @@ class frame_category_impl : public std::error_category {
   }
 };
 
-simdjson::dom::parser& thread_parser() {
-  // One parser per thread, shared by every decoder on it: a DOM parser keeps
-  // buffers sized for the largest document it has seen, too much to keep per
-  // connection. Decoders copy what they need out of it before yielding.
-  static thread_local simdjson::dom::parser p;
-  return p;
+// One parser per thread, shared by every decoder on it: a DOM parser keeps
+// buffers sized for the largest document it has seen, too much to keep per
+// connection. Decoders copy what they need out of it before yielding, except
+// the last text/json content checked, which content_json() hands out while
+// no other parse on the thread has replaced it (counted in `parses`).
+struct thread_json {
+  simdjson::dom::parser parser;
+  unsigned long long parses = 0;
+  simdjson::dom::element content_root;  // of parse number `content_parse`
+  unsigned long long content_parse = 0;
+};
+thread_json& this_thread_json() {
+  static thread_local thread_json t;
+  return t;
 }
+simdjson::dom::parser& thread_parser() { return this_thread_json().parser; }
 
 const char* type_name(simdjson::dom::element_type t) {
   using T = simdjson::dom::element_type;
@@ -91,11 +101,33 @@ const std::error_category& frame_category() noexcept {
 
 // ---------------------------------------------------------------- encoding
 
+namespace {
+// True when one of the 8 bytes of `w` needs escaping in a JSON string (a
+// control character, '"' or '\\'): bytes 8 at a time, the classic SWAR tests
+// for "a byte below n" and "a byte equal to c" (no false negatives; a false
+// positive only sends the word to the byte loop).
+constexpr bool word_needs_escape(std::uint64_t w) noexcept {
+  constexpr std::uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+  const std::uint64_t below_space = (w - ones * 0x20) & ~w;
+  const std::uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
+  const std::uint64_t is_quote = (q - ones) & ~q, is_backslash = (b - ones) & ~b;
+  return ((below_space | is_quote | is_backslash) & highs) != 0;
+}
+}  // namespace
+
 void append_json_string(std::string& out, std::string_view s) {
   static const char hex[] = "0123456789abcdef";
   out.push_back('"');
   std::size_t run = 0;  // start of the current run of bytes that need no escape
   for (std::size_t i = 0; i < s.size(); ++i) {
+    // Plain text (the common case) is skipped a word at a time.
+    while (s.size() - i >= 8) {
+      std::uint64_t w;
+      std::memcpy(&w, s.data() + i, 8);
+      if (word_needs_escape(w)) break;
+      i += 8;
+    }
+    if (i == s.size()) break;
     auto c = static_cast<unsigned char>(s[i]);
     if (c >= 0x20 && c != '"' && c != '\\') continue;
     out.append(s.data() + run, i - run);
@@ -388,6 +420,7 @@ frame_decoder::status frame_decoder::parse_header(const std::byte* header, std::
     return status::need_more;
   }
   cache_valid_ = false;
+  ++this_thread_json().parses;  // whichever parser: content_json() only has to be safe
   dom::element doc;
   error_code err = parser_->parse(reinterpret_cast<const uint8_t*>(header), len, false).get(doc);
   if (err == UTF8_ERROR) return fail(frame_errc::header_not_utf8, false, "JSON header is not valid UTF-8");
@@ -471,9 +504,17 @@ frame_decoder::status frame_decoder::parse_header(const std::byte* header, std::
 }
 
 bool frame_decoder::validate_content(const std::byte* content, std::size_t len) {
+  thread_json& tj = this_thread_json();
+  const unsigned long long n = ++tj.parses;
   simdjson::dom::element doc;
   simdjson::error_code err = parser_->parse(reinterpret_cast<const uint8_t*>(content), len, false).get(doc);
-  if (!err) return true;
+  if (!err) {
+    if (parser_ == &tj.parser) {  // kept for content_json(), until the next parse
+      tj.content_root = doc;
+      tj.content_parse = n;
+    }
+    return true;
+  }
   if (err == simdjson::UTF8_ERROR) fail(frame_errc::content_not_utf8, true, "text/json content is not valid UTF-8");
   else
     fail(frame_errc::content_not_json, true,
@@ -512,11 +553,13 @@ frame_decoder::status frame_decoder::next_slow(message_view& out) {
   have_header_ = false;
   const std::byte* content = frame + 2 + header_len_;
   const std::size_t content_len = frame_len_ - 2 - header_len_;
-  if (!header_ok_ ||
-      (is_text_json_ && limits_.validate_json_content && !validate_content(content, content_len))) {
+  const bool check_json = is_text_json_ && limits_.validate_json_content;
+  if (!header_ok_ || (check_json && !validate_content(content, content_len))) {
     begin_ += frame_len_;  // skip the bad frame; the stream stays in sync
     return status::error;
   }
+  out.parsed_by = parser_;
+  out.parse_number = check_json ? this_thread_json().parses : 0;
   out.byteorder = field(0);
   out.content_type = field(1);
   out.content_encoding = field(2);
@@ -526,6 +569,22 @@ frame_decoder::status frame_decoder::next_slow(message_view& out) {
   out.wire = {frame, frame_len_};
   consume_on_next_ = frame_len_;
   return status::message;
+}
+
+// ---------------------------------------------------------------- json.hpp
+
+simdjson::simdjson_result<simdjson::dom::element> content_json(const message_view& m) {
+  thread_json& tj = this_thread_json();
+  // The decoder's own parse, if nothing has been parsed on this thread since.
+  if (m.parse_number != 0 && m.parsed_by == &tj.parser && m.parse_number == tj.content_parse &&
+      tj.parses == tj.content_parse)
+    return simdjson::simdjson_result<simdjson::dom::element>(simdjson::dom::element(tj.content_root));
+  ++tj.parses;
+  tj.content_parse = 0;
+  // From a decoder, the content is followed by readable padding (no copy);
+  // a view built by hand is copied into the parser's padded buffer.
+  return tj.parser.parse(reinterpret_cast<const uint8_t*>(m.content.data()), m.content.size(),
+                         m.parsed_by == nullptr);
 }
 
 }  // namespace ringframe
