@@ -71,6 +71,8 @@ const char* const usage_text =
     "      --gather-threshold BYTES\n"
     "                           framed modes: echoed or forwarded content at least this long is\n"
     "                           sent from the receive buffer, not copied (default 16384; 0: never)\n"
+    "      --read-size BYTES    framed modes: bytes a read asks for beyond the frame in progress\n"
+    "                           (default 16384, at least 1024)\n"
     "      --no-provided-buffers\n"
     "                           framed modes: receive into each connection's own buffer even\n"
     "                           between messages (for comparison)\n"
@@ -147,6 +149,7 @@ options parse(int argc, char** argv) {
       {"log-level", required_argument, nullptr, 14}, {"receive-budget", required_argument, nullptr, 15},
       {"gather-threshold", required_argument, nullptr, 16},
       {"pbuf-inc", no_argument, nullptr, 17},       {"recv-bundle", no_argument, nullptr, 18},
+      {"read-size", required_argument, nullptr, 19},
       {nullptr, 0, nullptr, 0}};
   int c;
   opterr = 0;
@@ -217,6 +220,15 @@ options parse(int argc, char** argv) {
         if (!*optarg || *end || *optarg == '-' || errno == ERANGE)
           fail_usage(std::string("bad ") + name + " '" + optarg + "' (expected a number of bytes)");
         (c == 15 ? o.conn.thread_receive_budget : o.conn.gather_threshold) = v;
+        break;
+      }
+      case 19: {
+        char* end = nullptr;
+        errno = 0;
+        unsigned long long v = std::strtoull(optarg, &end, 10);
+        if (!*optarg || *end || *optarg == '-' || errno == ERANGE || v < 1024 || v > (1ull << 30))
+          fail_usage(std::string("bad --read-size '") + optarg + "' (expected 1024 to 1073741824 bytes)");
+        o.conn.read_size = v;
         break;
       }
       case 8: {

@@ -8,6 +8,9 @@
 
 #include <doctest/doctest.h>
 
+#include <sys/socket.h>
+
+#include <algorithm>
 #include <chrono>
 #include <coroutine>
 #include <string>
@@ -166,4 +169,54 @@ TEST_CASE("multishot: a stream destroyed with its recv armed leaves the slot to 
     CHECK(s.current() == receive_stream::state::multishot);
   }
   while (ex.inflight() > 0) REQUIRE(ex.run_once(true));  // the left-behind slot got its CQE (ASan: freed once)
+}
+
+namespace {
+// Reads once into the sink (mid-frame or not), then decodes every complete
+// message: the bytes that read brought.
+task<int> read_and_consume(receive_stream* s, reader* r, frame_decoder* d, std::size_t* messages) {
+  int res = co_await read_once{s, r, !d->mid_frame()};
+  message_view m;
+  while (d->next(m) == frame_decoder::status::message) ++*messages;
+  co_return res;
+}
+}  // namespace
+
+TEST_CASE("direct reads grow while they come back full, up to 8 x read_size, and shrink again on small traffic") {
+  receive_stream::options o;
+  o.provided_buffers = false;  // every read straight into the sink
+  o.read_size = 16 * 1024;
+  setup t(o);
+  const int big = 4 * 1024 * 1024;
+  REQUIRE(::setsockopt(t.pair.second.fd(), SOL_SOCKET, SO_SNDBUF, &big, sizeof big) == 0);
+  REQUIRE(::setsockopt(t.pair.first.fd(), SOL_SOCKET, SO_RCVBUF, &big, sizeof big) == 0);
+  const std::string f = frame_of(std::string(1000, 'b'));
+  std::string bulk;
+  for (int i = 0; i < 1500; ++i) bulk += f;  // 1.5 MB, all queued before the first read
+  t.ex.run(send_text(&t.pair.second, bulk));
+
+  std::size_t messages = 0, got = 0, largest = 0, first = 0;
+  while (got < bulk.size()) {
+    int n = t.ex.run(read_and_consume(&t.stream, &t.r, &t.decoder, &messages));
+    REQUIRE(n > 0);
+    if (!first) first = static_cast<std::size_t>(n);
+    largest = std::max(largest, static_cast<std::size_t>(n));
+    got += static_cast<std::size_t>(n);
+  }
+  CHECK(messages == 1500);
+  // The first read asks for read_size and a little more (the rest of the
+  // frame it starts); later ones for up to 8 times as much, never more.
+  CHECK(first <= o.read_size + f.size());
+  CHECK(largest > 4 * o.read_size);
+  CHECK(largest <= 8 * o.read_size + f.size());
+
+  // One small frame per read: each brings less than a quarter of the step,
+  // which halves each time, back to read_size.
+  for (int i = 0; i < 4; ++i) {
+    t.ex.run(send_text(&t.pair.second, f));
+    CHECK(t.ex.run(read_and_consume(&t.stream, &t.r, &t.decoder, &messages)) == static_cast<int>(f.size()));
+  }
+  t.ex.run(send_text(&t.pair.second, bulk));
+  int n = t.ex.run(read_and_consume(&t.stream, &t.r, &t.decoder, &messages));
+  CHECK(static_cast<std::size_t>(n) <= o.read_size + f.size());
 }

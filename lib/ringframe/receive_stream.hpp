@@ -188,6 +188,18 @@ class receive_stream {
     small_reads_ = large ? 0 : static_cast<std::uint8_t>(small_reads_ < 255 ? small_reads_ + 1 : 255);
   }
   bool multishot_suits() const noexcept { return opts_.multishot && opts_.provided_buffers && small_reads_ >= 4; }
+  // Direct reads ask for read_size, doubled up to 8 times as much while
+  // reads bring at least what they asked for (bulk traffic: fewer, larger
+  // reads, whole frames per read, no partial frame moved at each buffer's
+  // end), halved again while they bring less than a quarter of it (a
+  // connection of small messages keeps small buffers). docs/io-path.md.
+  static constexpr std::uint8_t max_read_shift = 3;
+  std::size_t read_step() const noexcept { return opts_.read_size << read_shift_; }
+  void note_direct_read(std::size_t n) noexcept {
+    const std::size_t step = read_step();
+    if (n >= step && read_shift_ < max_read_shift) ++read_shift_;
+    else if (n < step / 4 && read_shift_ > 0) --read_shift_;
+  }
 
   socket& sock_;
   frame_decoder& sink_;
@@ -211,6 +223,7 @@ class receive_stream {
   bool last_read_large_ = false;
   bool skip_ring_once_ = false;   // the ring was empty: the next read into the sink
   std::uint8_t small_reads_ = 4;  // consecutive small reads (see note_read_size)
+  std::uint8_t read_shift_ = 0;   // see note_direct_read
 };
 
 }  // namespace ringframe

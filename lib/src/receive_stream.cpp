@@ -118,7 +118,7 @@ bool receive_stream::start(bool between_frames) {
   }
   std::span<std::byte> room;
   if (!br) {
-    room = sink_.prepare(opts_.read_size);
+    room = sink_.prepare(read_step());
     direct_ = true;
   }
   waiting_ = true;
@@ -158,7 +158,7 @@ void receive_stream::on_budget() {
   if (std::exchange(bw_->cancelled, false) || refusal()) return deliver(-ECANCELED, 0);
   std::span<std::byte> room;
   try {
-    room = sink_.prepare(opts_.read_size);
+    room = sink_.prepare(read_step());
   } catch (...) {  // the decoder could not grow: this connection fails, not the process
     return deliver(-ENOMEM, 0);
   }
@@ -227,6 +227,7 @@ int receive_stream::outcome() noexcept {
     if (failed) res = -ENOMEM;
   } else if (res > 0 && direct_) {
     sink_.commit(static_cast<std::size_t>(res));
+    note_direct_read(static_cast<std::size_t>(res));
   }
   direct_ = false;
   if (res > 0) {
