@@ -334,6 +334,27 @@ TEST_CASE("a large buffer given back by an idle decoder is reused by the next la
   CHECK(std::string_view(reinterpret_cast<const char*>(v.content.data()), v.content.size()) == bytes_pattern(70000));
 }
 
+TEST_CASE("the thread's block pool, full of one size class, frees those to keep a block of another") {
+  // After one workload (here 160 KiB blocks, more than the pool's 32 MiB
+  // budget of them) the next one's blocks (1 MiB) must still be pooled:
+  // else each is freed and the next allocated and faulted in again.
+  using detail::block_ref;
+  using detail::byte_block;
+  const std::size_t budget = 32u << 20, old_cap = 160 * 1024, new_cap = 1u << 20;
+  REQUIRE(byte_block::round_up(old_cap) == old_cap);
+  REQUIRE(byte_block::round_up(new_cap) == new_cap);
+  {
+    std::vector<block_ref> held;
+    for (std::size_t i = 0; i < budget / old_cap + 10; ++i) held.emplace_back(byte_block::make(old_cap));
+  }  // all given back: the pool keeps as many as its budget holds
+  CHECK(byte_block::pooled_bytes() >= budget - old_cap);
+  { block_ref big(byte_block::make(new_cap)); }  // given back: kept?
+  const std::size_t pooled = byte_block::pooled_bytes();
+  block_ref again(byte_block::make(new_cap));
+  CHECK(byte_block::pooled_bytes() + new_cap == pooled);  // taken from the pool, not allocated
+  CHECK(pooled <= budget + (16u << 20));                  // (16 MiB: the 16 KiB blocks' own limit)
+}
+
 TEST_CASE("error replies are framed text/json") {
   CHECK(error_reply_json("bad \"key\"") == "{\"error\":\"bad \\\"key\\\"\"}");
 }

@@ -70,7 +70,9 @@ struct connection_options {
   std::chrono::nanoseconds write_timeout = std::chrono::seconds(30);
   // Replies queued beyond this are sent before write() returns.
   std::size_t max_unsent_bytes = 1024 * 1024;
-  // recv size when no frame in progress asks for more.
+  // What a recv straight into the decoder asks for beyond the frame in
+  // progress, at first: for frames at most twice this long it doubles, up
+  // to 8 times, while reads come back full (docs/io-path.md, "Large frames").
   std::size_t read_size = 16 * 1024;
   // Between frames, receive into the executor's provided buffer ring (an
   // idle connection then holds no receive buffer); false: always receive

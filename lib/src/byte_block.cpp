@@ -36,6 +36,25 @@ pool& this_thread_pool() {
   return p;
 }
 
+// Room in the large budget for `cap` more bytes, by freeing blocks of the
+// other classes: when the traffic moves on (from 64 KiB frames to 1 MiB
+// ones, say), the last workload's blocks would otherwise fill the budget
+// for good, and every block of the new one be freed and faulted in again
+// (20 x 1 x 1 MiB ran at 0.44x the ceiling, 2.25x its CPU per message, in
+// a grid run after the 64 KiB cells: bench/RESULTS.md).
+void make_room(pool& p, std::size_t cap, int keep) noexcept {
+  for (int c = 0; c < static_cast<int>(p_count * 4) && p.large_bytes + cap > large_budget; ++c) {
+    if (c == keep) continue;
+    std::vector<byte_block*>& v = p.by_class[c];
+    while (!v.empty() && p.large_bytes + cap > large_budget) {
+      byte_block* b = v.back();
+      v.pop_back();
+      p.large_bytes -= b->capacity();
+      ::operator delete(b);
+    }
+  }
+}
+
 // The pool slot of a capacity above the smallest class, or -1.
 int large_class(std::size_t cap) noexcept {
   if (cap <= byte_block::smallest_class || cap > byte_block::largest_class) return -1;
@@ -86,10 +105,13 @@ void byte_block::recycle(byte_block* b) noexcept {
       p.small.push_back(b);
       return;
     }
-    if (int cls = large_class(cap); cls >= 0 && p.large_bytes + cap <= large_budget) {
-      p.by_class[cls].push_back(b);
-      p.large_bytes += cap;
-      return;
+    if (int cls = large_class(cap); cls >= 0 && cap <= large_budget) {
+      make_room(p, cap, cls);
+      if (p.large_bytes + cap <= large_budget) {  // (its own class may fill the budget alone)
+        p.by_class[cls].push_back(b);
+        p.large_bytes += cap;
+        return;
+      }
     }
   } catch (...) {  // the pool's own vector could not grow: free it instead
   }
