@@ -150,6 +150,9 @@ class server {
   // socket's operations are cancelled (ECANCELED) when the server stops.
   using stream_handler = std::function<task<void>(socket, connection_info)>;
 
+  // `ex` must outlive the server: the server's stop and drain reach its
+  // connections through the executor (deferred calls, its stop state), and
+  // its destructor unregisters from it.
   explicit server(executor& ex, server_options opts = {});
   server(const server&) = delete;
   server& operator=(const server&) = delete;
