@@ -42,9 +42,10 @@ struct message_view {
     return {reinterpret_cast<const char*>(content.data()), content.size()};
   }
 
-  // Set by the decoder, for content_json() (json.hpp): the parser that
-  // checked text/json content, and which of its parses that was (0: none).
-  // Null in a view built by hand (its content has no padding).
+  // Set by the decoder, for content_json() (json.hpp): its parser, and
+  // which parse of the decoding thread's shared parser checked text/json
+  // content (0: none, e.g. a decoder with a parser of its own or made on
+  // another thread). Null in a view built by hand (its content has no padding).
   const void* parsed_by = nullptr;
   unsigned long long parse_number = 0;
 };

@@ -13,8 +13,9 @@
 // through, alone: there is always progress.
 //
 // What stays outside it, bounded per connection: a partial header and up to
-// one read past it (read_size), replies waiting to be sent
-// (max_unsent_bytes), bytes a multishot recv holds.
+// one read step past it (read_size, doubled up to 8 times while reads come
+// back full for frames of at most 2 x read_size: receive_stream::read_step),
+// replies waiting to be sent (max_unsent_bytes), bytes a multishot recv holds.
 //
 // One thread's (like the connections it serves): plain integers, no locks.
 #pragma once

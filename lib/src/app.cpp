@@ -22,6 +22,16 @@ void append_python_str(std::string& out, simdjson::simdjson_result<simdjson::dom
   else out += simdjson::minify(e);
 }
 
+// obj[key] as Python's json.loads sees it: a repeated key's last value
+// (simdjson's lookup gives the first).
+using json_result = simdjson::simdjson_result<simdjson::dom::element>;
+json_result python_get(simdjson::dom::object obj, std::string_view key) {
+  json_result r(simdjson::NO_SUCH_FIELD);
+  for (simdjson::dom::key_value_pair kv : obj)
+    if (kv.key == key) r = json_result(simdjson::dom::element(kv.value));
+  return r;
+}
+
 constexpr header_fields json_reply{"text/json", "utf-8"};
 
 // The reply to `req`: its content appended to `out`, its header fields
@@ -43,10 +53,10 @@ header_fields app_reply(const message_view& req, std::string& out) {
   out += "{\"result\": ";
   std::string_view action;
   std::string_view hit;
-  const bool searching = !obj["action"].get(action) && action == "search";
+  const bool searching = !python_get(obj, "action").get(action) && action == "search";
   if (searching) {
     std::string_view value;
-    if (!obj["value"].get(value)) hit = app_search(value);  // only strings are in the table
+    if (!python_get(obj, "value").get(value)) hit = app_search(value);  // only strings are in the table
   }
   if (!hit.empty()) {
     append_json_string(out, hit);
@@ -55,10 +65,10 @@ header_fields app_reply(const message_view& req, std::string& out) {
     std::string text;
     if (searching) {
       text = "No match for \"";
-      append_python_str(text, obj["value"]);
+      append_python_str(text, python_get(obj, "value"));
     } else {
       text = "Error: invalid action \"";
-      append_python_str(text, obj["action"]);
+      append_python_str(text, python_get(obj, "action"));
     }
     text += "\".";
     append_json_string(out, text);

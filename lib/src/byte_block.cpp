@@ -105,9 +105,11 @@ void byte_block::recycle(byte_block* b) noexcept {
       p.small.push_back(b);
       return;
     }
-    if (int cls = large_class(cap); cls >= 0 && cap <= large_budget) {
+    // Room is made only for a block that fits beside its own class's
+    // (which make_room keeps): else the others would be freed for nothing.
+    if (int cls = large_class(cap); cls >= 0 && (p.by_class[cls].size() + 1) * cap <= large_budget) {
       make_room(p, cap, cls);
-      if (p.large_bytes + cap <= large_budget) {  // (its own class may fill the budget alone)
+      if (p.large_bytes + cap <= large_budget) {
         p.by_class[cls].push_back(b);
         p.large_bytes += cap;
         return;

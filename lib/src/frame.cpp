@@ -559,7 +559,11 @@ frame_decoder::status frame_decoder::next_slow(message_view& out) {
     return status::error;
   }
   out.parsed_by = parser_;
-  out.parse_number = check_json ? this_thread_json().parses : 0;
+  // A number only for a parse kept for content_json(): this thread's parser
+  // (a decoder made on another thread holds that thread's parser, whose
+  // count is not this one's: the two numbers could coincide).
+  thread_json& tj = this_thread_json();
+  out.parse_number = check_json && parser_ == &tj.parser ? tj.parses : 0;
   out.byteorder = field(0);
   out.content_type = field(1);
   out.content_encoding = field(2);
