@@ -42,12 +42,14 @@ struct message_view {
     return {reinterpret_cast<const char*>(content.data()), content.size()};
   }
 
-  // Set by the decoder, for content_json() (json.hpp): its parser, and
-  // which parse of the decoding thread's shared parser checked text/json
-  // content (0: none, e.g. a decoder with a parser of its own or made on
-  // another thread). Null in a view built by hand (its content has no padding).
-  const void* parsed_by = nullptr;
-  unsigned long long parse_number = 0;
+  // Set by the decoder, for content_json() (json.hpp): 0 in a view built
+  // by hand (its content has no padding after it); 1 from a decoder whose
+  // check of the content, if any, is not kept (other content types, a
+  // parser of the decoder's own, a decoder made on another thread); else
+  // the number, unique to the decoding thread, of the parse that checked it.
+  // One field, not two: every framed connection's coroutine frame holds a
+  // view (idle memory per connection).
+  unsigned long long json_tag = 0;
 };
 
 // Extra header keys with string values, written after the required four.

@@ -6,6 +6,7 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <cstdint>
 #include <cstdio>
@@ -47,9 +48,13 @@ class frame_category_impl : public std::error_category {
 // connection. Decoders copy what they need out of it before yielding, except
 // the last text/json content checked, which content_json() hands out while
 // no other parse on the thread has replaced it (counted in `parses`).
+std::atomic<unsigned long long> json_threads{1};
 struct thread_json {
   simdjson::dom::parser parser;
-  unsigned long long parses = 0;
+  // Parse numbers start at a base of the thread's own (its index above bit
+  // 40), so that a view's number never names a parse of another thread
+  // (a view carried to another thread), and never 0 or 1 (message_view::json_tag).
+  unsigned long long parses = json_threads.fetch_add(1, std::memory_order_relaxed) << 40 | 1;
   simdjson::dom::element content_root;  // of parse number `content_parse`
   unsigned long long content_parse = 0;
 };
@@ -558,12 +563,11 @@ frame_decoder::status frame_decoder::next_slow(message_view& out) {
     begin_ += frame_len_;  // skip the bad frame; the stream stays in sync
     return status::error;
   }
-  out.parsed_by = parser_;
-  // A number only for a parse kept for content_json(): this thread's parser
-  // (a decoder made on another thread holds that thread's parser, whose
-  // count is not this one's: the two numbers could coincide).
+  // A number only for a parse kept for content_json(): by this thread's
+  // parser (a decoder made on another thread holds that thread's parser,
+  // whose last document is not this content).
   thread_json& tj = this_thread_json();
-  out.parse_number = check_json && parser_ == &tj.parser ? tj.parses : 0;
+  out.json_tag = check_json && parser_ == &tj.parser ? tj.parses : 1;
   out.byteorder = field(0);
   out.content_type = field(1);
   out.content_encoding = field(2);
@@ -580,15 +584,14 @@ frame_decoder::status frame_decoder::next_slow(message_view& out) {
 simdjson::simdjson_result<simdjson::dom::element> content_json(const message_view& m) {
   thread_json& tj = this_thread_json();
   // The decoder's own parse, if nothing has been parsed on this thread since.
-  if (m.parse_number != 0 && m.parsed_by == &tj.parser && m.parse_number == tj.content_parse &&
-      tj.parses == tj.content_parse)
+  if (m.json_tag > 1 && m.json_tag == tj.content_parse && tj.parses == tj.content_parse)
     return simdjson::simdjson_result<simdjson::dom::element>(simdjson::dom::element(tj.content_root));
   ++tj.parses;
   tj.content_parse = 0;
   // From a decoder, the content is followed by readable padding (no copy);
   // a view built by hand is copied into the parser's padded buffer.
   return tj.parser.parse(reinterpret_cast<const uint8_t*>(m.content.data()), m.content.size(),
-                         m.parsed_by == nullptr);
+                         m.json_tag == 0);
 }
 
 }  // namespace ringframe
