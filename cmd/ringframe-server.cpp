@@ -73,7 +73,7 @@ const char* const usage_text =
     "                           sent from the receive buffer, not copied (default 16384; 0: never)\n"
     "      --read-size BYTES    framed modes: bytes a read asks for beyond the frame in progress,\n"
     "                           doubled up to 8 times while reads come back full and frames are\n"
-    "                           at most twice as long (default 16384, at least 1024)\n"
+    "                           at most twice as long (default 16384; 1024 to 16777216)\n"
     "      --no-provided-buffers\n"
     "                           framed modes: receive into each connection's own buffer even\n"
     "                           between messages (for comparison)\n"
@@ -227,8 +227,8 @@ options parse(int argc, char** argv) {
         char* end = nullptr;
         errno = 0;
         unsigned long long v = std::strtoull(optarg, &end, 10);
-        if (!*optarg || *end || *optarg == '-' || errno == ERANGE || v < 1024 || v > (1ull << 30))
-          fail_usage(std::string("bad --read-size '") + optarg + "' (expected 1024 to 1073741824 bytes)");
+        if (!*optarg || *end || *optarg == '-' || errno == ERANGE || v < 1024 || v > (16ull << 20))
+          fail_usage(std::string("bad --read-size '") + optarg + "' (expected 1024 to 16777216 bytes)");
         o.conn.read_size = v;
         break;
       }

@@ -220,3 +220,22 @@ TEST_CASE("direct reads grow while they come back full, up to 8 x read_size, and
   int n = t.ex.run(read_and_consume(&t.stream, &t.r, &t.decoder, &messages));
   CHECK(static_cast<std::size_t>(n) <= o.read_size + f.size());
 }
+
+TEST_CASE("a read_size of 0 or beyond any buffer is held within 1 byte to 16 MiB: frames still arrive whole") {
+  for (std::size_t size : {std::size_t{0}, std::size_t{1}, SIZE_MAX}) {
+    CAPTURE(size);
+    receive_stream::options o;
+    o.provided_buffers = false;
+    o.read_size = size;  // 0 would read nothing (an end of stream); SIZE_MAX's step would wrap
+    setup t(o);
+    std::string f = frame_of(std::string(3000, 'z'));
+    t.ex.spawn(send_text(&t.pair.second, f + f));
+    std::string got;
+    std::size_t messages = 0;
+    while (messages < 2) {
+      int n = t.ex.run(read_and_consume(&t.stream, &t.r, &t.decoder, &messages));
+      REQUIRE(n > 0);
+    }
+    CHECK(t.decoder.buffered() == 0);
+  }
+}

@@ -73,6 +73,7 @@ struct connection_options {
   // What a recv straight into the decoder asks for beyond the frame in
   // progress, at first: for frames at most twice this long it doubles, up
   // to 8 times, while reads come back full (docs/io-path.md, "Large frames").
+  // Held within 1 byte to 16 MiB.
   std::size_t read_size = 16 * 1024;
   // Between frames, receive into the executor's provided buffer ring (an
   // idle connection then holds no receive buffer); false: always receive

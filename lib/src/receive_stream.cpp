@@ -2,6 +2,7 @@
 
 #include <ringframe/detail/io_backend.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <exception>
 #include <utility>
@@ -16,6 +17,10 @@ constexpr auto discard = [](const buffer_ring::slice&) noexcept { return false; 
 receive_stream::receive_stream(socket& s, frame_decoder& sink, options o, done_fn done, void* ctx,
                                std::uint64_t* bytes_in) noexcept
     : sock_(s), sink_(sink), opts_(o), done_(done), ctx_(ctx), bytes_in_(bytes_in) {
+  // A read of 0 bytes would look like the peer's end of stream, and the
+  // step (up to 8 times read_size) must neither wrap nor ask for more than
+  // a buffer worth having: 1 byte to 16 MiB.
+  opts_.read_size = std::clamp<std::size_t>(opts_.read_size, 1, std::size_t{16} << 20);
   slot_.owner = this;
   slot_.on_cqe = &receive_stream::on_cqe;
 }
