@@ -286,3 +286,29 @@ TEST_CASE("review6: stop() from another thread ends framed connections in every 
     CHECK(b.waiting() == 0);
   });
 }
+
+// ---------------------------------------------------------------------------
+// Left alone by review 6, fixed in session 7: a connection coroutine that
+// throws before its end (the log sink throwing on "Connected by") never
+// counted its connection out: live_connections() stayed above zero for
+// good (and every later accept was refused one connection early).
+TEST_CASE("a connection coroutine that throws still counts its connection out") {
+  on_each_backend([](backend_kind k) {
+    executor ex(on(k));
+    server_options o;
+    o.log = [](const std::string& line) {
+      if (line.rfind("Connected by", 0) == 0) throw std::runtime_error("the log sink failed");
+    };
+    server srv(ex, o);
+    const address to = listen_loopback(srv);
+    std::string failure;
+    bool ended = false;
+    ex.spawn(serve_catching(&srv, framed(&frame_echo_handler), &failure, &ended));
+    const int a = plain_client(to);
+    REQUIRE(turn_until(ex, [&] { return ended; }));
+    ex.run_until_idle();
+    CHECK(srv.live_connections() == 0);
+    CHECK(srv.stats().closed == 1);
+    ::close(a);
+  });
+}

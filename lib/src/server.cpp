@@ -240,7 +240,24 @@ void log_handler_failure(server* self, const address& peer, const char* who, std
 }
 }  // namespace
 
+namespace {
+// Counts a connection out however its coroutine ends: a log line that
+// throws (the sink, or building it out of memory) ends the coroutine
+// through the server's group, and the count must not stay up for good.
+struct counted_out {
+  std::size_t* live;
+  server_stats* stats;
+  const server* srv;
+  ~counted_out() {
+    if (srv->draining()) ++stats->drained;
+    --*live;
+    ++stats->closed;
+  }
+};
+}  // namespace
+
 detail::group_child server::run_connection(task_group* /*read by the promise*/, server* self, socket s, address peer) {
+  counted_out counted{&self->live_, &self->stats_, self};
   if (self->opts_.log_connections) self->log({log_level::info, "connected", &peer, {}, "Connected by " + peer.to_python()});
   // The handler's helpers (connection_info::helpers) are joined before the
   // handler's frame, and the socket in it, goes: the handler is awaited
@@ -273,9 +290,6 @@ detail::group_child server::run_connection(task_group* /*read by the promise*/, 
   }
   t = task<void>();  // the handler's frame, and the socket in it
   if (self->opts_.log_connections) self->log({log_level::info, "closed", &peer, {}, "Closing connection to " + peer.to_python()});
-  if (self->draining()) ++self->stats_.drained;
-  --self->live_;
-  ++self->stats_.closed;
 }
 
 server_stats& server_stats::operator+=(const server_stats& o) {
