@@ -70,7 +70,7 @@ const char* const usage_text =
     "                           until frames are consumed (default 268435456; 0: no bound)\n"
     "      --gather-threshold BYTES\n"
     "                           framed modes: echoed or forwarded content at least this long is\n"
-    "                           sent from the receive buffer, not copied (default 16384; 0: never)\n"
+    "                           sent from the receive buffer, not copied (default 1024; 0: never)\n"
     "      --read-size BYTES    framed modes: bytes a read asks for beyond the frame in progress,\n"
     "                           doubled up to 8 times while reads come back full and frames are\n"
     "                           at most twice as long (default 16384; 1024 to 16777216)\n"

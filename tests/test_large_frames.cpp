@@ -205,6 +205,40 @@ task<void> start_and_wait(send_queue* q) {
 }
 }  // namespace
 
+namespace {
+// 200 echoes of 1,000 bytes lying back to back in one block (pipelined
+// frames), then two more back to back with copied bytes written between
+// them.
+task<void> write_back_to_back(send_queue* q, detail::block_ref b) {
+  for (std::size_t i = 0; i < 200; ++i)
+    REQUIRE(q->append_shared(b, std::span<const std::byte>(b->data() + i * 1000, 1000)));
+  q->out() += "copied";
+  REQUIRE(q->append_shared(b, std::span<const std::byte>(b->data() + 200000, 500)));
+  q->out() += "between";
+  REQUIRE(q->append_shared(b, std::span<const std::byte>(b->data() + 200500, 500)));
+  q->start();
+  while (q->busy()) co_await wait_empty{q, {}};
+}
+}  // namespace
+
+TEST_CASE("echoes back to back in one block are one piece, however many; bytes copied between them keep their place") {
+  testing::on_each_backend([](backend_kind k) {
+    executor ex(testing::on(k));
+    auto [a, b] = testing::socket_pair(ex);
+    send_queue q(a, {});
+    detail::block_ref blk = filled_block(256 << 10, 'c');
+    // More than the 64 pieces a batch may hold: only merged do they fit.
+    const std::string want =
+        text_of(blk, 0, 200000) + "copied" + text_of(blk, 200000, 500) + "between" + text_of(blk, 200500, 500);
+    ex.spawn(write_back_to_back(&q, blk));
+    std::string got = ex.run(read_exactly(&b, want.size()));
+    ex.run_until_idle();
+    CHECK(got == want);
+    CHECK(!q.error());
+    CHECK(!blk->shared());
+  });
+}
+
 TEST_CASE("a queue destroyed with pieces in flight leaves them to the kernel's last completion") {
   testing::on_each_backend([](backend_kind k) {
     executor ex(testing::on(k));

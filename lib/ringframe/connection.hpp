@@ -93,8 +93,10 @@ struct connection_options {
   // (write_raw) at least this long that lies in the receive buffer (a reply
   // that echoes or forwards what it received) is sent from there, by
   // reference (a sendmsg gather list), instead of being copied into the
-  // send buffer; 0: always copy. See docs/io-path.md, "Large frames".
-  std::size_t gather_threshold = 16 * 1024;
+  // send buffer; 0: always copy. Echoes of pipelined frames lie back to
+  // back there and go out as one gather entry. See docs/io-path.md, "Large
+  // frames".
+  std::size_t gather_threshold = 1024;
   // The memory that large frames in progress may hold on this connection's
   // thread, in bytes (receive_budget.hpp): past it, connections wanting
   // more stop being read until frames are consumed; 0: no bound. One value
