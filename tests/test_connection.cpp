@@ -148,6 +148,15 @@ TEST_CASE("the app answers every request kind of docs/protocol.md section 3") {
   }
 }
 
+TEST_CASE("app_search: the tutorial's table, and nothing else") {
+  CHECK(app_search("morpheus") == "Follow the white rabbit. \xF0\x9F\x90\xB0");
+  CHECK(app_search("ring") == "In the caves beneath the Misty Mountains. \xF0\x9F\x92\x8D");
+  CHECK(app_search("\xF0\x9F\x90\xB6") == "\xF0\x9F\x90\xBE Playing ball! \xF0\x9F\x8F\x90");
+  CHECK(app_search("morpheu").empty());
+  CHECK(app_search("").empty());
+  CHECK(app_search("Ring").empty());
+}
+
 TEST_CASE("1,000 pipelined requests on one connection are answered in order") {
   framed_server fs(per_request(&app_handler));
   auto [wire, expect] = pipelined_searches(1000);
