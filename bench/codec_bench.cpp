@@ -10,6 +10,9 @@
 //   decode/memcpy/FEED/SIZE      memcpy of the same bytes in the same chunks:
 //                                the ceiling each decode is compared with
 //   encode/SIZE                  encode_frame into a reused std::string
+//   decode/ringframe/app-request/{text-json,binary}
+//                                the tutorial's search request, whole buffer,
+//                                its 41-byte content checked as JSON or not
 // FEED: whole (one buffer), 4KiB and 1B (chunks of that size), all with the
 // same header on every message; whole-distinct gives every message a
 // different header (an extra "seq" key), so no parse can be reused. Bytes
@@ -42,6 +45,7 @@ using namespace ringframe;
 
 namespace {
 
+using codec_bench::make_app_stream;
 using codec_bench::make_stream;
 
 std::size_t decode_ours(const std::string& stream, std::size_t chunk) {
@@ -118,6 +122,16 @@ void bench_memcpy(benchmark::State& state, std::size_t size, const feed& f) {
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * s.bytes.size()));
 }
 
+// The tutorial's search request, its content checked as JSON or not.
+void bench_app_request(benchmark::State& state, bool as_json) {
+  std::size_t count = 0;
+  const std::string bytes = make_app_stream(as_json, 16u << 20, count);
+  if (decode_ours(bytes, bytes.size()) != count) std::abort();
+  for (auto _ : state) benchmark::DoNotOptimize(decode_ours(bytes, bytes.size()));
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * count));
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * bytes.size()));
+}
+
 void bench_encode(benchmark::State& state, std::size_t size) {
   std::string content(size, 'x');
   std::string out;
@@ -186,6 +200,9 @@ int main(int argc, char** argv) {
 #endif
     }
   }
+  for (bool as_json : {true, false})
+    benchmark::RegisterBenchmark(as_json ? "decode/ringframe/app-request/text-json" : "decode/ringframe/app-request/binary",
+                                 [as_json](benchmark::State& st) { bench_app_request(st, as_json); });
   for (std::size_t size : sizes)
     benchmark::RegisterBenchmark(("encode/" + std::to_string(size)).c_str(),
                                  [size](benchmark::State& st) { bench_encode(st, size); });

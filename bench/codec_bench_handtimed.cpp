@@ -59,6 +59,7 @@ double median_seconds(const options& o, F&& fn) {
 
 volatile std::size_t sink;
 
+using codec_bench::make_app_stream;
 using codec_bench::make_stream;
 
 std::size_t decode_ours(const std::string& stream, std::size_t chunk) {
@@ -145,6 +146,18 @@ int main(int argc, char** argv) {
       std::printf("%-8zu %-14s %14.0f %10.3f %10.3f %7.0f%% %14s %8s\n", size, f.name, r.msgs_per_s, r.gb_per_s,
                   r.memcpy_gb_per_s, 100 * r.gb_per_s / r.memcpy_gb_per_s, nl, ratio);
       std::fflush(stdout);
+    }
+  }
+
+  // The tutorial's search request, its 41-byte content checked as JSON or not.
+  if (o.only_size < 0) {
+    std::printf("\n%-22s %14s\n", "app request", "decode msg/s");
+    for (bool as_json : {true, false}) {
+      std::size_t count = 0;
+      std::string stream = make_app_stream(as_json, 16u << 20, count);
+      if (decode_ours(stream, stream.size()) != count) std::abort();
+      double t = median_seconds(o, [&] { decode_ours(stream, stream.size()); });
+      std::printf("%-22s %14.0f\n", as_json ? "text-json" : "binary", count / t);
     }
   }
 

@@ -41,6 +41,29 @@ inline std::string make_stream(std::size_t content_size, std::size_t target_byte
   return s;
 }
 
+// The tutorial client's search request (41 bytes of content, its header as
+// the tutorial writes it), over and over: as text/json, which the decoder
+// checks with a DOM parse, or the same bytes typed binary, which it does
+// not. The difference is what --mode app pays per request for the
+// protocol's "text/json content is JSON" (docs/protocol.md).
+inline std::string make_app_stream(bool as_json, std::size_t target_bytes, std::size_t& count) {
+  const std::string content = "{\"action\": \"search\", \"value\": \"morpheus\"}";
+  const std::string header = std::string("{\"byteorder\": \"little\", \"content-type\": \"") +
+                             (as_json ? "text/json" : "binary/custom-client-binary-type") +
+                             "\", \"content-encoding\": \"utf-8\", \"content-length\": " +
+                             std::to_string(content.size()) + "}";
+  std::string one;
+  one += static_cast<char>(header.size() >> 8);
+  one += static_cast<char>(header.size() & 0xff);
+  one += header;
+  one += content;
+  count = std::max<std::size_t>(1, target_bytes / one.size());
+  std::string s;
+  s.reserve(count * one.size());
+  for (std::size_t i = 0; i < count; ++i) s += one;
+  return s;
+}
+
 // Messages decoded; `bytes` gets their content bytes (for the caller to sink).
 inline std::size_t decode_ours(const std::string& stream, std::size_t chunk, std::size_t& bytes) {
   frame_decoder d;
