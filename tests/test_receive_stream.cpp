@@ -221,6 +221,36 @@ TEST_CASE("direct reads grow while they come back full, up to 8 x read_size, and
   CHECK(static_cast<std::size_t>(n) <= o.read_size + f.size());
 }
 
+TEST_CASE("pipelined large frames: one read per frame, each reaching only the next frame's header") {
+  receive_stream::options o;
+  o.provided_buffers = false;
+  o.read_size = 16 * 1024;
+  setup t(o);
+  const int big = 4 * 1024 * 1024;
+  REQUIRE(::setsockopt(t.pair.second.fd(), SOL_SOCKET, SO_SNDBUF, &big, sizeof big) == 0);
+  REQUIRE(::setsockopt(t.pair.first.fd(), SOL_SOCKET, SO_RCVBUF, &big, sizeof big) == 0);
+  const std::string f = frame_of(std::string(100000, 'F'));
+  std::string bulk;
+  for (int i = 0; i < 20; ++i) bulk += f;  // 2 MB, all queued before the first read
+  t.ex.run(send_text(&t.pair.second, bulk));
+
+  std::size_t messages = 0, got = 0, reads = 0, largest_left = 0;
+  while (got < bulk.size()) {
+    int n = t.ex.run(read_and_consume(&t.stream, &t.r, &t.decoder, &messages));
+    REQUIRE(n > 0);
+    got += static_cast<std::size_t>(n);
+    // What is left in the decoder after the whole frames: the start of the
+    // next one, moved to another buffer when the rest does not fit. After
+    // the first read (read_size, with nothing known yet), no more than its
+    // prefix, header and a little content.
+    if (++reads > 1) largest_left = std::max(largest_left, t.decoder.buffered());
+  }
+  CHECK(messages == 20);
+  CHECK(largest_left > 0);  // reads did reach into the next frame: its header came with them
+  CHECK(largest_left <= 1024);
+  CHECK(reads <= 21);  // not a second read per frame for its header
+}
+
 TEST_CASE("a read_size of 0 or beyond any buffer is held within 1 byte to 16 MiB: frames still arrive whole") {
   for (std::size_t size : {std::size_t{0}, std::size_t{1}, SIZE_MAX}) {
     CAPTURE(size);
