@@ -287,6 +287,41 @@ TEST_CASE("a handler that throws gets an error reply sent, and the connection go
   CHECK(e.replies[1] == "fine");
 }
 
+namespace {
+// Writes an echo (queued, not yet sent: replies go out when the handler
+// next reads or flushes), then throws.
+task<void> reply_then_throw(connection& conn, connection_info) {
+  result<message_view> m = co_await conn.read_message();
+  REQUIRE(m);
+  result<void> w = co_await conn.write_raw(m->wire);
+  REQUIRE(w);
+  throw std::runtime_error("after the reply");
+}
+task<void> nap(executor* ex) {
+  result<void> r = co_await sleep_for(*ex, 10ms);
+  CHECK(r);
+}
+}  // namespace
+
+TEST_CASE("a connection handler that throws after writing: its replies still go out, then the stream ends cleanly") {
+  framed_server fs(framed(&reply_then_throw));
+  std::string a;
+  REQUIRE(encode_frame(message::binary("first", "t"), a));
+  exchange e = fs.talk(a, 1);
+  REQUIRE(e.replies.size() == 1);
+  CHECK(e.replies[0] == "first");
+  CHECK(e.end == frame_errc::end_of_stream);  // a clean end, not a reset
+  // The failure is logged, and the counters added, once the connection
+  // has closed (2 s at most).
+  for (int i = 0; i < 200 && fs.srv.stats().closed == 0; ++i) fs.ex.run(nap(&fs.ex));
+  bool logged = false;
+  for (const std::string& l : fs.log) logged = logged || l.find("failed: after the reply") != std::string::npos;
+  CHECK(logged);
+  CHECK(fs.srv.stats().closed == 1);
+  CHECK(fs.srv.stats().messages_in == 1);
+  CHECK(fs.srv.stats().messages_out == 1);
+}
+
 TEST_CASE("idle and mid-message timeouts close the connection") {
   connection_options co;
   co.idle_timeout = 100ms;

@@ -4,6 +4,7 @@
 #include <ringframe/detail/join.hpp>
 
 #include <algorithm>
+#include <exception>
 #include <memory>
 
 namespace ringframe {
@@ -38,23 +39,35 @@ task<void> run_framed(socket s, connection_info info, const framed_setup* setup)
   // and the queue (the socket's token, and the read stop, below).
   connection conn = detail::server_access::make(std::move(s), setup->options);
   detail::server_access::set_read_stop(conn, info.read_stop);
+  std::exception_ptr failed;
   {
     tracked_connection open(info.server, &conn);
     task<void> t = setup->handler(conn, info);
     // Awaited without rethrowing (start_child): the handler's helpers
     // (connection_info::helpers) use `conn`, and are stopped and joined
     // before it goes, however the handler ended. Then its exception, or the
-    // first helper's, goes on to the server, which logs it.
+    // first helper's, goes on to the server, which logs it, once the
+    // connection has closed as any other does: the replies written before
+    // the throw go out, and the peer sees a clean end, not a reset.
     detail::start_child<void> handling{t.handle()};
     co_await handling;
     if (info.helpers_slot && *info.helpers_slot) {
       (*info.helpers_slot)->request_stop();
-      co_await (*info.helpers_slot)->join();
+      try {
+        co_await (*info.helpers_slot)->join();
+      } catch (...) {
+        failed = std::current_exception();
+      }
     }
-    t.take_result();
+    try {
+      t.take_result();
+    } catch (...) {
+      failed = std::current_exception();  // the handler's own, before its helpers'
+    }
     co_await conn.close_gracefully(setup->options.linger_timeout);
   }
   detail::add_connection_counters(conn, info.server->stats());  // unlisted above: counted once
+  if (failed) std::rethrow_exception(failed);
 }
 
 task<void> request_loop(connection& conn, connection_info info, const request_handler* h) {
