@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <string>
 #include <string_view>
+#include <thread>
 
 using namespace ringframe;
 
@@ -116,6 +117,26 @@ TEST_CASE("content_json of a decoder given its own parser parses again in the th
   message_view m;
   REQUIRE(d.next(m) == frame_decoder::status::message);
   CHECK(value_of(content_json(m)) == "own");
+}
+
+TEST_CASE("a decoder made on one thread and used on another parses with that other thread's parser") {
+  // d2 is made here and used on thread B: its parses must not overwrite
+  // this thread's parser, which holds the document of d1's view.
+  frame_decoder d1, d2;
+  d1.feed(frame_of("text/json", R"({"k":"here"})"));
+  message_view v1;
+  REQUIRE(d1.next(v1) == frame_decoder::status::message);
+  simdjson::simdjson_result<simdjson::dom::element> here = content_json(v1);
+  std::string on_b;
+  std::thread b([&] {
+    d2.feed(frame_of("text/json", R"({"k":"on B, a longer value than here"})"));
+    message_view v2;
+    if (d2.next(v2) == frame_decoder::status::message) on_b = value_of(content_json(v2));
+  });
+  b.join();
+  CHECK(on_b == "on B, a longer value than here");
+  CHECK(value_of(here) == "here");
+  CHECK(value_of(content_json(v1)) == "here");
 }
 
 TEST_CASE("append_json_string escapes every byte at every offset exactly as byte-by-byte escaping does") {

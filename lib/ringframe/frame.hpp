@@ -111,6 +111,10 @@ class frame_decoder {
  public:
   enum class status { message, need_more, error };
 
+  // Without a parser of its own, headers and text/json content are parsed
+  // with the calling thread's (one per thread, shared by its decoders), so
+  // a decoder may be used on a thread other than the one that made it.
+  // A parser given here is the caller's to keep from two threads at once.
   explicit frame_decoder(frame_limits limits = {}, simdjson::dom::parser* parser = nullptr);
   ~frame_decoder();
   frame_decoder(frame_decoder&&) noexcept;
@@ -208,7 +212,7 @@ class frame_decoder {
   }
 
   frame_limits limits_;
-  simdjson::dom::parser* parser_;
+  simdjson::dom::parser* parser_;  // null: the calling thread's (a decoder may move between threads)
   // From the per-thread pool, and back to it when the last holder lets go.
   detail::block_ref buf_;
   std::size_t cap_ = 0;    // usable bytes (buf_'s capacity); zeroed padding follows

@@ -62,7 +62,6 @@ thread_json& this_thread_json() {
   static thread_local thread_json t;
   return t;
 }
-simdjson::dom::parser& thread_parser() { return this_thread_json().parser; }
 
 const char* type_name(simdjson::dom::element_type t) {
   using T = simdjson::dom::element_type;
@@ -302,7 +301,7 @@ static_assert(frame_limits::hard_max_content_length <= 0xffffffffu - 0x10000u,
 }  // namespace
 
 frame_decoder::frame_decoder(frame_limits limits, simdjson::dom::parser* parser)
-    : limits_(limits), parser_(parser ? parser : &thread_parser()) {
+    : limits_(limits), parser_(parser) {
   // Whatever was configured, the effective limit is one that can be held.
   limits_.max_content_length = std::min(limits_.max_content_length, frame_limits::hard_max_content_length);
 }
@@ -425,9 +424,11 @@ frame_decoder::status frame_decoder::parse_header(const std::byte* header, std::
     return status::need_more;
   }
   cache_valid_ = false;
-  ++this_thread_json().parses;  // whichever parser: content_json() only has to be safe
+  thread_json& tj = this_thread_json();
+  ++tj.parses;  // whichever parser: content_json() only has to be safe
   dom::element doc;
-  error_code err = parser_->parse(reinterpret_cast<const uint8_t*>(header), len, false).get(doc);
+  dom::parser& p = parser_ ? *parser_ : tj.parser;
+  error_code err = p.parse(reinterpret_cast<const uint8_t*>(header), len, false).get(doc);
   if (err == UTF8_ERROR) return fail(frame_errc::header_not_utf8, false, "JSON header is not valid UTF-8");
   if (err) return fail(frame_errc::header_not_json, false, std::string("JSON header is not valid JSON: ") + error_message(err));
   dom::object obj;
@@ -512,9 +513,10 @@ bool frame_decoder::validate_content(const std::byte* content, std::size_t len) 
   thread_json& tj = this_thread_json();
   const unsigned long long n = ++tj.parses;
   simdjson::dom::element doc;
-  simdjson::error_code err = parser_->parse(reinterpret_cast<const uint8_t*>(content), len, false).get(doc);
+  simdjson::dom::parser& p = parser_ ? *parser_ : tj.parser;
+  simdjson::error_code err = p.parse(reinterpret_cast<const uint8_t*>(content), len, false).get(doc);
   if (!err) {
-    if (parser_ == &tj.parser) {  // kept for content_json(), until the next parse
+    if (&p == &tj.parser) {  // kept for content_json(), until the next parse
       tj.content_root = doc;
       tj.content_parse = n;
     }
@@ -564,10 +566,10 @@ frame_decoder::status frame_decoder::next_slow(message_view& out) {
     return status::error;
   }
   // A number only for a parse kept for content_json(): by this thread's
-  // parser (a decoder made on another thread holds that thread's parser,
-  // whose last document is not this content).
+  // parser (not one the decoder was given, whose last document content_json
+  // cannot know).
   thread_json& tj = this_thread_json();
-  out.json_tag = check_json && parser_ == &tj.parser ? tj.parses : 1;
+  out.json_tag = check_json && (!parser_ || parser_ == &tj.parser) ? tj.parses : 1;
   out.byteorder = field(0);
   out.content_type = field(1);
   out.content_encoding = field(2);
