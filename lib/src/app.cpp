@@ -122,9 +122,9 @@ task<message> app_handler(message_view req, connection_info) {
 }
 
 task<void> app_connection_handler(connection& conn, connection_info info) {
-  // write() copies the reply into the send queue before it returns (a
-  // short reply is never sent by reference), so one buffer per thread
-  // serves every connection on it.
+  // write() copies the reply into the send queue before it returns (only
+  // bytes that lie in the connection's receive buffer are sent by
+  // reference), so one buffer per thread serves every connection on it.
   static thread_local std::string reply;
   for (;;) {
     result<message_view> m = co_await conn.read_message();
