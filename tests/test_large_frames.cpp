@@ -2,6 +2,7 @@
 // the send queue's gather lists, and frame-echo end to end for every size
 // split at every boundary class, on every receive path, pipelined or not.
 #include "loopback.hpp"
+#include "send_helpers.hpp"
 
 #include <ringframe/app.hpp>
 #include <ringframe/connection.hpp>
@@ -23,6 +24,9 @@
 
 using namespace ringframe;
 using namespace std::chrono_literals;
+using testing::wait_empty;
+using testing::read_exactly;
+using testing::text_of;
 
 namespace {
 
@@ -116,37 +120,10 @@ TEST_CASE("a read into a frame whose length is known reaches at most one read si
 
 namespace {
 
-struct wait_empty {
-  send_queue* q;
-  detail::send_waiter node;
-  bool await_ready() const noexcept { return !q->busy(); }
-  void await_suspend(std::coroutine_handle<> h) noexcept {
-    node.h = h;
-    q->wait(&node);
-  }
-  void await_resume() const noexcept {}
-};
-
-task<std::string> read_exactly(ringframe::socket* s, std::size_t n) {
-  std::string got;
-  std::vector<std::byte> buf(1 << 16);
-  while (got.size() < n) {
-    result<std::size_t> r = co_await s->recv(buf, {.timeout = 5s});
-    REQUIRE(r);
-    REQUIRE(*r > 0);
-    got.append(reinterpret_cast<const char*>(buf.data()), *r);
-  }
-  co_return got;
-}
-
 detail::block_ref filled_block(std::size_t n, char fill) {
   detail::block_ref b(detail::byte_block::make(n));
   for (std::size_t i = 0; i < n; ++i) b->data()[i] = static_cast<std::byte>(fill + static_cast<char>(i % 7));
   return b;
-}
-
-std::string text_of(const detail::block_ref& b, std::size_t from, std::size_t n) {
-  return {reinterpret_cast<const char*>(b->data()) + from, n};
 }
 
 // Appends, starts, and while that batch is out appends more (a second batch).
@@ -177,7 +154,7 @@ TEST_CASE("pieces by reference go out in order between the copied bytes, through
                              text_of(b1, 0, 1000) + "end";
     CHECK(q.unsent() == 0);
     ex.spawn(write_mixed(&q, b1, b2));
-    std::string got = ex.run(read_exactly(&b, want.size()));
+    std::string got = ex.run(read_exactly(&b, want.size(), 5s));
     ex.run_until_idle();
     CHECK(got.size() == want.size());
     CHECK(got == want);
@@ -231,7 +208,7 @@ TEST_CASE("echoes back to back in one block are one piece, however many; bytes c
     const std::string want =
         text_of(blk, 0, 200000) + "copied" + text_of(blk, 200000, 500) + "between" + text_of(blk, 200500, 500);
     ex.spawn(write_back_to_back(&q, blk));
-    std::string got = ex.run(read_exactly(&b, want.size()));
+    std::string got = ex.run(read_exactly(&b, want.size(), 5s));
     ex.run_until_idle();
     CHECK(got == want);
     CHECK(!q.error());
@@ -338,13 +315,13 @@ task<void> echo_cut(executor* ex, address to, std::vector<std::string> frames, b
       cuts.push_back(all.size() + 1);  // the next frame's prefix split
     }
     ex->spawn(send_in_pieces(&*s, all, cuts));
-    std::string got = co_await read_exactly(&*s, all.size());
+    std::string got = co_await read_exactly(&*s, all.size(), 5s);
     CHECK(got.size() == all.size());
     CHECK(got == all);
   } else {
     for (const std::string& f : frames) {
       co_await send_in_pieces(&*s, f, cut_points(f));
-      std::string got = co_await read_exactly(&*s, f.size());
+      std::string got = co_await read_exactly(&*s, f.size(), 5s);
       CHECK(got.size() == f.size());
       CHECK(got == f);
     }
@@ -395,7 +372,7 @@ task<void> fast_client(executor* ex, address to, std::size_t size, int n, int* d
   for (int i = 0; i < n; ++i) {
     result<std::size_t> w = co_await s->send_all(f, {.timeout = 20s});
     REQUIRE(w);
-    std::string got = co_await read_exactly(&*s, f.size());
+    std::string got = co_await read_exactly(&*s, f.size(), 5s);
     REQUIRE(got == f);
   }
   ++*done;
@@ -503,7 +480,7 @@ task<void> slow_sender(executor* ex, address to, std::string frame, std::size_t 
     result<void> slept = co_await sleep_for(*ex, 2ms);
     CHECK(slept);
   }
-  std::string got = co_await read_exactly(&*s, frame.size());
+  std::string got = co_await read_exactly(&*s, frame.size(), 5s);
   CHECK(got == frame);
   ++*done;
 }
@@ -516,7 +493,7 @@ task<void> small_requests(executor* ex, address to, int n, int* done_large, int*
   for (int i = 0; i < n; ++i) {
     result<std::size_t> w = co_await s->send_all(f, {.timeout = 10s});
     REQUIRE(w);
-    std::string got = co_await read_exactly(&*s, f.size());
+    std::string got = co_await read_exactly(&*s, f.size(), 5s);
     REQUIRE(got == f);
     if (receive_budget::this_thread().waiting() > 0 && *done_large < 300) ++*answered_while_full;
     result<void> slept = co_await sleep_for(*ex, 1ms);

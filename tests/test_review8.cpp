@@ -2,6 +2,7 @@
 // 1 KiB gather threshold, and --mode app's precomputed search replies
 // (commits 40506a0 and ec13a5a).
 #include "loopback.hpp"
+#include "send_helpers.hpp"
 
 #include <ringframe/app.hpp>
 #include <ringframe/connection.hpp>
@@ -23,41 +24,17 @@
 
 using namespace ringframe;
 using namespace std::chrono_literals;
+using testing::wait_empty;
+using testing::read_exactly;
+using testing::text_of;
 
 namespace {
-
-struct wait_empty {
-  send_queue* q;
-  detail::send_waiter node;
-  bool await_ready() const noexcept { return !q->busy(); }
-  void await_suspend(std::coroutine_handle<> h) noexcept {
-    node.h = h;
-    q->wait(&node);
-  }
-  void await_resume() const noexcept {}
-};
-
-task<std::string> read_exactly(ringframe::socket* s, std::size_t n) {
-  std::string got;
-  std::vector<std::byte> buf(1 << 16);
-  while (got.size() < n) {
-    result<std::size_t> r = co_await s->recv(buf, {.timeout = 10s});
-    REQUIRE(r);
-    REQUIRE(*r > 0);
-    got.append(reinterpret_cast<const char*>(buf.data()), *r);
-  }
-  co_return got;
-}
 
 // Every byte different from its neighbours (a piece out of place shows).
 detail::block_ref patterned_block(std::size_t n) {
   detail::block_ref b(detail::byte_block::make(n));
   for (std::size_t i = 0; i < n; ++i) b->data()[i] = static_cast<std::byte>((i * 7 + i / 251) & 0xff);
   return b;
-}
-
-std::string text_of(const detail::block_ref& b, std::size_t from, std::size_t n) {
-  return {reinterpret_cast<const char*>(b->data()) + from, n};
 }
 
 std::span<const std::byte> span_of(const detail::block_ref& b, std::size_t from, std::size_t n) {
@@ -114,7 +91,7 @@ TEST_CASE("append_shared merges only uninterrupted contiguous pieces: repeats, o
                              text_of(blk, 5000, 300) + text_of(blk, 5300, 300);
     std::vector<std::size_t> unsent;
     ex.spawn(write_tricky(&q, blk, &unsent));
-    std::string got = ex.run(read_exactly(&b, want.size()));
+    std::string got = ex.run(read_exactly(&b, want.size(), 10s));
     ex.run_until_idle();
     CHECK(got.size() == want.size());
     CHECK(got == want);
@@ -135,7 +112,7 @@ TEST_CASE("a piece contiguous with one already in the kernel is not merged into 
     const std::string want = text_of(blk, 0, (3 << 20) + 8000) + "yz";
     std::vector<std::size_t> unsent;
     ex.spawn(write_past_flight(&q, blk, &unsent));
-    std::string got = ex.run(read_exactly(&b, want.size()));
+    std::string got = ex.run(read_exactly(&b, want.size(), 10s));
     ex.run_until_idle();
     CHECK(got.size() == want.size());
     CHECK(got == want);
@@ -238,7 +215,7 @@ task<void> send_everything(ringframe::socket* s, std::string bytes) {
 task<std::string> read_late(executor* ex, ringframe::socket* s, std::size_t n) {
   result<void> slept = co_await sleep_for(*ex, 50ms);
   CHECK(slept);
-  std::string got = co_await read_exactly(s, n);
+  std::string got = co_await read_exactly(s, n, 10s);
   co_return got;
 }
 
@@ -416,7 +393,7 @@ TEST_CASE("a connection destroyed with echoes pending and in flight: its receive
       connection c2(std::move(a2), co);
       ex.spawn(send_everything(&b2, in2));
       ex.spawn(echo_all(&c2, n));
-      std::string got2 = ex.run(read_exactly(&b2, in2.size()));
+      std::string got2 = ex.run(read_exactly(&b2, in2.size(), 10s));
       CHECK(got2 == in2);
     }
     std::string got1 = ex.run(read_to_end(&b1));

@@ -1,6 +1,7 @@
 // send_queue.hpp alone: batching, order, short sends, the write deadline,
 // failure, and waiters woken through the ready queue.
 #include "loopback.hpp"
+#include "send_helpers.hpp"
 
 #include <ringframe/send_queue.hpp>
 #include <ringframe/timer.hpp>
@@ -12,19 +13,10 @@
 
 using namespace ringframe;
 using namespace std::chrono_literals;
+using testing::read_exactly;
+using testing::wait_empty;
 
 namespace {
-
-struct wait_empty {
-  send_queue* q;
-  detail::send_waiter node;
-  bool await_ready() const noexcept { return !q->busy(); }
-  void await_suspend(std::coroutine_handle<> h) noexcept {
-    node.h = h;
-    q->wait(&node);
-  }
-  void await_resume() const noexcept {}
-};
 
 // Appends `parts` one at a time, starting the queue after each: all but the
 // first wait behind the batch in flight and leave together.
@@ -36,18 +28,6 @@ task<void> write_parts(send_queue* q, std::vector<std::string> parts, std::vecto
   }
   while (q->busy()) co_await wait_empty{q, {}};
   seen->push_back(q->current());
-}
-
-task<std::string> read_exactly(ringframe::socket* s, std::size_t n) {
-  std::string got;
-  std::byte buf[65536];
-  while (got.size() < n) {
-    result<std::size_t> r = co_await s->recv(buf, {.timeout = 5s});
-    REQUIRE(r);
-    REQUIRE(*r > 0);
-    got.append(reinterpret_cast<const char*>(buf), *r);
-  }
-  co_return got;
 }
 
 }  // namespace
@@ -65,7 +45,7 @@ TEST_CASE("bytes written while a batch is out follow it, in order; short sends c
   }
   std::vector<send_queue::state> seen;
   ex.spawn(write_parts(&q, parts, &seen));
-  std::string got = ex.run(read_exactly(&b, all.size()));
+  std::string got = ex.run(read_exactly(&b, all.size(), 5s));
   ex.run_until_idle();
   CHECK(got == all);
   CHECK(out == all.size());

@@ -1,0 +1,51 @@
+// Helpers of the tests that drive a send_queue and read what it sent:
+// test_send_queue.cpp, test_large_frames.cpp, test_review8.cpp.
+#pragma once
+
+#include <ringframe/detail/byte_block.hpp>
+#include <ringframe/send_queue.hpp>
+#include <ringframe/socket.hpp>
+#include <ringframe/task.hpp>
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <coroutine>
+#include <string>
+#include <vector>
+
+namespace testing {
+
+// co_await: until the queue has nothing in the kernel.
+struct wait_empty {
+  ringframe::send_queue* q;
+  ringframe::detail::send_waiter node;
+  bool await_ready() const noexcept { return !q->busy(); }
+  void await_suspend(std::coroutine_handle<> h) noexcept {
+    node.h = h;
+    q->wait(&node);
+  }
+  void await_resume() const noexcept {}
+};
+
+// Reads until `n` bytes have come (each recv within `timeout`).
+// (static: clang cannot emit an inline coroutine from a header under ASan.)
+static ringframe::task<std::string> read_exactly(ringframe::socket* s, std::size_t n,
+                                                 std::chrono::nanoseconds timeout) {
+  std::string got;
+  std::vector<std::byte> buf(1 << 16);
+  while (got.size() < n) {
+    ringframe::result<std::size_t> r = co_await s->recv(buf, {.timeout = timeout});
+    REQUIRE(r);
+    REQUIRE(*r > 0);
+    got.append(reinterpret_cast<const char*>(buf.data()), *r);
+  }
+  co_return got;
+}
+
+// `n` bytes of block `b` from `from`, as text.
+inline std::string text_of(const ringframe::detail::block_ref& b, std::size_t from, std::size_t n) {
+  return {reinterpret_cast<const char*>(b->data()) + from, n};
+}
+
+}  // namespace testing
