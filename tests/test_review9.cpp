@@ -145,6 +145,13 @@ TEST_CASE("metrics endpoint: a source that throws does not use up a connection s
       CHECK(got[i].starts_with("HTTP/1.1 200 OK\r\n"));
       CHECK(got[i].ends_with("\r\n\r\nup 1\n"));
     }
+    // And the two whose source threw are answered 503 (they used to be
+    // closed without a reply), saying why.
+    for (int i = 0; i < 2; ++i) {
+      INFO("scrape " << i << ": " << got[i]);
+      CHECK(got[i].starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+      CHECK(got[i].ends_with("metrics unavailable: the metrics source failed\n"));
+    }
     CHECK(plan.calls == 5);
   });
 }

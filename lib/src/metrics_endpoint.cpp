@@ -85,7 +85,20 @@ task<void> send_and_close(socket* s, std::string r, std::chrono::steady_clock::t
   }
 }
 
+// The connection's slot (endpoint_state::live), given back on every way out,
+// an exception included: a slot kept by a connection that threw (a metrics
+// source that throws, bad_alloc) would be lost for good, and once
+// max_connections were lost every later scrape would be closed unanswered.
+struct live_slot {
+  endpoint_state* st;
+  explicit live_slot(endpoint_state* s) noexcept : st(s) {}
+  live_slot(const live_slot&) = delete;
+  live_slot& operator=(const live_slot&) = delete;
+  ~live_slot() { --st->live; }
+};
+
 task<void> metrics_connection(std::shared_ptr<endpoint_state> st, socket s, address peer) {
+  live_slot slot(st.get());
   const auto deadline = std::chrono::steady_clock::now() + st->opts.request_timeout;
   s.set_stop_token(st->stop);
   std::string req;
@@ -124,13 +137,24 @@ task<void> metrics_connection(std::shared_ptr<endpoint_state> st, socket s, addr
     std::string_view status = classify(line, wants_body);
     std::string response;
     if (wants_body) {
-      task<result<std::string>> produce = st->source(st->stop);
-      result<std::string> body = co_await std::move(produce);
+      // A source that throws is answered like one that fails (503), not
+      // left to end the connection unanswered.
+      result<std::string> body(std::errc::io_error);
+      std::string why;
+      try {
+        task<result<std::string>> produce = st->source(st->stop);
+        body = co_await std::move(produce);
+        if (!body) why = body.error().message();
+      } catch (const std::exception& e) {
+        why = e.what();
+      } catch (...) {
+        why = "the metrics source threw";
+      }
       if (body) {
         response = reply(status, {}, prometheus_content_type, *body);
       } else {
         status = "503 Service Unavailable";
-        response = reply(status, {}, "text/plain; charset=utf-8", "metrics unavailable: " + body.error().message() + "\n");
+        response = reply(status, {}, "text/plain; charset=utf-8", "metrics unavailable: " + why + "\n");
       }
     } else {
       std::string_view extra = status.starts_with("405") ? "Allow: GET\r\n" : "";
@@ -140,7 +164,6 @@ task<void> metrics_connection(std::shared_ptr<endpoint_state> st, socket s, addr
     task<void> sending = send_and_close(&s, std::move(response), deadline + std::chrono::seconds(5));
     co_await std::move(sending);
   }
-  --st->live;
 }
 
 }  // namespace
