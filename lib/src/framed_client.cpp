@@ -218,7 +218,15 @@ task<result<message>> do_call(client_ref ref, message request, const std::stop_t
     throw;
   }
   detail::write_awaitable& queued_write = *queued;  // named: g++ 12 would copy `*queued`
-  result<void> q = co_await queued_write;  // suspends only for backpressure
+  // Not awaited when it would wait for room (more than max_unsent_bytes
+  // queued): that wait is a flush, which this call's stop token does not
+  // reach, so a call cancelled then (when_any, with_timeout) went on waiting
+  // until the bytes were sent or write_timeout broke the client. The bytes
+  // are queued already, so the wait bounds no memory, and the call waits for
+  // its reply below anyway (cancellably): the reader or flush_soon, started
+  // below, sends them, and fails the client if that fails.
+  result<void> q;
+  if (queued_write.await_ready()) q = queued_write.await_resume();
   // From here on the connection may be gone (broken, closed): check first.
   if (!q) s->fail(q.error(), "cannot send: " + q.error().message());
   if (s->broken) {
