@@ -37,8 +37,9 @@ struct metrics_endpoint_options {
   std::function<void(const log_record&)> log;
 };
 
-// Produces one scrape's body, on the endpoint's executor; an error is
-// answered with 503. The token is requested when the endpoint stops.
+// Produces one scrape's body, on the endpoint's executor; an error (or an
+// exception) is answered with 503 and its message. The token is requested
+// when the endpoint stops.
 using metrics_source = std::function<task<result<std::string>>(std::stop_token)>;
 
 // Serve `listener` (listening, on `ex`) until `stop` is requested. Returns
