@@ -173,6 +173,13 @@ task<void> server::accept_loop(server* self, socket* listener) {
   // connections); a kernel without it (EINVAL) gets one accept per connection.
   acceptor multishot(*listener, &stop);
   bool use_multishot = self->opts_.multishot_accept;
+  // What throws below (a log sink, out of memory building a line or the
+  // connection's coroutine) must not end this frame while the kernel still
+  // holds the multishot accept: the acceptor is the request's completion,
+  // and its next CQE (the next client) would reach freed memory, with the
+  // listener left open. It stops the server (as the group would), the loop
+  // goes on until the request is retired, and it is rethrown at the end.
+  std::exception_ptr failed;
   for (;;) {
     address peer;
     result<socket> s = std::errc::operation_canceled;
@@ -181,49 +188,55 @@ task<void> server::accept_loop(server* self, socket* listener) {
     } else {
       s = co_await listener->accept(&peer, {.stop = &stop});
     }
-    if (!s) {
-      int e = s.error().value();
-      if (stop.stop_requested() || self->ex_.stopping()) {
-        if (!multishot.armed()) break;  // the kernel has retired the request
+    try {
+      if (!s) {
+        int e = s.error().value();
+        if (stop.stop_requested() || self->ex_.stopping()) {
+          if (!multishot.armed()) break;  // the kernel has retired the request
+          continue;
+        }
+        if (e == EINVAL && use_multishot) {
+          self->log({log_level::info, "fallback", nullptr, "multishot accept unavailable",
+                     "multishot accept unavailable on this kernel: accepting one connection per request"});
+          use_multishot = false;
+          continue;
+        }
+        if (e == ECANCELED || e == EAGAIN || transient_accept_error(e)) continue;
+        ++self->stats_.accept_errors;
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of a resource that closing
+        // connections gives back. Back off instead of spinning; those already
+        // connected keep being served meanwhile.
+        const std::string why = s.error().message();
+        self->log({log_level::error, "accept_error", nullptr, why, "accept failed: " + why + "; retrying in 100 ms"});
+        result<void> slept = co_await sleep_for(self->ex_, std::chrono::milliseconds(100), &stop);
+        (void)slept;
         continue;
       }
-      if (e == EINVAL && use_multishot) {
-        self->log({log_level::info, "fallback", nullptr, "multishot accept unavailable",
-                   "multishot accept unavailable on this kernel: accepting one connection per request"});
-        use_multishot = false;
-        continue;
+      if (use_multishot) {
+        auto a = s->peer_address();
+        if (!a) continue;  // reset before we looked: nothing to serve
+        peer = *a;
       }
-      if (e == ECANCELED || e == EAGAIN || transient_accept_error(e)) continue;
-      ++self->stats_.accept_errors;
-      // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of a resource that closing
-      // connections gives back. Back off instead of spinning; those already
-      // connected keep being served meanwhile.
-      const std::string why = s.error().message();
-      self->log({log_level::error, "accept_error", nullptr, why, "accept failed: " + why + "; retrying in 100 ms"});
-      result<void> slept = co_await sleep_for(self->ex_, std::chrono::milliseconds(100), &stop);
-      (void)slept;
-      continue;
+      if (self->live_ >= self->opts_.max_connections) {
+        ++self->stats_.rejected;
+        const std::string why = "limit of " + std::to_string(self->opts_.max_connections) + " connections reached";
+        self->log({log_level::warn, "rejected", &peer, why, "Rejecting connection from " + peer.to_python() + ": " + why});
+        continue;  // the socket closes as it goes out of scope
+      }
+      s->set_stop_token(self->stop_.get_token());
+      ++self->live_;
+      ++self->stats_.accepted;
+      self->group_.spawn(run_connection(&self->group_, self, std::move(*s), peer));
+    } catch (...) {
+      if (!failed) failed = std::current_exception();
+      self->stop();  // cancels the multishot accept (its stop is the drain)
     }
-    if (use_multishot) {
-      auto a = s->peer_address();
-      if (!a) continue;  // reset before we looked: nothing to serve
-      peer = *a;
-    }
-    if (self->live_ >= self->opts_.max_connections) {
-      ++self->stats_.rejected;
-      const std::string why = "limit of " + std::to_string(self->opts_.max_connections) + " connections reached";
-      self->log({log_level::warn, "rejected", &peer, why, "Rejecting connection from " + peer.to_python() + ": " + why});
-      continue;  // the socket closes as it goes out of scope
-    }
-    s->set_stop_token(self->stop_.get_token());
-    ++self->live_;
-    ++self->stats_.accepted;
-    self->group_.spawn(run_connection(&self->group_, self, std::move(*s), peer));
   }
   // Close the listener: while draining, new clients are refused at once
   // rather than left waiting in the backlog.
   { socket closing = std::move(*listener); }
   if (--self->loops_ == 0) self->files_.clear();  // every listener is closed: remove their files
+  if (failed) std::rethrow_exception(failed);
 }
 
 namespace {
