@@ -147,3 +147,58 @@ TEST_CASE("review10 F1: an accept loop that throws retires its multishot accept 
    }
   });
 }
+
+// ---------------------------------------------------------------------------
+// Pins (no defect found): a drain reaches a frame waiting for room in the
+// receive budget (nothing is in the kernel for it: it is told through the
+// server's list), the waiter leaves the queue, the frame being read gives
+// its reservation back when its connection closes, and the server ends long
+// before the grace. Nothing is left reserved or waiting on the thread.
+TEST_CASE("review10: a drain cancels a frame waiting for budget; every reservation and place in the queue is given back") {
+  on_each_backend([](backend_kind k) {
+    executor ex(on(k));
+    receive_budget& budget = receive_budget::this_thread();
+    REQUIRE(budget.used() == 0);
+    REQUIRE(budget.waiting() == 0);
+    server_options so;
+    so.log_connections = false;
+    server srv(ex, so);
+    const address to = listen_loopback(srv);
+    connection_options co;
+    co.thread_receive_budget = 64 << 10;
+    co.provided_buffers = false;  // every read straight into the decoder
+    std::string failure;
+    bool ended = false;
+    ex.spawn(serve_catching(&srv, framed(&frame_echo, co), &failure, &ended));
+
+    // Two frames of 48 KiB each, of which only the header and 1 KiB come:
+    // the first reserves its length, the second does not fit and waits.
+    const std::string header =
+        R"({"byteorder": "little", "content-type": "binary/x", "content-encoding": "binary", "content-length": 49152})";
+    const std::string start = testing::raw_frame(header, std::string(1024, 'x'));
+    const int a = plain_client(to);
+    REQUIRE(a >= 0);
+    REQUIRE(::send(a, start.data(), start.size(), 0) == static_cast<ssize_t>(start.size()));
+    REQUIRE(turn_until(ex, [&] { return budget.used() > 0; }));
+    const std::size_t first = budget.used();
+    CHECK(first >= 49152);
+    const int b = plain_client(to);
+    REQUIRE(b >= 0);
+    REQUIRE(::send(b, start.data(), start.size(), 0) == static_cast<ssize_t>(start.size()));
+    REQUIRE(turn_until(ex, [&] { return budget.waiting() == 1; }));
+    CHECK(budget.used() == first);
+
+    const auto t0 = std::chrono::steady_clock::now();
+    srv.drain(10s);
+    CHECK(turn_until(ex, [&] { return ended; }));
+    CHECK(std::chrono::steady_clock::now() - t0 < 5s);
+    CHECK(failure.empty());
+    CHECK(srv.live_connections() == 0);
+    CHECK(srv.stats().drained == 2);
+    CHECK(budget.waiting() == 0);
+    CHECK(budget.used() == 0);
+    ex.run_until_idle();
+    ::close(a);
+    ::close(b);
+  });
+}
