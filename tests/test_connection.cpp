@@ -322,6 +322,27 @@ TEST_CASE("a connection handler that throws after writing: its replies still go 
   CHECK(fs.srv.stats().messages_out == 1);
 }
 
+namespace {
+// Not a coroutine: it throws before there is a task to run.
+task<void> throw_before_starting(connection&, connection_info) { throw std::runtime_error("no handler today"); }
+}  // namespace
+
+TEST_CASE("a connection handler that throws before it starts: the stream still ends cleanly, and the failure is logged") {
+  framed_server fs(framed(&throw_before_starting));
+  std::string a;
+  REQUIRE(encode_frame(message::binary("unread", "t"), a));
+  exchange e = fs.talk(a, 1);
+  CHECK(e.replies.empty());
+  // A lingering close: the request the handler never read does not turn
+  // the end into a reset.
+  CHECK(e.end == frame_errc::end_of_stream);
+  for (int i = 0; i < 200 && fs.srv.stats().closed == 0; ++i) fs.ex.run(nap(&fs.ex));
+  bool logged = false;
+  for (const std::string& l : fs.log) logged = logged || l.find("failed: no handler today") != std::string::npos;
+  CHECK(logged);
+  CHECK(fs.srv.stats().closed == 1);
+}
+
 TEST_CASE("idle and mid-message timeouts close the connection") {
   connection_options co;
   co.idle_timeout = 100ms;

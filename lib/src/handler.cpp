@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <exception>
 #include <memory>
+#include <optional>
 
 namespace ringframe {
 
@@ -42,27 +43,40 @@ task<void> run_framed(socket s, connection_info info, const framed_setup* setup)
   std::exception_ptr failed;
   {
     tracked_connection open(info.server, &conn);
-    task<void> t = setup->handler(conn, info);
+    // A handler that throws before it is a task (a plain function that
+    // returns one) ends like one that threw later: before, the frame
+    // unwound from here, and the request it never read made the close a
+    // reset, with no counters added.
+    std::optional<task<void>> t;
+    try {
+      t.emplace(setup->handler(conn, info));
+    } catch (...) {
+      failed = std::current_exception();
+    }
     // Awaited without rethrowing (start_child): the handler's helpers
     // (connection_info::helpers) use `conn`, and are stopped and joined
     // before it goes, however the handler ended. Then its exception, or the
     // first helper's, goes on to the server, which logs it, once the
     // connection has closed as any other does: the replies written before
     // the throw go out, and the peer sees a clean end, not a reset.
-    detail::start_child<void> handling{t.handle()};
-    co_await handling;
+    if (t) {
+      detail::start_child<void> handling{t->handle()};
+      co_await handling;
+    }
     if (info.helpers_slot && *info.helpers_slot) {
       (*info.helpers_slot)->request_stop();
       try {
         co_await (*info.helpers_slot)->join();
       } catch (...) {
-        failed = std::current_exception();
+        if (!failed) failed = std::current_exception();
       }
     }
-    try {
-      t.take_result();
-    } catch (...) {
-      failed = std::current_exception();  // the handler's own, before its helpers'
+    if (t) {
+      try {
+        t->take_result();
+      } catch (...) {
+        failed = std::current_exception();  // the handler's own, before its helpers'
+      }
     }
     co_await conn.close_gracefully(setup->options.linger_timeout);
   }
