@@ -90,7 +90,7 @@ struct server_stats {
   std::uint64_t timeouts_message = 0;  // a message not complete within message_timeout
   std::uint64_t timeouts_write = 0;    // replies not taken by the peer within write_timeout
   std::uint64_t backpressure_pauses = 0;  // a connection stopped reading until its replies were sent
-  std::uint64_t drained = 0;       // connections that ended because of drain()
+  std::uint64_t drained = 0;       // connections that ended once drain() or stop() was called
   std::uint64_t peak_unsent_bytes = 0;  // largest reply backlog of any connection
 
   // One line: "accepted=3 closed=3 ... malformed=1 (header_not_json=1)".
