@@ -232,8 +232,11 @@ message build_request(const app_request& r) {
   return message::binary(r.action + r.value, "binary/custom-client-binary-type");
 }
 
-// Prints a response as the tutorial's client does; false for an error reply.
-bool print_response(const message_view& m, const address& peer) {
+// Prints a response as the tutorial's client does (unless `quiet`); false
+// for an error reply. The check runs quiet or not: --help promises exit 0
+// only when every reply was right, and -q used to skip it (an {"error": ...}
+// answer to every request exited 0).
+bool print_response(const message_view& m, const address& peer, bool quiet) {
   if (m.content_type == "text/json") {
     simdjson::dom::parser parser;
     simdjson::padded_string padded(m.content_text());
@@ -242,20 +245,21 @@ bool print_response(const message_view& m, const address& peer) {
       std::fprintf(stderr, "ringframe-client: the response is not JSON\n");
       return false;
     }
-    std::printf("Received response %s from %s\n", cli::python_json_repr(doc).c_str(), peer.to_python().c_str());
+    if (!quiet) std::printf("Received response %s from %s\n", cli::python_json_repr(doc).c_str(), peer.to_python().c_str());
     simdjson::dom::element v;
     if (!doc["result"].get(v)) {
       std::string_view text;
-      std::printf("Got result: %s\n", v.get(text) ? simdjson::minify(v).c_str() : std::string(text).c_str());
+      if (!quiet) std::printf("Got result: %s\n", v.get(text) ? simdjson::minify(v).c_str() : std::string(text).c_str());
       return true;
     }
     if (!doc["error"].get(v)) {
       std::fprintf(stderr, "ringframe-client: the server answered with an error: %s\n", simdjson::minify(v).c_str());
       return false;
     }
-    std::printf("Got result: None\n");
+    if (!quiet) std::printf("Got result: None\n");
     return true;
   }
+  if (quiet) return true;
   std::printf("Received %s response from %s\n", std::string(m.content_type).c_str(), peer.to_python().c_str());
   std::printf("Got response: %s\n", cli::python_bytes_repr(m.content).c_str());
   return true;
@@ -303,7 +307,7 @@ task<void> app_worker(app_run* run) {
     if (run->received == 0) {
       run->first_type = m->content_type;
       run->first_content = m->content;
-      if (!run->r->quiet && !print_response(view_of(*m), run->peer)) {
+      if (!print_response(view_of(*m), run->peer, run->r->quiet)) {
         run->rc = 1;
         co_return;
       }
