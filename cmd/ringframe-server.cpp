@@ -160,8 +160,12 @@ options parse(int argc, char** argv) {
       case 'm': o.mode = optarg; break;
       case 'c': {
         char* end = nullptr;
+        errno = 0;
         unsigned long v = std::strtoul(optarg, &end, 10);
-        if (!*optarg || *end || v == 0) fail_usage(std::string("bad --max-connections '") + optarg + "'");
+        // strtoul takes "-1" as ULONG_MAX and clamps an overflow to it (ERANGE):
+        // both are bad usage, not "no limit" (as --threads and the byte options).
+        if (!*optarg || *end || *optarg == '-' || errno == ERANGE || v == 0)
+          fail_usage(std::string("bad --max-connections '") + optarg + "'");
         o.max_connections = v;
         break;
       }
