@@ -15,10 +15,12 @@
 // `idle` opens N connections and reports the server's resident memory per
 // connection (from /proc/PID/status), then the same after one message on each.
 #include <ringframe/app.hpp>
+#include <ringframe/event.hpp>
 #include <ringframe/executor.hpp>
 #include <ringframe/frame.hpp>
 #include <ringframe/socket.hpp>
 #include <ringframe/timer.hpp>
+#include <ringframe/when_all.hpp>
 
 #include <getopt.h>
 #include <signal.h>
@@ -126,69 +128,113 @@ void fail(run_state* st, const std::string& what) {
   if (st->first_error.empty()) st->first_error = what;
 }
 
-task<void> load_connection(run_state* st, int id) {
-  const config& c = st->cfg;
-  result<ringframe::socket> s = co_await ringframe::connect(*st->ex, st->to, {.timeout = 10s});
-  if (!s) {
-    ++st->failed;
-    if (st->first_error.empty()) st->first_error = "connect: " + s.error().message();
-    --st->running;
-    co_return;
-  }
-  const std::size_t L = st->frame.size(), R = st->reply.size();
-  const std::size_t room = st->seq_room;
-  std::vector<char> out(static_cast<std::size_t>(c.depth) * L);
-  std::vector<char> in(std::max<std::size_t>(256 * 1024, 2 * R));
-  std::vector<char> expect(st->reply.begin(), st->reply.end());
-  std::vector<clk::time_point> sent_at(static_cast<std::size_t>(c.depth));
-  std::uint64_t next = static_cast<std::uint64_t>(id) << 40;  // distinct per connection
-  const std::uint64_t first = next;
-  std::uint64_t acked = next;
-  std::size_t have = 0;
+// One connection's two sides: the writer tops the window up, the reader
+// checks the replies. They run at once: a client that sent its whole window
+// before reading a reply deadlocked against a correct server once the window
+// was larger than the sockets' buffers (depth 16 x 1 MiB): the server's
+// replies were not taken, so it stopped reading (backpressure), so the
+// client's send never finished; the run ended after 10 s with "send:
+// Connection timed out" and 0 messages.
+struct conn_io {
+  explicit conn_io(executor& ex) : room(ex), more(ex) {}
+  run_state* st = nullptr;
+  int id = 0;
+  ringframe::socket* s = nullptr;
+  std::vector<clk::time_point> sent_at;
+  std::uint64_t first = 0, next = 0, acked = 0;
+  bool writer_done = false;  // it sends nothing more
+  bool failed = false;       // one side failed (counted once): the other stops
+  event room;   // set by the reader when replies free slots of the window
+  event more;   // set by the writer when it has sent more (or is done)
+  std::stop_source stop;  // ends the other side's operation when one side fails
 
-  for (;;) {
+  void failure(const std::string& what) {
+    if (failed) return;
+    failed = true;
+    fail(st, what);
+    stop.request_stop();
+  }
+};
+
+task<void> load_writer(conn_io* io) {
+  run_state* st = io->st;
+  const config& c = st->cfg;
+  const std::size_t L = st->frame.size();
+  const std::uint64_t depth = static_cast<std::uint64_t>(c.depth);
+  std::vector<char> out(static_cast<std::size_t>(c.depth) * L);
+  std::stop_token tok = io->stop.get_token();
+  while (!io->failed) {
     // Top the window up in one send.
     std::size_t batch = 0;
     auto now = clk::now();
-    while (!st->stop_sending && next - acked < static_cast<std::uint64_t>(c.depth)) {
+    while (!st->stop_sending && io->next - io->acked < depth) {
       if (c.messages && st->sent >= c.messages) break;
       char* f = out.data() + batch * L;
       std::memcpy(f, st->frame.data(), L);
-      put_seq(f, st->seq_offset, room, next);
-      sent_at[(next - first) % static_cast<std::uint64_t>(c.depth)] = now;
-      ++next;
+      put_seq(f, st->seq_offset, st->seq_room, io->next);
+      io->sent_at[(io->next - io->first) % depth] = now;
+      ++io->next;
       ++batch;
       ++st->sent;
     }
     if (batch) {
-      result<std::size_t> w = co_await s->send_all(std::span<const std::byte>(reinterpret_cast<std::byte*>(out.data()), batch * L),
-                                                   {.timeout = 10s});
+      io->more.set();  // the reader may wait for these replies already: they come while this sends
+      result<std::size_t> w = co_await io->s->send_all(
+          std::span<const std::byte>(reinterpret_cast<std::byte*>(out.data()), batch * L), {.timeout = 10s, .stop = &tok});
       if (!w) {
-        fail(st, "send: " + w.error().message());
+        io->failure("send: " + w.error().message());
         break;
       }
+      continue;  // replies may have freed slots meanwhile
     }
-    if (acked == next) break;  // nothing in flight and nothing more to send
-    result<std::size_t> n = co_await s->recv(std::span<std::byte>(reinterpret_cast<std::byte*>(in.data() + have), in.size() - have),
-                                             {.timeout = 10s});
+    if (st->stop_sending || (c.messages && st->sent >= c.messages)) break;
+    // The window is full: wait for a reply.
+    io->room.reset();
+    result<void> r = co_await io->room.wait(&tok);
+    if (!r) break;  // the reader failed
+  }
+  io->writer_done = true;
+  io->more.set();
+}
+
+task<void> load_reader(conn_io* io) {
+  run_state* st = io->st;
+  const std::size_t R = st->reply.size();
+  const std::uint64_t depth = static_cast<std::uint64_t>(st->cfg.depth);
+  std::vector<char> in(std::max<std::size_t>(256 * 1024, 2 * R));
+  std::vector<char> expect(st->reply.begin(), st->reply.end());
+  std::stop_token tok = io->stop.get_token();
+  std::size_t have = 0;
+  while (!io->failed) {
+    if (io->acked == io->next) {
+      if (io->writer_done) break;  // nothing in flight and nothing more to send
+      io->more.reset();
+      result<void> r = co_await io->more.wait(&tok);
+      if (!r) break;
+      continue;
+    }
+    result<std::size_t> n = co_await io->s->recv(
+        std::span<std::byte>(reinterpret_cast<std::byte*>(in.data() + have), in.size() - have), {.timeout = 10s, .stop = &tok});
+    if (io->failed) break;
     if (!n || *n == 0) {
-      fail(st, n ? "the server closed a connection with replies outstanding" : "recv: " + n.error().message());
+      io->failure(n ? "the server closed a connection with replies outstanding" : "recv: " + n.error().message());
       break;
     }
     have += *n;
-    now = clk::now();
+    auto now = clk::now();
     std::size_t off = 0;
-    while (have - off >= R) {
-      put_seq(expect.data(), st->seq_offset, room, acked);
+    // A reply only for a request sent: with no room for a sequence number
+    // (--app, -s 0) an extra reply looks like the next one.
+    while (have - off >= R && io->acked < io->next) {
+      put_seq(expect.data(), st->seq_offset, st->seq_room, io->acked);
       if (std::memcmp(in.data() + off, expect.data(), R) != 0) {
-        fail(st, "reply " + std::to_string(acked - first) + " on connection " + std::to_string(id) +
-                     " differs from its request");
-        have = 0;
-        goto done;
+        io->failure("reply " + std::to_string(io->acked - io->first) + " on connection " + std::to_string(io->id) +
+                    " differs from its request");
+        co_return;
       }
-      auto t = sent_at[(acked - first) % static_cast<std::uint64_t>(c.depth)];
+      auto t = io->sent_at[(io->acked - io->first) % depth];
       st->lat.add(static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now - t).count()));
-      ++acked;
+      ++io->acked;
       ++st->completed;
       st->bytes += R;
       if (now <= st->deadline) ++st->completed_in_window;
@@ -197,9 +243,38 @@ task<void> load_connection(run_state* st, int id) {
     if (off) {
       std::memmove(in.data(), in.data() + off, have - off);
       have -= off;
+      io->room.set();
+    }
+    // Every request answered, and bytes left over: the server sent more than
+    // it was asked for (a stray byte, a second reply). The writer may still
+    // send, but no reply can start before its request is sent.
+    if (io->acked == io->next && have > 0) {
+      io->failure("connection " + std::to_string(io->id) + ": " + std::to_string(have) +
+                  " bytes more than the replies to the requests sent");
+      break;
     }
   }
-done:
+}
+
+task<void> load_connection(run_state* st, int id) {
+  result<ringframe::socket> s = co_await ringframe::connect(*st->ex, st->to, {.timeout = 10s});
+  if (!s) {
+    ++st->failed;
+    if (st->first_error.empty()) st->first_error = "connect: " + s.error().message();
+    --st->running;
+    co_return;
+  }
+  conn_io io(*st->ex);
+  io.st = st;
+  io.id = id;
+  io.s = &*s;
+  io.sent_at.resize(static_cast<std::size_t>(st->cfg.depth));
+  io.first = io.next = io.acked = static_cast<std::uint64_t>(id) << 40;  // distinct per connection
+  // Named before they are awaited (g++ 12, see framed_client.cpp).
+  task<void> writing = load_writer(&io);
+  task<void> reading = load_reader(&io);
+  task<std::tuple<std::monostate, std::monostate>> both = when_all(std::move(writing), std::move(reading));
+  co_await std::move(both);
   --st->running;
 }
 
