@@ -256,11 +256,104 @@ task<void> load_reader(conn_io* io) {
   }
 }
 
+// A window of at most this many bytes is sent and answered in lockstep, by
+// one coroutine: top the window up in one send, read, check, repeat. The
+// figures in bench/RESULTS.md were measured so; a writer and a reader that
+// hand over to each other cost a load generator more per message (0.89x the
+// liburing loop's messages/s at 50 x 16 x 64 B, 0.73x at 1 x 16 x 1 KiB,
+// measured side by side: bench/results/2026-12-02-session9/load-split.txt),
+// and a costlier load generator narrows the gap between the servers it
+// measures. A larger window cannot be sent whole before reading: see
+// conn_io.
+constexpr std::size_t lockstep_window = 256 * 1024;
+
+task<void> load_lockstep(run_state* st, ringframe::socket* s, int id) {
+  const config& c = st->cfg;
+  const std::size_t L = st->frame.size(), R = st->reply.size();
+  const std::size_t room = st->seq_room;
+  std::vector<char> out(static_cast<std::size_t>(c.depth) * L);
+  std::vector<char> in(std::max<std::size_t>(256 * 1024, 2 * R));
+  std::vector<char> expect(st->reply.begin(), st->reply.end());
+  std::vector<clk::time_point> sent_at(static_cast<std::size_t>(c.depth));
+  std::uint64_t next = static_cast<std::uint64_t>(id) << 40;  // distinct per connection
+  const std::uint64_t first = next;
+  std::uint64_t acked = next;
+  std::size_t have = 0;
+
+  for (;;) {
+    // Top the window up in one send.
+    std::size_t batch = 0;
+    auto now = clk::now();
+    while (!st->stop_sending && next - acked < static_cast<std::uint64_t>(c.depth)) {
+      if (c.messages && st->sent >= c.messages) break;
+      char* f = out.data() + batch * L;
+      std::memcpy(f, st->frame.data(), L);
+      put_seq(f, st->seq_offset, room, next);
+      sent_at[(next - first) % static_cast<std::uint64_t>(c.depth)] = now;
+      ++next;
+      ++batch;
+      ++st->sent;
+    }
+    if (batch) {
+      result<std::size_t> w = co_await s->send_all(std::span<const std::byte>(reinterpret_cast<std::byte*>(out.data()), batch * L),
+                                                   {.timeout = 10s});
+      if (!w) {
+        fail(st, "send: " + w.error().message());
+        co_return;
+      }
+    }
+    if (acked == next) co_return;  // nothing in flight and nothing more to send
+    result<std::size_t> n = co_await s->recv(std::span<std::byte>(reinterpret_cast<std::byte*>(in.data() + have), in.size() - have),
+                                             {.timeout = 10s});
+    if (!n || *n == 0) {
+      fail(st, n ? "the server closed a connection with replies outstanding" : "recv: " + n.error().message());
+      co_return;
+    }
+    have += *n;
+    now = clk::now();
+    std::size_t off = 0;
+    // A reply only for a request sent: with no room for a sequence number
+    // (--app, -s 0) an extra reply looks like the next one.
+    while (have - off >= R && acked < next) {
+      put_seq(expect.data(), st->seq_offset, room, acked);
+      if (std::memcmp(in.data() + off, expect.data(), R) != 0) {
+        fail(st, "reply " + std::to_string(acked - first) + " on connection " + std::to_string(id) +
+                     " differs from its request");
+        co_return;
+      }
+      auto t = sent_at[(acked - first) % static_cast<std::uint64_t>(c.depth)];
+      st->lat.add(static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now - t).count()));
+      ++acked;
+      ++st->completed;
+      st->bytes += R;
+      if (now <= st->deadline) ++st->completed_in_window;
+      off += R;
+    }
+    if (off) {
+      std::memmove(in.data(), in.data() + off, have - off);
+      have -= off;
+    }
+    // Every request answered, and bytes left over: the server sent more than
+    // it was asked for (a stray byte, a second reply).
+    if (acked == next && have > 0) {
+      fail(st, "connection " + std::to_string(id) + ": " + std::to_string(have) +
+                   " bytes more than the replies to the requests sent");
+      co_return;
+    }
+  }
+}
+
 task<void> load_connection(run_state* st, int id) {
   result<ringframe::socket> s = co_await ringframe::connect(*st->ex, st->to, {.timeout = 10s});
   if (!s) {
     ++st->failed;
     if (st->first_error.empty()) st->first_error = "connect: " + s.error().message();
+    --st->running;
+    co_return;
+  }
+  if (static_cast<std::size_t>(st->cfg.depth) * st->frame.size() <= lockstep_window) {
+    task<void> lockstep = load_lockstep(st, &*s, id);
+    co_await std::move(lockstep);
     --st->running;
     co_return;
   }
