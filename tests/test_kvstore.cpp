@@ -49,10 +49,12 @@ TEST_CASE("the key-value store example keeps state across connections") {
   std::vector<std::string> a, b;
   ex.run(session(&ex, to,
                  {R"({"op": "put", "key": "k1", "value": "v\"1"})", R"({"op": "put", "key": "🐶", "value": "dog"})",
-                  R"({"op": "get", "key": "k1"})", R"({"op": "del", "key": "nope"})", R"({"op": "fly"})"},
+                  R"({"op": "get", "key": "k1"})", R"({"op": "del", "key": "nope"})", R"({"op": "fly"})",
+                  R"({"op": "frob", "key": "absent"})", R"({"op": "get"})"},
                  &a));
   CHECK(a == std::vector<std::string>{R"({"ok": true})", R"({"ok": true})", R"({"ok": true, "value": "v\"1"})",
-                                      R"({"ok": false, "error": "no such key"})",
+                                      R"({"ok": false, "error": "no such key"})", R"({"ok": false, "error": "unknown op"})",
+                                      R"({"ok": false, "error": "unknown op"})",
                                       R"({"ok": false, "error": "\"key\" must be a string"})"});
   ex.run(session(&ex, to, {R"({"op": "get", "key": "🐶"})", R"({"op": "count"})"}, &b));
   CHECK(b == std::vector<std::string>{R"({"ok": true, "value": "dog"})", R"({"ok": true, "count": 2})"});

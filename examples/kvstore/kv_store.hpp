@@ -28,6 +28,9 @@ class store {
     std::string_view op, key, value;
     if (doc["op"].get(op)) co_return fail("\"op\" must be a string");
     if (op == "count") co_return ok(", \"count\": " + std::to_string(data_.size()));
+    // The op first: an unknown one is that, whatever its key (it was "no
+    // such key" for an absent one).
+    if (op != "put" && op != "get" && op != "del") co_return fail("unknown op");
     if (doc["key"].get(key)) co_return fail("\"key\" must be a string");
     if (op == "put") {
       if (doc["value"].get(value)) co_return fail("\"value\" must be a string");
@@ -41,11 +44,8 @@ class store {
       ringframe::append_json_string(v, it->second);
       co_return ok(v);
     }
-    if (op == "del") {
-      data_.erase(it);
-      co_return ok("");
-    }
-    co_return fail("unknown op");
+    data_.erase(it);  // del
+    co_return ok("");
   }
 
   std::size_t size() const { return data_.size(); }
