@@ -1,0 +1,267 @@
+// The twelfth review: the core I/O path (executor, backends, buffer ring,
+// receive_stream, send_queue, connection, byte_block), for what happens when
+// something throws (std::bad_alloc) half way through. The F cases fail
+// without their fix. Every wait is bounded; each test runs on io_uring and
+// on epoll.
+#include "frames.hpp"
+#include "loopback.hpp"
+
+#include <ringframe/buffer_ring.hpp>
+#include <ringframe/connection.hpp>
+#include <ringframe/timer.hpp>
+
+#include <doctest/doctest.h>
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <new>
+#include <optional>
+#include <string>
+#include <vector>
+
+using namespace ringframe;
+using namespace std::chrono_literals;
+using testing::on;
+using testing::on_each_backend;
+using testing::raw_frame;
+
+// An allocator that can be told to fail (as in test_review4.cpp): one
+// allocation of an exact size, or the n-th allocation while tracing. Every
+// form goes through malloc/free, so any new pairs with any delete.
+namespace {
+std::atomic<std::size_t> fail_allocation_of_size{0};
+std::atomic<int> allocations_failed{0};
+std::atomic<bool> tracing{false};
+std::atomic<int> traced_count{0};
+std::atomic<int> fail_at_index{-1};
+std::array<std::size_t, 1024> traced{};
+
+void* checked_malloc(std::size_t n) {
+  if (tracing.load()) {
+    const int i = traced_count.fetch_add(1);
+    if (i < static_cast<int>(traced.size())) traced[static_cast<std::size_t>(i)] = n;
+    if (i == fail_at_index.load()) {
+      allocations_failed.fetch_add(1);
+      throw std::bad_alloc();
+    }
+  }
+  std::size_t want = fail_allocation_of_size.load(std::memory_order_relaxed);
+  if (want != 0 && n == want && fail_allocation_of_size.compare_exchange_strong(want, 0)) {
+    allocations_failed.fetch_add(1);
+    throw std::bad_alloc();
+  }
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+
+// Trace from now on, failing the allocation at `index` (-1: none).
+void start_tracing(int index) {
+  traced_count = 0;
+  allocations_failed = 0;
+  fail_at_index = index;
+  tracing = true;
+}
+void stop_tracing() {
+  tracing = false;
+  fail_at_index = -1;
+}
+}  // namespace
+
+void* operator new(std::size_t n) { return checked_malloc(n); }
+void* operator new[](std::size_t n) { return checked_malloc(n); }
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  try {
+    return checked_malloc(n);
+  } catch (...) {
+    return nullptr;
+  }
+}
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
+  try {
+    return checked_malloc(n);
+  } catch (...) {
+    return nullptr;
+  }
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+
+namespace {
+
+const std::string one_frame =
+    raw_frame("{ \"content-length\": 3, \"byteorder\": \"big\", \"content-type\": \"x/y\", \"content-encoding\": \"z\" }",
+              "abc");
+
+// ---- F1: buffer_ring::grow() when an allocation fails half way ----
+
+// grow() promises "false ... (nothing changes)". Each allocation it makes
+// is failed in turn: after the failure the ring must still have its old
+// buffers only (take() must not hand out an id with no memory behind it),
+// and the next grow() must work.
+void grow_with_each_allocation_failing(backend_kind k) {
+  for (int index = 0; index < 16; ++index) {
+    CAPTURE(index);
+    executor_options o = on(k);
+    o.receive_buffers = 2;
+    o.receive_buffers_max = 64;
+    executor ex(o);
+    buffer_ring* br = ex.receive_buffers();
+    REQUIRE(br);
+    REQUIRE(ex.receive_buffer_count() == 2);
+    start_tracing(index);
+    ex.count_buffer_ring_empty();  // grows: 2 + 4 buffers
+    stop_tracing();
+    if (allocations_failed == 0) {  // every allocation of a grow() has been failed once
+      CHECK(ex.receive_buffer_count() == 6);
+      CHECK(index > 0);
+      return;
+    }
+    CHECK(ex.stats().buffer_ring_grown == 0);
+    // Nothing changed...
+    CHECK(ex.receive_buffer_count() == 2);
+    if (k == backend_kind::epoll) {
+      // ...so only the two buffers there are can be taken.
+      std::vector<std::uint16_t> ids;
+      std::uint16_t id;
+      while (br->take(id)) ids.push_back(id);
+      CHECK(ids.size() == 2);
+      for (std::uint16_t i : ids) {
+        CHECK(i < 2);
+        br->recycle(i);
+      }
+    }
+    // ...and the ring can still grow.
+    ex.count_buffer_ring_empty();
+    CHECK(ex.receive_buffer_count() == 6);
+    CHECK(ex.stats().buffer_ring_grown == 1);
+  }
+  FAIL("grow() made more allocations than expected");
+}
+
+}  // namespace
+
+TEST_CASE("review12 F1: a grow() of the receive buffers that fails changes nothing and can be retried") {
+  on_each_backend([](backend_kind k) { grow_with_each_allocation_failing(k); });
+}
+
+// ---- F2, F3: a read_message whose coroutine frame cannot be allocated ----
+
+namespace {
+
+// The size of read_slow's coroutine frame: the first allocation of a
+// read_message that cannot take the fast path (no provided buffers).
+task<void> measure_read_slow_frame(executor* ex, std::size_t* size) {
+  auto [s, peer] = co_await testing::tcp_pair(ex);
+  connection_options o;
+  o.provided_buffers = false;
+  connection conn(std::move(s), o);
+  REQUIRE(::send(peer.fd(), one_frame.data(), one_frame.size(), 0) == static_cast<ssize_t>(one_frame.size()));
+  start_tracing(-1);
+  result<message_view> m = co_await conn.read_message();
+  stop_tracing();
+  REQUIRE(m);
+  REQUIRE(traced_count > 0);
+  *size = traced[0];
+}
+
+// F2: read_message's slow path cannot allocate its coroutine: the reader
+// sees bad_alloc, and the connection must still be readable afterwards.
+task<void> read_after_failed_frame(executor* ex, bool* threw, std::optional<result<message_view>>* next) {
+  auto [s, peer] = co_await testing::tcp_pair(ex);
+  connection_options o;
+  o.provided_buffers = false;  // read_slow at once
+  connection conn(std::move(s), o);
+  start_tracing(0);  // read_slow's frame is the first allocation
+  try {
+    (void)co_await conn.read_message();
+  } catch (const std::bad_alloc&) {
+    *threw = true;
+  }
+  stop_tracing();
+  REQUIRE(::send(peer.fd(), one_frame.data(), one_frame.size(), 0) == static_cast<ssize_t>(one_frame.size()));
+  result<message_view> m = co_await conn.read_message();
+  next->emplace(m);
+  if (m) CHECK(m->content_text() == "abc");
+}
+
+task<void> fast_reader(connection* conn, bool* done, std::optional<result<message_view>>* got) {
+  result<message_view> m = co_await conn->read_message();
+  got->emplace(m);
+  *done = true;
+}
+
+task<void> pause(executor* ex, std::chrono::milliseconds d) { co_await sleep_for(*ex, d); }
+
+}  // namespace
+
+TEST_CASE("review12 F2: a read_message that throws bad_alloc leaves the connection readable") {
+  on_each_backend([](backend_kind k) {
+    executor ex(on(k));
+    bool threw = false;
+    std::optional<result<message_view>> next;
+    ex.run(read_after_failed_frame(&ex, &threw, &next));
+    CHECK(threw);
+    CHECK(allocations_failed == 1);
+    REQUIRE(next);
+    // Before the fix: device_or_resource_busy ("two readers") for good.
+    CHECK(next->has_value());
+  });
+}
+
+// F3: a reader waiting on the fast path (a recv from the provided buffers)
+// gets the first byte of a frame; the rest is read by read_slow, whose frame
+// is allocated from inside the recv's completion. When that allocation
+// fails, the reader must learn of it (ENOMEM), not the executor's loop:
+// before the fix the bad_alloc escaped run_once() (out of executor::run, the
+// whole thread's loop) and the reader was never resumed.
+TEST_CASE("review12 F3: a bad_alloc when a fast read goes slow fails the reader, not the executor's loop") {
+  on_each_backend([](backend_kind k) {
+    executor ex(on(k));
+    std::size_t frame_size = 0;
+    ex.run(measure_read_slow_frame(&ex, &frame_size));
+    REQUIRE(frame_size > 0);
+    auto [s, peer] = ex.run(testing::tcp_pair(&ex));
+    connection conn(std::move(s), connection_options{});  // provided buffers: the fast path
+    REQUIRE(ex.receive_buffers());
+    bool done = false;
+    std::optional<result<message_view>> got;
+    ex.spawn(fast_reader(&conn, &done, &got));
+    ex.run(pause(&ex, 20ms));  // the reader waits in the ring
+    REQUIRE_FALSE(done);
+    allocations_failed = 0;
+    fail_allocation_of_size = frame_size;
+    REQUIRE(::send(peer.fd(), one_frame.data(), 1, 0) == 1);  // a frame begun: read_slow reads the rest
+    bool escaped = false;
+    for (int i = 0; i < 2000 && !done; ++i) {
+      try {
+        ex.run_once(false);
+      } catch (const std::bad_alloc&) {
+        escaped = true;
+        break;
+      }
+      if (i % 100 == 99) ::usleep(1000);
+    }
+    fail_allocation_of_size = 0;
+    CHECK(allocations_failed == 1);
+    CHECK_FALSE(escaped);
+    CHECK(done);
+    if (got) {
+      REQUIRE_FALSE(got->has_value());
+      CHECK(got->error() == errno_code(ENOMEM));
+    }
+    if (!done) {  // before the fix: the reader is stuck; end it before conn goes
+      ex.stop();
+      for (int i = 0; i < 1000 && !done; ++i) ex.run_once(false);
+    }
+  });
+}
