@@ -27,8 +27,16 @@ void buffer_ring::add_part(unsigned count, std::uint16_t group) {
   p.count = count;
   p.group = group;
   p.first_id = total_;
+  // Everything that can throw is allocated before the ring changes (review12
+  // F1): grow() promises that a failure changes nothing. A parts_ that could
+  // not take the new part once its ids were on the free list (epoll) handed
+  // out ids with no memory behind them; once the kernel had registered its
+  // group (io_uring), the group stayed registered and every later grow()
+  // failed with EEXIST.
+  parts_.reserve(parts_.size() + 1);
+  // Not touched until the kernel (or take()) fills them: resident memory grows with use.
+  p.base.reset(new std::byte[count * stride()]);
   if (!ring_) {  // handed out by take()
-    p.base.reset(new std::byte[count * stride()]);
     for (unsigned i = 0; i < count; ++i) std::memset(p.base.get() + i * stride() + size_, 0, padding);
     // Lowest id on top: a quiet server reuses the same few buffers (warm in
     // the cache, and the rest never touched).
@@ -65,8 +73,7 @@ void buffer_ring::add_part(unsigned count, std::uint16_t group) {
     ::munmap(p.br, p.br_bytes);
     throw std::system_error(errno_code(-r), "buffer_ring: io_uring_register_buf_ring");
   }
-  // Not touched until the kernel fills them: resident memory grows with use.
-  p.base.reset(new std::byte[count * stride()]);
+  // From here on nothing throws: the kernel knows of the part.
   io_uring_buf_ring_init(p.br);
   for (unsigned i = 0; i < count; ++i) {
     std::memset(p.base.get() + i * stride() + size_, 0, padding);
@@ -81,7 +88,7 @@ void buffer_ring::add_part(unsigned count, std::uint16_t group) {
   io_uring_buf_ring_advance(p.br, static_cast<int>(count));
   p.tail = static_cast<std::uint16_t>(count);  // the kernel's tail is 16 bits too
   total_ += count;
-  parts_.push_back(std::move(p));
+  parts_.push_back(std::move(p));  // reserved above: does not throw
 }
 
 buffer_ring::~buffer_ring() {
