@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <new>
 #include <utility>
 
 
@@ -24,10 +25,20 @@ bool read_message_awaitable::await_ready() {
 std::coroutine_handle<> read_message_awaitable::await_suspend(std::coroutine_handle<> h) {
   c_->reading_ = true;
   wait_.h = h;
-  if (c_->start_fast_read(this)) return std::noop_coroutine();
-  // Everything else (a frame in progress, backpressure, no provided
-  // buffers...) runs in a coroutine of its own, made only now.
-  slow_ = c_->read_slow();
+  try {
+    if (c_->start_fast_read(this)) return std::noop_coroutine();
+    // Everything else (a frame in progress, backpressure, no provided
+    // buffers...) runs in a coroutine of its own, made only now.
+    slow_ = c_->read_slow();
+  } catch (...) {
+    // No read is waiting after all (bad_alloc for read_slow's frame, a
+    // submission that failed): the reader gets the exception, and the
+    // connection must not go on saying that a read is in progress (review12
+    // F2: every later read_message was device_or_resource_busy).
+    c_->fast_ = nullptr;
+    c_->reading_ = false;
+    throw;
+  }
   slow_.handle().promise().continuation = h;
   return slow_.handle();
 }
@@ -237,7 +248,15 @@ void connection::finish_fast_read(detail::read_message_awaitable* aw, result<mes
 }
 
 void connection::continue_slow(detail::read_message_awaitable* aw) {
-  aw->slow_ = read_slow();
+  // From a recv's completion: an exception here would escape the executor's
+  // loop (its run() throws, for every connection of the thread) and leave
+  // the reader suspended for good (review12 F3). The reader fails instead,
+  // like a decoder that cannot grow.
+  try {
+    aw->slow_ = read_slow();
+  } catch (const std::bad_alloc&) {
+    return finish_fast_read(aw, errno_code(ENOMEM));
+  }
   aw->slow_.handle().promise().continuation = aw->wait_.h;
   aw->slow_.handle().resume();
 }
