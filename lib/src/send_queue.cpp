@@ -75,8 +75,22 @@ void send_queue::start() {
   // A gather list goes out with a plain sendmsg.
   zero_copy_ = opts_.zero_copy_threshold && f_->sending_pieces.empty() &&
                f_->sending.size() >= opts_.zero_copy_threshold;
-  if (opts_.write_timeout.count() > 0) deadline_.arm(sock_.get_executor(), opts_.write_timeout);
-  submit();
+  try {
+    if (opts_.write_timeout.count() > 0) deadline_.arm(sock_.get_executor(), opts_.write_timeout);
+    submit();
+  } catch (...) {
+    // Nothing went to the kernel (bad_alloc for the gather list or the
+    // deadline's list, a backend that cannot submit): the batch goes back in
+    // front of what is queued, as it was (review12 F4). Left in the flight,
+    // it was counted nowhere (unsent() said 0, so a flush reported success)
+    // and the next start() swapped it behind the bytes queued after it.
+    std::swap(f_->sending, queued_);
+    std::swap(f_->sending_pieces, f_->pending);
+    f_->pending_bytes = f_->total - queued_.size();
+    f_->total = f_->sent = 0;
+    deadline_.cancel();
+    throw;
+  }
 }
 
 void send_queue::submit() {
