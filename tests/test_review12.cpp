@@ -16,6 +16,7 @@
 #include <doctest/doctest.h>
 
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <array>
@@ -321,5 +322,84 @@ TEST_CASE("review12 F4: a send_queue::start() that throws keeps its batch, in or
     CHECK(allocations_failed == 1);
     CHECK(unsent_after == 8);
     CHECK(got == "AAAABBBBCC");
+  });
+}
+
+// ---- F5: the next batch, started from a send's completion, throws ----
+
+namespace {
+
+// Batch 1 ("A" and a piece) is in the kernel; meanwhile "B", a piece, "C"
+// and a piece are queued. Batch 1's completion starts batch 2 from inside
+// the executor's dispatch, and its gather list must grow: that allocation
+// fails. The queue must fail (ENOMEM) and wake its waiter; before the fix
+// the bad_alloc escaped run_once (the thread's loop).
+struct next_batch_outcome {
+  bool escaped = false;
+  bool idle = false;
+  std::error_code error;
+};
+
+next_batch_outcome next_batch_that_throws(backend_kind k, int fail_index, std::vector<std::size_t>* sizes) {
+  executor ex(on(k));
+  auto [s, peer] = ex.run(testing::tcp_pair(&ex));
+  next_batch_outcome out;
+  {
+    send_queue q(s, {});
+    detail::block_ref b(detail::byte_block::make(64));
+    std::memset(b->data(), 'p', 64);
+    q.out() = "A";
+    REQUIRE(q.append_shared(b, {b->data(), 8}));
+    q.start();
+    REQUIRE(q.busy());
+    q.out() += "B";
+    REQUIRE(q.append_shared(b, {b->data() + 16, 8}));
+    q.out() += "C";
+    REQUIRE(q.append_shared(b, {b->data() + 32, 8}));
+    start_tracing(fail_index);
+    for (int i = 0; i < 2000 && q.busy(); ++i) {
+      try {
+        ex.run_once(false);
+      } catch (const std::bad_alloc&) {
+        out.escaped = true;
+        break;
+      }
+    }
+    stop_tracing();
+    if (sizes)
+      for (int i = 0; i < traced_count && i < 1024; ++i) sizes->push_back(traced[static_cast<std::size_t>(i)]);
+    out.idle = !q.busy();
+    out.error = q.error();
+    if (q.busy()) {  // before the fix: nothing will end it but a stop
+      ex.stop();
+      for (int i = 0; i < 1000 && q.busy(); ++i) ex.run_once(false);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("review12 F5: a bad_alloc starting the next batch from a completion fails the queue, not the loop") {
+  on_each_backend([](backend_kind k) {
+    // Which allocation is the gather list's growth: the one of 4 iovecs
+    // (batch 1's list had room for 2).
+    std::vector<std::size_t> sizes;
+    next_batch_outcome dry = next_batch_that_throws(k, -1, &sizes);
+    REQUIRE(dry.idle);
+    REQUIRE_FALSE(dry.error);
+    int index = -1;
+    for (std::size_t i = 0; i < sizes.size(); ++i)
+      if (sizes[i] == 4 * sizeof(iovec)) {
+        index = static_cast<int>(i);
+        break;
+      }
+    CAPTURE(sizes.size());
+    REQUIRE(index >= 0);
+    next_batch_outcome o = next_batch_that_throws(k, index, nullptr);
+    CHECK(allocations_failed == 1);
+    CHECK_FALSE(o.escaped);
+    CHECK(o.idle);
+    CHECK(o.error == errno_code(ENOMEM));
   });
 }
