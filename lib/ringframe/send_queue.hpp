@@ -156,6 +156,7 @@ class send_queue {
   int refusal() const noexcept;
   void submit();
   void progress(int res);
+  void progress_or_throw(int res);
   void fail(int err);
   void wake() noexcept;
   static void on_cqe(detail::completion* c, int res, unsigned flags, bool);

@@ -3,6 +3,7 @@
 #include <ringframe/detail/io_backend.hpp>
 
 #include <climits>
+#include <new>
 #include <utility>
 
 namespace ringframe {
@@ -187,6 +188,18 @@ void send_queue::on_cqe(detail::completion* c, int res, unsigned flags, bool) {
 }
 
 void send_queue::progress(int res) {
+  // From a completion: an exception would escape the executor's loop (its
+  // run() throws, for every connection of the thread) with nothing in the
+  // kernel and the waiters never woken (review12 F5). The queue fails
+  // instead; start() has put an unsent batch back already.
+  try {
+    progress_or_throw(res);
+  } catch (const std::bad_alloc&) {
+    fail(ENOMEM);
+  }
+}
+
+void send_queue::progress_or_throw(int res) {
   state_ = state::sending;
   if (zero_copy_ && (res == -EOPNOTSUPP || res == -EINVAL)) {  // no zero-copy here: copy
     zero_copy_ = false;
