@@ -45,6 +45,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <new>
 #include <set>
 #include <string>
 #include <system_error>
@@ -319,10 +320,15 @@ class epoll_backend final : public io_backend {
     for (;;) {
       switch (w.op) {
         case io_op::accept: {
+          room_to_post(2);
           int fd = ::accept4(w.fd, static_cast<sockaddr*>(w.buf), static_cast<socklen_t*>(w.extra),
                              w.flags | SOCK_NONBLOCK);
           if (fd >= 0) {
-            fresh(fd);
+            if (!fresh(fd)) {
+              ::close(fd);
+              finish(w, -ENOMEM);
+              return step::done;
+            }
             finish(w, fd);
             return step::done;
           }
@@ -330,9 +336,14 @@ class epoll_backend final : public io_backend {
           break;
         }
         case io_op::accept_multishot: {
+          room_to_post(2);
           int fd = ::accept4(w.fd, nullptr, nullptr, w.flags | SOCK_NONBLOCK);
           if (fd >= 0) {
-            fresh(fd);
+            if (!fresh(fd)) {  // an error ends the request (the server re-arms it)
+              ::close(fd);
+              finish(w, -ENOMEM);
+              return step::done;
+            }
             post(w.key, fd, cqe_more);
             continue;  // the next one, until EAGAIN
           }
@@ -644,10 +655,23 @@ class epoll_backend final : public io_backend {
   // earlier one with its number applies, and it is non-blocking.
   // Requests still queued on the number belong to a descriptor closed
   // behind ringframe's back: they end with ECANCELED (forget).
-  void fresh(int fd) {
-    state(fd);
+  // False when its entry cannot be made (bad_alloc): the caller closes it.
+  // (review12 F6: an accepted descriptor whose entry could not be made was
+  // left open, owned by nobody, and the bad_alloc escaped the loop.)
+  bool fresh(int fd) noexcept {
+    try {
+      state(fd);
+    } catch (const std::bad_alloc&) {
+      return false;
+    }
     forget(fd);
     at(fd).nonblocking = true;
+    return true;
+  }
+  // Room for `n` more results, made before a descriptor exists whose
+  // result must not be lost (accept4): post() cannot throw then.
+  void room_to_post(std::size_t n) {
+    if (posts_.capacity() - posts_.size() < n) posts_.reserve(2 * posts_.size() + n);
   }
 
   int epfd_ = -1;
