@@ -318,9 +318,13 @@ class epoll_backend final : public io_backend {
   // posted. again: it must wait for the next edge (the hint is cleared).
   step attempt(waiter& w) {
     for (;;) {
+      // Room for this call's results (its own and its timer's) before the
+      // call: once bytes are sent or a descriptor accepted, a post() that
+      // threw bad_alloc would lose the result, and a caller that retried
+      // (send_queue puts an unsent batch back) would send the bytes twice.
+      room_to_post(2);
       switch (w.op) {
         case io_op::accept: {
-          room_to_post(2);
           int fd = ::accept4(w.fd, static_cast<sockaddr*>(w.buf), static_cast<socklen_t*>(w.extra),
                              w.flags | SOCK_NONBLOCK);
           if (fd >= 0) {
@@ -336,7 +340,6 @@ class epoll_backend final : public io_backend {
           break;
         }
         case io_op::accept_multishot: {
-          room_to_post(2);
           int fd = ::accept4(w.fd, nullptr, nullptr, w.flags | SOCK_NONBLOCK);
           if (fd >= 0) {
             if (!fresh(fd)) {  // an error ends the request (the server re-arms it)
@@ -668,8 +671,8 @@ class epoll_backend final : public io_backend {
     at(fd).nonblocking = true;
     return true;
   }
-  // Room for `n` more results, made before a descriptor exists whose
-  // result must not be lost (accept4): post() cannot throw then.
+  // Room for `n` more results, made before a system call whose result
+  // must not be lost: post() cannot throw then.
   void room_to_post(std::size_t n) {
     if (posts_.capacity() - posts_.size() < n) posts_.reserve(2 * posts_.size() + n);
   }
