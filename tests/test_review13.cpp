@@ -1,0 +1,175 @@
+// The thirteenth review: the executor's inbox (executor::run_inbox), through
+// which spawn_on, submit_to and every other cross-thread hand-off reach an
+// executor's thread, when a hand-over throws (std::bad_alloc) half way
+// through the inbox. The F cases fail without their fix. Every wait is
+// bounded; each test runs on io_uring and on epoll.
+#include "loopback.hpp"
+
+#include <ringframe/detail/deferred_call.hpp>
+#include <ringframe/executor.hpp>
+#include <ringframe/task.hpp>
+
+#include <doctest/doctest.h>
+
+#include <array>
+#include <atomic>
+#include <cstdlib>
+#include <new>
+#include <thread>
+
+using namespace ringframe;
+using testing::on;
+using testing::on_each_backend;
+
+// An allocator that can be told to fail (as in test_review12.cpp): one
+// allocation of an exact size, or the n-th allocation while tracing. Every
+// form goes through malloc/free, so any new pairs with any delete.
+namespace {
+std::atomic<std::size_t> fail_allocation_of_size{0};
+std::atomic<int> allocations_failed{0};
+std::atomic<bool> tracing{false};
+std::atomic<int> traced_count{0};
+std::array<std::size_t, 1024> traced{};
+
+void* checked_malloc(std::size_t n) {
+  if (tracing.load()) {
+    const int i = traced_count.fetch_add(1);
+    if (i < static_cast<int>(traced.size())) traced[static_cast<std::size_t>(i)] = n;
+  }
+  std::size_t want = fail_allocation_of_size.load(std::memory_order_relaxed);
+  if (want != 0 && n == want && fail_allocation_of_size.compare_exchange_strong(want, 0)) {
+    allocations_failed.fetch_add(1);
+    throw std::bad_alloc();
+  }
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+}  // namespace
+
+void* operator new(std::size_t n) { return checked_malloc(n); }
+void* operator new[](std::size_t n) { return checked_malloc(n); }
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  try {
+    return checked_malloc(n);
+  } catch (...) {
+    return nullptr;
+  }
+}
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
+  try {
+    return checked_malloc(n);
+  } catch (...) {
+    return nullptr;
+  }
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+
+namespace {
+
+task<void> mark(bool* flag) {
+  *flag = true;
+  co_return;
+}
+
+// ---- F1: spawn_on's hand-over cannot allocate the spawned task's wrapper ----
+// Two tasks are handed to `ex` from another thread (one eventfd write). The
+// wrapper frame (run_detached) of the first cannot be allocated when `ex`'s
+// thread takes it from the inbox. spawn_on "cannot fail": the one task is
+// lost (its frame freed), but the bad_alloc must not escape the target's
+// loop (run_once, so executor::run of whatever the thread serves), and the
+// second task must still run. Before the fix the bad_alloc escaped
+// run_once, and the second task stayed in the inbox with the wake flag
+// cleared and the eventfd already read: nothing ran it until some later
+// defer() wrote the eventfd again (and run_until_idle, which counts a
+// non-empty inbox as work, spun meanwhile).
+TEST_CASE("review13 F1: a spawn_on whose wrapper frame cannot be allocated fails that task, not the loop or the next one") {
+  on_each_backend([](backend_kind k) {
+    executor ex(on(k));
+    // The wrapper frame's size: the first allocation spawn() makes.
+    bool dry = false;
+    auto t0 = mark(&dry);
+    traced_count = 0;
+    tracing = true;
+    ex.spawn(std::move(t0));
+    tracing = false;
+    REQUIRE(traced_count >= 1);
+    const std::size_t wrapper = traced[0];
+    ex.run_until_idle();
+    REQUIRE(dry);
+
+    bool first = false, second = false;
+    auto t1 = mark(&first);
+    auto t2 = mark(&second);
+    std::thread other([&] {
+      ex.spawn_on(ex, std::move(t1));
+      ex.spawn_on(ex, std::move(t2));
+    });
+    other.join();
+    allocations_failed = 0;
+    fail_allocation_of_size = wrapper;
+    bool escaped = false;
+    for (int i = 0; i < 2000 && !second; ++i) {
+      try {
+        ex.run_once(false);
+      } catch (const std::bad_alloc&) {
+        escaped = true;  // go on: does the second task ever run?
+      }
+    }
+    fail_allocation_of_size = 0;
+    CHECK(allocations_failed == 1);
+    CHECK_FALSE(escaped);
+    CHECK_FALSE(first);  // its wrapper could not be made: dropped, not run
+    CHECK(second);
+  });
+}
+
+// ---- F2: any inbox call that throws leaves the calls behind it stranded ----
+// A deferred call may throw (submit_to's answer posts to the ready queue,
+// which can throw bad_alloc). Whether or not the exception leaves run_once,
+// the calls queued behind it must still run without another defer(). Before
+// the fix they waited for the next eventfd write, which might never come.
+struct throwing_call : detail::deferred_call {
+  throwing_call() noexcept : deferred_call(&run) {}
+  static void run(detail::deferred_call*, bool run) {
+    if (run) throw std::bad_alloc();
+  }
+};
+struct counting_call : detail::deferred_call {
+  int runs = 0;
+  counting_call() noexcept : deferred_call(&run) {}
+  static void run(detail::deferred_call* c, bool run) {
+    if (run) ++static_cast<counting_call*>(c)->runs;
+  }
+};
+
+TEST_CASE("review13 F2: a deferred call that throws does not strand the calls queued behind it") {
+  on_each_backend([](backend_kind k) {
+    // Declared before the executor: still queued at its end, they are
+    // freed (run = false) by its destructor, so they must outlive it.
+    throwing_call thrower;
+    counting_call after;
+    executor ex(on(k));
+    std::thread other([&] {
+      ex.defer(&thrower);
+      ex.defer(&after);
+    });
+    other.join();
+    int escapes = 0;
+    for (int i = 0; i < 2000 && after.runs == 0; ++i) {
+      try {
+        ex.run_once(false);
+      } catch (const std::bad_alloc&) {
+        ++escapes;
+      }
+    }
+    CHECK(escapes <= 1);
+    CHECK(after.runs == 1);
+  });
+}
+
+}  // namespace
