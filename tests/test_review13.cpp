@@ -172,4 +172,52 @@ TEST_CASE("review13 F2: a deferred call that throws does not strand the calls qu
   });
 }
 
+// ---- F3: spawn() whose ready-queue slot cannot be allocated ----
+// spawn(task) makes the wrapper coroutine (which counts itself live), then
+// queues it. When the queue's push_back throws, the bad_alloc reaches the
+// caller (fine), but the wrapper stayed counted as a live task that nothing
+// will ever resume: live_tasks() never fell back to 0, so run_until_idle
+// (which waits while any task is live) could not see the executor idle.
+TEST_CASE("review13 F3: a spawn whose ready-queue push throws leaves no live task behind") {
+  on_each_backend([](backend_kind k) {
+    executor ex(on(k));
+    // The size of a new block of the ready queue: the last allocation of
+    // a spawn that allocates more than its wrapper frame.
+    std::size_t wrapper = 0, block = 0;
+    std::array<bool, 400> flags{};
+    for (int i = 0; i < 200 && block == 0; ++i) {
+      bool* f = &flags[static_cast<std::size_t>(i)];
+      auto t = mark(f);
+      traced_count = 0;
+      tracing = true;
+      ex.spawn(std::move(t));
+      tracing = false;
+      if (i == 0) wrapper = traced[0];
+      if (traced_count > 1) block = traced[static_cast<std::size_t>(traced_count.load() - 1)];
+    }
+    ex.run_until_idle();
+    REQUIRE(block != 0);
+    REQUIRE(block != wrapper);
+    REQUIRE(ex.live_tasks() == 0);
+
+    allocations_failed = 0;
+    fail_allocation_of_size = block;
+    int threw = 0;
+    for (int i = 200; i < 400 && allocations_failed == 0; ++i) {
+      auto t = mark(&flags[static_cast<std::size_t>(i)]);
+      try {
+        ex.spawn(std::move(t));
+      } catch (const std::bad_alloc&) {
+        ++threw;
+      }
+    }
+    fail_allocation_of_size = 0;
+    REQUIRE(allocations_failed == 1);
+    CHECK(threw == 1);
+    for (int i = 0; i < 100 && (ex.live_tasks() > 0); ++i)
+      if (!ex.run_once(false)) break;
+    CHECK(ex.live_tasks() == 0);
+  });
+}
+
 }  // namespace
