@@ -57,7 +57,17 @@ struct remote_spawn : detail::deferred_call {
   remote_spawn(executor* e, task<void> task) noexcept : deferred_call(&arrived), target(e), t(std::move(task)) {}
   static void arrived(detail::deferred_call* c, bool run) {
     std::unique_ptr<remote_spawn> self(static_cast<remote_spawn*>(c));
-    if (run) self->target->spawn(std::move(self->t));
+    if (!run) return;
+    // spawn_on "cannot fail", and its caller is on another thread: a task
+    // whose wrapper frame (or ready-queue slot) cannot be allocated here is
+    // dropped and logged, like a spawned task that throws, instead of the
+    // bad_alloc leaving this thread's loop (run_once, so executor::run of
+    // whatever it serves). (review13 F1)
+    try {
+      self->target->spawn(std::move(self->t));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ringframe: a task handed over by spawn_on could not be spawned: %s\n", e.what());
+    }
   }
 };
 }  // namespace
@@ -279,7 +289,20 @@ void executor::run_inbox(bool run) {
     }
     // Outside the lock: the call may defer again (itself included).
     ++stats_.deferred_calls;
-    c->fn(c, run);
+    try {
+      c->fn(c, run);
+    } catch (...) {
+      // The exception leaves run_once. on_wake cleared the wake flag and
+      // read the eventfd before this run, so the calls still queued behind
+      // this one would wait for some later defer(): signal again for them.
+      // (review13 F2)
+      std::lock_guard<std::mutex> g(inbox_lock_);
+      if (inbox_head_ && !wake_signalled_.exchange(true, std::memory_order_seq_cst)) {
+        std::uint64_t one = 1;
+        [[maybe_unused]] ssize_t r = ::write(wake_fd_, &one, sizeof one);
+      }
+      throw;
+    }
   }
 }
 
@@ -448,7 +471,17 @@ void executor::count_buffer_ring_empty() noexcept {
 
 void executor::spawn(task<void> t) { spawn(detail::run_detached(this, std::move(t))); }
 
-void executor::spawn(detail::detached d) { ready_.push_back(d.h); }
+void executor::spawn(detail::detached d) {
+  try {
+    ready_.push_back(d.h);
+  } catch (...) {
+    // Never to be resumed: destroyed now (its promise leaves the live count,
+    // its task goes with it) rather than kept counted as live, which would
+    // hold run_until_idle until the executor's end. (review13)
+    d.h.destroy();
+    throw;
+  }
+}
 
 
 void executor::spawn_on(executor& target, task<void> t) {
