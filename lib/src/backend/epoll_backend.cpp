@@ -116,6 +116,28 @@ class epoll_backend final : public io_backend {
   }
 
   bool cancel(std::uint64_t key, int fd) noexcept override {
+    // Room for every result posted below, made first: post() must not throw
+    // in this noexcept function (it was std::terminate), and a cancellation
+    // that cannot be answered now returns false: the executor asks again
+    // next turn. (review13 F4)
+    try {
+      std::size_t n = 3;  // one request and its timer, and this call's own
+      if (key == 0) {
+        for (const fd_state& s : fds_)
+          for (int side : {side_read, side_write})
+            if (waiter* h = s.head[side]) {
+              waiter* w = h;
+              do {
+                n += 2;
+                w = w->next;
+              } while (w != h);
+            }
+        n += 2 * (retry_.size() + timers_.size());
+      }
+      room_to_post(n);
+    } catch (const std::bad_alloc&) {
+      return false;
+    }
     if (key == 0) {
       int n = 0;
       for (std::size_t i = 0; i < fds_.size(); ++i)
