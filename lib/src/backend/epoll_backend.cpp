@@ -321,7 +321,11 @@ class epoll_backend final : public io_backend {
   void finish(const waiter& w, int res, unsigned flags = 0) { finish(w.key, w.linked, res, flags); }
   void flush() noexcept {
     if (posts_.empty()) return;
-    completed_.insert(completed_.end(), posts_.begin(), posts_.end());
+    try {
+      completed_.insert(completed_.end(), posts_.begin(), posts_.end());
+    } catch (const std::bad_alloc&) {
+      return;  // kept here (and run() does not sleep while any are): the next turn hands them over
+    }
     posts_.clear();
   }
 
@@ -656,6 +660,11 @@ class epoll_backend final : public io_backend {
 
   void expire_timers(std::int64_t now) {
     while (!timers_.empty() && timers_.begin()->first <= now) {
+      // Room first: a bad_alloc after release() lost the result for good
+      // (the executor then counted the request in flight forever, and its
+      // destructor waited on it). Thrown from here, the timer is still
+      // queued and fires on the next turn.
+      room_to_post(2);
       waiter* w = timers_.begin()->second;
       const std::uint64_t key = w->key;
       const bool timeout = w->op == io_op::timeout;
