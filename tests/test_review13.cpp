@@ -286,7 +286,7 @@ TEST_CASE("review13 F4: a stop() whose cancellation cannot allocate (epoll) is r
 // executor: one that lost a completion would wait for it forever in its
 // destructor.
 task<void> short_nap(executor* ex, int* done) {
-  auto r = co_await sleep_for(*ex, std::chrono::milliseconds(1));
+  auto r = co_await sleep_for(*ex, std::chrono::milliseconds(300));
   if (r) ++*done;
 }
 
@@ -301,7 +301,7 @@ int turn_out_of_memory(backend_kind k) {
   // completions in one turn than the lists can hold.
   for (int i = 0; i < 3000; ++i) ex->spawn(short_nap(ex, &done));
   ex->run_once(false);  // each submits its timer
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));  // all due now, none fired yet
   allocations_failed = 0;
   traced_count = 0;
   fail_at_index = 0;  // the first allocation of this turn: a list's growth
