@@ -81,6 +81,44 @@ TEST_CASE("deadlines fire in time order, across durations, each once and not ear
   CHECK(ex.stats().deadlines_expired == 3);
 }
 
+// deadline.hpp, "When": arming reads no clock; the loop stamps what a turn
+// armed before it next checks deadlines or sleeps.
+task<void> arm_then_stay_busy(executor* ex, recorded* r, clk::time_point* busy_until) {
+  r->d.arm(*ex, 20ms);
+  CHECK(r->d.when() == clk::time_point::max());  // not stamped yet
+  // The rest of this turn takes 30 ms (no co_await until then).
+  const auto until = clk::now() + 30ms;
+  while (clk::now() < until) {
+  }
+  *busy_until = clk::now();
+  co_await wait_for_fire{r};
+}
+
+TEST_CASE("a deadline is measured from the end of the turn that armed it: never early, at most a turn late") {
+  executor ex;
+  recorded r;
+  clk::time_point busy_until{};
+  ex.run(arm_then_stay_busy(&ex, &r, &busy_until));
+  REQUIRE(r.times == 1);
+  CHECK(r.d.when() != clk::time_point::max());
+  CHECK(r.d.when() >= busy_until + 20ms);
+  CHECK(r.at >= busy_until + 20ms);
+  CHECK(r.at - busy_until < 20ms + 2s);  // generous: a loaded machine
+}
+
+TEST_CASE("a deadline is stamped by the next loop turn, which then sleeps until it") {
+  executor ex;
+  recorded r;
+  r.d.arm(ex, 50ms);
+  CHECK(r.d.when() == clk::time_point::max());
+  const auto before = clk::now();
+  ex.run_once(false);
+  CHECK(r.d.armed());
+  CHECK(r.d.when() >= before + 50ms);
+  CHECK(r.d.when() <= clk::now() + 50ms);
+  CHECK(r.times == 0);
+}
+
 TEST_CASE("a cancelled deadline does not fire; a re-armed one moves behind later ones") {
   executor ex;
   std::vector<int> order;

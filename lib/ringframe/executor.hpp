@@ -235,7 +235,7 @@ class executor {
   void post(std::coroutine_handle<> h) { ready_.push_back(h); }
 
   // The loop's clock: steady_clock read once per loop iteration (after the
-  // wait). Coarse deadlines are measured from it.
+  // wait). Coarse deadlines are due when it reaches them (deadline.hpp).
   std::chrono::steady_clock::time_point now() const noexcept { return now_; }
 
   // ---- for operations (detail) ----
@@ -274,6 +274,9 @@ class executor {
   // The earliest armed coarse deadline, or false when none is armed.
   bool earliest_deadline(std::chrono::steady_clock::time_point& out) const noexcept;
   void expire_deadlines();
+  // Reads the clock and gives every deadline armed since the last call its
+  // time (deadline.hpp, "When"); returns the time read.
+  std::chrono::steady_clock::time_point stamp_deadlines() noexcept;
   void make_backend(const executor_options& opts);
   // Dispatches completed_ from the front, in order, until it is empty (a
   // dispatch may reap more behind it). True if it dispatched anything.
@@ -309,6 +312,7 @@ class executor {
   // One FIFO list per duration (deadline.hpp); the lists never move.
   std::vector<std::unique_ptr<detail::deadline_list>> deadline_lists_;
   std::chrono::steady_clock::time_point now_ = std::chrono::steady_clock::now();
+  bool deadlines_unstamped_ = false;  // a deadline was armed since stamp_deadlines()
   bool cancel_all_owed_ = false;  // stop() found no SQE: the loop sends it
   std::size_t guards_ = 0;        // work_guards alive
   detail::orphan* orphans_ = nullptr;

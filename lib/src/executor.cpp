@@ -374,27 +374,41 @@ void deadline::arm(executor& ex, std::chrono::nanoseconds after) {
   // expired again in the same pass.
   if (after.count() < 1) after = std::chrono::nanoseconds(1);
   detail::deadline_list* l = ex.deadline_list_for(after);
-  // The real clock, not the loop's: the loop's is read once per iteration,
-  // and a deadline armed late in a long iteration (or before the first one)
-  // would otherwise be measured from a moment already past, and fire early.
-  // Monotonic, so each per-duration list stays in firing order.
-  when_ = std::chrono::steady_clock::now() + after;
+  // Not yet stamped (deadline.hpp, "When"): it is at the list's tail, so
+  // each per-duration list stays in firing order once stamped, and it is
+  // neither due nor the earliest until then.
+  when_ = std::chrono::steady_clock::time_point::max();
   prev_ = l->tail;
   next_ = nullptr;
   if (l->tail) l->tail->next_ = this;
   else l->head = this;
   l->tail = this;
+  if (!l->unstamped) l->unstamped = this;
   list_ = l;
+  ex.deadlines_unstamped_ = true;
 }
 
 void deadline::cancel() noexcept {
   if (!list_) return;
+  if (list_->unstamped == this) list_->unstamped = next_;
   if (prev_) prev_->next_ = next_;
   else list_->head = next_;
   if (next_) next_->prev_ = prev_;
   else list_->tail = prev_;
   prev_ = next_ = nullptr;
   list_ = nullptr;
+}
+
+std::chrono::steady_clock::time_point executor::stamp_deadlines() noexcept {
+  // After every arm it stamps: a deadline is never measured from a moment
+  // before it was armed.
+  const auto t = std::chrono::steady_clock::now();
+  deadlines_unstamped_ = false;
+  for (auto& l : deadline_lists_) {
+    for (deadline* d = l->unstamped; d; d = d->next_) d->when_ = t + l->duration;
+    l->unstamped = nullptr;
+  }
+  return t;
 }
 
 detail::deadline_list* executor::deadline_list_for(std::chrono::nanoseconds d) {
@@ -559,12 +573,16 @@ bool executor::run_once(bool block) {
   did |= dispatch_completed();  // reaped while submitting during the last turn
   if (cancel_all_owed_ && try_cancel(0)) cancel_all_owed_ = false;
   if (!waker_armed_ && !closing_) arm_waker();
+  // One clock read stamps what this turn armed, and serves the sleep below.
+  std::chrono::steady_clock::time_point stamped_at{};
+  if (deadlines_unstamped_) stamped_at = stamp_deadlines();
   std::chrono::steady_clock::time_point next_deadline;
   const bool has_deadline = earliest_deadline(next_deadline);
   bool wait = block && !did && ready_.empty() && completed_.empty() && (inflight_ > 0 || has_deadline || guards_ > 0);
   std::chrono::nanoseconds max_wait{-1};  // no limit
   if (wait && has_deadline) {
-    auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(next_deadline - std::chrono::steady_clock::now());
+    const auto t = stamped_at.time_since_epoch().count() != 0 ? stamped_at : std::chrono::steady_clock::now();
+    auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(next_deadline - t);
     if (left.count() <= 0) wait = false;  // already due: expire below without sleeping
     else max_wait = left;
   }
