@@ -8,6 +8,9 @@
 
 #include <doctest/doctest.h>
 
+#include <net/if.h>
+#include <netinet/in.h>
+
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -222,6 +225,33 @@ TEST_CASE("Unix-domain sockets, by path and abstract") {
     CHECK(at->to_string() == "unix:" + path);
     if (path[0] == '/') ::unlink(path.c_str());
   }
+}
+
+// A link-local IPv6 address means nothing without its interface: the scope
+// is parsed ("%lo" or "%1"), kept and printed back (the loopback interface
+// has no link-local address to connect over). Python prints such a peer as ('fe80::1%lo', port, flowinfo, scope_id).
+TEST_CASE("IPv6 addresses keep their scope id (link-local), in and out") {
+  const unsigned lo = ::if_nametoindex("lo");
+  REQUIRE(lo != 0);
+  auto named = address::from_ip("fe80::1%lo", 8080);
+  REQUIRE(named);
+  CHECK(named->to_string() == "[fe80::1%lo]:8080");
+  CHECK(named->to_python() == "('fe80::1%lo', 8080, 0, " + std::to_string(lo) + ")");
+  CHECK(reinterpret_cast<const sockaddr_in6*>(named->data())->sin6_scope_id == lo);
+  auto numbered = address::from_ip("[fe80::1%" + std::to_string(lo) + "]", 8080);
+  REQUIRE(numbered);
+  CHECK(numbered->to_string() == "[fe80::1%lo]:8080");
+  CHECK_FALSE(address::from_ip("fe80::1%no-such-interface-here", 1));
+  CHECK_FALSE(address::from_ip("fe80::1%", 1));
+  CHECK_FALSE(address::from_ip("127.0.0.1%lo", 1));  // a scope belongs to IPv6 only
+  // An interface index no interface has is still a scope id (printed as
+  // the number), as getnameinfo does.
+  auto unknown = address::from_ip("fe80::1%4000000", 1);
+  REQUIRE(unknown);
+  CHECK(unknown->to_string() == "[fe80::1%4000000]:1");
+  auto plain = address::from_ip("::1", 80);
+  REQUIRE(plain);
+  CHECK(plain->to_python() == "('::1', 80, 0, 0)");
 }
 
 TEST_CASE("addresses parse, print and resolve") {

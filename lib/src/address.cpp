@@ -1,6 +1,7 @@
 #include <ringframe/address.hpp>
 
 #include <arpa/inet.h>
+#include <net/if.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <sys/un.h>
@@ -33,9 +34,23 @@ address::address(const sockaddr* sa, socklen_t len) noexcept : storage_{}, len_(
 result<address> address::from_ip(std::string_view host, std::uint16_t port) {
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
   std::string h(host);
+  // A link-local IPv6 address names its interface: "fe80::1%eth0" or
+  // "fe80::1%2" (RFC 4007 section 11).
+  std::uint32_t scope = 0;
+  if (auto pct = h.find('%'); pct != std::string::npos) {
+    const std::string zone = h.substr(pct + 1);
+    h.resize(pct);
+    in6_addr probe{};
+    if (zone.empty() || ::inet_pton(AF_INET6, h.c_str(), &probe) != 1) return std::errc::invalid_argument;
+    scope = ::if_nametoindex(zone.c_str());
+    if (scope == 0) {
+      auto [p, ec] = std::from_chars(zone.data(), zone.data() + zone.size(), scope);
+      if (ec != std::errc{} || p != zone.data() + zone.size() || scope == 0) return std::errc::invalid_argument;
+    }
+  }
   address a;
   auto* v4 = reinterpret_cast<sockaddr_in*>(&a.storage_);
-  if (::inet_pton(AF_INET, h.c_str(), &v4->sin_addr) == 1) {
+  if (scope == 0 && ::inet_pton(AF_INET, h.c_str(), &v4->sin_addr) == 1) {
     v4->sin_family = AF_INET;
     v4->sin_port = htons(port);
     a.len_ = sizeof(sockaddr_in);
@@ -45,6 +60,7 @@ result<address> address::from_ip(std::string_view host, std::uint16_t port) {
   if (::inet_pton(AF_INET6, h.c_str(), &v6->sin6_addr) == 1) {
     v6->sin6_family = AF_INET6;
     v6->sin6_port = htons(port);
+    v6->sin6_scope_id = scope;
     a.len_ = sizeof(sockaddr_in6);
     return a;
   }
@@ -94,8 +110,15 @@ std::string address::host() const {
     return buf;
   }
   if (family() == AF_INET6) {
-    ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage_)->sin6_addr, buf, sizeof buf);
-    return buf;
+    const auto* v6 = reinterpret_cast<const sockaddr_in6*>(&storage_);
+    ::inet_ntop(AF_INET6, &v6->sin6_addr, buf, sizeof buf);
+    std::string out = buf;
+    if (v6->sin6_scope_id != 0) {  // as getnameinfo prints it: the name, or the number
+      char name[IF_NAMESIZE] = {};
+      out += '%';
+      out += ::if_indextoname(v6->sin6_scope_id, name) ? std::string(name) : std::to_string(v6->sin6_scope_id);
+    }
+    return out;
   }
   if (family() == AF_UNIX) {
     auto* un = reinterpret_cast<const sockaddr_un*>(&storage_);
@@ -116,7 +139,11 @@ std::string address::to_string() const {
 
 std::string address::to_python() const {
   if (family() == AF_INET) return "('" + host() + "', " + std::to_string(port()) + ")";
-  if (family() == AF_INET6) return "('" + host() + "', " + std::to_string(port()) + ", 0, 0)";
+  if (family() == AF_INET6) {
+    const auto* v6 = reinterpret_cast<const sockaddr_in6*>(&storage_);
+    return "('" + host() + "', " + std::to_string(port()) + ", " + std::to_string(ntohl(v6->sin6_flowinfo)) + ", " +
+           std::to_string(v6->sin6_scope_id) + ")";
+  }
   if (family() == AF_UNIX) return "'" + host() + "'";
   return "''";
 }
