@@ -3,6 +3,7 @@
 // executor's thread, when a hand-over throws (std::bad_alloc) half way
 // through the inbox. The F cases fail without their fix. Every wait is
 // bounded; each test runs on io_uring and on epoll.
+#include "failing_allocator.hpp"
 #include "loopback.hpp"
 
 #include <ringframe/detail/deferred_call.hpp>
@@ -26,58 +27,9 @@ using namespace ringframe;
 using testing::on;
 using testing::on_each_backend;
 
-// An allocator that can be told to fail (as in test_review12.cpp): one
-// allocation of an exact size, or the n-th allocation while tracing. Every
-// form goes through malloc/free, so any new pairs with any delete.
-namespace {
-std::atomic<std::size_t> fail_allocation_of_size{0};
-std::atomic<int> allocations_failed{0};
-std::atomic<bool> tracing{false};
-std::atomic<int> traced_count{0};
-std::atomic<int> fail_at_index{-1};
-std::array<std::size_t, 1024> traced{};
-
-void* checked_malloc(std::size_t n) {
-  if (tracing.load()) {
-    const int i = traced_count.fetch_add(1);
-    if (i < static_cast<int>(traced.size())) traced[static_cast<std::size_t>(i)] = n;
-    if (i == fail_at_index.load()) {
-      allocations_failed.fetch_add(1);
-      throw std::bad_alloc();
-    }
-  }
-  std::size_t want = fail_allocation_of_size.load(std::memory_order_relaxed);
-  if (want != 0 && n == want && fail_allocation_of_size.compare_exchange_strong(want, 0)) {
-    allocations_failed.fetch_add(1);
-    throw std::bad_alloc();
-  }
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-}  // namespace
-
-void* operator new(std::size_t n) { return checked_malloc(n); }
-void* operator new[](std::size_t n) { return checked_malloc(n); }
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
-  try {
-    return checked_malloc(n);
-  } catch (...) {
-    return nullptr;
-  }
-}
-void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
-  try {
-    return checked_malloc(n);
-  } catch (...) {
-    return nullptr;
-  }
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+// An allocator that can be told to fail (failing_allocator.hpp): one
+// allocation of an exact size, or the n-th allocation while tracing.
+using namespace testing::failing_allocator;
 
 namespace {
 

@@ -2,6 +2,7 @@
 // the resolver thread, framed_client). Each case forces the interleaving or
 // the failure it is about and runs on io_uring and on epoll (a subcase
 // each). Every wait is bounded by a deadline.
+#include "failing_allocator.hpp"
 #include "loopback.hpp"
 
 #include <ringframe/executor.hpp>
@@ -31,68 +32,9 @@ using namespace std::chrono_literals;
 using testing::on;
 using testing::on_each_backend;
 
-// An allocator that can be told to fail once, for one allocation of an
-// exact size: how a test reaches a bad_alloc handler without exhausting
-// memory. Every form goes through malloc/free, so that any new pairs with
-// any delete (ASan checks the pairing).
-// `matching_allocations` counts the allocations of the armed size; the
-// first `allocations_to_pass` of them succeed, the next one fails (and
-// disarms); with `count_only`, none fails.
-namespace {
-std::atomic<std::size_t> fail_allocation_of_size{0};
-std::atomic<int> allocations_to_pass{0};
-std::atomic<int> matching_allocations{0};
-std::atomic<bool> count_only{false};
-std::atomic<int> allocations_failed{0};
-// Tracing: every allocation's size is recorded in order (in a fixed array:
-// recording allocates nothing), and the one at `fail_at_index`, if any, fails.
-std::atomic<bool> tracing{false};
-std::atomic<int> traced_count{0};
-std::atomic<int> fail_at_index{-1};
-std::array<std::size_t, 1024> traced{};
-
-void* checked_malloc(std::size_t n) {
-  if (tracing.load()) {
-    const int i = traced_count.fetch_add(1);
-    if (i < static_cast<int>(traced.size())) traced[static_cast<std::size_t>(i)] = n;
-    if (i == fail_at_index.load()) {
-      allocations_failed.fetch_add(1);
-      throw std::bad_alloc();
-    }
-  }
-  std::size_t want = fail_allocation_of_size.load(std::memory_order_relaxed);
-  if (want != 0 && n == want && matching_allocations.fetch_add(1) >= allocations_to_pass.load() && !count_only.load() &&
-      fail_allocation_of_size.compare_exchange_strong(want, 0)) {
-    allocations_failed.fetch_add(1);
-    throw std::bad_alloc();
-  }
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-}  // namespace
-
-void* operator new(std::size_t n) { return checked_malloc(n); }
-void* operator new[](std::size_t n) { return checked_malloc(n); }
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
-  try {
-    return checked_malloc(n);
-  } catch (...) {
-    return nullptr;
-  }
-}
-void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
-  try {
-    return checked_malloc(n);
-  } catch (...) {
-    return nullptr;
-  }
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+// An allocator that can be told to fail (failing_allocator.hpp): one
+// allocation of an exact size, or the n-th allocation while tracing.
+using namespace testing::failing_allocator;
 
 namespace {
 
