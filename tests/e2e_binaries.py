@@ -11,17 +11,10 @@ import sys
 import tempfile
 import time
 
+from e2e_util import (LISTENING, check, finish, frame, json_frame, kill_if_running, listening_port, read_frame,
+                      start_server)
+
 server_bin, client_bin = sys.argv[1], sys.argv[2]
-failures = []
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    checks += 1
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        failures.append(what)
 
 
 def run(*args, timeout=60):
@@ -31,9 +24,8 @@ def run(*args, timeout=60):
 srv = subprocess.Popen([server_bin, "-q", "--threads", "1", "127.0.0.1", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 try:
     line = srv.stdout.readline()
-    m = re.match(r"Listening on \('127\.0\.0\.1', (\d+)\)", line)
-    check(m is not None, f"server announces its address: {line.strip()!r}")
-    port = m.group(1)
+    check(LISTENING.match(line) is not None, f"server announces its address: {line.strip()!r}")
+    port = listening_port(line)
 
     r = run("echo", "127.0.0.1", port)
     check(r.returncode == 0 and r.stdout == "Received b'Hello, world'\n", f"echo client: {r.stdout!r}")
@@ -90,14 +82,11 @@ try:
     check(srv.returncode == 0, f"SIGTERM exits 0 (rc {srv.returncode}, stderr {err[-300:]!r})")
     check(re.search(r"stopped by SIGTERM: served \d+ connections", out) is not None, f"summary line: {out.strip()[-200:]!r}")
 finally:
-    if srv.poll() is None:
-        srv.kill()
+    kill_if_running(srv)
 
 # Several threads: one ring each, sharing one listener.
-mt = subprocess.Popen([server_bin, "-q", "--threads", "2", "127.0.0.1", "0"], stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE, text=True)
+mt, port = start_server(server_bin, "-q", "--threads", "2", "127.0.0.1", "0")
 try:
-    port = re.match(r"Listening on \('127\.0\.0\.1', (\d+)\)", mt.stdout.readline()).group(1)
     check("2 threads" in mt.stdout.readline(), "--threads 2 says so")
     r = run("-q", "multiconn", "127.0.0.1", port, "400")
     check(r.returncode == 0, f"multiconn 400 against 2 threads: {r.stdout.strip()!r}")
@@ -122,15 +111,12 @@ try:
           f"both threads served connections: {per_thread}")
     check(mt.returncode == 0 and "served 400 connections" in out, f"2 threads: summary adds up, exit {mt.returncode}")
 finally:
-    if mt.poll() is None:
-        mt.kill()
+    kill_if_running(mt)
 
 # --reuse-port on both servers: they share the port, as asked.
-rp1 = subprocess.Popen([server_bin, "-q", "--threads", "2", "--reuse-port", "127.0.0.1", "0"],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+rp1, port = start_server(server_bin, "-q", "--threads", "2", "--reuse-port", "127.0.0.1", "0")
 rp2 = None
 try:
-    port = re.match(r"Listening on \('127\.0\.0\.1', (\d+)\)", rp1.stdout.readline()).group(1)
     check("one SO_REUSEPORT listener each" in rp1.stdout.readline(), "--reuse-port says so")
     rp2 = subprocess.Popen([server_bin, "-q", "--threads", "2", "--reuse-port", "127.0.0.1", port],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -147,8 +133,7 @@ try:
     check(sum(served) == 200 and min(served) > 0, f"both --reuse-port servers served and exited 0: {served}")
 finally:
     for p in (rp1, rp2):
-        if p and p.poll() is None:
-            p.kill()
+        kill_if_running(p)
 
 # Defect 2: with --threads 2, once one thread had finished draining (its
 # executor destroyed) while the other still drained a client that pipelines
@@ -156,21 +141,17 @@ finally:
 # dead executor (SEGV in executor::ring_fd() under ASan). Now the finished
 # shard idles until every shard is done and answers for its counters.
 asan_env = dict(os.environ, ASAN_OPTIONS="detect_stack_use_after_return=1:" + os.environ.get("ASAN_OPTIONS", ""))
-d2 = subprocess.Popen([server_bin, "-q", "--threads", "2", "--mode", "frame-echo", "--drain-timeout", "60",
-                       "127.0.0.1", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=asan_env)
+d2, port = start_server(server_bin, "-q", "--threads", "2", "--mode", "frame-echo", "--drain-timeout", "60",
+                        "127.0.0.1", "0", env=asan_env)
 hog = None
 try:
-    port = int(re.match(r"Listening on \('127\.0\.0\.1', (\d+)\)", d2.stdout.readline()).group(1))
     d2.stdout.readline()
-    content = b"x" * 65536
-    header = json.dumps({"byteorder": "little", "content-type": "binary/x", "content-encoding": "binary",
-                         "content-length": len(content)}).encode()
-    frame = struct.pack(">H", len(header)) + header + content
-    hog = socket.create_connection(("127.0.0.1", port))
+    big = frame(b"x" * 65536, "binary/x", "binary")
+    hog = socket.create_connection(("127.0.0.1", int(port)))
     hog.settimeout(0.5)
     try:
         for _ in range(256):  # until the server stops reading: its replies are stuck
-            hog.sendall(frame)
+            hog.sendall(big)
     except socket.timeout:
         pass
     d2.send_signal(signal.SIGINT)
@@ -191,32 +172,18 @@ try:
 finally:
     if hog:
         hog.close()
-    if d2.poll() is None:
-        d2.kill()
+    kill_if_running(d2)
 
 # Defect 11: a Unix-domain socket with several threads (one listener, shared),
 # a stale socket file replaced, a live one or a non-socket refused, and the
 # file removed on exit.
-def app_frame(value):
-    content = json.dumps({"action": "search", "value": value}).encode()
-    header = json.dumps({"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8",
-                         "content-length": len(content)}).encode()
-    return struct.pack(">H", len(header)) + header + content
-
-
 def unix_search(path):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
         c.settimeout(10)
         c.connect(path)
-        c.sendall(app_frame("morpheus"))
-        data = b""
-        while len(data) < 2 or len(data) < 2 + struct.unpack(">H", data[:2])[0]:
-            data += c.recv(65536)
-        hl = struct.unpack(">H", data[:2])[0]
-        want = 2 + hl + json.loads(data[2:2 + hl])["content-length"]
-        while len(data) < want:
-            data += c.recv(65536)
-        return json.loads(data[2 + hl:want])
+        c.sendall(json_frame({"action": "search", "value": "morpheus"}))
+        _, content = read_frame(c)
+        return json.loads(content)
 
 
 with tempfile.TemporaryDirectory() as tmp:
@@ -258,8 +225,7 @@ with tempfile.TemporaryDirectory() as tmp:
                 check(us.returncode == 0 and "served 20 connections" in out, f"unix server exits 0: {out.strip()[-120:]!r}")
                 check(not os.path.exists(path), "the socket file is removed on exit")
         finally:
-            if us.poll() is None:
-                us.kill()
+            kill_if_running(us)
     notes = os.path.join(tmp, "notes.txt")
     with open(notes, "w") as f:
         f.write("keep me\n")
@@ -270,16 +236,10 @@ with tempfile.TemporaryDirectory() as tmp:
 
 # SIGTERM with requests in flight (app mode): every request the server took
 # in is answered, in order, with whole frames; then it closes and exits 0.
-app = subprocess.Popen([server_bin, "-q", "--mode", "app", "127.0.0.1", "0"], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True)
+app, port = start_server(server_bin, "-q", "--mode", "app", "127.0.0.1", "0")
 try:
-    port = int(re.match(r"Listening on \('127\.0\.0\.1', (\d+)\)", app.stdout.readline()).group(1))
-    content = b'{"action": "search", "value": "ring"}'
-    header = json.dumps({"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8",
-                         "content-length": len(content)}).encode()
-    frame = struct.pack(">H", len(header)) + header + content
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(frame * 2000)
+    s = socket.create_connection(("127.0.0.1", int(port)))
+    s.sendall(frame(b'{"action": "search", "value": "ring"}') * 2000)
     first = s.recv(1)  # the server is answering
     app.send_signal(signal.SIGTERM)
     data = first
@@ -310,8 +270,7 @@ try:
           f"drain: exit {app.returncode}, {out.strip().splitlines()[-3:]!r}")
     check(f"messages_out={replies}" in out, f"drain: the server counted {replies} replies sent")
 finally:
-    if app.poll() is None:
-        app.kill()
+    kill_if_running(app)
 
 # A Unix-domain socket has no port: the client takes unix:/path with no PORT
 # argument (issue 10, defect 13). One server thread per listener here.
@@ -354,8 +313,6 @@ with tempfile.TemporaryDirectory() as tmp:
             out, err = us.communicate(timeout=15)
             check(us.returncode == 0, f"unix {mode} server exits 0 (rc {us.returncode}, stderr {err[-300:]!r})")
         finally:
-            if us.poll() is None:
-                us.kill()
+            kill_if_running(us)
 
-print(f"{checks - len(failures)} passed, {len(failures)} failed")
-sys.exit(1 if failures else 0)
+finish()

@@ -2,40 +2,26 @@
 """End to end: ringframe-example-fanout against three `ringframe-server --mode app`
 instances: every answer, --first, a server that is down, one that never answers
 (cancelled under --first), host names, and bad usage."""
-import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 
+from e2e_util import check, finish, start_server, wait_or_kill
+
 server_bin, fanout_bin = sys.argv[1], sys.argv[2]
-failures = []
-checks = 0
 
 MORPHEUS = '{"result": "Follow the white rabbit. 🐰"}'
-
-
-def check(cond, what):
-    global checks
-    checks += 1
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        failures.append(what)
 
 
 def fanout(*args, timeout=30):
     return subprocess.run([fanout_bin, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def start_server():
-    p = subprocess.Popen([server_bin, "-q", "--threads", "1", "--mode", "app", "127.0.0.1", "0"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    m = re.match(r"Listening on \('127\.0\.0\.1', (\d+)\)", p.stdout.readline())
-    if not m:
-        p.kill()
-        raise SystemExit("a server did not start")
-    return p, "127.0.0.1:" + m.group(1)
+def app_server():
+    p, port = start_server(server_bin, "-q", "--threads", "1", "--mode", "app", "127.0.0.1", "0")
+    return p, "127.0.0.1:" + port
 
 
 def refused_endpoint():
@@ -50,7 +36,7 @@ servers = []
 silent = socket.socket()  # accepts (the kernel does) but never answers
 try:
     for _ in range(3):
-        servers.append(start_server())
+        servers.append(app_server())
     eps = [ep for _, ep in servers]
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
@@ -120,12 +106,7 @@ finally:
     for p, _ in servers:
         p.send_signal(signal.SIGTERM)
     for p, ep in servers:
-        try:
-            p.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.communicate()
+        wait_or_kill(p)
         check(p.returncode == 0, f"server {ep} exits 0 after SIGTERM")
 
-print(f"{checks - len(failures)} passed, {len(failures)} failed")
-sys.exit(1 if failures else 0)
+finish()

@@ -4,111 +4,44 @@
 Each fake server is a Python thread on a loopback port: it answers framed
 requests with what the test tells it to, or accepts and never answers.
 """
-import json
-import socket
-import struct
 import subprocess
 import sys
-import threading
 import time
 
+from e2e_util import check, fake_server, finish, json_frame, read_frame
+
 server_bin, client_bin = sys.argv[1], sys.argv[2]
-failures = []
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    checks += 1
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        failures.append(what)
 
 
 def run(*args, timeout=30):
     return subprocess.run([client_bin, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def frame(obj):
-    content = json.dumps(obj).encode()
-    header = json.dumps({"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8",
-                         "content-length": len(content)}).encode()
-    return struct.pack(">H", len(header)) + header + content
-
-
-def read_frame(c):
-    data = b""
-    while len(data) < 2:
-        chunk = c.recv(2 - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    hl = struct.unpack(">H", data)[0]
-    data = b""
-    while len(data) < hl:
-        chunk = c.recv(hl - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    n = json.loads(data)["content-length"]
-    body = b""
-    while len(body) < n:
-        chunk = c.recv(n - len(body))
-        if not chunk:
-            return None
-        body += chunk
-    return body
-
-
-class fake_server:
-    """Answers each framed request with reply(i) (bytes, or None: close)."""
-
-    def __init__(self, reply):
-        self.reply = reply
-        self.ls = socket.socket()
-        self.ls.bind(("127.0.0.1", 0))
-        self.ls.listen(64)
-        self.port = str(self.ls.getsockname()[1])
-        self.conns = []
-        threading.Thread(target=self.loop, daemon=True).start()
-
-    def loop(self):
-        while True:
-            try:
-                c, _ = self.ls.accept()
-            except OSError:
-                return
-            self.conns.append(c)
-            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
-
-    def serve(self, c):
+def answering(reply):
+    """A fake_server handler: answers each framed request with reply(i)
+    (bytes, or None: close)."""
+    def serve(c):
         i = 0
         try:
-            while self.reply is not None:
-                if read_frame(c) is None:
-                    break
-                r = self.reply(i)
+            while read_frame(c) is not None:
+                r = reply(i)
                 i += 1
                 if r is None:
                     break
                 c.sendall(r)
         except OSError:
             pass
-        if self.reply is not None:
-            c.close()
+        c.close()
+    return serve
 
-    def close(self):
-        self.ls.close()
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
+
+def mute(c):
+    """A fake_server handler: accepts and never answers (close() closes)."""
 
 
 # 1. An app server that answers with {"error": ...}: not "every reply was
 #    right" (--help: exit 1), with -q as without it.
-err = fake_server(lambda i: frame({"error": "no such action"}))
+err = fake_server(answering(lambda i: json_frame({"error": "no such action"})))
 try:
     r = run("app", "127.0.0.1", err.port, "search", "morpheus")
     check(r.returncode == 1 and "the server answered with an error" in r.stderr,
@@ -122,8 +55,8 @@ finally:
 
 # 2. A server that answers the first two requests and then closes: the
 #    pipelined client says so and exits 1, in bounded time.
-good = frame({"result": "Follow the white rabbit."})
-early = fake_server(lambda i: good if i < 2 else None)
+good = json_frame({"result": "Follow the white rabbit."})
+early = fake_server(answering(lambda i: good if i < 2 else None))
 try:
     t0 = time.monotonic()
     r = run("-q", "-t", "5", "--repeat", "50", "--pipeline", "8", "app", "127.0.0.1", early.port, "search", "morpheus")
@@ -135,19 +68,19 @@ finally:
 
 # 3. A server that accepts and never answers: multiconn and app give up
 #    after --timeout and exit 1.
-mute = fake_server(None)
+silent = fake_server(mute)
 try:
     t0 = time.monotonic()
-    r = run("-q", "-t", "1", "multiconn", "127.0.0.1", mute.port, "5")
+    r = run("-q", "-t", "1", "multiconn", "127.0.0.1", silent.port, "5")
     took = time.monotonic() - t0
     check(r.returncode == 1 and "0 of 5 connections" in r.stdout and took < 10,
           f"multiconn against a mute server: rc {r.returncode} in {took:.1f} s, {r.stdout.strip()!r}")
     t0 = time.monotonic()
-    r = run("-q", "-t", "1", "--repeat", "5", "--pipeline", "2", "app", "127.0.0.1", mute.port, "search", "x")
+    r = run("-q", "-t", "1", "--repeat", "5", "--pipeline", "2", "app", "127.0.0.1", silent.port, "search", "x")
     took = time.monotonic() - t0
     check(r.returncode == 1 and took < 10, f"app against a mute server: rc {r.returncode} in {took:.1f} s, {r.stderr.strip()!r}")
 finally:
-    mute.close()
+    silent.close()
 
 # 4. ringframe-server's numeric options: a negative or out-of-range count is
 #    bad usage (exit 2), as --threads and the byte options already treat it.
@@ -160,5 +93,4 @@ for opt, val in (("--max-connections", "-1"), ("--max-connections", "99999999999
         rc, err_text = None, "(it started serving)"
     check(rc == 2 and f"bad {opt}" in err_text, f"ringframe-server {opt} {val}: rc {rc}, {err_text.strip()[:120]!r}")
 
-print(f"{checks - len(failures)} passed, {len(failures)} failed")
-sys.exit(1 if failures else 0)
+finish()

@@ -11,25 +11,14 @@
    too. The stray byte passed (exit 0); the extra reply was counted as a
    message and the run waited 10 s for a reply to a request never sent.
 """
-import re
-import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 
+from e2e_util import check, fake_server, finish, read_frame, start_server, stop
+
 server_bin, load_bin = sys.argv[1], sys.argv[2]
-failures = []
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    checks += 1
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        failures.append(what)
 
 
 def load(*args, timeout=60):
@@ -39,10 +28,8 @@ def load(*args, timeout=60):
 
 
 for mode in ("frame-echo", "echo"):
-    srv = subprocess.Popen([server_bin, "-q", "--threads", "1", "--mode", mode, "127.0.0.1", "0"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    srv, port = start_server(server_bin, "-q", "--threads", "1", "--mode", mode, "127.0.0.1", "0")
     try:
-        port = re.match(r"Listening on \('127\.0\.0\.1', (\d+)\)", srv.stdout.readline()).group(1)
         r, took = load("-c", "2", "-d", "16", "-s", "1048576", "-m", "64", "127.0.0.1", port)
         check(r.returncode == 0 and '"messages":64,' in r.stdout and '"errors":0,' in r.stdout,
               f"{mode}: 2 connections x depth 16 x 1 MiB, 64 messages: rc {r.returncode} in {took:.1f} s, "
@@ -51,61 +38,32 @@ for mode in ("frame-echo", "echo"):
         check(r.returncode == 0 and '"messages":2000,' in r.stdout,
               f"{mode}: small messages still pass: rc {r.returncode}, {r.stdout.strip()[-200:]!r}")
     finally:
-        srv.terminate()
-        srv.communicate(timeout=15)
+        stop(srv)
+    check(srv.returncode == 0, f"{mode}: the server exits 0 after SIGTERM (rc {srv.returncode})")
 
 
-class fake_echo:
-    """Echoes each framed request, then sends `extra(i)` after the i-th reply."""
-
-    def __init__(self, extra):
-        self.extra = extra
-        self.ls = socket.socket()
-        self.ls.bind(("127.0.0.1", 0))
-        self.ls.listen(16)
-        self.port = str(self.ls.getsockname()[1])
-        threading.Thread(target=self.loop, daemon=True).start()
-
-    def loop(self):
-        while True:
-            try:
-                c, _ = self.ls.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
-
-    def read(self, c, n):
-        data = b""
-        while len(data) < n:
-            chunk = c.recv(n - len(data))
-            if not chunk:
-                return None
-            data += chunk
-        return data
-
-    def serve(self, c):
-        import json
+def echoing(extra):
+    """A fake_server handler: echoes each framed request, then sends
+    `extra(i, frame)` after the i-th reply."""
+    def serve(c):
         i = 0
         with c:
             while True:
-                p = self.read(c, 2)
-                if p is None:
+                f = read_frame(c)
+                if f is None:
                     return
-                h = self.read(c, struct.unpack(">H", p)[0])
-                if h is None:
-                    return
-                body = self.read(c, json.loads(h)["content-length"])
-                if body is None:
-                    return
+                header, content = f
+                echo = struct.pack(">H", len(header)) + header + content
                 try:
-                    c.sendall(p + h + body + self.extra(i, p + h + body))
+                    c.sendall(echo + extra(i, echo))
                 except OSError:
                     return
                 i += 1
+    return serve
 
 
-stray = fake_echo(lambda i, f: b"X")
-dup = fake_echo(lambda i, f: f)
+stray = fake_server(echoing(lambda i, f: b"X"))
+dup = fake_server(echoing(lambda i, f: f))
 try:
     r, took = load("-q", "-c", "1", "-d", "1", "-m", "1", "127.0.0.1", stray.port, timeout=30)
     check(r.returncode == 1 and '"errors":1,' in r.stdout,
@@ -116,8 +74,7 @@ try:
           f"-s 0: two replies to one request are an error, at once, not 2 messages: rc {r.returncode} in {took:.1f} s, "
           f"{r.stdout.strip()[-220:]!r}")
 finally:
-    stray.ls.close()
-    dup.ls.close()
+    stray.close()
+    dup.close()
 
-print(f"{checks - len(failures)} passed, {len(failures)} failed")
-sys.exit(1 if failures else 0)
+finish()
