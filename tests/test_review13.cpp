@@ -9,6 +9,7 @@
 #include <ringframe/detail/deferred_call.hpp>
 #include <ringframe/executor.hpp>
 #include <ringframe/task.hpp>
+#include <ringframe/task_group.hpp>
 #include <ringframe/timer.hpp>
 
 #include <doctest/doctest.h>
@@ -179,6 +180,53 @@ TEST_CASE("review13 F3: a spawn whose ready-queue push throws leaves no live tas
     for (int i = 0; i < 100 && (ex.live_tasks() > 0); ++i)
       if (!ex.run_once(false)) break;
     CHECK(ex.live_tasks() == 0);
+  });
+}
+
+// ---- F5 (session 10): task_group::spawn, the same as F3 ----
+// A group's child (run_in_group's frame, or a server's run_connection) links
+// itself into the group when it is made, and is then posted to the ready
+// queue. When that post threw, the frame was never started nor destroyed:
+// the group counted a child that would never finish, so join() never
+// returned and the group's destructor ended the process ("destroyed while
+// 1 of its children were still running").
+TEST_CASE("review13 F5: a task_group spawn whose ready-queue push throws leaves no child behind") {
+  on_each_backend([](backend_kind k) {
+    executor ex(on(k));
+    auto* g = new task_group(ex);
+    std::size_t wrapper = 0, block = 0;
+    std::array<bool, 400> flags{};
+    for (int i = 0; i < 200 && block == 0; ++i) {
+      auto t = mark(&flags[static_cast<std::size_t>(i)]);
+      start_tracing(-1);
+      g->spawn(std::move(t));
+      stop_tracing();
+      if (i == 0) wrapper = traced[0];
+      if (traced_count > 1) block = traced[static_cast<std::size_t>(traced_count.load() - 1)];
+    }
+    ex.run_until_idle();
+    REQUIRE(block != 0);
+    REQUIRE(block != wrapper);
+    REQUIRE(g->empty());
+
+    allocations_failed = 0;
+    fail_allocation_of_size = block;
+    int threw = 0;
+    for (int i = 200; i < 400 && allocations_failed == 0; ++i) {
+      auto t = mark(&flags[static_cast<std::size_t>(i)]);
+      try {
+        g->spawn(std::move(t));
+      } catch (const std::bad_alloc&) {
+        ++threw;
+      }
+    }
+    fail_allocation_of_size = 0;
+    REQUIRE(allocations_failed == 1);
+    CHECK(threw == 1);
+    for (int i = 0; i < 100 && !g->empty(); ++i)
+      if (!ex.run_once(false)) break;
+    CHECK(g->size() == 0);
+    if (g->empty()) delete g;  // else leaked: its destructor would end the process
   });
 }
 
