@@ -144,7 +144,16 @@ class task_group {
     spawn(make(get_stop_token()));
   }
   // A coroutine that is a child itself (detail::group_child): no wrapper.
-  void spawn(detail::group_child c) { ex_->post(c.h); }
+  // If it cannot be queued (bad_alloc), it is destroyed before it started:
+  // it leaves the group at once rather than stay counted for good.
+  void spawn(detail::group_child c) {
+    try {
+      ex_->post(c.h);
+    } catch (...) {
+      c.h.destroy();
+      throw;
+    }
+  }
 
   // Wait until every child has finished; then rethrow the first exception a
   // child threw, if any (once: it is cleared).

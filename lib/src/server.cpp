@@ -226,7 +226,15 @@ task<void> server::accept_loop(server* self, socket* listener) {
       s->set_stop_token(self->stop_.get_token());
       ++self->live_;
       ++self->stats_.accepted;
-      self->group_.spawn(run_connection(&self->group_, self, std::move(*s), peer));
+      try {
+        self->group_.spawn(run_connection(&self->group_, self, std::move(*s), peer));
+      } catch (...) {
+        // Made or queued it could not be (bad_alloc): it never started, so
+        // it never counts itself out (counted_out lives in its body).
+        --self->live_;
+        --self->stats_.accepted;
+        throw;
+      }
     } catch (...) {
       if (!failed) failed = std::current_exception();
       self->stop();  // cancels the multishot accept (its stop is the drain)
