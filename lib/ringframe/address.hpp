@@ -22,7 +22,8 @@ class address {
 
   // A numeric IPv4 or IPv6 address ("127.0.0.1", "::1", "[::1]"): no lookup.
   // An IPv6 address may name its scope (link-local): "fe80::1%eth0" or
-  // "fe80::1%2"; host(), to_string() and to_python() print it back.
+  // "fe80::1%2"; host() and to_string() print it back, to_python() gives it
+  // as Python does: the fourth field (scope_id), the host without a zone.
   static result<address> from_ip(std::string_view host, std::uint16_t port);
   // A Unix-domain socket path; a leading '@' names an abstract socket.
   static result<address> from_unix_path(std::string_view path);

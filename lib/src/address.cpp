@@ -140,9 +140,13 @@ std::string address::to_string() const {
 std::string address::to_python() const {
   if (family() == AF_INET) return "('" + host() + "', " + std::to_string(port()) + ")";
   if (family() == AF_INET6) {
+    // Python's host has no zone (3.7+, inet_ntop): the scope is the fourth
+    // field only. (review14 F1)
     const auto* v6 = reinterpret_cast<const sockaddr_in6*>(&storage_);
-    return "('" + host() + "', " + std::to_string(port()) + ", " + std::to_string(ntohl(v6->sin6_flowinfo)) + ", " +
-           std::to_string(v6->sin6_scope_id) + ")";
+    char buf[INET6_ADDRSTRLEN] = {};
+    ::inet_ntop(AF_INET6, &v6->sin6_addr, buf, sizeof buf);
+    return "('" + std::string(buf) + "', " + std::to_string(port()) + ", " + std::to_string(ntohl(v6->sin6_flowinfo)) +
+           ", " + std::to_string(v6->sin6_scope_id) + ")";
   }
   if (family() == AF_UNIX) return "'" + host() + "'";
   return "''";
