@@ -13,7 +13,8 @@
 // connection arms two deadlines per message); before the loop next checks
 // deadlines or goes to sleep it reads the clock once and stamps every
 // deadline armed since. So a deadline never fires early, and fires late by
-// at most what was left of that turn plus one turn. Operations that need an
+// at most what was left of that turn plus one turn. One armed outside the
+// loop (before run(), or between two runs) is measured from the next turn. Operations that need an
 // exact kernel deadline use op_options::timeout.
 #pragma once
 
