@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 
+#include <array>
 #include <chrono>
 #include <coroutine>
 #include <vector>
@@ -117,6 +118,23 @@ TEST_CASE("a deadline is stamped by the next loop turn, which then sleeps until 
   CHECK(r.d.when() >= before + 50ms);
   CHECK(r.d.when() <= clk::now() + 50ms);
   CHECK(r.times == 0);
+}
+
+TEST_CASE("many durations fire in time order; a re-arm moves a deadline to another duration's list") {
+  executor ex;
+  std::vector<int> order;
+  std::array<recorded, 7> r;
+  const int ms[7] = {35, 5, 30, 10, 25, 15, 20};
+  for (int i = 0; i < 7; ++i) {
+    r[static_cast<std::size_t>(i)].id = ms[i];
+    r[static_cast<std::size_t>(i)].order = &order;
+    r[static_cast<std::size_t>(i)].d.arm(ex, std::chrono::milliseconds(ms[i]));
+  }
+  r[2].d.cancel();  // 30 ms
+  r[0].d.arm(ex, 40ms);  // 35 -> 40 ms: a new list
+  ex.run(nap(&ex, 80ms));
+  CHECK(order == std::vector<int>{5, 10, 15, 20, 25, 35});
+  CHECK(r[2].times == 0);
 }
 
 TEST_CASE("a cancelled deadline does not fire; a re-armed one moves behind later ones") {
