@@ -141,41 +141,50 @@ TEST_CASE("review13 F2: a deferred call that throws does not strand the calls qu
 // caller (fine), but the wrapper stayed counted as a live task that nothing
 // will ever resume: live_tasks() never fell back to 0, so run_until_idle
 // (which waits while any task is live) could not see the executor idle.
+namespace {
+// Spawns tasks with `spawn` (which may throw) until one spawn's ready-queue
+// push fails: first, traced spawns find the size of a new block of the
+// ready queue (the last allocation of a spawn that allocates more than its
+// wrapper frame); then that size is made to fail once. `flags` outlives
+// the tasks. Returns how many spawns threw.
+template <class Spawn>
+int spawn_until_a_queue_push_fails(executor& ex, Spawn spawn, std::array<bool, 400>& flags) {
+  std::size_t wrapper = 0, block = 0;
+  for (int i = 0; i < 200 && block == 0; ++i) {
+    auto t = mark(&flags[static_cast<std::size_t>(i)]);
+    start_tracing(-1);
+    spawn(std::move(t));
+    stop_tracing();
+    if (i == 0) wrapper = traced[0];
+    if (traced_count > 1) block = traced[static_cast<std::size_t>(traced_count.load() - 1)];
+  }
+  ex.run_until_idle();
+  REQUIRE(block != 0);
+  REQUIRE(block != wrapper);
+
+  allocations_failed = 0;
+  fail_allocation_of_size = block;
+  int threw = 0;
+  for (int i = 200; i < 400 && allocations_failed == 0; ++i) {
+    auto t = mark(&flags[static_cast<std::size_t>(i)]);
+    try {
+      spawn(std::move(t));
+    } catch (const std::bad_alloc&) {
+      ++threw;
+    }
+  }
+  fail_allocation_of_size = 0;
+  REQUIRE(allocations_failed == 1);
+  return threw;
+}
+}  // namespace
+
 TEST_CASE("review13 F3: a spawn whose ready-queue push throws leaves no live task behind") {
   on_each_backend([](backend_kind k) {
     executor ex(on(k));
-    // The size of a new block of the ready queue: the last allocation of
-    // a spawn that allocates more than its wrapper frame.
-    std::size_t wrapper = 0, block = 0;
     std::array<bool, 400> flags{};
-    for (int i = 0; i < 200 && block == 0; ++i) {
-      bool* f = &flags[static_cast<std::size_t>(i)];
-      auto t = mark(f);
-      traced_count = 0;
-      tracing = true;
-      ex.spawn(std::move(t));
-      tracing = false;
-      if (i == 0) wrapper = traced[0];
-      if (traced_count > 1) block = traced[static_cast<std::size_t>(traced_count.load() - 1)];
-    }
-    ex.run_until_idle();
-    REQUIRE(block != 0);
-    REQUIRE(block != wrapper);
-    REQUIRE(ex.live_tasks() == 0);
-
-    allocations_failed = 0;
-    fail_allocation_of_size = block;
-    int threw = 0;
-    for (int i = 200; i < 400 && allocations_failed == 0; ++i) {
-      auto t = mark(&flags[static_cast<std::size_t>(i)]);
-      try {
-        ex.spawn(std::move(t));
-      } catch (const std::bad_alloc&) {
-        ++threw;
-      }
-    }
-    fail_allocation_of_size = 0;
-    REQUIRE(allocations_failed == 1);
+    const int threw = spawn_until_a_queue_push_fails(
+        ex, [&](task<void> t) { ex.spawn(std::move(t)); }, flags);
     CHECK(threw == 1);
     for (int i = 0; i < 100 && (ex.live_tasks() > 0); ++i)
       if (!ex.run_once(false)) break;
@@ -194,34 +203,9 @@ TEST_CASE("review13 F5: a task_group spawn whose ready-queue push throws leaves 
   on_each_backend([](backend_kind k) {
     executor ex(on(k));
     auto* g = new task_group(ex);
-    std::size_t wrapper = 0, block = 0;
     std::array<bool, 400> flags{};
-    for (int i = 0; i < 200 && block == 0; ++i) {
-      auto t = mark(&flags[static_cast<std::size_t>(i)]);
-      start_tracing(-1);
-      g->spawn(std::move(t));
-      stop_tracing();
-      if (i == 0) wrapper = traced[0];
-      if (traced_count > 1) block = traced[static_cast<std::size_t>(traced_count.load() - 1)];
-    }
-    ex.run_until_idle();
-    REQUIRE(block != 0);
-    REQUIRE(block != wrapper);
-    REQUIRE(g->empty());
-
-    allocations_failed = 0;
-    fail_allocation_of_size = block;
-    int threw = 0;
-    for (int i = 200; i < 400 && allocations_failed == 0; ++i) {
-      auto t = mark(&flags[static_cast<std::size_t>(i)]);
-      try {
-        g->spawn(std::move(t));
-      } catch (const std::bad_alloc&) {
-        ++threw;
-      }
-    }
-    fail_allocation_of_size = 0;
-    REQUIRE(allocations_failed == 1);
+    const int threw = spawn_until_a_queue_push_fails(
+        ex, [&](task<void> t) { g->spawn(std::move(t)); }, flags);
     CHECK(threw == 1);
     for (int i = 0; i < 100 && !g->empty(); ++i)
       if (!ex.run_once(false)) break;
