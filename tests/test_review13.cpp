@@ -1,7 +1,8 @@
 // The thirteenth review: the executor's inbox (executor::run_inbox), through
 // which spawn_on, submit_to and every other cross-thread hand-off reach an
 // executor's thread, when a hand-over throws (std::bad_alloc) half way
-// through the inbox. The F cases fail without their fix. Every wait is
+// through the inbox; and the epoll backend's results when memory runs out.
+// The F cases fail without their fix. Every wait is
 // bounded; each test runs on io_uring and on epoll.
 #include "failing_allocator.hpp"
 #include "loopback.hpp"
@@ -329,6 +330,75 @@ TEST_CASE("review13: a turn that cannot allocate to hand completions over loses 
       int code = 1;
       try {
         code = turn_out_of_memory(k);
+      } catch (...) {
+        code = 6;
+      }
+      ::_exit(code);
+    }
+    check_child_exited_0(pid);
+  }
+}
+
+// ---- F6: closing a descriptor that requests wait on (epoll) ----
+// Closing a socket tells the backend first (io_backend::forget, noexcept):
+// on epoll the requests still queued on the descriptor would never hear of
+// it again, so each ends at once with ECANCELED. Each result was posted
+// with push_back, which grows the backend's result list past anything seen
+// before when many wait: a bad_alloc there, inside noexcept, was
+// std::terminate. Both ways of closing go through it: the socket's
+// destructor (close_now) and co_await close() (the backend's close
+// request). Run in a child process: before the fix it dies (SIGABRT).
+task<void> reader(ringframe::socket* s, int* cancelled) {
+  std::array<std::byte, 16> buf{};
+  auto r = co_await s->recv(buf);
+  if (!r && r.error() == std::errc::operation_canceled) ++*cancelled;
+}
+
+task<void> close_it(ringframe::socket s, int* closed) {
+  auto r = co_await s.close();
+  if (r) ++*closed;
+}
+
+int close_with_many_waiters(bool by_destructor) {
+  executor ex(on(backend_kind::epoll));
+  auto pair = testing::socket_pair(ex);
+  auto* s = new ringframe::socket(std::move(pair.first));
+  int cancelled = 0, closed = 0;
+  constexpr int readers = 300;
+  for (int i = 0; i < readers; ++i) ex.spawn(reader(s, &cancelled));
+  for (int i = 0; i < 10; ++i) ex.run_once(false);  // all wait on the descriptor
+  if (cancelled != 0) return 2;
+  ringframe::socket moved = std::move(*s);  // the readers keep using *s's address: only its descriptor goes
+  if (!by_destructor) ex.spawn(close_it(std::move(moved), &closed));  // (its frame made before memory runs out)
+  allocations_failed = 0;
+  traced_count = 0;
+  fail_at_index = 0;  // the first allocation from here: the result list's growth
+  tracing = true;
+  if (by_destructor) {
+    { ringframe::socket gone = std::move(moved); }
+  } else {
+    ex.run_once(false);
+  }
+  tracing = false;
+  fail_at_index = -1;
+  if (allocations_failed != 1) return 3;
+  for (int i = 0; i < 1000 && ex.live_tasks() > 0; ++i) ex.run_once(false);
+  delete s;
+  if (cancelled != readers) return 4;
+  if (!by_destructor && closed != 1) return 5;
+  return ex.live_tasks() == 0 ? 0 : 7;
+}
+
+TEST_CASE("review13 F6: closing a descriptor many requests wait on, out of memory (epoll), ends them all") {
+  for (bool by_destructor : {true, false}) {
+    CAPTURE(by_destructor);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
+      int code = 1;
+      try {
+        code = close_with_many_waiters(by_destructor);
       } catch (...) {
         code = 6;
       }
