@@ -86,8 +86,12 @@ class epoll_backend final : public io_backend {
         add_timer(w, monotonic_ns() + (r.timeout ? ns_of(*r.timeout) : 0));
         return;
       }
-      case io_op::shutdown: return finish(r.key, r.deadline != nullptr, ::shutdown(r.fd, r.flags) == 0 ? 0 : -errno);
+      // Room for the results before the call: done, its result must not be lost.
+      case io_op::shutdown:
+        room_to_post(2);
+        return finish(r.key, r.deadline != nullptr, ::shutdown(r.fd, r.flags) == 0 ? 0 : -errno);
       case io_op::close: {
+        room_to_post(2);
         forget(r.fd);
         return finish(r.key, r.deadline != nullptr, ::close(r.fd) == 0 ? 0 : -errno);
       }
@@ -124,15 +128,8 @@ class epoll_backend final : public io_backend {
       std::size_t n = 3;  // one request and its timer, and this call's own
       if (key == 0) {
         for (const fd_state& s : fds_)
-          for (int side : {side_read, side_write})
-            if (waiter* h = s.head[side]) {
-              waiter* w = h;
-              do {
-                n += 2;
-                w = w->next;
-              } while (w != h);
-            }
-        n += 2 * (retry_.size() + timers_.size());
+          for (int side : {side_read, side_write}) n += 2 * count(s.head[side]);
+        n += 2 * (retry_.size() + timers_.size() + count(orphans_));
       }
       room_to_post(n);
     } catch (const std::bad_alloc&) {
@@ -148,6 +145,10 @@ class epoll_backend final : public io_backend {
           }
       while (!retry_.empty()) {
         cancel_waiter(retry_.back());
+        ++n;
+      }
+      while (orphans_) {
+        cancel_waiter(orphans_);
         ++n;
       }
       while (!timers_.empty()) {
@@ -168,6 +169,7 @@ class epoll_backend final : public io_backend {
   }
 
   void run(bool wait, std::chrono::nanoseconds max_wait) override {
+    end_orphans();
     if (!posts_.empty()) wait = false;  // results from submit() are waiting to be taken
     std::int64_t wait_ns = -1;          // no limit
     if (!wait) {
@@ -217,10 +219,32 @@ class epoll_backend final : public io_backend {
 
   void forget(int fd) noexcept override {
     if (fd < 0 || static_cast<std::size_t>(fd) >= fds_.size()) return;
-    // Requests still waiting on a descriptor that goes: they would never
-    // hear from it again.
+    // Requests still waiting on a descriptor that goes would never hear
+    // from it again: each ends with ECANCELED. Room for their results is
+    // made first (post() must not throw in this noexcept function: it was
+    // std::terminate, review13 F6); when there is none, they are parked and
+    // end on the loop's next turn (end_orphans).
+    std::size_t n = 0;
+    for (int side : {side_read, side_write}) n += count(at(fd).head[side]);
+    bool room = true;
+    if (n) {
+      try {
+        room_to_post(2 * n);
+      } catch (const std::bad_alloc&) {
+        room = false;
+      }
+    }
     for (int side : {side_read, side_write})
-      while (waiter* w = at(fd).head[side]) cancel_waiter(w);
+      while (waiter* w = at(fd).head[side]) {
+        if (room) {
+          cancel_waiter(w);
+        } else {
+          unlink(at(fd).head[side], w);
+          w->side = side_none;
+          w->orphaned = true;
+          link(orphans_, w);
+        }
+      }
     at(fd) = fd_state{};
   }
 
@@ -249,6 +273,7 @@ class epoll_backend final : public io_backend {
     bool timed = false;         // in timers_
     bool linked = false;        // has a linked deadline: its timer posts a completion too
     bool retrying = false;      // in retry_
+    bool orphaned = false;      // in orphans_
   };
   static_assert(sizeof(waiter) <= 72);
   struct fd_state {
@@ -571,6 +596,16 @@ class epoll_backend final : public io_backend {
     }
   }
 
+  // Requests whose descriptor was closed when there was no room to post
+  // their end (forget): they end now, each with room made first. Thrown
+  // from here (bad_alloc), the rest wait for the next turn.
+  void end_orphans() {
+    while (waiter* w = orphans_) {
+      room_to_post(2);
+      cancel_waiter(w);
+    }
+  }
+
   // Circular doubly linked queues: a head pointer per direction is all a
   // descriptor's entry holds.
   static void link(waiter*& head, waiter* w) noexcept {
@@ -583,6 +618,14 @@ class epoll_backend final : public io_backend {
     w->prev = tail;
     w->next = head;
     head->prev = w;
+  }
+  static std::size_t count(const waiter* head) noexcept {
+    std::size_t n = 0;
+    if (const waiter* w = head) do {
+        ++n;
+        w = w->next;
+      } while (w != head);
+    return n;
   }
   static void unlink(waiter*& head, waiter* w) noexcept {
     if (w->next == w) {
@@ -614,6 +657,7 @@ class epoll_backend final : public io_backend {
   // result is posted already).
   void release(waiter* w) noexcept {
     if (w->side != side_none) unlink(at(w->fd).head[w->side], w);
+    if (w->orphaned) unlink(orphans_, w);
     if (w->retrying) std::erase(retry_, w);
     if (w->timed) timers_.erase({w->deadline, w});
     w->next = free_;
@@ -636,6 +680,7 @@ class epoll_backend final : public io_backend {
       if (w->key == key) return w;
     for (waiter* w : retry_)
       if (w->key == key) return w;
+    if (waiter* w = in_queue(orphans_)) return w;
     if (fd < 0)  // the slow way, for a caller that did not say
       for (std::size_t i = 0; i < fds_.size(); ++i)
         for (int side : {side_read, side_write})
@@ -714,6 +759,7 @@ class epoll_backend final : public io_backend {
   std::set<std::pair<std::int64_t, waiter*>> timers_;  // by when they fire
   std::vector<cqe_copy> posts_;  // results not yet handed to the executor
   std::vector<waiter*> retry_;  // see step::later
+  waiter* orphans_ = nullptr;   // see forget(): a circular list, like a descriptor's queue
   std::vector<std::unique_ptr<waiter[]>> slabs_;
   waiter* free_ = nullptr;
 };
