@@ -170,7 +170,9 @@ class epoll_backend final : public io_backend {
 
   void run(bool wait, std::chrono::nanoseconds max_wait) override {
     end_orphans();
-    if (!posts_.empty()) wait = false;  // results from submit() are waiting to be taken
+    // Results from submit() waiting to be taken, or events of the last
+    // batch still to serve: no sleep.
+    if (!posts_.empty() || next_event_ < event_count_) wait = false;
     std::int64_t wait_ns = -1;          // no limit
     if (!wait) {
       wait_ns = 0;
@@ -184,24 +186,35 @@ class epoll_backend final : public io_backend {
       constexpr std::int64_t retry_every = 1000000;  // 1 ms
       if (!retry_.empty() && (wait_ns < 0 || wait_ns > retry_every)) wait_ns = retry_every;
     }
-    epoll_event events[256];
-    int n = wait_events(events, 256, wait_ns);
-    ++stats_.submits;
-    if (n < 0) {
-      int e = errno;
-      if (e != EINTR) throw std::system_error(errno_code(e), "ringframe: epoll_wait");
-      n = 0;
+    if (next_event_ == event_count_) {  // the last batch is served: the next one
+      next_event_ = event_count_ = 0;
+      int n = wait_events(events_, max_events, wait_ns);
+      ++stats_.submits;
+      if (n < 0) {
+        int e = errno;
+        if (e != EINTR) throw std::system_error(errno_code(e), "ringframe: epoll_wait");
+        n = 0;
+      }
+      event_count_ = n;
     }
-    for (int i = 0; i < n; ++i) {
-      const int fd = events[i].data.fd;
-      if (fd < 0 || static_cast<std::size_t>(fd) >= fds_.size()) continue;
-      const std::uint32_t ev = events[i].events;
-      // The peer's FIN, an error or TCP urgent data is signalled once: from
-      // then on a short read no longer means that nothing is left (the end,
-      // or the bytes behind the urgent mark, are still there).
-      if (ev & (EPOLLPRI | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) at(fd).short_read_drains = false;
-      if (ev & (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) serve(fd, side_read);
-      if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR)) serve(fd, side_write);
+    // An edge is reported once: an event leaves the batch only when it has
+    // been served. A bad_alloc while serving one (its results' list
+    // growing) leaves it and the rest for the next turn; lost, their
+    // requests would wait for an edge that has come already (review13 F7).
+    // Serving an event twice is harmless: the calls say EAGAIN again.
+    while (next_event_ < event_count_) {
+      const epoll_event& event = events_[next_event_];
+      const int fd = event.data.fd;
+      if (fd >= 0 && static_cast<std::size_t>(fd) < fds_.size()) {
+        const std::uint32_t ev = event.events;
+        // The peer's FIN, an error or TCP urgent data is signalled once: from
+        // then on a short read no longer means that nothing is left (the end,
+        // or the bytes behind the urgent mark, are still there).
+        if (ev & (EPOLLPRI | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) at(fd).short_read_drains = false;
+        if (ev & (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) serve(fd, side_read);
+        if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR)) serve(fd, side_write);
+      }
+      ++next_event_;
     }
     if (!timers_.empty()) expire_timers(monotonic_ns());
     if (!retry_.empty()) retry_now();
@@ -755,6 +768,10 @@ class epoll_backend final : public io_backend {
 
   int epfd_ = -1;
   bool use_pwait2_ = true;
+  static constexpr int max_events = 256;
+  epoll_event events_[max_events];  // the last batch epoll_wait returned:
+  int event_count_ = 0;             // its size,
+  int next_event_ = 0;              // and the first event not served yet
   std::vector<fd_state> fds_;
   std::set<std::pair<std::int64_t, waiter*>> timers_;  // by when they fire
   std::vector<cqe_copy> posts_;  // results not yet handed to the executor
