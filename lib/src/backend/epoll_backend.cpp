@@ -591,16 +591,20 @@ class epoll_backend final : public io_backend {
     if (w->linked && !w->timed) add_timer(w, w->deadline);
   }
 
+  // Each is tried once, and leaves the list only when it is done with: a
+  // bad_alloc half way through leaves the rest listed for the next turn
+  // (moved out first, they were dropped: review13 F8).
   void retry_now() {
-    std::vector<waiter*> now;
-    now.swap(retry_);
-    for (waiter* w : now) {
-      w->retrying = false;
+    for (std::size_t i = 0; i < retry_.size();) {
+      waiter* w = retry_[i];
       const step st = attempt(*w);
       if (st == step::later) {
-        w->retrying = true;
-        retry_.push_back(w);
-      } else if (st == step::again) {  // connecting now: wait for the edge
+        ++i;
+        continue;
+      }
+      retry_.erase(retry_.begin() + static_cast<std::ptrdiff_t>(i));
+      w->retrying = false;
+      if (st == step::again) {  // connecting now: wait for the edge
         w->side = side_write;
         enqueue(w);
       } else {
