@@ -2,8 +2,8 @@
 // which spawn_on, submit_to and every other cross-thread hand-off reach an
 // executor's thread, when a hand-over throws (std::bad_alloc) half way
 // through the inbox; and the epoll backend's results when memory runs out.
-// The F cases fail without their fix. Every wait is
-// bounded; each test runs on io_uring and on epoll.
+// The F cases fail without their fix. Every wait is bounded; each test runs
+// on io_uring and on epoll, except those whose name says "(epoll)".
 #include "failing_allocator.hpp"
 #include "loopback.hpp"
 
