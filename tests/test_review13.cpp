@@ -15,6 +15,8 @@
 
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -554,6 +556,173 @@ TEST_CASE("review13 F8: a turn that runs out of memory retrying Unix-domain conn
     ::_exit(code);
   }
   check_child_exited_0(pid);
+}
+
+// ---- F6b-F6d (review15): forget() must leave the room its caller made ----
+// The close request makes room for its own result before ::close()
+// (room_to_post(2)), and attempt() for accept's before accept4(); then
+// forget() (close; accept4's fresh() when requests still wait on the new
+// number, their descriptor closed behind ringframe's back) makes room for
+// the results of the requests it ends, 2 each, and posts them into it:
+// what the caller made room for can be used up, and the caller's own
+// result then grows the list after its system call. A bad_alloc there left
+// submit() after the descriptor was closed (close: a result lost) or made
+// (accept: a descriptor nobody owns; with a deadline its result posted,
+// the timer's not, and submit() threw: a completion for a request the
+// executor never counted, dispatched into a frame that may be gone).
+// Each case sweeps which allocation of the turn fails, in a child each.
+
+task<void> timed_reader(ringframe::socket* s, int* cancelled, bool timed) {
+  std::array<std::byte, 16> buf{};
+  op_options o;
+  if (timed) o.timeout = std::chrono::seconds(30);
+  auto r = co_await s->recv(buf, o);
+  if (!r && r.error() == std::errc::operation_canceled) ++*cancelled;
+}
+
+task<void> close_catching(ringframe::socket s, int* closed, int* threw) {
+  try {
+    auto r = co_await s.close();
+    if (r) ++*closed;
+  } catch (const std::bad_alloc&) {
+    ++*threw;
+  }
+}
+
+bool fd_open(int fd) { return ::fcntl(fd, F_GETFD) >= 0; }
+
+// 0: as it must be; 10: the sweep ran past the turn's allocations.
+int close_timed_waiters(int fail_index) {
+  executor ex(on(backend_kind::epoll));
+  auto pair = testing::socket_pair(ex);
+  auto* s = new ringframe::socket(std::move(pair.first));
+  const int fd = s->fd();
+  int cancelled = 0, closed = 0, threw = 0;
+  constexpr int readers = 300;
+  for (int i = 0; i < readers; ++i) ex.spawn(timed_reader(s, &cancelled, true));
+  for (int i = 0; i < 10; ++i) ex.run_once(false);
+  if (cancelled != 0) return 2;
+  ex.spawn(close_catching(std::move(*s), &closed, &threw));
+  start_tracing(fail_index);
+  try {
+    ex.run_once(false);
+  } catch (const std::bad_alloc&) {
+  }
+  stop_tracing();
+  if (allocations_failed == 0) return 10;
+  for (int i = 0; i < 1000 && ex.live_tasks() > 0; ++i) {
+    try {
+      ex.run_once(false);
+    } catch (const std::bad_alloc&) {
+    }
+  }
+  delete s;
+  if (threw && !fd_open(fd)) return 8;  // closed, and its caller told it failed (its result lost)
+  if (!threw && closed != 1) return 5;
+  if (cancelled != readers) return 4;
+  if (ex.live_tasks() != 0) return 7;
+  if (ex.inflight() != 0) return 9;
+  return 0;
+}
+
+task<void> accept_catching(ringframe::socket* l, bool timed, int* accepted, int* failed, int* threw) {
+  op_options o;
+  if (timed) o.timeout = std::chrono::seconds(30);
+  try {
+    auto r = co_await l->accept(nullptr, o);
+    if (r) ++*accepted;
+    else ++*failed;
+  } catch (const std::bad_alloc&) {
+    ++*threw;
+  }
+}
+
+// Requests wait on a descriptor closed behind ringframe's back; accept4
+// then returns its number (fresh() ends them).
+int accept_onto_stale_waiters(int fail_index, int timed_readers, int untimed_readers, bool timed_accept) {
+  executor ex(on(backend_kind::epoll));
+  address at;
+  ringframe::socket l = testing::loopback_listener(ex, at);
+  const int client = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (client < 0 || ::connect(client, at.data(), at.size()) != 0) return 20;
+  auto pair = testing::socket_pair(ex);
+  auto* s = new ringframe::socket(std::move(pair.first));
+  int cancelled = 0;
+  for (int i = 0; i < timed_readers; ++i) ex.spawn(timed_reader(s, &cancelled, true));
+  for (int i = 0; i < untimed_readers; ++i) ex.spawn(timed_reader(s, &cancelled, false));
+  for (int i = 0; i < 10; ++i) ex.run_once(false);
+  if (cancelled != 0) return 2;
+  const int stale = s->release();
+  ::close(stale);  // behind ringframe's back: the requests still wait on the number
+  {
+    const int probe = ::fcntl(0, F_DUPFD_CLOEXEC, 0);  // the lowest free number: accept4's
+    ::close(probe);
+    if (probe != stale) return 21;
+  }
+  const int fds_before = testing::open_fd_count();
+  int accepted = 0, failed = 0, threw = 0;
+  ex.spawn(accept_catching(&l, timed_accept, &accepted, &failed, &threw));
+  start_tracing(fail_index);
+  try {
+    ex.run_once(false);
+  } catch (const std::bad_alloc&) {
+  }
+  stop_tracing();
+  if (allocations_failed == 0) return 10;
+  for (int i = 0; i < 1000 && ex.live_tasks() > 0; ++i) {
+    try {
+      ex.run_once(false);
+    } catch (const std::bad_alloc&) {
+    }
+  }
+  for (int i = 0; i < 10; ++i) ex.run_once(false);  // anything posted late
+  delete s;
+  if (accepted + failed + threw != 1) return 3;
+  // The accepted socket (if any) was closed when the task ended: no
+  // descriptor may be left open that nobody owns.
+  if (ex.inflight() != 0) return 9;  // a completion of a request never counted
+  if (testing::open_fd_count() != fds_before) return 8;
+  ::close(client);
+  if (cancelled != timed_readers + untimed_readers) return 4;
+  if (ex.live_tasks() != 0) return 7;
+  return 0;
+}
+
+template <class F>
+void sweep(F scenario) {
+  for (int index = 0; index < 40; ++index) {
+    CAPTURE(index);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      std::signal(SIGABRT, SIG_DFL);
+      int code = 1;
+      try {
+        code = scenario(index);
+      } catch (...) {
+        code = 6;
+      }
+      ::_exit(code);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    CHECK_FALSE(WIFSIGNALED(status));
+    REQUIRE(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 10) break;  // past the turn's last allocation
+    CHECK(WEXITSTATUS(status) == 0);
+  }
+}
+
+TEST_CASE("review15 F6b: co_await close() with timed requests waiting, out of memory at any allocation (epoll): no result lost after the close") {
+  sweep([](int i) { return close_timed_waiters(i); });
+}
+
+TEST_CASE("review15 F6c: accept4 returns the number stale timed requests wait on, out of memory at any allocation (epoll): no descriptor lost") {
+  sweep([](int i) { return accept_onto_stale_waiters(i, 300, 0, false); });
+}
+
+TEST_CASE("review15 F6d: as F6c with a timed accept and one untimed waiter (epoll): no completion for a request whose submit threw") {
+  sweep([](int i) { return accept_onto_stale_waiters(i, 299, 1, true); });
 }
 
 }  // namespace
