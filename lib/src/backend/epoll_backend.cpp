@@ -92,7 +92,7 @@ class epoll_backend final : public io_backend {
         return finish(r.key, r.deadline != nullptr, ::shutdown(r.fd, r.flags) == 0 ? 0 : -errno);
       case io_op::close: {
         room_to_post(2);
-        forget(r.fd);
+        forget(r.fd, 2);  // (not into the room just made: review15 F6b)
         return finish(r.key, r.deadline != nullptr, ::close(r.fd) == 0 ? 0 : -errno);
       }
       default: break;
@@ -230,7 +230,15 @@ class epoll_backend final : public io_backend {
     return std::make_unique<buffer_ring>(nullptr, count, size, 1, max_count);
   }
 
-  void forget(int fd) noexcept override {
+  void forget(int fd) noexcept override { forget(fd, 0); }
+
+ private:
+  // `keep`: results the caller has made room for already (room_to_post),
+  // before a system call whose result must not be lost (close, accept4's
+  // fresh()): room for the ended requests' results is made on top of it,
+  // never out of it (review15 F6b-F6d: their posts used it up, and the
+  // caller's own post then threw after its system call).
+  void forget(int fd, std::size_t keep) noexcept {
     if (fd < 0 || static_cast<std::size_t>(fd) >= fds_.size()) return;
     // Requests still waiting on a descriptor that goes would never hear
     // from it again: each ends with ECANCELED. Room for their results is
@@ -242,7 +250,7 @@ class epoll_backend final : public io_backend {
     bool room = true;
     if (n) {
       try {
-        room_to_post(2 * n);
+        room_to_post(2 * n + keep);
       } catch (const std::bad_alloc&) {
         room = false;
       }
@@ -261,7 +269,6 @@ class epoll_backend final : public io_backend {
     at(fd) = fd_state{};
   }
 
- private:
   static constexpr std::uint8_t side_read = 0, side_write = 1, side_none = 2;
   // done: the final result is posted. again: wait for the descriptor's
   // next edge. later: try again soon, on a timer (a Unix-domain connect
@@ -760,7 +767,7 @@ class epoll_backend final : public io_backend {
     } catch (const std::bad_alloc&) {
       return false;
     }
-    forget(fd);
+    forget(fd, 2);  // attempt() made room for the accept's result
     at(fd).nonblocking = true;
     return true;
   }
