@@ -725,4 +725,49 @@ TEST_CASE("review15 F6d: as F6c with a timed accept and one untimed waiter (epol
   sweep([](int i) { return accept_onto_stale_waiters(i, 299, 1, true); });
 }
 
+// ---- F6e (review15): a timed request that must wait, out of memory ----
+// enqueue() linked the waiter into its descriptor's queue, then added its
+// deadline to the timer queue (a set node: an allocation). A bad_alloc
+// there left submit() with the waiter queued: the operation's co_await
+// threw (the executor never counted it), its frame could go, and the
+// waiter's result came later all the same (dispatched into that frame,
+// and the executor's count of requests in flight went below zero). Its
+// descriptor was not registered either: the result comes when it closes.
+task<void> recv_catching(ringframe::socket* s, int* got, int* threw) {
+  std::array<std::byte, 16> buf{};
+  try {
+    auto r = co_await s->recv(buf, {.timeout = std::chrono::seconds(30)});
+    if (r) ++*got;
+  } catch (const std::bad_alloc&) {
+    ++*threw;
+  }
+}
+
+int timed_recv_out_of_memory(int fail_index) {
+  executor ex(on(backend_kind::epoll));
+  auto pair = testing::socket_pair(ex);
+  int got = 0, threw = 0;
+  ex.spawn(recv_catching(&pair.first, &got, &threw));
+  start_tracing(fail_index);
+  try {
+    ex.run_once(false);
+  } catch (const std::bad_alloc&) {
+  }
+  stop_tracing();
+  if (allocations_failed == 0) return 10;
+  const char byte = 'x';
+  if (::write(pair.second.fd(), &byte, 1) != 1) return 20;
+  for (int i = 0; i < 1000 && ex.live_tasks() > 0; ++i) ex.run_once(false);
+  { ringframe::socket gone = std::move(pair.first); }  // closed: whatever still waits on it ends
+  for (int i = 0; i < 10; ++i) ex.run_once(false);  // anything posted late
+  if (got + threw != 1) return 3;
+  if (ex.inflight() != 0) return 9;  // a completion of a request never counted
+  if (ex.live_tasks() != 0) return 7;
+  return 0;
+}
+
+TEST_CASE("review15 F6e: a timed recv that must wait, out of memory at any allocation (epoll): no completion for a request whose submit threw") {
+  sweep([](int i) { return timed_recv_out_of_memory(i); });
+}
+
 }  // namespace
