@@ -107,7 +107,7 @@ class epoll_backend final : public io_backend {
       }
       // Behind requests already waiting (order is kept), or straight to the
       // wait when the last call said the direction is empty.
-      if (s.head[side] || !s.ready[side]) return enqueue(make_waiter(r, side));
+      if (s.head[side] || !s.ready[side]) return wait(make_waiter(r, side), step::again);
     }
     waiter tmp;
     fill(tmp, r, side);
@@ -115,8 +115,7 @@ class epoll_backend final : public io_backend {
     if (st == step::done) return;
     waiter* w = make_waiter(r, side);
     w->connecting = tmp.connecting;
-    if (st == step::later) return retry_later(w);
-    enqueue(w);
+    wait(w, st);
   }
 
   bool cancel(std::uint64_t key, int fd) noexcept override {
@@ -549,12 +548,32 @@ class epoll_backend final : public io_backend {
     }
   }
 
+  // A new request's waiter: queued (again), or tried again soon (later).
+  // Thrown from (bad_alloc for its timer or the retry list), it is on no
+  // list and goes back to the free list: submit() throws, and nothing of
+  // the request is left to post a result the executor never counted.
+  // (review15 F6e: it stayed queued, and its result came all the same.)
+  void wait(waiter* w, step st) {
+    try {
+      if (w->linked && !w->timed) add_timer(w, w->deadline);
+      if (st == step::later) retry_later(w);
+    } catch (...) {
+      w->side = side_none;
+      release(w);
+      throw;
+    }
+    // (enqueue() posts and releases `w` itself when it cannot be polled:
+    // past here it must not be released again.)
+    if (st != step::later) enqueue(w);
+  }
+
   // Queue `w` behind its descriptor's other waiters of the same direction,
-  // and register the descriptor (once) if it is not.
+  // and register the descriptor (once) if it is not. Its timer first: a
+  // bad_alloc from it leaves `w` on no queue (see wait()).
   void enqueue(waiter* w) {
+    if (w->linked && !w->timed) add_timer(w, w->deadline);
     fd_state& s = at(w->fd);
     link(s.head[w->side], w);
-    if (w->linked && !w->timed) add_timer(w, w->deadline);
     if (s.registered) return;
     int proto = 0;
     socklen_t plen = sizeof proto;
@@ -593,9 +612,9 @@ class epoll_backend final : public io_backend {
 
   void retry_later(waiter* w) {
     w->side = side_none;  // on no descriptor's queue
+    if (w->linked && !w->timed) add_timer(w, w->deadline);  // (first: see wait())
     w->retrying = true;
     retry_.push_back(w);
-    if (w->linked && !w->timed) add_timer(w, w->deadline);
   }
 
   // Each is tried once, and leaves the list only when it is done with: a
