@@ -324,7 +324,7 @@ int turn_out_of_memory(backend_kind k) {
 TEST_CASE("review13: a turn that cannot allocate to hand completions over loses none of them (epoll)") {
   // (Epoll only: on io_uring this way of loading a turn did not make the
   // executor's list grow (no allocation failed in any turn), so it proves
-  // nothing there; io_uring's reap() is left as it was.)
+  // nothing there; F9 below loads io_uring's reap() another way.)
   for (backend_kind k : {backend_kind::epoll}) {
     CAPTURE(static_cast<int>(k));
     const pid_t pid = ::fork();

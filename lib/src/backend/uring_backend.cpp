@@ -13,6 +13,7 @@
 
 #include <liburing.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <fstream>
@@ -229,6 +230,7 @@ class uring_backend final : public io_backend {
   }
 
   void run(bool wait, std::chrono::nanoseconds max_wait) override {
+    if (io_uring_cq_ready(&ring_) > 0) wait = false;  // left by a reap that had no room for them
     __kernel_timespec wait_for{};
     const bool timed = wait && max_wait.count() >= 0;
     if (timed) {
@@ -256,14 +258,28 @@ class uring_backend final : public io_backend {
     reap();
   }
 
+  // Copies the CQEs there are to the executor's list. Room is made first:
+  // a push_back that grew the list inside this noexcept function was
+  // std::terminate when it could not allocate (review13 F9). Without room
+  // for all, only what fits is taken; the rest stays in the kernel's CQ
+  // ring, and run() does not sleep while any is there: the next turns take
+  // them (the executor empties the list every turn, keeping its capacity).
   void reap() noexcept override {
+    const std::size_t ready = io_uring_cq_ready(&ring_);
+    if (ready > completed_.capacity() - completed_.size()) {
+      try {
+        completed_.reserve(std::max(completed_.size() + ready, 2 * completed_.capacity()));
+      } catch (...) {  // bad_alloc: take what fits
+      }
+    }
+    std::size_t room = completed_.capacity() - completed_.size();
     io_uring_cqe* cqes[64];
-    for (;;) {
-      unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, 64);
+    while (room > 0) {
+      unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, static_cast<unsigned>(std::min<std::size_t>(64, room)));
       if (n == 0) return;
       for (unsigned i = 0; i < n; ++i) completed_.push_back({cqes[i]->user_data, cqes[i]->res, cqes[i]->flags});
       io_uring_cq_advance(&ring_, n);
-      if (n < 64) return;
+      room -= n;
     }
   }
 
