@@ -9,6 +9,7 @@
 
 #include <ringframe/detail/deferred_call.hpp>
 #include <ringframe/executor.hpp>
+#include <ringframe/submit_to.hpp>
 #include <ringframe/task.hpp>
 #include <ringframe/task_group.hpp>
 #include <ringframe/timer.hpp>
@@ -22,6 +23,7 @@
 
 #include <array>
 #include <atomic>
+#include <coroutine>
 #include <csignal>
 #include <cstdlib>
 #include <new>
@@ -852,6 +854,96 @@ TEST_CASE("review13 F9: a turn that reaps more completions than the list holds, 
       int code = 1;
       try {
         code = reap_more_than_room(k);
+      } catch (...) {
+        code = 6;
+      }
+      ::_exit(code);
+    }
+    check_child_exited_0(pid);
+  });
+}
+
+}  // namespace
+
+namespace {
+
+// ---- F10: submit_to's answer cannot be posted to the caller's ready queue ----
+// The answer comes back through the caller's inbox: its deferred call
+// (answer_run) posts the waiting coroutine to the caller's ready queue.
+// When that post threw (the queue growing a block), the call was already
+// taken from the inbox: the bad_alloc left run_once (review13 F2 keeps the
+// calls behind it), but nothing would ever resume the caller, which waited
+// forever. Both executors run on this thread, turn by turn; the caller's
+// ready queue is filled so that the answer's post is the one that needs a
+// new block, and that allocation fails. Run in a child process that leaks
+// both executors (a caller that waits forever would hold the destructor).
+task<int> forty_two() { co_return 42; }
+
+bool f8_made = false;  // the factory ran, on the target
+
+task<void> ask(executor* here, executor* target, int* answer) {
+  auto r = co_await submit_to(*here, *target, [](std::stop_token) {
+    f8_made = true;
+    return forty_two();
+  });
+  *answer = r ? *r : -1;
+}
+
+// Posts a no-op handle (harmless to resume); true when the post allocated.
+bool post_allocates(executor* ex) {
+  start_tracing(-1);
+  ex->post(std::noop_coroutine());
+  stop_tracing();
+  return traced_count > 0;
+}
+
+int answer_cannot_be_posted(backend_kind k) {
+  auto* here = new executor(on(k));
+  auto* target = new executor(on(k));
+  int answer = 0;
+  here->spawn(ask(here, target, &answer));
+  for (int i = 0; i < 10; ++i) here->run_once(false);  // asked: the caller waits
+  for (int i = 0; i < 1000 && !(f8_made && target->live_tasks() == 0); ++i) target->run_once(false);
+  if (!f8_made || target->live_tasks() != 0 || answer != 0) return 2;  // answered: in here's inbox
+  // The ready queue's block: post until a post allocates one; then count
+  // the posts that fit in a block before the next that allocates, and make
+  // as many: the next post needs a new block (a queue that empties keeps
+  // its place in its block).
+  std::size_t block = 0;
+  for (int i = 0; i < 10000 && block == 0; ++i)
+    if (post_allocates(here)) block = traced[0];
+  if (block == 0) return 3;
+  int fit = 0;
+  while (fit < 10000 && !post_allocates(here)) ++fit;
+  for (int i = 0; i < fit; ++i) here->post(std::noop_coroutine());
+  // This turn runs those, then takes the answer: its post fails.
+  allocations_failed = 0;
+  matching_allocations = 0;
+  allocations_to_pass = 0;
+  fail_allocation_of_size = block;
+  int escaped = 0;
+  for (int i = 0; i < 1000 && answer == 0; ++i) {
+    try {
+      here->run_once(false);
+    } catch (const std::bad_alloc&) {
+      ++escaped;
+    }
+  }
+  fail_allocation_of_size = 0;
+  if (allocations_failed != 1) return 4;
+  if (answer != 42) return 5;
+  return escaped <= 1 ? 0 : 7;
+}
+
+TEST_CASE("review13 F10: a submit_to whose answer cannot be posted to the caller's ready queue still resumes it") {
+  on_each_backend([](backend_kind k) {
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
+      int code = 1;
+      try {
+        code = answer_cannot_be_posted(k);
       } catch (...) {
         code = 6;
       }
