@@ -123,10 +123,19 @@ struct submission {
   call cancel{this, &submission::cancel_run};
   // On the caller: the answer is in. Not run: `here` is being destroyed;
   // the waiting frame, destroyed with it, releases the caller's reference.
+  // The waiter is resumed from the loop, like every wake-up; when the ready
+  // queue cannot grow for it (bad_alloc), it is resumed here, from the
+  // loop's completion dispatch as an I/O completion resumes its waiter:
+  // this call is already out of the inbox, so a bad_alloc leaving it would
+  // have left the caller waiting forever (review13 F10).
   static void answer_run(deferred_call* c, bool run) {
     if (run) {
       submission* s = static_cast<call*>(c)->s;
-      s->here->post(s->waiter);  // resumed from the loop, like every wake-up
+      try {
+        s->here->post(s->waiter);
+      } catch (...) {
+        s->waiter.resume();  // frees *s (and so *c) when the caller is done with it
+      }
     }
   }
   call answer{this, &submission::answer_run};
