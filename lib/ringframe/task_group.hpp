@@ -100,7 +100,7 @@ struct group_child_promise : detached_promise {
   // The frame is destroyed at its final suspension, and the group told then.
   struct final_awaiter {
     bool await_ready() noexcept { return false; }
-    void await_suspend(std::coroutine_handle<group_child_promise> h) noexcept;
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<group_child_promise> h) noexcept;
     void await_resume() noexcept {}
   };
   final_awaiter final_suspend() noexcept { return {}; }
@@ -210,10 +210,21 @@ class task_group {
     --live_;
   }
   // A child finished (its frame is about to go): the joiner, if this was the
-  // last, is resumed from the ready queue, never inline.
-  void finished(detail::group_child_promise* c) noexcept {
+  // last, is resumed from the ready queue, never inline. When the queue
+  // cannot grow for it (bad_alloc; this is noexcept: it was std::terminate,
+  // review13 F11), it is returned instead, and the child's final suspend
+  // transfers to it.
+  std::coroutine_handle<> finished(detail::group_child_promise* c) noexcept {
     unlink(c);
-    if (live_ == 0 && joiner_) ex_->post(std::exchange(joiner_, {}));
+    if (live_ == 0 && joiner_) {
+      std::coroutine_handle<> j = std::exchange(joiner_, {});
+      try {
+        ex_->post(j);
+      } catch (...) {
+        return j;
+      }
+    }
+    return {};
   }
   void failed(std::exception_ptr e) noexcept {
     if (!error_) error_ = std::move(e);
@@ -242,10 +253,13 @@ inline group_child_promise::~group_child_promise() {
   if (group) group->unlink(this);
 }
 
-inline void group_child_promise::final_awaiter::await_suspend(std::coroutine_handle<group_child_promise> h) noexcept {
+inline std::coroutine_handle<> group_child_promise::final_awaiter::await_suspend(
+    std::coroutine_handle<group_child_promise> h) noexcept {
   group_child_promise& p = h.promise();
-  if (task_group* g = std::exchange(p.group, nullptr)) g->finished(&p);
+  std::coroutine_handle<> next;
+  if (task_group* g = std::exchange(p.group, nullptr)) next = g->finished(&p);
   h.destroy();
+  return next ? next : std::noop_coroutine();
 }
 
 inline void group_child_promise::unhandled_exception() noexcept {
