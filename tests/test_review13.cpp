@@ -8,6 +8,7 @@
 #include "loopback.hpp"
 
 #include <ringframe/detail/deferred_call.hpp>
+#include <ringframe/event.hpp>
 #include <ringframe/executor.hpp>
 #include <ringframe/submit_to.hpp>
 #include <ringframe/task.hpp>
@@ -1023,6 +1024,74 @@ TEST_CASE("review13 F11: a task_group's last child ends when its joiner cannot b
       ::_exit(code);
     }
     check_child_exited_0(pid);
+  });
+}
+
+}  // namespace
+
+namespace {
+
+// ---- F12: an event's (semaphore's, channel's) waiter cannot be posted ----
+// A waiter of event, semaphore, mutex or channel is woken by unlinking it
+// and posting its coroutine to the ready queue (detail/sync_wait.hpp,
+// wait_queue::wake). When that post threw (the queue growing a block), the
+// waiter was unlinked already: set() threw, and the waiter was never
+// resumed; from executor::stop() (the queue's stop listener, noexcept) it
+// was std::terminate. Three waiters; the queue is filled to a block's end
+// and that block's allocation fails. Run in a child process: before the fix
+// set() loses a waiter and stop() dies (SIGABRT).
+task<void> wait_for_it(event* ev, int* ok, int* cancelled) {
+  auto r = co_await ev->wait();
+  if (r) ++*ok;
+  else if (r.error() == std::errc::operation_canceled) ++*cancelled;
+}
+
+int waiter_cannot_be_posted(backend_kind k, bool by_stop) {
+  auto* ex = new executor(on(k));  // leaked: a waiter never resumed would hold its destructor
+  auto* ev = new event(*ex);
+  int ok = 0, cancelled = 0;
+  for (int i = 0; i < 3; ++i) ex->spawn(wait_for_it(ev, &ok, &cancelled));
+  for (int i = 0; i < 10; ++i) ex->run_once(false);
+  if (ev->waiters() != 3) return 2;
+  const std::size_t block = fill_ready_queue_to_a_block_end(ex);
+  if (block == 0) return 3;
+  ex->run_once(false);  // runs the no-op handles: the next post needs a block
+  allocations_failed = 0;
+  matching_allocations = 0;
+  allocations_to_pass = 0;
+  fail_allocation_of_size = block;
+  int threw = 0;
+  try {
+    if (by_stop) ex->stop();
+    else ev->set();
+  } catch (const std::bad_alloc&) {
+    ++threw;
+  }
+  fail_allocation_of_size = 0;
+  if (allocations_failed != 1) return 4;
+  for (int i = 0; i < 1000 && ok + cancelled < 3; ++i) ex->run_once(false);
+  if (by_stop ? cancelled != 3 : ok != 3) return 5;
+  return threw == 0 ? 0 : 7;
+}
+
+TEST_CASE("review13 F12: an event's waiter that cannot be posted to the ready queue still resumes") {
+  on_each_backend([](backend_kind k) {
+    for (bool by_stop : {false, true}) {
+      CAPTURE(by_stop);
+      const pid_t pid = ::fork();
+      REQUIRE(pid >= 0);
+      if (pid == 0) {
+        std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
+        int code = 1;
+        try {
+          code = waiter_cannot_be_posted(k, by_stop);
+        } catch (...) {
+          code = 6;
+        }
+        ::_exit(code);
+      }
+      check_child_exited_0(pid);
+    }
   });
 }
 
