@@ -24,6 +24,7 @@
 // with ECANCELED (posted; they do not touch the primitive again).
 #pragma once
 
+#include <ringframe/detail/deferred_call.hpp>
 #include <ringframe/executor.hpp>
 #include <ringframe/result.hpp>
 
@@ -33,6 +34,7 @@
 #include <optional>
 #include <stop_token>
 #include <system_error>
+#include <utility>
 
 namespace ringframe::detail {
 
@@ -42,6 +44,21 @@ struct sync_waiter {
   std::coroutine_handle<> h;
   std::error_code ec;  // the outcome, set when woken
   bool linked = false;
+
+  // The way a wake-up goes when the ready queue cannot grow for it
+  // (bad_alloc): through the executor's inbox, which is intrusive and never
+  // fails, to resume `h` from the loop on its next turn (review13 F12).
+  struct resume_later : deferred_call {
+    resume_later() noexcept : deferred_call(&run) {}
+    std::coroutine_handle<> h;
+    executor* ex = nullptr;  // set while it may be queued: the frame withdraws it
+    static void run(deferred_call* c, bool run) {
+      auto* self = static_cast<resume_later*>(c);
+      self->ex = nullptr;
+      if (run) self->h.resume();  // (may free *self)
+    }
+  };
+  resume_later later;
 };
 
 class wait_queue : private stop_listener {
@@ -81,11 +98,20 @@ class wait_queue : private stop_listener {
     w->linked = false;
     --size_;
   }
-  // Unlink `w`, record its outcome, resume it from the loop (post).
-  void wake(sync_waiter* w, std::error_code ec) {
+  // Unlink `w`, record its outcome, resume it from the loop (post; when
+  // the ready queue cannot grow for it, through the inbox: never lost, and
+  // never thrown from here, as from stop()'s listener (noexcept) it was
+  // std::terminate, review13 F12).
+  void wake(sync_waiter* w, std::error_code ec) noexcept {
     remove(w);
     w->ec = ec;
-    ex_->post(w->h);
+    try {
+      ex_->post(w->h);
+    } catch (...) {
+      w->later.h = w->h;
+      w->later.ex = ex_;
+      ex_->defer(&w->later);
+    }
   }
   void wake_all(std::error_code ec) {
     while (head_) wake(head_, ec);
@@ -112,6 +138,7 @@ class sync_wait_base : public sync_waiter {
   ~sync_wait_base() {
     cb_.reset();
     if (linked) q_->remove(this);
+    if (later.ex) std::exchange(later.ex, nullptr)->withdraw(&later);
   }
 
  protected:
