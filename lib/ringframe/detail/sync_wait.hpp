@@ -24,7 +24,7 @@
 // with ECANCELED (posted; they do not touch the primitive again).
 #pragma once
 
-#include <ringframe/detail/deferred_call.hpp>
+#include <ringframe/detail/resume_later.hpp>
 #include <ringframe/executor.hpp>
 #include <ringframe/result.hpp>
 
@@ -44,21 +44,7 @@ struct sync_waiter {
   std::coroutine_handle<> h;
   std::error_code ec;  // the outcome, set when woken
   bool linked = false;
-
-  // The way a wake-up goes when the ready queue cannot grow for it
-  // (bad_alloc): through the executor's inbox, which is intrusive and never
-  // fails, to resume `h` from the loop on its next turn (review13 F12).
-  struct resume_later : deferred_call {
-    resume_later() noexcept : deferred_call(&run) {}
-    std::coroutine_handle<> h;
-    executor* ex = nullptr;  // set while it may be queued: the frame withdraws it
-    static void run(deferred_call* c, bool run) {
-      auto* self = static_cast<resume_later*>(c);
-      self->ex = nullptr;
-      if (run) self->h.resume();  // (may free *self)
-    }
-  };
-  resume_later later;
+  resume_later later;  // the wake-up's way when the ready queue cannot grow (review13 F12)
 };
 
 class wait_queue : private stop_listener {
@@ -105,13 +91,7 @@ class wait_queue : private stop_listener {
   void wake(sync_waiter* w, std::error_code ec) noexcept {
     remove(w);
     w->ec = ec;
-    try {
-      ex_->post(w->h);
-    } catch (...) {
-      w->later.h = w->h;
-      w->later.ex = ex_;
-      ex_->defer(&w->later);
-    }
+    w->later.wake(*ex_, w->h);
   }
   void wake_all(std::error_code ec) {
     while (head_) wake(head_, ec);
@@ -138,7 +118,6 @@ class sync_wait_base : public sync_waiter {
   ~sync_wait_base() {
     cb_.reset();
     if (linked) q_->remove(this);
-    if (later.ex) std::exchange(later.ex, nullptr)->withdraw(&later);
   }
 
  protected:
