@@ -6,6 +6,7 @@
 // on io_uring and on epoll, except those whose name says "(epoll)".
 #include "failing_allocator.hpp"
 #include "loopback.hpp"
+#include "send_helpers.hpp"
 
 #include <ringframe/detail/deferred_call.hpp>
 #include <ringframe/event.hpp>
@@ -1092,6 +1093,76 @@ TEST_CASE("review13 F12: an event's waiter that cannot be posted to the ready qu
       }
       check_child_exited_0(pid);
     }
+  });
+}
+
+}  // namespace
+
+namespace {
+
+// ---- F13: a send queue's waiters cannot be posted ----
+// The coroutines waiting for a send queue to empty (a connection's flush,
+// its reader) are posted to the ready queue when it empties or fails, from
+// send_queue::wake (noexcept): a post that threw there (the queue growing a
+// block) was std::terminate, and the waiters behind it were lost. Two wait
+// on a send the peer never reads; the peer goes (EPIPE) after the ready
+// queue was filled to a block's end, and that block's allocation fails.
+// Run in a child process: before the fix it dies (SIGABRT).
+task<void> wait_sent(send_queue* q, int* woken) {
+  co_await testing::wait_empty{q, {}};
+  ++*woken;
+}
+
+int send_waiters_cannot_be_posted(backend_kind k) {
+  auto* ex = new executor(on(k));  // leaked: a waiter never resumed would hold its destructor
+  auto pair = testing::socket_pair(*ex);
+  auto* b = new ringframe::socket(std::move(pair.second));
+  auto* q = new send_queue(pair.first, {});
+  q->out() += std::string(4 << 20, 'x');  // more than the socket buffer: the send waits
+  q->start();
+  int woken = 0;
+  ex->spawn(wait_sent(q, &woken));
+  ex->spawn(wait_sent(q, &woken));
+  for (int i = 0; i < 5; ++i) ex->run_once(false);  // both wait now
+  if (woken != 0 || !q->busy()) return 2;
+  const std::size_t block = fill_ready_queue_to_a_block_end(ex);
+  if (block == 0) return 3;
+  ex->run_once(false);  // runs the no-op handles: the next post needs a block
+  allocations_failed = 0;
+  matching_allocations = 0;
+  allocations_to_pass = 0;
+  fail_allocation_of_size = block;
+  delete b;  // unread bytes: EPIPE for the sender
+  int escaped = 0;
+  for (int i = 0; i < 1000 && woken < 2; ++i) {
+    try {
+      ex->run_once(false);
+    } catch (const std::bad_alloc&) {
+      ++escaped;
+    }
+    if (woken < 2) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  fail_allocation_of_size = 0;
+  if (allocations_failed != 1) return 4;
+  if (woken != 2) return 5;
+  return escaped == 0 ? 0 : 7;
+}
+
+TEST_CASE("review13 F13: a send queue's waiters that cannot be posted to the ready queue still resume") {
+  on_each_backend([](backend_kind k) {
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
+      int code = 1;
+      try {
+        code = send_waiters_cannot_be_posted(k);
+      } catch (...) {
+        code = 6;
+      }
+      ::_exit(code);
+    }
+    check_child_exited_0(pid);
   });
 }
 
