@@ -28,6 +28,7 @@
 #include <ringframe/deadline.hpp>
 #include <ringframe/detail/byte_block.hpp>
 #include <ringframe/detail/completion.hpp>
+#include <ringframe/detail/resume_later.hpp>
 #include <ringframe/socket.hpp>
 
 #include <chrono>
@@ -49,6 +50,7 @@ namespace detail {
 struct send_waiter {
   std::coroutine_handle<> h;
   send_waiter* next = nullptr;
+  resume_later later;  // the wake-up's way when the ready queue cannot grow (review13 F13)
 };
 }  // namespace detail
 

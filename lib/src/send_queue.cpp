@@ -254,8 +254,11 @@ void send_queue::wake() noexcept {
   // owner returns and the frame holding this queue goes), and another
   // waiter must not then resume inside it. From the ready queue each runs
   // after this call has returned, and a flusher checks its handle first.
+  // When the ready queue cannot grow for one (bad_alloc: it was
+  // std::terminate here, review13 F13), it goes through the executor's
+  // inbox instead (detail/resume_later.hpp), still never from here.
   executor& ex = sock_.get_executor();
-  for (detail::send_waiter* w = std::exchange(waiters_, nullptr); w; w = w->next) ex.post(w->h);
+  for (detail::send_waiter* w = std::exchange(waiters_, nullptr); w; w = w->next) w->later.wake(ex, w->h);
 }
 
 void send_queue::on_deadline(deadline* d) {
