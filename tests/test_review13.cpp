@@ -11,6 +11,7 @@
 #include <ringframe/detail/deferred_call.hpp>
 #include <ringframe/event.hpp>
 #include <ringframe/executor.hpp>
+#include <ringframe/resolver.hpp>
 #include <ringframe/submit_to.hpp>
 #include <ringframe/task.hpp>
 #include <ringframe/task_group.hpp>
@@ -1157,6 +1158,74 @@ TEST_CASE("review13 F13: a send queue's waiters that cannot be posted to the rea
       int code = 1;
       try {
         code = send_waiters_cannot_be_posted(k);
+      } catch (...) {
+        code = 6;
+      }
+      ::_exit(code);
+    }
+    check_child_exited_0(pid);
+  });
+}
+
+}  // namespace
+
+namespace {
+
+// ---- F14: a name lookup's caller cannot be posted ----
+// Every way a resolve() ends (its answer, its timeout, a stop) goes through
+// one function that detaches the lookup and posts the waiting coroutine;
+// from executor::stop() (the lookup's stop listener, noexcept) a post that
+// threw there (the ready queue growing a block) was std::terminate, and
+// from the others the caller, detached already, waited forever. A test
+// hook holds the lookup on its resolver thread; the ready queue is filled
+// to a block's end and stop() runs with that block's allocation failing.
+// Run in a child process: before the fix it dies (SIGABRT).
+std::atomic<bool> f12_release{false};
+void f12_hold(std::string_view) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!f12_release.load() && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+
+task<void> look_up(executor* ex, int* cancelled, bool* done) {
+  auto r = co_await resolve(*ex, "localhost", 80);
+  if (!r && r.error() == std::errc::operation_canceled) ++*cancelled;
+  *done = true;
+}
+
+int lookup_cannot_be_posted(backend_kind k) {
+  detail::resolver_test_hook = &f12_hold;
+  auto* ex = new executor(on(k));  // leaked: a caller never resumed would hold its destructor
+  int cancelled = 0;
+  bool done = false;
+  ex->spawn(look_up(ex, &cancelled, &done));
+  for (int i = 0; i < 10; ++i) ex->run_once(false);  // the lookup is held on its thread
+  if (done) return 2;
+  const std::size_t block = fill_ready_queue_to_a_block_end(ex);
+  if (block == 0) return 3;
+  ex->run_once(false);  // runs the no-op handles: the next post needs a block
+  allocations_failed = 0;
+  matching_allocations = 0;
+  allocations_to_pass = 0;
+  fail_allocation_of_size = block;
+  ex->stop();
+  fail_allocation_of_size = 0;
+  if (allocations_failed != 1) return 4;
+  for (int i = 0; i < 1000 && !done; ++i) ex->run_once(false);
+  f12_release = true;
+  if (!done || cancelled != 1) return 5;
+  return 0;
+}
+
+TEST_CASE("review13 F14: a name lookup ended by stop() when its caller cannot be posted still resumes it") {
+  on_each_backend([](backend_kind k) {
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
+      int code = 1;
+      try {
+        code = lookup_cannot_be_posted(k);
       } catch (...) {
         code = 6;
       }
