@@ -1,6 +1,7 @@
 #include <ringframe/resolver.hpp>
 
 #include <ringframe/deadline.hpp>
+#include <ringframe/detail/resume_later.hpp>
 
 #include <netdb.h>
 
@@ -203,7 +204,10 @@ class lookup {
     if (!waiting_) return;
     detach();
     out_.emplace(std::move(r));
-    ex_.post(h_);
+    // Through the inbox when the ready queue cannot grow for it: detached
+    // already, the coroutine would never be resumed, and from the stop
+    // listener (noexcept) it was std::terminate (review13 F14).
+    later_.wake(ex_, h_);
   }
 
   resolve_job* job() const noexcept { return job_; }
@@ -250,6 +254,7 @@ class lookup {
   resolve_job* job_;
   op_options opts_;
   std::coroutine_handle<> h_;
+  detail::resume_later later_;  // withdraws itself if the frame goes first
   std::optional<result<std::vector<address>>> out_;
   std::optional<executor::work_guard> guard_;
   std::optional<std::stop_callback<canceller>> cb_;
