@@ -1,9 +1,11 @@
 // The thirteenth review: the executor's inbox (executor::run_inbox), through
 // which spawn_on, submit_to and every other cross-thread hand-off reach an
 // executor's thread, when a hand-over throws (std::bad_alloc) half way
-// through the inbox; and the epoll backend's results when memory runs out.
-// The F cases fail without their fix. Every wait is bounded; each test runs
-// on io_uring and on epoll, except those whose name says "(epoll)".
+// through the inbox; the backends' results when memory runs out (F4, F6-F9,
+// and review15's F6b-F6e); and wake-ups whose post to the ready queue cannot
+// allocate (F10-F14: submit_to, task_group, event, send_queue, resolve). The
+// F cases fail without their fix. Every wait is bounded; each test runs on
+// io_uring and on epoll, except those whose name says "(epoll)".
 #include "failing_allocator.hpp"
 #include "loopback.hpp"
 #include "send_helpers.hpp"
@@ -101,8 +103,8 @@ TEST_CASE("review13 F1: a spawn_on whose wrapper frame cannot be allocated fails
 }
 
 // ---- F2: any inbox call that throws leaves the calls behind it stranded ----
-// A deferred call may throw (submit_to's answer posts to the ready queue,
-// which can throw bad_alloc). Whether or not the exception leaves run_once,
+// A deferred call may throw (submit_to's answer posted to the ready queue,
+// which can throw bad_alloc, until F10). Whether or not the exception leaves run_once,
 // the calls queued behind it must still run without another defer(). Before
 // the fix they waited for the next eventfd write, which might never come.
 struct throwing_call : detail::deferred_call {
