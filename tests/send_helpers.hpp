@@ -30,7 +30,7 @@ struct wait_empty {
 
 // Reads until `n` bytes have come (each recv within `timeout`).
 // (static: clang cannot emit an inline coroutine from a header under ASan.)
-static ringframe::task<std::string> read_exactly(ringframe::socket* s, std::size_t n,
+[[maybe_unused]] static ringframe::task<std::string> read_exactly(ringframe::socket* s, std::size_t n,
                                                  std::chrono::nanoseconds timeout) {
   std::string got;
   std::vector<std::byte> buf(1 << 16);
