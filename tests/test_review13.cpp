@@ -7,12 +7,14 @@
 // F cases fail without their fix. Every wait is bounded; each test runs on
 // io_uring and on epoll, except those whose name says "(epoll)".
 #include "failing_allocator.hpp"
+#include "frames.hpp"
 #include "loopback.hpp"
 #include "send_helpers.hpp"
 
 #include <ringframe/detail/deferred_call.hpp>
 #include <ringframe/event.hpp>
 #include <ringframe/executor.hpp>
+#include <ringframe/framed_client.hpp>
 #include <ringframe/resolver.hpp>
 #include <ringframe/submit_to.hpp>
 #include <ringframe/task.hpp>
@@ -1228,6 +1230,86 @@ TEST_CASE("review13 F14: a name lookup ended by stop() when its caller cannot be
       int code = 1;
       try {
         code = lookup_cannot_be_posted(k);
+      } catch (...) {
+        code = 6;
+      }
+      ::_exit(code);
+    }
+    check_child_exited_0(pid);
+  });
+}
+
+}  // namespace
+
+namespace {
+
+// ---- F15: a framed_client call whose reply cannot be posted ----
+// A call waits for its reply as a node in the client's line; the reader
+// hands it the reply and posts its coroutine to the ready queue
+// (call_waiter::deliver). When that post threw (the queue growing a block),
+// the call was already out of the line with its reply set: the exception
+// left the reader, and the call was never resumed. The queue is filled to a
+// block's end and that block's allocation fails as the reply comes. Run in
+// a child process: before the fix the call never returns.
+task<void> call_and_count(framed_client* c, int* answered) {
+  task<result<message>> t = c->call(message::json(R"({"q": 1})"));
+  result<message> r = co_await std::move(t);
+  if (r && r->content == R"({"a": 2})") ++*answered;
+}
+
+int reply_cannot_be_posted(backend_kind k) {
+  auto* ex = new executor(on(k));  // leaked: a call never resumed would hold its destructor
+  auto pair = testing::socket_pair(*ex);
+  auto* peer = new ringframe::socket(std::move(pair.second));
+  auto* c = new framed_client(framed_client::adopt(std::move(pair.first)));
+  int answered = 0;
+  ex->spawn(call_and_count(c, &answered));
+  // Until the request is on the peer's side (read and dropped).
+  std::string got;
+  for (int i = 0; i < 1000 && got.size() < 4; ++i) {
+    ex->run_once(false);
+    char buf[512];
+    ssize_t n = ::recv(peer->fd(), buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0) got.append(buf, static_cast<std::size_t>(n));
+  }
+  if (got.size() < 4) return 2;
+  for (int i = 0; i < 5; ++i) ex->run_once(false);  // the call waits for its reply now
+  const std::size_t block = fill_ready_queue_to_a_block_end(ex);
+  if (block == 0) return 3;
+  ex->run_once(false);  // runs the no-op handles: the next post needs a block
+  const std::string reply = testing::raw_frame(
+      R"({"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8", "content-length": 8})",
+      R"({"a": 2})");
+  if (::send(peer->fd(), reply.data(), reply.size(), 0) != static_cast<ssize_t>(reply.size())) return 2;
+  allocations_failed = 0;
+  matching_allocations = 0;
+  allocations_to_pass = 0;
+  fail_allocation_of_size = block;
+  int escaped = 0;
+  for (int i = 0; i < 1000 && answered == 0; ++i) {
+    try {
+      ex->run_once(false);
+    } catch (const std::bad_alloc&) {
+      ++escaped;
+    }
+    if (answered == 0) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  fail_allocation_of_size = 0;
+  if (allocations_failed != 1) return 4;
+  if (answered != 1) return 5;
+  if (c->error()) return 8;  // the client still works
+  return escaped == 0 ? 0 : 7;
+}
+
+TEST_CASE("review13 F15: a framed_client call whose reply cannot be posted to the ready queue still returns it") {
+  on_each_backend([](backend_kind k) {
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
+      int code = 1;
+      try {
+        code = reply_cannot_be_posted(k);
       } catch (...) {
         code = 6;
       }
