@@ -1,6 +1,7 @@
 #include <ringframe/framed_client.hpp>
 
 #include <ringframe/detail/deferred_call.hpp>
+#include <ringframe/detail/resume_later.hpp>
 #include <ringframe/frame.hpp>
 #include <ringframe/resolver.hpp>
 #include <ringframe/timer.hpp>
@@ -74,11 +75,14 @@ struct call_waiter {
     s->fifo.push_back(this);
     queued = true;
   }
-  // The outcome, from the reader or fail(): never resumed inline.
+  // The outcome, from the reader or fail(): never resumed inline. When the
+  // ready queue cannot grow for it, through the executor's inbox: out of
+  // the line already, a post that threw left the call waiting for good
+  // (review13 F15).
   void deliver(result<message> r) {
     queued = false;
     out.emplace(std::move(r));
-    if (h) s->ex->post(h);
+    if (h) later.wake(*s->ex, h);
   }
   // Cancelled: out of the line (its reply will be dropped), ECANCELED now.
   void leave() {
@@ -128,6 +132,7 @@ struct call_waiter {
   std::uint64_t seq = 0;
   bool queued = false;
   std::coroutine_handle<> h;
+  detail::resume_later later;  // deliver()'s way when the ready queue cannot grow
   std::optional<result<message>> out;
   cancel_call cancel{this};
   std::optional<std::stop_callback<canceller>> cb;
