@@ -3,8 +3,8 @@
 // executor's thread, when a hand-over throws (std::bad_alloc) half way
 // through the inbox; the backends' results when memory runs out (F4, F6-F9,
 // and review15's F6b-F6e); and wake-ups whose post to the ready queue cannot
-// allocate (F10-F14: submit_to, task_group, event, send_queue, resolve). The
-// F cases fail without their fix. Every wait is bounded; each test runs on
+// allocate (F10-F15: submit_to, task_group, event, send_queue, resolve,
+// framed_client). The F cases fail without their fix. Every wait is bounded; each test runs on
 // io_uring and on epoll, except those whose name says "(epoll)".
 #include "failing_allocator.hpp"
 #include "frames.hpp"
