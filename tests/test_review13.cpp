@@ -1320,3 +1320,89 @@ TEST_CASE("review13 F15: a framed_client call whose reply cannot be posted to th
 }
 
 }  // namespace
+
+namespace {
+
+// ---- review16: the inbox fallback's node (detail/resume_later.hpp) ----
+// Three ways a waiter whose post failed (its node queued in the inbox) can
+// meet its frame's end or a second wake-up: the frame destroyed before the
+// inbox runs (the node must be withdrawn), the executor destroyed first
+// (the node must be dropped, and the frame destroyed later must not touch
+// the executor), and stop() after set() (one resume, with set()'s outcome).
+// Each runs in a child process; under ASan a node left behind is a
+// heap-use-after-free.
+task<void> counted_wait(event* ev, int* resumed, int* ok) {
+  auto r = co_await ev->wait();
+  ++*resumed;
+  if (r) ++*ok;
+}
+
+// 1: frame first. 2: executor first. 3: set() then stop().
+int queued_node_meets(backend_kind k, int how) {
+  auto* ex = new executor(on(k));
+  auto* ev = new event(*ex);
+  int resumed = 0, ok = 0;
+  auto* t = new task<void>(counted_wait(ev, &resumed, &ok));
+  t->handle().resume();  // waits on the event
+  if (ev->waiters() != 1) return 2;
+  const std::size_t block = fill_ready_queue_to_a_block_end(ex);
+  if (block == 0) return 3;
+  ex->run_once(false);  // runs the no-op handles: the next post needs a block
+  const std::uint64_t calls = ex->stats().deferred_calls;
+  allocations_failed = 0;
+  matching_allocations = 0;
+  allocations_to_pass = 0;
+  fail_allocation_of_size = block;
+  ev->set();  // the post fails: the node goes to the inbox
+  fail_allocation_of_size = 0;
+  if (allocations_failed != 1) return 4;
+  if (resumed != 0) return 5;
+  if (how == 1) {
+    delete t;  // the frame goes while its node is queued: withdrawn
+    for (int i = 0; i < 20; ++i) ex->run_once(false);
+    if (resumed != 0) return 6;
+    if (ex->stats().deferred_calls != calls) return 7;  // nothing ran from the inbox
+    delete ev;
+    delete ex;
+    return 0;
+  }
+  if (how == 2) {
+    delete ev;
+    delete ex;  // the node is dropped, never run
+    if (resumed != 0) return 8;
+    delete t;  // must not touch the executor
+    return 0;
+  }
+  ex->stop();  // the waiter is out of the event's queue: not woken again
+  for (int i = 0; i < 50 && !t->handle().done(); ++i) ex->run_once(false);
+  if (resumed != 1 || ok != 1 || !t->handle().done()) return 9;
+  for (int i = 0; i < 20; ++i) ex->run_once(false);
+  if (resumed != 1) return 10;
+  delete t;
+  delete ev;
+  delete ex;
+  return 0;
+}
+
+TEST_CASE("review16: a waiter's node queued in the inbox is withdrawn with its frame, dropped with its executor, run once") {
+  on_each_backend([](backend_kind k) {
+    for (int how : {1, 2, 3}) {
+      CAPTURE(how);
+      const pid_t pid = ::fork();
+      REQUIRE(pid >= 0);
+      if (pid == 0) {
+        std::signal(SIGABRT, SIG_DFL);
+        int code = 1;
+        try {
+          code = queued_node_meets(k, how);
+        } catch (...) {
+          code = 11;
+        }
+        ::_exit(code);
+      }
+      check_child_exited_0(pid);
+    }
+  });
+}
+
+}  // namespace
