@@ -48,6 +48,9 @@ class signal_set {
  public:
   // Throws std::system_error when signalfd cannot be created (out of fds).
   signal_set(executor& ex, std::initializer_list<int> signals);
+  // Best after every wait() has ended (a stop token ends one). On epoll a
+  // wait still pending ends with ECANCELED; on io_uring the kernel keeps the
+  // descriptor's file until that wait ends by itself (the next signal).
   ~signal_set();
   signal_set(const signal_set&) = delete;
   signal_set& operator=(const signal_set&) = delete;

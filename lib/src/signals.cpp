@@ -24,8 +24,13 @@ signal_set::signal_set(executor& ex, std::initializer_list<int> signals) : ex_(e
   ex_.forget_descriptor(fd_);  // new to the backend
 }
 
+// As a socket does: the executor is told first, so that on epoll a wait
+// still pending ends with ECANCELED rather than never (or, when a later
+// descriptor gets the number, into whatever is there by then).
 signal_set::~signal_set() {
-  if (fd_ >= 0) ::close(fd_);
+  if (fd_ < 0) return;
+  if (executor::alive_here(&ex_)) ex_.forget_descriptor(fd_);
+  ::close(fd_);
 }
 
 task<result<int>> signal_set::wait(op_options o) {
