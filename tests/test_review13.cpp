@@ -231,13 +231,43 @@ namespace {
 // The tests below run their out-of-memory turn in a child process (a crash
 // or a hang there must not take the suite with it): it exits 0 when all
 // went right, another code saying what did not, or dies of a signal.
-void check_child_exited_0(pid_t pid) {
+// Runs `run` (which returns 0 when all went right, another code saying what
+// did not) in a child process and returns its exit code, checking that no
+// signal ended it. An exception out of `run` is code 6.
+template <class F>
+int exit_code_in_child(F run) {
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
+    int code = 1;
+    try {
+      code = run();
+    } catch (...) {
+      code = 6;
+    }
+    ::_exit(code);
+  }
   int status = 0;
   REQUIRE(::waitpid(pid, &status, 0) == pid);
   CHECK_FALSE(WIFSIGNALED(status));
   if (WIFSIGNALED(status)) MESSAGE("the child died of signal " << WTERMSIG(status));
-  CHECK(WIFEXITED(status));
-  if (WIFEXITED(status)) CHECK(WEXITSTATUS(status) == 0);
+  REQUIRE(WIFEXITED(status));
+  return WEXITSTATUS(status);
+}
+
+// The same, checking that it exited 0.
+template <class F>
+void check_in_child(F run) {
+  CHECK(exit_code_in_child(run) == 0);
+}
+
+// The next allocation of exactly `size` bytes fails (and only that one).
+void fail_next_allocation_of_size(std::size_t size) {
+  allocations_failed = 0;
+  matching_allocations = 0;
+  allocations_to_pass = 0;
+  fail_allocation_of_size = size;
 }
 }  // namespace
 
@@ -255,30 +285,18 @@ task<void> sleeper(executor* ex, int* cancelled) {
 }
 
 TEST_CASE("review13 F4: a stop() whose cancellation cannot allocate (epoll) is retried, not std::terminate") {
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
-    int code = 1;
-    {
-      executor ex(on(backend_kind::epoll));
-      int cancelled = 0;
-      for (int i = 0; i < 64; ++i) ex.spawn(sleeper(&ex, &cancelled));
-      for (int i = 0; i < 10; ++i) ex.run_once(false);  // all 64 wait in the timer queue
-      // Fail the first allocation stop() makes: the result list's growth.
-      allocations_failed = 0;
-      traced_count = 0;
-      fail_at_index = 0;
-      tracing = true;
-      ex.stop();
-      tracing = false;
-      fail_at_index = -1;
-      for (int i = 0; i < 1000 && ex.live_tasks() > 0; ++i) ex.run_once(false);
-      if (allocations_failed == 1 && cancelled == 64 && ex.live_tasks() == 0) code = 0;
-    }
-    ::_exit(code);
-  }
-  check_child_exited_0(pid);
+  check_in_child([] {
+    executor ex(on(backend_kind::epoll));
+    int cancelled = 0;
+    for (int i = 0; i < 64; ++i) ex.spawn(sleeper(&ex, &cancelled));
+    for (int i = 0; i < 10; ++i) ex.run_once(false);  // all 64 wait in the timer queue
+    // Fail the first allocation stop() makes: the result list's growth.
+    start_tracing(0);
+    ex.stop();
+    stop_tracing();
+    for (int i = 0; i < 1000 && ex.live_tasks() > 0; ++i) ex.run_once(false);
+    return allocations_failed == 1 && cancelled == 64 && ex.live_tasks() == 0 ? 0 : 1;
+  });
 }
 
 // ---- a turn that runs out of memory handing completions over (epoll) ----
@@ -309,10 +327,7 @@ int turn_out_of_memory(backend_kind k) {
   for (int i = 0; i < 3000; ++i) ex->spawn(short_nap(ex, &done));
   ex->run_once(false);  // each submits its timer
   std::this_thread::sleep_for(std::chrono::milliseconds(400));  // all due now, none fired yet
-  allocations_failed = 0;
-  traced_count = 0;
-  fail_at_index = 0;  // the first allocation of this turn: a list's growth
-  tracing = true;
+  start_tracing(0);  // the first allocation of this turn: a list's growth
   for (int i = 0; i < 100 && allocations_failed == 0 && done < 3040; ++i) {
     try {
       ex->run_once(false);
@@ -320,8 +335,7 @@ int turn_out_of_memory(backend_kind k) {
       // Out of the loop is allowed (nothing was lost: see below).
     }
   }
-  tracing = false;
-  fail_at_index = -1;
+  stop_tracing();
   if (allocations_failed != 1) return 3;
   for (int i = 0; i < 2000 && done < 3040; ++i) {
     ex->run_once(false);
@@ -336,19 +350,7 @@ TEST_CASE("review13: a turn that cannot allocate to hand completions over loses 
   // nothing there; F9 below loads io_uring's reap() another way.)
   for (backend_kind k : {backend_kind::epoll}) {
     CAPTURE(static_cast<int>(k));
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
-      int code = 1;
-      try {
-        code = turn_out_of_memory(k);
-      } catch (...) {
-        code = 6;
-      }
-      ::_exit(code);
-    }
-    check_child_exited_0(pid);
+    check_in_child([&] { return turn_out_of_memory(k); });
   }
 }
 
@@ -383,17 +385,13 @@ int close_with_many_waiters(bool by_destructor) {
   if (cancelled != 0) return 2;
   ringframe::socket moved = std::move(*s);  // the readers keep using *s's address: only its descriptor goes
   if (!by_destructor) ex.spawn(close_it(std::move(moved), &closed));  // (its frame made before memory runs out)
-  allocations_failed = 0;
-  traced_count = 0;
-  fail_at_index = 0;  // the first allocation from here: the result list's growth
-  tracing = true;
+  start_tracing(0);  // the first allocation from here: the result list's growth
   if (by_destructor) {
     { ringframe::socket gone = std::move(moved); }
   } else {
     ex.run_once(false);
   }
-  tracing = false;
-  fail_at_index = -1;
+  stop_tracing();
   if (allocations_failed != 1) return 3;
   for (int i = 0; i < 1000 && ex.live_tasks() > 0; ++i) ex.run_once(false);
   delete s;
@@ -405,19 +403,7 @@ int close_with_many_waiters(bool by_destructor) {
 TEST_CASE("review13 F6: closing a descriptor many requests wait on, out of memory (epoll), ends them all") {
   for (bool by_destructor : {true, false}) {
     CAPTURE(by_destructor);
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
-      int code = 1;
-      try {
-        code = close_with_many_waiters(by_destructor);
-      } catch (...) {
-        code = 6;
-      }
-      ::_exit(code);
-    }
-    check_child_exited_0(pid);
+    check_in_child([&] { return close_with_many_waiters(by_destructor); });
   }
 }
 
@@ -450,10 +436,7 @@ int serve_out_of_memory() {
   const char one = 'x';
   for (auto& p : ps)
     if (::send(p.second.fd(), &one, 1, 0) != 1) return 3;
-  allocations_failed = 0;
-  traced_count = 0;
-  fail_at_index = 0;  // the first allocation of this turn: the results' list growing
-  tracing = true;
+  start_tracing(0);  // the first allocation of this turn: the results' list growing
   for (int i = 0; i < 20 && allocations_failed == 0; ++i) {
     try {
       ex.run_once(false);
@@ -461,27 +444,14 @@ int serve_out_of_memory() {
       // Out of the loop is allowed, if nothing is lost (below).
     }
   }
-  tracing = false;
-  fail_at_index = -1;
+  stop_tracing();
   if (allocations_failed != 1) return 4;
   for (int i = 0; i < 200 && got < pairs; ++i) ex.run_once(false);
   return got == pairs ? 0 : 5;
 }
 
 TEST_CASE("review13 F7: a turn that runs out of memory serving ready descriptors loses none of their edges (epoll)") {
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
-    int code = 1;
-    try {
-      code = serve_out_of_memory();
-    } catch (...) {
-      code = 6;
-    }
-    ::_exit(code);
-  }
-  check_child_exited_0(pid);
+  check_in_child([&] { return serve_out_of_memory(); });
 }
 
 // ---- F8: a turn that runs out of memory retrying connects (epoll) ----
@@ -526,10 +496,7 @@ int retry_out_of_memory() {
   // Room for all of them at once (listen() again sets a new backlog): the
   // next retry turn connects every one, and its results' list must grow.
   if (::listen(l, 128) != 0) return 2;
-  allocations_failed = 0;
-  traced_count = 0;
-  fail_at_index = 0;  // the first allocation from here
-  tracing = true;
+  start_tracing(0);  // the first allocation from here
   for (int i = 0; i < 50 && allocations_failed == 0; ++i) {
     try {
       ex.run_once(false);
@@ -538,8 +505,7 @@ int retry_out_of_memory() {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
-  tracing = false;
-  fail_at_index = -1;
+  stop_tracing();
   if (allocations_failed != 1) return 4;
   for (int i = 0; i < 2000 && connected < clients; ++i) {
     accept_all();
@@ -553,19 +519,7 @@ int retry_out_of_memory() {
 }
 
 TEST_CASE("review13 F8: a turn that runs out of memory retrying Unix-domain connects loses none of them (epoll)") {
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
-    int code = 1;
-    try {
-      code = retry_out_of_memory();
-    } catch (...) {
-      code = 6;
-    }
-    ::_exit(code);
-  }
-  check_child_exited_0(pid);
+  check_in_child([&] { return retry_out_of_memory(); });
 }
 
 // ---- F6b-F6d (review15): forget() must leave the room its caller made ----
@@ -702,24 +656,9 @@ template <class F>
 void sweep(F scenario) {
   for (int index = 0; index < 40; ++index) {
     CAPTURE(index);
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      std::signal(SIGABRT, SIG_DFL);
-      int code = 1;
-      try {
-        code = scenario(index);
-      } catch (...) {
-        code = 6;
-      }
-      ::_exit(code);
-    }
-    int status = 0;
-    REQUIRE(::waitpid(pid, &status, 0) == pid);
-    CHECK_FALSE(WIFSIGNALED(status));
-    REQUIRE(WIFEXITED(status));
-    if (WEXITSTATUS(status) == 10) break;  // past the turn's last allocation
-    CHECK(WEXITSTATUS(status) == 0);
+    const int code = exit_code_in_child([&] { return scenario(index); });
+    if (code == 10) break;  // past the turn's last allocation
+    CHECK(code == 0);
   }
 }
 
@@ -828,10 +767,7 @@ int reap_more_than_room(backend_kind k) {
     if (::write(p.second.fd(), &byte, 1) != 1) return 8;
   int got = 0, refused = 0;
   for (int i = 0; i < pairs; ++i) ex->spawn(read_one(&sockets[static_cast<std::size_t>(i)].first, &got, &refused));
-  allocations_failed = 0;
-  traced_count = 0;
-  fail_at_index = 0;  // the first allocation from here: the list's growth
-  tracing = true;
+  start_tracing(0);  // the first allocation from here: the list's growth
   int escaped = 0;
   for (int i = 0; i < 100 && allocations_failed == 0 && got < pairs; ++i) {
     try {
@@ -840,8 +776,7 @@ int reap_more_than_room(backend_kind k) {
       ++escaped;  // out of the loop is allowed (nothing may be lost: see below)
     }
   }
-  tracing = false;
-  fail_at_index = -1;
+  stop_tracing();
   if (allocations_failed != 1) return 3;
   for (int i = 0; i < 1000 && got < pairs; ++i) ex->run_once(false);
   // A lost completion would leave its receive waiting (and the executor's
@@ -854,19 +789,7 @@ int reap_more_than_room(backend_kind k) {
 TEST_CASE("review13 F9: a turn that reaps more completions than the list holds, out of memory, loses none") {
   on_each_backend([](backend_kind k) {
     testing::require_fd_limit(2 * 300 + 64);
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
-      int code = 1;
-      try {
-        code = reap_more_than_room(k);
-      } catch (...) {
-        code = 6;
-      }
-      ::_exit(code);
-    }
-    check_child_exited_0(pid);
+    check_in_child([&] { return reap_more_than_room(k); });
   });
 }
 
@@ -932,10 +855,7 @@ int answer_cannot_be_posted(backend_kind k) {
   const std::size_t block = fill_ready_queue_to_a_block_end(here);
   if (block == 0) return 3;
   // This turn runs those, then takes the answer: its post fails.
-  allocations_failed = 0;
-  matching_allocations = 0;
-  allocations_to_pass = 0;
-  fail_allocation_of_size = block;
+  fail_next_allocation_of_size(block);
   int escaped = 0;
   for (int i = 0; i < 1000 && answer == 0; ++i) {
     try {
@@ -952,19 +872,7 @@ int answer_cannot_be_posted(backend_kind k) {
 
 TEST_CASE("review13 F10: a submit_to whose answer cannot be posted to the caller's ready queue still resumes it") {
   on_each_backend([](backend_kind k) {
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
-      int code = 1;
-      try {
-        code = answer_cannot_be_posted(k);
-      } catch (...) {
-        code = 6;
-      }
-      ::_exit(code);
-    }
-    check_child_exited_0(pid);
+    check_in_child([&] { return answer_cannot_be_posted(k); });
   });
 }
 
@@ -996,10 +904,7 @@ int joiner_cannot_be_posted(backend_kind k) {
   if (joined || g->empty()) return 2;
   const std::size_t block = fill_ready_queue_to_a_block_end(ex);
   if (block == 0) return 3;
-  allocations_failed = 0;
-  matching_allocations = 0;
-  allocations_to_pass = 0;
-  fail_allocation_of_size = block;
+  fail_next_allocation_of_size(block);
   int escaped = 0;
   for (int i = 0; i < 2000 && !joined; ++i) {
     try {
@@ -1017,19 +922,7 @@ int joiner_cannot_be_posted(backend_kind k) {
 
 TEST_CASE("review13 F11: a task_group's last child ends when its joiner cannot be posted: the joiner still resumes") {
   on_each_backend([](backend_kind k) {
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
-      int code = 1;
-      try {
-        code = joiner_cannot_be_posted(k);
-      } catch (...) {
-        code = 6;
-      }
-      ::_exit(code);
-    }
-    check_child_exited_0(pid);
+    check_in_child([&] { return joiner_cannot_be_posted(k); });
   });
 }
 
@@ -1062,10 +955,7 @@ int waiter_cannot_be_posted(backend_kind k, bool by_stop) {
   const std::size_t block = fill_ready_queue_to_a_block_end(ex);
   if (block == 0) return 3;
   ex->run_once(false);  // runs the no-op handles: the next post needs a block
-  allocations_failed = 0;
-  matching_allocations = 0;
-  allocations_to_pass = 0;
-  fail_allocation_of_size = block;
+  fail_next_allocation_of_size(block);
   int threw = 0;
   try {
     if (by_stop) ex->stop();
@@ -1084,19 +974,7 @@ TEST_CASE("review13 F12: an event's waiter that cannot be posted to the ready qu
   on_each_backend([](backend_kind k) {
     for (bool by_stop : {false, true}) {
       CAPTURE(by_stop);
-      const pid_t pid = ::fork();
-      REQUIRE(pid >= 0);
-      if (pid == 0) {
-        std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
-        int code = 1;
-        try {
-          code = waiter_cannot_be_posted(k, by_stop);
-        } catch (...) {
-          code = 6;
-        }
-        ::_exit(code);
-      }
-      check_child_exited_0(pid);
+      check_in_child([&] { return waiter_cannot_be_posted(k, by_stop); });
     }
   });
 }
@@ -1133,10 +1011,7 @@ int send_waiters_cannot_be_posted(backend_kind k) {
   const std::size_t block = fill_ready_queue_to_a_block_end(ex);
   if (block == 0) return 3;
   ex->run_once(false);  // runs the no-op handles: the next post needs a block
-  allocations_failed = 0;
-  matching_allocations = 0;
-  allocations_to_pass = 0;
-  fail_allocation_of_size = block;
+  fail_next_allocation_of_size(block);
   delete b;  // unread bytes: EPIPE for the sender
   int escaped = 0;
   for (int i = 0; i < 1000 && woken < 2; ++i) {
@@ -1155,19 +1030,7 @@ int send_waiters_cannot_be_posted(backend_kind k) {
 
 TEST_CASE("review13 F13: a send queue's waiters that cannot be posted to the ready queue still resume") {
   on_each_backend([](backend_kind k) {
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
-      int code = 1;
-      try {
-        code = send_waiters_cannot_be_posted(k);
-      } catch (...) {
-        code = 6;
-      }
-      ::_exit(code);
-    }
-    check_child_exited_0(pid);
+    check_in_child([&] { return send_waiters_cannot_be_posted(k); });
   });
 }
 
@@ -1208,10 +1071,7 @@ int lookup_cannot_be_posted(backend_kind k) {
   const std::size_t block = fill_ready_queue_to_a_block_end(ex);
   if (block == 0) return 3;
   ex->run_once(false);  // runs the no-op handles: the next post needs a block
-  allocations_failed = 0;
-  matching_allocations = 0;
-  allocations_to_pass = 0;
-  fail_allocation_of_size = block;
+  fail_next_allocation_of_size(block);
   ex->stop();
   fail_allocation_of_size = 0;
   if (allocations_failed != 1) return 4;
@@ -1223,19 +1083,7 @@ int lookup_cannot_be_posted(backend_kind k) {
 
 TEST_CASE("review13 F14: a name lookup ended by stop() when its caller cannot be posted still resumes it") {
   on_each_backend([](backend_kind k) {
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
-      int code = 1;
-      try {
-        code = lookup_cannot_be_posted(k);
-      } catch (...) {
-        code = 6;
-      }
-      ::_exit(code);
-    }
-    check_child_exited_0(pid);
+    check_in_child([&] { return lookup_cannot_be_posted(k); });
   });
 }
 
@@ -1281,10 +1129,7 @@ int reply_cannot_be_posted(backend_kind k) {
       R"({"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8", "content-length": 8})",
       R"({"a": 2})");
   if (::send(peer->fd(), reply.data(), reply.size(), 0) != static_cast<ssize_t>(reply.size())) return 2;
-  allocations_failed = 0;
-  matching_allocations = 0;
-  allocations_to_pass = 0;
-  fail_allocation_of_size = block;
+  fail_next_allocation_of_size(block);
   int escaped = 0;
   for (int i = 0; i < 1000 && answered == 0; ++i) {
     try {
@@ -1303,19 +1148,7 @@ int reply_cannot_be_posted(backend_kind k) {
 
 TEST_CASE("review13 F15: a framed_client call whose reply cannot be posted to the ready queue still returns it") {
   on_each_backend([](backend_kind k) {
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
-      int code = 1;
-      try {
-        code = reply_cannot_be_posted(k);
-      } catch (...) {
-        code = 6;
-      }
-      ::_exit(code);
-    }
-    check_child_exited_0(pid);
+    check_in_child([&] { return reply_cannot_be_posted(k); });
   });
 }
 
@@ -1349,10 +1182,7 @@ int queued_node_meets(backend_kind k, int how) {
   if (block == 0) return 3;
   ex->run_once(false);  // runs the no-op handles: the next post needs a block
   const std::uint64_t calls = ex->stats().deferred_calls;
-  allocations_failed = 0;
-  matching_allocations = 0;
-  allocations_to_pass = 0;
-  fail_allocation_of_size = block;
+  fail_next_allocation_of_size(block);
   ev->set();  // the post fails: the node goes to the inbox
   fail_allocation_of_size = 0;
   if (allocations_failed != 1) return 4;
@@ -1388,19 +1218,7 @@ TEST_CASE("review16: a waiter's node queued in the inbox is withdrawn with its f
   on_each_backend([](backend_kind k) {
     for (int how : {1, 2, 3}) {
       CAPTURE(how);
-      const pid_t pid = ::fork();
-      REQUIRE(pid >= 0);
-      if (pid == 0) {
-        std::signal(SIGABRT, SIG_DFL);
-        int code = 1;
-        try {
-          code = queued_node_meets(k, how);
-        } catch (...) {
-          code = 11;
-        }
-        ::_exit(code);
-      }
-      check_child_exited_0(pid);
+      check_in_child([&] { return queued_node_meets(k, how); });
     }
   });
 }
