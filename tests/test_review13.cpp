@@ -719,9 +719,6 @@ TEST_CASE("review15 F6e: a timed recv that must wait, out of memory at any alloc
   sweep([](int i) { return timed_recv_out_of_memory(i); });
 }
 
-}  // namespace
-
-namespace {
 
 // ---- F9: more completions in one reap than the executor's list holds (io_uring) ----
 // The io_uring backend's reap() (noexcept) copied every CQE there was into
@@ -793,9 +790,6 @@ TEST_CASE("review13 F9: a turn that reaps more completions than the list holds, 
   });
 }
 
-}  // namespace
-
-namespace {
 
 // ---- F10: submit_to's answer cannot be posted to the caller's ready queue ----
 // The answer comes back through the caller's inbox: its deferred call
@@ -876,9 +870,6 @@ TEST_CASE("review13 F10: a submit_to whose answer cannot be posted to the caller
   });
 }
 
-}  // namespace
-
-namespace {
 
 // ---- F11: a task_group's last child ends and its joiner cannot be posted ----
 // When a group's last child finishes, the coroutine waiting in join() is
@@ -926,9 +917,6 @@ TEST_CASE("review13 F11: a task_group's last child ends when its joiner cannot b
   });
 }
 
-}  // namespace
-
-namespace {
 
 // ---- F12: an event's (semaphore's, channel's) waiter cannot be posted ----
 // A waiter of event, semaphore, mutex or channel is woken by unlinking it
@@ -979,9 +967,6 @@ TEST_CASE("review13 F12: an event's waiter that cannot be posted to the ready qu
   });
 }
 
-}  // namespace
-
-namespace {
 
 // ---- F13: a send queue's waiters cannot be posted ----
 // The coroutines waiting for a send queue to empty (a connection's flush,
@@ -1034,9 +1019,6 @@ TEST_CASE("review13 F13: a send queue's waiters that cannot be posted to the rea
   });
 }
 
-}  // namespace
-
-namespace {
 
 // ---- F14: a name lookup's caller cannot be posted ----
 // Every way a resolve() ends (its answer, its timeout, a stop) goes through
@@ -1087,9 +1069,6 @@ TEST_CASE("review13 F14: a name lookup ended by stop() when its caller cannot be
   });
 }
 
-}  // namespace
-
-namespace {
 
 // ---- F15: a framed_client call whose reply cannot be posted ----
 // A call waits for its reply as a node in the client's line; the reader
@@ -1152,9 +1131,6 @@ TEST_CASE("review13 F15: a framed_client call whose reply cannot be posted to th
   });
 }
 
-}  // namespace
-
-namespace {
 
 // ---- review16: the inbox fallback's node (detail/resume_later.hpp) ----
 // Three ways a waiter whose post failed (its node queued in the inbox) can
