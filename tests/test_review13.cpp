@@ -47,6 +47,18 @@ using namespace testing::failing_allocator;
 
 namespace {
 
+// One turn of the loop. A bad_alloc out of it is allowed (the tests check
+// that nothing was lost): true when one came out.
+bool turn_allowing_bad_alloc(executor& ex) {
+  try {
+    ex.run_once(false);
+    return false;
+  } catch (const std::bad_alloc&) {
+    return true;
+  }
+}
+
+
 task<void> mark(bool* flag) {
   *flag = true;
   co_return;
@@ -137,11 +149,7 @@ TEST_CASE("review13 F2: a deferred call that throws does not strand the calls qu
     other.join();
     int escapes = 0;
     for (int i = 0; i < 2000 && after.runs == 0; ++i) {
-      try {
-        ex.run_once(false);
-      } catch (const std::bad_alloc&) {
-        ++escapes;
-      }
+      escapes += turn_allowing_bad_alloc(ex);
     }
     CHECK(escapes <= 1);
     CHECK(after.runs == 1);
@@ -329,11 +337,7 @@ int turn_out_of_memory(backend_kind k) {
   std::this_thread::sleep_for(std::chrono::milliseconds(400));  // all due now, none fired yet
   start_tracing(0);  // the first allocation of this turn: a list's growth
   for (int i = 0; i < 100 && allocations_failed == 0 && done < 3040; ++i) {
-    try {
-      ex->run_once(false);
-    } catch (const std::bad_alloc&) {
-      // Out of the loop is allowed (nothing was lost: see below).
-    }
+    (void)turn_allowing_bad_alloc(*ex);
   }
   stop_tracing();
   if (allocations_failed != 1) return 3;
@@ -438,11 +442,7 @@ int serve_out_of_memory() {
     if (::send(p.second.fd(), &one, 1, 0) != 1) return 3;
   start_tracing(0);  // the first allocation of this turn: the results' list growing
   for (int i = 0; i < 20 && allocations_failed == 0; ++i) {
-    try {
-      ex.run_once(false);
-    } catch (const std::bad_alloc&) {
-      // Out of the loop is allowed, if nothing is lost (below).
-    }
+    (void)turn_allowing_bad_alloc(ex);
   }
   stop_tracing();
   if (allocations_failed != 1) return 4;
@@ -498,11 +498,7 @@ int retry_out_of_memory() {
   if (::listen(l, 128) != 0) return 2;
   start_tracing(0);  // the first allocation from here
   for (int i = 0; i < 50 && allocations_failed == 0; ++i) {
-    try {
-      ex.run_once(false);
-    } catch (const std::bad_alloc&) {
-      // Out of the loop is allowed, if nothing is lost (below).
-    }
+    (void)turn_allowing_bad_alloc(ex);
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   stop_tracing();
@@ -568,17 +564,11 @@ int close_timed_waiters(int fail_index) {
   if (cancelled != 0) return 2;
   ex.spawn(close_catching(std::move(*s), &closed, &threw));
   start_tracing(fail_index);
-  try {
-    ex.run_once(false);
-  } catch (const std::bad_alloc&) {
-  }
+  (void)turn_allowing_bad_alloc(ex);
   stop_tracing();
   if (allocations_failed == 0) return 10;
   for (int i = 0; i < 1000 && ex.live_tasks() > 0; ++i) {
-    try {
-      ex.run_once(false);
-    } catch (const std::bad_alloc&) {
-    }
+    (void)turn_allowing_bad_alloc(ex);
   }
   delete s;
   if (threw && !fd_open(fd)) return 8;  // closed, and its caller told it failed (its result lost)
@@ -627,17 +617,11 @@ int accept_onto_stale_waiters(int fail_index, int timed_readers, int untimed_rea
   int accepted = 0, failed = 0, threw = 0;
   ex.spawn(accept_catching(&l, timed_accept, &accepted, &failed, &threw));
   start_tracing(fail_index);
-  try {
-    ex.run_once(false);
-  } catch (const std::bad_alloc&) {
-  }
+  (void)turn_allowing_bad_alloc(ex);
   stop_tracing();
   if (allocations_failed == 0) return 10;
   for (int i = 0; i < 1000 && ex.live_tasks() > 0; ++i) {
-    try {
-      ex.run_once(false);
-    } catch (const std::bad_alloc&) {
-    }
+    (void)turn_allowing_bad_alloc(ex);
   }
   for (int i = 0; i < 10; ++i) ex.run_once(false);  // anything posted late
   delete s;
@@ -698,10 +682,7 @@ int timed_recv_out_of_memory(int fail_index) {
   int got = 0, threw = 0;
   ex.spawn(recv_catching(&pair.first, &got, &threw));
   start_tracing(fail_index);
-  try {
-    ex.run_once(false);
-  } catch (const std::bad_alloc&) {
-  }
+  (void)turn_allowing_bad_alloc(ex);
   stop_tracing();
   if (allocations_failed == 0) return 10;
   const char byte = 'x';
@@ -852,11 +833,7 @@ int answer_cannot_be_posted(backend_kind k) {
   fail_next_allocation_of_size(block);
   int escaped = 0;
   for (int i = 0; i < 1000 && answer == 0; ++i) {
-    try {
-      here->run_once(false);
-    } catch (const std::bad_alloc&) {
-      ++escaped;
-    }
+    escaped += turn_allowing_bad_alloc(*here);
   }
   fail_allocation_of_size = 0;
   if (allocations_failed != 1) return 4;
@@ -898,11 +875,7 @@ int joiner_cannot_be_posted(backend_kind k) {
   fail_next_allocation_of_size(block);
   int escaped = 0;
   for (int i = 0; i < 2000 && !joined; ++i) {
-    try {
-      ex->run_once(false);
-    } catch (const std::bad_alloc&) {
-      ++escaped;
-    }
+    escaped += turn_allowing_bad_alloc(*ex);
     if (!joined) std::this_thread::sleep_for(std::chrono::microseconds(100));
   }
   fail_allocation_of_size = 0;
@@ -1000,11 +973,7 @@ int send_waiters_cannot_be_posted(backend_kind k) {
   delete b;  // unread bytes: EPIPE for the sender
   int escaped = 0;
   for (int i = 0; i < 1000 && woken < 2; ++i) {
-    try {
-      ex->run_once(false);
-    } catch (const std::bad_alloc&) {
-      ++escaped;
-    }
+    escaped += turn_allowing_bad_alloc(*ex);
     if (woken < 2) std::this_thread::sleep_for(std::chrono::microseconds(100));
   }
   fail_allocation_of_size = 0;
@@ -1111,11 +1080,7 @@ int reply_cannot_be_posted(backend_kind k) {
   fail_next_allocation_of_size(block);
   int escaped = 0;
   for (int i = 0; i < 1000 && answered == 0; ++i) {
-    try {
-      ex->run_once(false);
-    } catch (const std::bad_alloc&) {
-      ++escaped;
-    }
+    escaped += turn_allowing_bad_alloc(*ex);
     if (answered == 0) std::this_thread::sleep_for(std::chrono::microseconds(100));
   }
   fail_allocation_of_size = 0;
