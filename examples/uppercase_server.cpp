@@ -1,5 +1,7 @@
 // The README's example: a raw stream server that answers in upper case.
 // Try it: build/examples/uppercase-server & build/cmd/ringframe-client echo 127.0.0.1 65433 hello
+// prints Received b'HELLO', then exits 1 ("the echo differs from what was sent"):
+// the client checks for an echo, and this server changes the bytes on purpose.
 #include <ringframe/server.hpp>
 
 #include <cctype>
