@@ -1,7 +1,9 @@
 // The README's example: a raw stream server that answers in upper case.
-// Try it: build/examples/uppercase-server & build/cmd/ringframe-client echo 127.0.0.1 65433 hello
-// prints Received b'HELLO', then exits 1 ("the echo differs from what was sent"):
-// the client checks for an echo, and this server changes the bytes on purpose.
+// Try it (ringframe-client echo would say "the echo differs": it checks for
+// an echo, and this server changes the bytes on purpose):
+//   build/examples/uppercase-server &
+//   python3 -c "import socket; s = socket.create_connection(('127.0.0.1', 65433)); s.sendall(b'hello'); print(s.recv(64))"
+// prints b'HELLO'.
 #include <ringframe/server.hpp>
 
 #include <cctype>
