@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <exception>
+#include <new>
 #include <utility>
 
 namespace ringframe {
@@ -161,14 +162,23 @@ void receive_stream::on_budget() {
     reserved_ = bw_->want;
   }
   if (std::exchange(bw_->cancelled, false) || refusal()) return deliver(-ECANCELED, 0);
-  std::span<std::byte> room;
+  // Run from the executor's loop: an exception out of here would leave the
+  // loop (executor::run throws, for every connection of the thread) and the
+  // reader waiting for good, its frame's reservation held (review17 F1).
+  // The decoder that cannot grow, or a recv that cannot be submitted
+  // (bad_alloc: the epoll backend's waiters; io_uring: a full submission
+  // queue that cannot be drained), fails this connection instead.
   try {
-    room = sink_.prepare(read_step());
-  } catch (...) {  // the decoder could not grow: this connection fails, not the process
+    const std::span<std::byte> room = sink_.prepare(read_step());
+    direct_ = true;
+    submit(nullptr, room);
+  } catch (const std::bad_alloc&) {
+    direct_ = false;
     return deliver(-ENOMEM, 0);
+  } catch (...) {
+    direct_ = false;
+    return deliver(-EIO, 0);
   }
-  direct_ = true;
-  submit(nullptr, room);
 }
 
 void receive_stream::start_read(buffer_ring* br, std::span<std::byte> room) {
