@@ -8,6 +8,7 @@
 #include <ringframe/detail/completion.hpp>
 #include <ringframe/detail/io_backend.hpp>
 #include <ringframe/frame.hpp>
+#include <ringframe/framed_client.hpp>
 #include <ringframe/receive_budget.hpp>
 #include <ringframe/receive_stream.hpp>
 
@@ -18,6 +19,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <memory>
 #include <new>
 #include <string>
 #include <vector>
@@ -182,4 +184,210 @@ TEST_CASE("review17 F1: a submission that fails when a frame is admitted by the 
   }
   CHECK(b.used() == 0);
   CHECK(b.waiting() == 0);
+}
+
+// ---------------------------------------------------------------------------
+// Pins (no defect found): a stream that goes away in each state of a budget
+// wait gives back exactly what it holds, once (checked against other
+// holders, so a release that is clamped at 0 cannot hide a double one),
+// leaves the queue, and its deferred run never comes (ASan); a stop in the
+// same turn as an admission ends the read with ECANCELED and keeps the
+// reservation to the stream's end; a frame larger than the whole budget is
+// admitted alone, once nothing else is reserved. On both backends.
+namespace {
+struct budget_peer {
+  std::pair<ringframe::socket, ringframe::socket> pair;
+  frame_decoder decoder;
+  reader r;
+  std::unique_ptr<receive_stream> stream;
+  budget_peer(executor& ex, receive_stream::options o) : pair(testing::socket_pair(ex)) {
+    stream = std::make_unique<receive_stream>(pair.first, decoder, o, &reader::on_done, &r);
+  }
+  // The start of `frame` arrives and is read; then the rest is asked for
+  // (reserved, or waiting for room).
+  void begin(executor& ex, const std::string& frame) {
+    put(pair.second, std::string_view(frame).substr(0, 1000));
+    REQUIRE(stream->start(true));
+    REQUIRE(turn_until_done(ex, r));
+    REQUIRE(stream->outcome() == 1000);
+    message_view m;
+    REQUIRE(decoder.next(m) == frame_decoder::status::need_more);
+    r.done = false;
+    REQUIRE(stream->start(false));
+  }
+};
+}  // namespace
+
+TEST_CASE("review17: a budget wait ended in each of its states gives back exactly what it holds, once") {
+  testing::on_each_backend([](backend_kind k) {
+    receive_budget& b = receive_budget::this_thread();
+    REQUIRE(b.used() == 0);
+    REQUIRE(b.waiting() == 0);
+    {
+      executor ex(on(k));
+      receive_stream::options o;
+      o.provided_buffers = false;
+      o.budget = 128 * 1024;  // two of the frames below at a time
+      const std::string f = frame_of(48 * 1024);
+      const std::size_t F = f.size();
+      budget_peer h1(ex, o), h2(ex, o), a(ex, o), bb(ex, o), c(ex, o), d(ex, o);
+      h1.begin(ex, f);
+      h2.begin(ex, f);
+      REQUIRE(b.used() == 2 * F);
+      a.begin(ex, f);
+      bb.begin(ex, f);
+      REQUIRE(b.waiting() == 2);
+      REQUIRE(a.stream->current() == receive_stream::state::budget);
+
+      // In the queue, behind another: destroyed.
+      bb.stream.reset();
+      CHECK(b.waiting() == 1);
+      CHECK(b.used() == 2 * F);
+      // Cancelled (its run pending), then destroyed before the run.
+      a.stream->stop();
+      CHECK(b.waiting() == 0);
+      a.stream.reset();
+      for (int i = 0; i < 5; ++i) ex.run_once(false);
+      CHECK(!a.r.done);
+      CHECK(b.used() == 2 * F);
+
+      // Admitted (its run pending), then destroyed before the run.
+      c.begin(ex, f);
+      REQUIRE(b.waiting() == 1);
+      h1.stream->release_budget();
+      CHECK(b.waiting() == 0);
+      CHECK(b.used() == 2 * F);  // h2's and c's
+      c.stream.reset();
+      CHECK(b.used() == F);
+      for (int i = 0; i < 5; ++i) ex.run_once(false);
+      CHECK(!c.r.done);
+      CHECK(b.used() == F);
+
+      // Admitted and stopped in the same turn: ECANCELED, the reservation
+      // kept until the stream goes (it is given back once).
+      budget_peer e(ex, o), g(ex, o);
+      e.begin(ex, f);  // fits beside h2
+      REQUIRE(b.used() == 2 * F);
+      g.begin(ex, f);
+      REQUIRE(b.waiting() == 1);
+      e.stream->release_budget();
+      g.stream->stop();
+      CHECK(turn_until_done(ex, g.r));
+      CHECK(g.stream->outcome() == -ECANCELED);
+      CHECK(g.stream->reserved() == F);
+      CHECK(b.used() == 2 * F);
+      g.stream.reset();
+      CHECK(b.used() == F);
+
+      // A frame larger than the whole budget waits until nothing else is
+      // reserved, then goes in alone; a newcomer waits behind it.
+      const std::string huge = frame_of(200 * 1024);
+      budget_peer x(ex, o), y(ex, o);
+      x.begin(ex, huge);
+      CHECK(b.waiting() == 1);
+      y.begin(ex, f);
+      CHECK(b.waiting() == 2);  // behind the huge one (no overtaking)
+      h2.stream->release_budget();
+      CHECK(b.used() == huge.size());
+      CHECK(b.waiting() == 1);
+      ex.run_once(false);
+      CHECK(x.stream->reserved() == huge.size());
+      put(x.pair.second, std::string_view(huge).substr(1000));
+      for (int i = 0; i < 200 && !x.r.done; ++i) ex.run_once(false);
+      REQUIRE(x.r.done);
+      CHECK(x.stream->outcome() > 0);
+      x.stream->release_budget();
+      CHECK(b.used() == F);
+      CHECK(b.waiting() == 0);
+      ex.run_once(false);
+      CHECK(y.stream->reserved() == F);
+
+      // Teardown: the reads still in the kernel are stopped first.
+      for (budget_peer* p : {&h1, &h2, &d, &e, &x, &y}) {
+        if (!p->stream) continue;
+        if (p->stream->current() != receive_stream::state::idle) {
+          p->stream->stop();
+          turn_until_done(ex, p->r);
+          p->stream->outcome();
+        }
+        p->stream.reset();
+      }
+      CHECK(b.used() == 0);
+    }
+    CHECK(b.used() == 0);
+    CHECK(b.waiting() == 0);
+  });
+}
+
+// ---------------------------------------------------------------------------
+// F2: a frame's reservation goes back "when the connection moves past it
+// (the next read_message, or the connection's end)". framed_client's reply
+// reader calls read_message only while calls are pending, and copies each
+// reply out of the connection before handing it over: after the last
+// reply it stops, and a large one's reservation stays taken for as long as
+// the client idles (a pooled client to a backend, on a proxy's thread). Past
+// the budget, every other connection of the thread that receives a large
+// frame then waits for it, and ends at its message timeout.
+namespace {
+task<void> call_once(framed_client* c, result<message>* out, bool* done) {
+  task<result<message>> t = c->call(message::json(R"({"action": "get"})"));
+  *out = co_await std::move(t);
+  *done = true;
+}
+}  // namespace
+
+TEST_CASE("review17 F2: a framed_client idle after a large reply gives its frame's reservation back") {
+  testing::on_each_backend([](backend_kind k) {
+    receive_budget& b = receive_budget::this_thread();
+    REQUIRE(b.used() == 0);
+    REQUIRE(b.waiting() == 0);
+    {
+      executor ex(on(k));
+      auto [cli, srv] = testing::socket_pair(ex);
+      framed_client_options fo;
+      fo.connection.thread_receive_budget = 64 * 1024;  // one of the frames below at a time
+      framed_client client = framed_client::adopt(std::move(cli), fo);
+      result<message> reply = make_error_code(std::errc::invalid_argument);
+      bool done = false;
+      ex.spawn(call_once(&client, &reply, &done));
+      // The peer takes the request and answers with a 48 KiB frame, its
+      // start first, so that the client reserves the rest.
+      char req[4096];
+      ssize_t got = -1;
+      for (int i = 0; i < 200 && got <= 0; ++i) {
+        ex.run_once(false);
+        got = ::recv(srv.fd(), req, sizeof req, MSG_DONTWAIT);
+      }
+      REQUIRE(got > 0);
+      const std::string f = frame_of(48 * 1024);
+      put(srv, std::string_view(f).substr(0, 1000));
+      for (int i = 0; i < 20; ++i) ex.run_once(false);
+      CHECK(b.used() == f.size());  // the reply's rest is reserved
+      put(srv, std::string_view(f).substr(1000));
+      for (int i = 0; i < 200 && !done; ++i) ex.run_once(false);
+      REQUIRE(done);
+      REQUIRE(reply);
+      CHECK(reply->content.size() == 48 * 1024);
+      CHECK(client.pending() == 0);
+      for (int i = 0; i < 20; ++i) ex.run_once(false);
+      CHECK(b.used() == 0);  // fails before the fix: held while the client idles
+
+      // What it costs: another connection's large frame on this thread.
+      receive_stream::options o;
+      o.provided_buffers = false;
+      o.budget = 64 * 1024;
+      budget_peer other(ex, o);
+      other.begin(ex, f);
+      CHECK(b.waiting() == 0);  // fails before the fix: it waits for the idle client
+      CHECK(other.stream->reserved() == f.size());
+      other.stream->stop();
+      turn_until_done(ex, other.r);
+      other.stream->outcome();
+      other.stream.reset();
+      client.close();
+      for (int i = 0; i < 20; ++i) ex.run_once(false);
+    }
+    CHECK(b.used() == 0);
+    CHECK(b.waiting() == 0);
+  });
 }
