@@ -194,6 +194,13 @@ class connection {
   // The next message; see the header comment for the errors. One reader at a
   // time: a second coroutine calling this while one waits gets EBUSY.
   [[nodiscard]] detail::read_message_awaitable read_message() { return detail::read_message_awaitable(this); }
+  // The reader is done with the message read_message() gave last (it copied
+  // it) and may not read again for a while (framed_client's reply reader,
+  // once no call waits): the frame's reservation from the thread's receive
+  // budget goes back now instead of at the next read_message, and the
+  // receive buffer too when nothing else is buffered. The message's views
+  // are invalid from here on. Nothing happens while a read_message waits.
+  void done_with_message() noexcept;
 
   // Queue a message (encoded now, sent later; see the header comment).
   [[nodiscard]] detail::write_awaitable write(const message& m);

@@ -182,6 +182,15 @@ class frame_decoder {
   // 4 MiB, 32 MiB of those at most), from which the next decoder on the
   // thread takes it.
   void shrink_if_idle() noexcept;
+  // The message next() handed out last is done with (copied, say): its
+  // bytes are dropped now instead of at the next call, and the buffer goes
+  // back as shrink_if_idle() gives it when nothing else is buffered. Its
+  // views are invalid from here on.
+  void drop_message() noexcept {
+    begin_ += consume_on_next_;
+    consume_on_next_ = 0;
+    shrink_if_idle();
+  }
   const frame_limits& limits() const noexcept { return limits_; }
 
   // Sharing received bytes (a reply that echoes or forwards content sends

@@ -184,6 +184,12 @@ std::optional<result<message_view>> connection::try_read_buffered() {
 
 // ---- receiving ----
 
+void connection::done_with_message() noexcept {
+  if (reading_) return;  // a read may be receiving into the decoder's buffer
+  if (std::exchange(budget_frame_out_, false)) recv_.release_budget();
+  decoder_.drop_message();
+}
+
 void connection::arm_read_deadline(bool between_frames) {
   if (between_frames) {
     if (opts_.idle_timeout.count() > 0) recv_.arm_deadline(opts_.idle_timeout);

@@ -184,6 +184,10 @@ task<void> read_replies(client_ref ref) {
       if (w) reply.emplace(message::from_view(*m));
       s->fifo.pop_front();
       ++s->front_seq;
+      // No call waits for another reply: this reader stops, and a large
+      // reply's receive-budget reservation and buffer would stay taken for
+      // as long as the client idles (review17 F2). It is copied: let them go.
+      if (s->fifo.empty()) s->conn->done_with_message();
       if (w) w->deliver(std::move(*reply));
     }
   } catch (const std::bad_alloc&) {
