@@ -24,6 +24,8 @@
 // Every failure adds one to `allocations_failed`.
 #pragma once
 
+#include <ringframe/executor.hpp>
+
 #include <array>
 #include <atomic>
 #include <cstddef>
@@ -72,6 +74,17 @@ inline void start_tracing(int index) {
 inline void stop_tracing() {
   tracing = false;
   fail_at_index = -1;
+}
+
+// One turn of `ex`'s loop. A bad_alloc out of it is allowed (the tests check
+// that nothing was lost): true when one came out.
+inline bool turn_allowing_bad_alloc(ringframe::executor& ex) {
+  try {
+    ex.run_once(false);
+    return false;
+  } catch (const std::bad_alloc&) {
+    return true;
+  }
 }
 
 }  // namespace testing::failing_allocator

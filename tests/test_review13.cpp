@@ -47,17 +47,6 @@ using namespace testing::failing_allocator;
 
 namespace {
 
-// One turn of the loop. A bad_alloc out of it is allowed (the tests check
-// that nothing was lost): true when one came out.
-bool turn_allowing_bad_alloc(executor& ex) {
-  try {
-    ex.run_once(false);
-    return false;
-  } catch (const std::bad_alloc&) {
-    return true;
-  }
-}
-
 
 task<void> mark(bool* flag) {
   *flag = true;

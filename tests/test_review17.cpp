@@ -31,17 +31,6 @@ using namespace testing::failing_allocator;
 
 namespace {
 
-// One turn of the loop; a bad_alloc out of it is allowed (what matters is
-// that nothing is lost): true when one came out.
-bool turn_allowing_bad_alloc(executor& ex) {
-  try {
-    ex.run_once(false);
-    return false;
-  } catch (const std::bad_alloc&) {
-    return true;
-  }
-}
-
 // A reader of a receive_stream driven by hand: done() marks it.
 struct reader {
   bool done = false;
