@@ -1,6 +1,7 @@
 // Test helper: an allocator that can be told to fail, so that a test reaches
-// a bad_alloc handler without exhausting memory. Used by test_review4.cpp,
-// test_review12.cpp and test_review13.cpp.
+// a bad_alloc handler without exhausting memory, and a loop turn that may
+// throw it. Used by test_review4.cpp, test_review12.cpp, test_review13.cpp
+// and test_review17.cpp.
 //
 // This header holds the state and checked_malloc(); the replacement global
 // operator new/delete that route every allocation through checked_malloc()
