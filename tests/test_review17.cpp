@@ -5,6 +5,7 @@
 #include "failing_allocator.hpp"
 #include "loopback.hpp"
 
+#include <ringframe/connection.hpp>
 #include <ringframe/detail/completion.hpp>
 #include <ringframe/detail/io_backend.hpp>
 #include <ringframe/frame.hpp>
@@ -313,67 +314,181 @@ TEST_CASE("review17: a budget wait ended in each of its states gives back exactl
 // (the next read_message, or the connection's end)". framed_client's reply
 // reader calls read_message only while calls are pending, and copies each
 // reply out of the connection before handing it over: after the last
-// reply it stops, and a large one's reservation stays taken for as long as
-// the client idles (a pooled client to a backend, on a proxy's thread). Past
-// the budget, every other connection of the thread that receives a large
-// frame then waits for it, and ends at its message timeout.
+// reply it stopped, and a large one's reservation stayed taken for as long
+// as the client idled. Past the budget, every other connection of the
+// thread that received a large frame then waited for it. The fix:
+// connection::done_with_message(), which framed_client's reader calls once
+// no call waits. Since F4 a framed_client's replies reserve nothing at all,
+// so the call is tested here on a connection of its own.
 namespace {
 task<void> call_once(framed_client* c, result<message>* out, bool* done) {
   task<result<message>> t = c->call(message::json(R"({"action": "get"})"));
   *out = co_await std::move(t);
   *done = true;
 }
+
+task<void> read_one(connection* c, std::size_t* content, bool* done) {
+  result<message_view> m = co_await c->read_message();
+  *content = m ? m->content.size() : 0;
+  *done = true;
+}
 }  // namespace
 
-TEST_CASE("review17 F2: a framed_client idle after a large reply gives its frame's reservation back") {
+TEST_CASE("review17 F2: a reader done with a large message gives its frame's reservation back at once") {
   testing::on_each_backend([](backend_kind k) {
     receive_budget& b = receive_budget::this_thread();
     REQUIRE(b.used() == 0);
     REQUIRE(b.waiting() == 0);
     {
       executor ex(on(k));
-      auto [cli, srv] = testing::socket_pair(ex);
-      framed_client_options fo;
-      fo.connection.thread_receive_budget = 64 * 1024;  // one of the frames below at a time
-      framed_client client = framed_client::adopt(std::move(cli), fo);
-      result<message> reply = make_error_code(std::errc::invalid_argument);
+      auto [mine, peer] = testing::socket_pair(ex);
+      connection_options co;
+      co.thread_receive_budget = 64 * 1024;  // one of the frames below at a time
+      connection conn(std::move(mine), co);
+      std::size_t content = 0;
       bool done = false;
-      ex.spawn(call_once(&client, &reply, &done));
-      // The peer takes the request and answers with a 48 KiB frame, its
-      // start first, so that the client reserves the rest.
-      char req[4096];
-      ssize_t got = -1;
-      for (int i = 0; i < 200 && got <= 0; ++i) {
-        ex.run_once(false);
-        got = ::recv(srv.fd(), req, sizeof req, MSG_DONTWAIT);
-      }
-      REQUIRE(got > 0);
+      ex.spawn(read_one(&conn, &content, &done));
       const std::string f = frame_of(48 * 1024);
-      put(srv, std::string_view(f).substr(0, 1000));
+      put(peer, std::string_view(f).substr(0, 1000));
       for (int i = 0; i < 20; ++i) ex.run_once(false);
-      CHECK(b.used() == f.size());  // the reply's rest is reserved
-      put(srv, std::string_view(f).substr(1000));
+      CHECK(b.used() == f.size());  // the rest is reserved
+      put(peer, std::string_view(f).substr(1000));
       for (int i = 0; i < 200 && !done; ++i) ex.run_once(false);
       REQUIRE(done);
-      REQUIRE(reply);
-      CHECK(reply->content.size() == 48 * 1024);
-      CHECK(client.pending() == 0);
-      for (int i = 0; i < 20; ++i) ex.run_once(false);
-      CHECK(b.used() == 0);  // fails before the fix: held while the client idles
+      CHECK(content == 48 * 1024);
+      CHECK(b.used() == f.size());  // until the next read_message...
+      conn.done_with_message();
+      CHECK(b.used() == 0);  // ...or this
 
-      // What it costs: another connection's large frame on this thread.
+      // What it spares: another connection's large frame on this thread.
       receive_stream::options o;
       o.provided_buffers = false;
       o.budget = 64 * 1024;
       budget_peer other(ex, o);
       other.begin(ex, f);
-      CHECK(b.waiting() == 0);  // fails before the fix: it waits for the idle client
+      CHECK(b.waiting() == 0);
       CHECK(other.stream->reserved() == f.size());
       other.stream->stop();
       turn_until_done(ex, other.r);
       other.stream->outcome();
       other.stream.reset();
+    }
+    CHECK(b.used() == 0);
+    CHECK(b.waiting() == 0);
+  });
+}
+
+// ---------------------------------------------------------------------------
+// F3 (found in session 12): the thread's limit was whichever connection
+// reserved last (receive_stream called set_limit with its own option before
+// every reservation). A frame of a connection given 64 KiB that waited in
+// the queue was then admitted under the limit of the next connection to ask,
+// a framed_client's default 256 MiB, say: the server's --receive-budget
+// stopped bounding anything once any connection with another value read a
+// large frame. Now each frame is admitted against its own connection's
+// limit.
+TEST_CASE("review17 F3: a waiting frame is admitted against its own connection's limit, not the last reader's") {
+  testing::on_each_backend([](backend_kind k) {
+    receive_budget& b = receive_budget::this_thread();
+    REQUIRE(b.used() == 0);
+    REQUIRE(b.waiting() == 0);
+    {
+      executor ex(on(k));
+      receive_stream::options tight;
+      tight.provided_buffers = false;
+      tight.budget = 64 * 1024;  // one of the frames below at a time
+      receive_stream::options loose = tight;
+      loose.budget = receive_budget::default_limit;
+      const std::string f = frame_of(48 * 1024);
+      const std::size_t F = f.size();
+      budget_peer a(ex, tight), w(ex, tight), big(ex, loose);
+      a.begin(ex, f);
+      REQUIRE(b.used() == F);
+      w.begin(ex, f);
+      REQUIRE(b.waiting() == 1);
+      big.begin(ex, f);  // fits its own limit, but waits behind w: no overtaking
+      for (int i = 0; i < 5; ++i) ex.run_once(false);
+      CHECK(w.stream->reserved() == 0);  // fails before the fix: admitted under 256 MiB
+      CHECK(b.used() == F);
+      CHECK(b.waiting() == 2);
+      // a moves on: w goes in under its 64 KiB, and big beside it under its
+      // own limit.
+      a.stream->release_budget();
+      for (int i = 0; i < 5; ++i) ex.run_once(false);
+      CHECK(w.stream->reserved() == F);
+      CHECK(big.stream->reserved() == F);
+      CHECK(b.used() == 2 * F);
+      CHECK(b.waiting() == 0);
+      CHECK(b.limit() == receive_budget::default_limit);  // the gauge: the last to ask was given it
+      for (budget_peer* p : {&a, &w, &big}) {
+        if (p->stream->current() != receive_stream::state::idle) {
+          p->stream->stop();
+          turn_until_done(ex, p->r);
+          p->stream->outcome();
+        }
+        p->stream.reset();
+      }
+    }
+    CHECK(b.used() == 0);
+    CHECK(b.waiting() == 0);
+  });
+}
+
+// ---------------------------------------------------------------------------
+// F4 (found in session 12): a handler that holds its request (a large frame,
+// reserved until its next read_message) while it waits for a framed_client
+// call on the same thread: a proxy. The client's reply is a large frame too,
+// and it waited for room that only the handler's return could free: the
+// call ended at reply_timeout with ETIMEDOUT, every time, once the budget
+// held less than two such frames (or, at the 256 MiB default, once enough
+// proxied requests were in progress). A reply answers a call this thread
+// made, so the calls bound it: replies are now outside the budget.
+TEST_CASE("review17 F4: a framed_client's large reply does not wait for room its caller holds") {
+  testing::on_each_backend([](backend_kind k) {
+    receive_budget& b = receive_budget::this_thread();
+    REQUIRE(b.used() == 0);
+    {
+      executor ex(on(k));
+      receive_stream::options o;
+      o.provided_buffers = false;
+      o.budget = 64 * 1024;
+      const std::string f = frame_of(48 * 1024);
+      budget_peer request(ex, o);  // the handler's, held while it calls
+      request.begin(ex, f);
+      REQUIRE(b.used() == f.size());
+
+      auto [cli, backend] = testing::socket_pair(ex);
+      framed_client_options fo;
+      fo.connection.thread_receive_budget = o.budget;  // configured like the server's connections
+      fo.reply_timeout = 5s;
+      framed_client client = framed_client::adopt(std::move(cli), fo);
+      result<message> reply = make_error_code(std::errc::invalid_argument);
+      bool done = false;
+      ex.spawn(call_once(&client, &reply, &done));
+      char req[4096];
+      ssize_t got = -1;
+      for (int i = 0; i < 200 && got <= 0; ++i) {
+        ex.run_once(false);
+        got = ::recv(backend.fd(), req, sizeof req, MSG_DONTWAIT);
+      }
+      REQUIRE(got > 0);
+      put(backend, std::string_view(f).substr(0, 1000));
+      for (int i = 0; i < 20; ++i) ex.run_once(false);
+      put(backend, std::string_view(f).substr(1000));
+      for (int i = 0; i < 200 && !done; ++i) ex.run_once(false);
+      CHECK(done);  // fails before the fix: the reply waits in the budget until reply_timeout
+      CHECK(b.waiting() == 0);
+      if (done) {
+        REQUIRE(reply);
+        CHECK(reply->content.size() == 48 * 1024);
+      }
+      CHECK(b.used() == f.size());  // the request's only
       client.close();
+      request.stream->stop();
+      turn_until_done(ex, request.r);
+      request.stream->outcome();
+      request.stream.reset();
+      for (int i = 0; i < 200 && !done; ++i) ex.run_once(false);
       for (int i = 0; i < 20; ++i) ex.run_once(false);
     }
     CHECK(b.used() == 0);

@@ -185,7 +185,7 @@ TEST_CASE("review5 F3: bytes fed before a frame has reserved do not size the dec
       connection c(std::move(a), co);
       const std::string f = binary_frame(512 * 1024, 'r');
       // Somebody else holds the whole budget: this frame will wait.
-      REQUIRE(b.try_reserve(600 * 1024));
+      REQUIRE(b.try_reserve(600 * 1024, co.thread_receive_budget));
       // Blocks of every class from 256 KiB to 2 MiB wait in the pool: a
       // decoder that grows to the frame's length takes one of them.
       {

@@ -99,8 +99,9 @@ struct connection_options {
   std::size_t gather_threshold = 1024;
   // The memory that large frames in progress may hold on this connection's
   // thread, in bytes (receive_budget.hpp): past it, connections wanting
-  // more stop being read until frames are consumed; 0: no bound. One value
-  // per thread: the last connection to read sets it.
+  // more stop being read until frames are consumed; 0: no bound. Each
+  // connection's frames are admitted against its own value (the thread's
+  // reserved bytes, theirs included, stay within it). framed_client sets 0.
   std::size_t thread_receive_budget = receive_budget::default_limit;
   // close_gracefully: how long to wait for the peer's end of the stream.
   std::chrono::nanoseconds linger_timeout = std::chrono::seconds(1);

@@ -65,7 +65,10 @@ struct framed_client_options {
   // time breaks the connection: every pending call fails with ETIMEDOUT.
   std::chrono::nanoseconds reply_timeout = std::chrono::seconds(30);
   // Limits, write timeout, buffers. Its idle and message timeouts are
-  // replaced by reply_timeout.
+  // replaced by reply_timeout, and its thread_receive_budget by 0: replies
+  // answer calls made here, so the calls bound them, and they never wait
+  // for room in the thread's receive budget (a handler that holds a large
+  // request while it calls would otherwise wait for its own reply).
   connection_options connection;
 };
 

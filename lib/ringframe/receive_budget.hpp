@@ -6,7 +6,11 @@
 // whole length from its thread's budget when the connection is about to read
 // the rest of it (its header has said how long it is), and gives it back when
 // the connection moves past it (the next read_message, or the connection's
-// end). A frame that does not fit waits, in arrival order, and its
+// end). It fits when the bytes its thread has reserved, its own included,
+// stay within its own connection's limit (connection_options::
+// thread_receive_budget): each connection is held to the value it was given,
+// whatever other connections of the thread were given. A frame that does not
+// fit waits, in arrival order, and its
 // connection is not read meanwhile; the connections asking for the most are
 // the ones held back, small requests go on. A frame is always admitted when
 // nothing else is reserved, so one larger than the whole budget still goes
@@ -36,6 +40,7 @@ struct budget_waiter : deferred_call {
   using deferred_call::deferred_call;
   executor* ex = nullptr;
   std::size_t want = 0;
+  std::size_t limit = 0;  // its connection's
   budget_waiter* before = nullptr;
   budget_waiter* after = nullptr;
   bool in_queue = false;
@@ -45,14 +50,16 @@ struct budget_waiter : deferred_call {
 
 class receive_budget {
  public:
-  // 256 MiB per thread unless connection_options::receive_budget says
-  // otherwise.
+  // 256 MiB per thread unless connection_options::thread_receive_budget
+  // says otherwise.
   static constexpr std::size_t default_limit = std::size_t{256} << 20;
 
   // The calling thread's.
   static receive_budget& this_thread() noexcept;
 
-  void set_limit(std::size_t bytes) noexcept { limit_ = bytes; }
+  // For the stats: the limit given to the connection that last reserved or
+  // waited (default_limit until one has). Each frame is admitted against its
+  // own connection's limit, not this.
   std::size_t limit() const noexcept { return limit_; }
   // Bytes reserved now, and the most ever reserved at once.
   std::size_t used() const noexcept { return used_; }
@@ -62,8 +69,9 @@ class receive_budget {
   std::uint64_t waits() const noexcept { return waits_; }
   std::size_t waiting() const noexcept { return waiting_; }
 
-  // Reserve `n` bytes now if they fit (and nobody waits ahead).
-  bool try_reserve(std::size_t n) noexcept;
+  // Reserve `n` bytes now if they fit within `limit` (and nobody waits
+  // ahead).
+  bool try_reserve(std::size_t n, std::size_t limit) noexcept;
   void release(std::size_t n) noexcept;
 
   // Queue `w` (it is admitted, reserved, and told through its executor), or

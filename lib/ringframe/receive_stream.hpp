@@ -59,7 +59,8 @@ class receive_stream {
     bool provided_buffers = true;
     bool multishot = false;
     std::size_t read_size = 16 * 1024;  // direct reads
-    // The thread's receive_budget limit (0: frames reserve nothing).
+    // The limit its frames are admitted against in the thread's
+    // receive_budget (0: frames reserve nothing).
     std::size_t budget = receive_budget::default_limit;
   };
   // A read the stream was asked for (start() returned true) has an outcome.

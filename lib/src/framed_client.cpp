@@ -333,6 +333,11 @@ framed_client framed_client::adopt(socket s, framed_client_options o) {
   s.set_stop_token(ref->stop.get_token());
   connection_options co = o.connection;
   co.idle_timeout = co.message_timeout = o.reply_timeout;
+  // Replies stay outside the thread's receive budget: each answers a call
+  // made here, so the calls bound them, and a reply that waited for room
+  // could wait for good behind a handler that holds its own request while
+  // it waits for this very reply (a proxy: review17 F4).
+  co.thread_receive_budget = 0;
   ref->conn = std::make_unique<connection>(std::move(s), co);
   return framed_client(std::move(ref));
 }

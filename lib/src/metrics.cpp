@@ -177,7 +177,7 @@ std::string prometheus_text(const stats_snapshot& s, std::string_view mode) {
     std::uint64_t thread_stats::*field;
   };
   static const budget_series budget[] = {
-      {"ringframe_receive_budget_bytes", "gauge", "The thread's receive budget for large frames in progress.",
+      {"ringframe_receive_budget_bytes", "gauge", "The thread's receive budget for large frames in progress (the limit of the connection that last asked).",
        &thread_stats::budget_limit},
       {"ringframe_receive_budget_reserved_bytes", "gauge", "Bytes large frames in progress have reserved now.",
        &thread_stats::budget_reserved},

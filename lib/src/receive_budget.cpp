@@ -9,10 +9,17 @@ receive_budget& receive_budget::this_thread() noexcept {
   return b;
 }
 
-bool receive_budget::try_reserve(std::size_t n) noexcept {
+namespace {
+bool fits(std::size_t used, std::size_t n, std::size_t limit) noexcept {
+  return used == 0 || (n <= limit && used <= limit - n);
+}
+}  // namespace
+
+bool receive_budget::try_reserve(std::size_t n, std::size_t limit) noexcept {
+  limit_ = limit;
   // Behind frames that wait, a newcomer waits too (no overtaking), unless
   // nothing at all is reserved.
-  if (used_ == 0 || (!head_ && n <= limit_ && used_ <= limit_ - n)) {
+  if (used_ == 0 || (!head_ && fits(used_, n, limit))) {
     take(n);
     return true;
   }
@@ -25,6 +32,7 @@ void receive_budget::release(std::size_t n) noexcept {
 }
 
 void receive_budget::enqueue(detail::budget_waiter* w) noexcept {
+  limit_ = w->limit;
   ++waits_;
   ++waiting_;
   w->in_queue = true;
@@ -34,7 +42,7 @@ void receive_budget::enqueue(detail::budget_waiter* w) noexcept {
   if (tail_) tail_->after = w;
   else head_ = w;
   tail_ = w;
-  admit();  // (it may fit after all: the budget was lowered, or emptied)
+  admit();  // (it may fit after all: the budget was emptied)
 }
 
 bool receive_budget::dequeue(detail::budget_waiter* w) noexcept {
@@ -51,7 +59,7 @@ bool receive_budget::dequeue(detail::budget_waiter* w) noexcept {
 }
 
 void receive_budget::admit() noexcept {
-  while (head_ && (used_ == 0 || (head_->want <= limit_ && used_ <= limit_ - head_->want))) {
+  while (head_ && fits(used_, head_->want, head_->limit)) {
     detail::budget_waiter* w = head_;
     head_ = w->after;
     if (head_) head_->before = nullptr;

@@ -134,14 +134,14 @@ bool receive_stream::start(bool between_frames) {
 
 bool receive_stream::reserve_or_wait(std::size_t want) {
   receive_budget& b = receive_budget::this_thread();
-  b.set_limit(opts_.budget);
-  if (b.try_reserve(want)) {
+  if (b.try_reserve(want, opts_.budget)) {
     reserved_ = want;
     return true;
   }
   if (!bw_) bw_ = std::make_unique<budget_wait>(this);
   bw_->ex = &sock_.get_executor();
   bw_->want = want;
+  bw_->limit = opts_.budget;
   bw_->cancelled = false;
   state_ = state::budget;
   sock_.get_executor().listen_stop(bw_.get());  // (stopping already: refusal() said so in start())
