@@ -205,6 +205,17 @@ struct budget_peer {
     r.done = false;
     REQUIRE(stream->start(false));
   }
+  // Stops what is still in the kernel (or in the budget's queue), then
+  // destroys the stream.
+  void end(executor& ex) {
+    if (!stream) return;
+    if (stream->current() != receive_stream::state::idle) {
+      stream->stop();
+      turn_until_done(ex, r);
+      stream->outcome();
+    }
+    stream.reset();
+  }
 };
 }  // namespace
 
@@ -293,15 +304,7 @@ TEST_CASE("review17: a budget wait ended in each of its states gives back exactl
       CHECK(y.stream->reserved() == F);
 
       // Teardown: the reads still in the kernel are stopped first.
-      for (budget_peer* p : {&h1, &h2, &d, &e, &x, &y}) {
-        if (!p->stream) continue;
-        if (p->stream->current() != receive_stream::state::idle) {
-          p->stream->stop();
-          turn_until_done(ex, p->r);
-          p->stream->outcome();
-        }
-        p->stream.reset();
-      }
+      for (budget_peer* p : {&h1, &h2, &d, &e, &x, &y}) p->end(ex);
       CHECK(b.used() == 0);
     }
     CHECK(b.used() == 0);
@@ -368,10 +371,7 @@ TEST_CASE("review17 F2: a reader done with a large message gives its frame's res
       other.begin(ex, f);
       CHECK(b.waiting() == 0);
       CHECK(other.stream->reserved() == f.size());
-      other.stream->stop();
-      turn_until_done(ex, other.r);
-      other.stream->outcome();
-      other.stream.reset();
+      other.end(ex);
     }
     CHECK(b.used() == 0);
     CHECK(b.waiting() == 0);
@@ -420,14 +420,7 @@ TEST_CASE("review17 F3: a waiting frame is admitted against its own connection's
       CHECK(b.used() == 2 * F);
       CHECK(b.waiting() == 0);
       CHECK(b.limit() == receive_budget::default_limit);  // the gauge: the last to ask was given it
-      for (budget_peer* p : {&a, &w, &big}) {
-        if (p->stream->current() != receive_stream::state::idle) {
-          p->stream->stop();
-          turn_until_done(ex, p->r);
-          p->stream->outcome();
-        }
-        p->stream.reset();
-      }
+      for (budget_peer* p : {&a, &w, &big}) p->end(ex);
     }
     CHECK(b.used() == 0);
     CHECK(b.waiting() == 0);
@@ -484,10 +477,7 @@ TEST_CASE("review17 F4: a framed_client's large reply does not wait for room its
       }
       CHECK(b.used() == f.size());  // the request's only
       client.close();
-      request.stream->stop();
-      turn_until_done(ex, request.r);
-      request.stream->outcome();
-      request.stream.reset();
+      request.end(ex);
       for (int i = 0; i < 200 && !done; ++i) ex.run_once(false);
       for (int i = 0; i < 20; ++i) ex.run_once(false);
     }
