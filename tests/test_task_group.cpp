@@ -647,6 +647,7 @@ task<void> throws_remote(std::stop_token) {
 
 // Sleeps on the target until cancelled; says how it finished.
 task<result<int>> sleep_remote(executor* ex, std::atomic<int>* finished, std::stop_token st) {
+  finished->store(-1);  // started
   result<void> r = co_await sleep_for(*ex, 10s, &st);
   finished->store(r ? 1 : 2);
   if (!r) co_return r.error();
@@ -789,7 +790,13 @@ TEST_CASE("submit_to: the caller's executor stopped while it waits: the remote t
     {
       executor here(testing::on(k));
       here.spawn(expect_cancelled(&here, &remote.ex(), &finished, &outcome));
-      for (int i = 0; i < 3; ++i) here.run_once(false);
+      // Stopped once the remote task runs (a stop that comes before it
+      // started keeps it from starting: review18 F1).
+      for (int i = 0; i < 5000 && finished.load() == 0; ++i) {
+        here.run_once(false);
+        std::this_thread::sleep_for(1ms);
+      }
+      REQUIRE(finished.load() == -1);
       here.stop();
       here.run_until_idle();
       CHECK(outcome == 2);

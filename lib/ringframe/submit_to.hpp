@@ -179,6 +179,10 @@ template <class F>
 static detached run_submitted(executor* /*read by the promise*/, submission<F>* s) {
   using T = typename submission<F>::T;
   answer_guard<F> guard{s};
+  // Spawned by start_run, it runs a turn later: a cancellation queued behind
+  // the start, or a stop of the target, may have come in between. Then it
+  // never starts (the guard answers ECANCELED), as when start_run saw it.
+  if (s->target->stopping() || s->remote_stop.stop_requested()) co_return;
   try {
     task<T> t = s->make(s->remote_stop.get_token());
     if constexpr (std::is_void_v<T>) {
