@@ -67,6 +67,28 @@ struct stopper : detail::deferred_call {
   }
 };
 
+// ---- task_group ----
+
+task<void> child_waits(event* ev) {
+  result<void> r = co_await ev->wait();
+  (void)r;
+}
+
+task<void> join_and_mark(task_group* g, bool* joined) {
+  co_await g->join();
+  *joined = true;
+}
+
+// Not a child: woken with the child (after it), it spawns another child and
+// joins the group while the first joiner is posted but not yet resumed.
+task<void> spawn_then_join(task_group* g, event* first, event* second, bool* joined) {
+  result<void> r = co_await first->wait();
+  (void)r;
+  g->spawn(child_waits(second));
+  co_await g->join();
+  *joined = true;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -108,6 +130,42 @@ TEST_CASE("review18 F1: submit_to cancelled after it was sent, before the task s
       CHECK(s.ran);
       CHECK(outcome == 2);
       CHECK(started == 0);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// F2: a join() whose last child finished is posted; its await_resume then
+// cleared the group's joiner unconditionally. A coroutine that ran in between
+// (after the joiner was posted, before it resumed) and spawned a child (the
+// documented "spawned from elsewhere after the last one finished") and then
+// joined the group itself (no logic_error: the first joiner had been let go)
+// was registered as the joiner, and the first joiner's await_resume erased it:
+// the second join was never resumed, not when its child finished, not ever.
+// Fixed: await_resume clears the joiner only when it is still its own.
+TEST_CASE("review18 F2: a join made while the previous joiner is posted is not lost when that joiner resumes") {
+  testing::on_each_backend([](backend_kind k) {
+    executor ex(on(k));
+    event first(ex), second(ex);
+    task_group g(ex);
+    bool joined1 = false, joined2 = false;
+    g.spawn(child_waits(&first));                               // the child, first in first's queue
+    ex.spawn(spawn_then_join(&g, &first, &second, &joined2));   // woken right after it
+    ex.spawn(join_and_mark(&g, &joined1));
+    turns(ex, 3);
+    REQUIRE(first.waiters() == 2);
+    REQUIRE_FALSE(joined1);
+    first.set();   // the child finishes (posting joiner 1), then the other spawns and joins
+    turns(ex, 4);
+    CHECK(joined1);
+    CHECK_FALSE(joined2);
+    REQUIRE(g.size() == 1);
+    second.set();  // its child finishes: the second joiner must be woken
+    turns(ex, 4);
+    CHECK(g.empty());
+    CHECK(joined2);
+    if (!joined2) {  // let it go: request nothing more, the executor destroys it
+      MESSAGE("the second joiner was never resumed");
     }
   });
 }

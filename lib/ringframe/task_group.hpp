@@ -159,13 +159,16 @@ class task_group {
   // child threw, if any (once: it is cleared).
   struct [[nodiscard]] join_op {
     task_group* g;
+    std::coroutine_handle<> me{};
     bool await_ready() {
       if (g->joiner_) throw std::logic_error("ringframe::task_group: join() is already awaited by another coroutine");
       return g->live_ == 0;
     }
-    void await_suspend(std::coroutine_handle<> h) noexcept { g->joiner_ = h; }
+    void await_suspend(std::coroutine_handle<> h) noexcept { g->joiner_ = me = h; }
     void await_resume() {
-      g->joiner_ = {};
+      // finished() let this joiner go; another may have joined since, while
+      // this one waited in the ready queue (review18 F2): leave it be.
+      if (g->joiner_ == me) g->joiner_ = {};
       if (g->error_) std::rethrow_exception(std::exchange(g->error_, nullptr));
     }
   };
