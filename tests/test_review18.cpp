@@ -169,3 +169,76 @@ TEST_CASE("review18 F2: a join made while the previous joiner is posted is not l
     }
   });
 }
+
+namespace {
+
+// Ignores how its sleep ended: it returns normally, cancelled or not.
+task<void> sleep_ignoring(executor* ex, std::stop_token st) {
+  result<void> r = co_await sleep_for(*ex, 10s, &st);
+  (void)r;
+}
+struct sleep_ignoring_factory {
+  executor* ex;
+  task<void> operator()(std::stop_token st) const { return sleep_ignoring(ex, st); }
+};
+task<int> sleep_then_five(executor* ex, std::stop_token st) {
+  result<void> r = co_await sleep_for(*ex, 10s, &st);
+  (void)r;
+  co_return 5;
+}
+struct five_factory {
+  executor* ex;
+  task<int> operator()(std::stop_token st) const { return sleep_then_five(ex, st); }
+};
+
+// 1: success, 2: ECANCELED, 4: ETIMEDOUT, 3: another error.
+int outcome_of(std::error_code ec) {
+  if (!ec) return 1;
+  if (ec == std::errc::operation_canceled) return 2;
+  if (ec == std::errc::timed_out) return 4;
+  return 3;
+}
+task<void> timeout_void_outcome(executor* ex, int* outcome) {
+  result<void> r = co_await with_timeout(*ex, 20s, sleep_ignoring_factory{ex});
+  *outcome = outcome_of(r ? std::error_code{} : r.error());
+}
+task<void> timeout_int_outcome(executor* ex, int* outcome) {
+  result<int> r = co_await with_timeout(*ex, 20s, five_factory{ex});
+  *outcome = outcome_of(r ? std::error_code{} : r.error());
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// F3: with_timeout documents "If the executor stops (stop()) before either
+// finishes, the result is ECANCELED". stop() cancels the work's operations
+// and the timer alike; the work, submitted first, usually resumes first and
+// wins, and a task that does not turn the cancellation into its result
+// (task<void>, or a task<int> that returns anyway) made with_timeout report
+// success (or 5) for a call the executor's stop cut short. Fixed: the work's
+// driver notes whether the executor was already stopping when the work won;
+// then the result is ECANCELED (an exception is still rethrown).
+TEST_CASE("review18 F3: with_timeout ended by executor::stop() reports ECANCELED, whatever the task returns") {
+  testing::on_each_backend([](backend_kind k) {
+    SUBCASE("task<void>") {
+      executor ex(on(k));
+      int outcome = -1;
+      ex.spawn(timeout_void_outcome(&ex, &outcome));
+      turns(ex, 3);
+      REQUIRE(outcome == -1);
+      ex.stop();
+      turns(ex, 10);
+      CHECK(outcome == 2);
+    }
+    SUBCASE("task<int>") {
+      executor ex(on(k));
+      int outcome = -1;
+      ex.spawn(timeout_int_outcome(&ex, &outcome));
+      turns(ex, 3);
+      REQUIRE(outcome == -1);
+      ex.stop();
+      turns(ex, 10);
+      CHECK(outcome == 2);
+    }
+  });
+}

@@ -18,7 +18,9 @@
 // result<void> for task<void>, result<T> otherwise. An exception thrown by
 // the task is rethrown, unless the deadline fired first (then the task was
 // cancelled and its outcome is discarded). If the executor stops (stop())
-// before either finishes, the result is ECANCELED.
+// before either finishes, the result is ECANCELED, whichever then finishes
+// first: a value the task returns after the stop is discarded (an exception
+// it throws is still rethrown).
 #pragma once
 
 #include <ringframe/detail/join.hpp>
@@ -54,6 +56,16 @@ static task<result<void>> deadline_timer(executor* ex, std::chrono::nanoseconds 
   co_return r;
 }
 
+// The work's driver: also notes whether the executor was already stopping
+// when the work finished first (then the result is ECANCELED, review18 F3).
+template <class T>
+static join_driver drive_work(task<T>* t, join_state* st, executor* ex, bool* stopped_first) {
+  start_child<T> start{t->handle()};
+  co_await start;
+  if (st->first == no_index) *stopped_first = ex->stopping();
+  st->child_done(0, error_of(*t));
+}
+
 template <class F>
 static task<timeout_result_t<factory_value_t<F>>> with_timeout_impl(executor* ex, std::chrono::nanoseconds d, F make) {
   using T = factory_value_t<F>;
@@ -64,7 +76,8 @@ static task<timeout_result_t<factory_value_t<F>>> with_timeout_impl(executor* ex
   st.stop = &src;
   std::vector<join_driver> drivers;
   drivers.reserve(2);
-  drivers.push_back(drive<T>(&work, &st, 0));
+  bool stopped_first = false;
+  drivers.push_back(drive_work<T>(&work, &st, ex, &stopped_first));
   drivers.push_back(drive<result<void>>(&timer, &st, 1));
   join_awaiter both{&st, drivers.data(), drivers.size()};
   co_await both;
@@ -74,6 +87,7 @@ static task<timeout_result_t<factory_value_t<F>>> with_timeout_impl(executor* ex
     co_return timeout_result_t<T>(slept.error());  // the executor stopped
   }
   if (st.first_error) std::rethrow_exception(st.first_error);
+  if (stopped_first) co_return timeout_result_t<T>(errno_code(ECANCELED));  // its value is dropped
   if constexpr (std::is_void_v<T>) {
     work.take_result();
     co_return result<void>();

@@ -77,8 +77,8 @@ struct join_driver {
 struct join_promise {
   join_state* st;
 
-  template <class Task>
-  join_promise(Task*, join_state* s, std::size_t) noexcept : st(s) {}
+  template <class Task, class... Rest>
+  join_promise(Task*, join_state* s, Rest&...) noexcept : st(s) {}
 
   join_driver get_return_object() noexcept {
     return join_driver(std::coroutine_handle<join_promise>::from_promise(*this));
