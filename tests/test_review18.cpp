@@ -21,6 +21,8 @@
 
 #include <cerrno>
 #include <chrono>
+#include <coroutine>
+#include <memory>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
@@ -240,5 +242,204 @@ TEST_CASE("review18 F3: with_timeout ended by executor::stop() reports ECANCELED
       turns(ex, 10);
       CHECK(outcome == 2);
     }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Pins: interleavings checked and found sound.
+
+namespace {
+
+struct str_probe {
+  bool done = false;
+  std::string value;
+  std::error_code ec;
+};
+
+task<void> receive_into(channel<std::string>* ch, str_probe* p) {
+  result<std::string> r = co_await ch->receive();
+  p->done = true;
+  if (r) p->value = std::move(*r);
+  else p->ec = r.error();
+}
+
+task<void> send_from(channel<std::string>* ch, std::string v, str_probe* p) {
+  auto op = ch->send(std::move(v));
+  result<void> r = co_await op;
+  p->done = true;
+  if (!r) p->ec = r.error();
+}
+
+// Never resumed: only the executor's teardown ends it (destroys its frame).
+struct forever {
+  bool await_ready() const noexcept { return false; }
+  void await_suspend(std::coroutine_handle<>) const noexcept {}
+  void await_resume() const noexcept {}
+};
+
+struct on_destroy {
+  int* n;
+  ~on_destroy() { ++*n; }
+};
+
+task<int> stuck(int* destroyed, std::stop_token) {
+  on_destroy d{destroyed};
+  co_await forever{};
+  co_return 1;
+}
+struct stuck_factory {
+  int* destroyed;
+  task<int> operator()(std::stop_token st) const { return stuck(destroyed, st); }
+};
+task<void> stuck_void(int* destroyed) {
+  on_destroy d{destroyed};
+  co_await forever{};
+}
+
+task<void> with_timeout_stuck(executor* ex, int* destroyed) {
+  on_destroy d{destroyed};
+  result<int> r = co_await with_timeout(*ex, 10s, stuck_factory{destroyed});
+  (void)r;
+}
+task<void> when_any_stuck(executor* ex, int* destroyed) {
+  on_destroy d{destroyed};
+  auto op = when_any(stuck_factory{destroyed}, stuck_factory{destroyed});
+  auto r = co_await std::move(op);
+  (void)r;
+  (void)ex;
+}
+task<void> group_of_stuck(executor* ex, int* destroyed) {
+  on_destroy d{destroyed};
+  task_group g(*ex);
+  g.spawn(stuck_void(destroyed));
+  g.spawn(stuck_void(destroyed));
+  co_await g.join();
+}
+
+// Completes without suspending; throws when told to.
+task<int> at_once(int v, bool do_throw, std::stop_token) {
+  if (do_throw) throw std::runtime_error("child " + std::to_string(v));
+  co_return v;
+}
+struct at_once_factory {
+  int v;
+  bool do_throw;
+  task<int> operator()(std::stop_token st) const { return at_once(v, do_throw, st); }
+};
+task<void> when_any_at_once(int* index, std::string* caught) {
+  try {
+    auto op = when_any(at_once_factory{0, true}, at_once_factory{1, true});
+    auto r = co_await std::move(op);
+    *index = static_cast<int>(r.first);
+  } catch (const std::runtime_error& e) {
+    *caught = e.what();
+  }
+}
+
+task<void> throw_after(executor* ex, std::chrono::milliseconds d, int v) {
+  result<void> r = co_await sleep_for(*ex, d);
+  (void)r;
+  throw std::runtime_error("child " + std::to_string(v));
+}
+task<void> join_twice(executor* ex, std::vector<std::string>* seen) {
+  task_group g(*ex);
+  g.spawn(throw_after(ex, 1ms, 1));
+  g.spawn(throw_after(ex, 20ms, 2));
+  for (int i = 0; i < 2; ++i) {
+    try {
+      co_await g.join();
+      seen->push_back("ok");
+    } catch (const std::runtime_error& e) {
+      seen->push_back(e.what());
+    }
+  }
+}
+
+task<int> zero_sleep(executor* ex, std::stop_token st) {
+  result<void> r = co_await sleep_for(*ex, 0ns, &st);
+  co_return r ? 1 : 2;
+}
+struct zero_sleep_factory {
+  executor* ex;
+  task<int> operator()(std::stop_token st) const { return zero_sleep(ex, st); }
+};
+task<void> timeout_zero_both(executor* ex, int* outcome) {
+  result<int> r = co_await with_timeout(*ex, 0ns, zero_sleep_factory{ex});
+  *outcome = r ? *r : 10 + outcome_of(r.error());
+}
+
+}  // namespace
+
+TEST_CASE("review18 P1: a channel destroyed with a receiver already handed its element, others waiting") {
+  testing::on_each_backend([](backend_kind k) {
+    executor ex(on(k));
+    auto rx = std::make_unique<channel<std::string>>(ex, 1);
+    auto tx = std::make_unique<channel<std::string>>(ex, 1);
+    str_probe r1, r2, s1;
+    ex.spawn(receive_into(rx.get(), &r1));
+    ex.spawn(receive_into(rx.get(), &r2));
+    REQUIRE(tx->try_send(std::string(64, 'b')));  // full
+    ex.spawn(send_from(tx.get(), std::string(64, 'c'), &s1));
+    turns(ex, 3);
+    REQUIRE(rx->waiting_receivers() == 2);
+    REQUIRE(tx->waiting_senders() == 1);
+    REQUIRE(rx->try_send(std::string(64, 'a')));  // handed to r1, which is posted
+    rx.reset();
+    tx.reset();
+    turns(ex, 3);
+    CHECK(r1.done);
+    CHECK(r1.value == std::string(64, 'a'));
+    CHECK(r2.done);
+    CHECK(r2.ec == std::errc::operation_canceled);
+    CHECK(s1.done);
+    CHECK(s1.ec == std::errc::operation_canceled);
+  });
+}
+
+TEST_CASE("review18 P2: with_timeout whose work and timer complete in the same turn: one outcome, nothing left") {
+  testing::on_each_backend([](backend_kind k) {
+    executor ex(on(k));
+    for (int i = 0; i < 20; ++i) {
+      int outcome = -1;
+      ex.spawn(timeout_zero_both(&ex, &outcome));
+      for (int j = 0; j < 50 && outcome == -1; ++j) ex.run_once(true);
+      CHECK((outcome == 1 || outcome == 14));  // the work's value, or ETIMEDOUT
+      for (int j = 0; j < 50 && ex.inflight() > 0; ++j) ex.run_once(true);
+      CHECK(ex.inflight() == 0);
+      CHECK(ex.live_tasks() == 0);
+    }
+  });
+}
+
+TEST_CASE("review18 P3: when_any whose tasks all finish while it starts them: the first wins, its exception once") {
+  int index = -1;
+  std::string caught;
+  executor ex;
+  ex.run(when_any_at_once(&index, &caught));
+  CHECK(index == -1);
+  CHECK(caught == "child 0");  // the loser's is discarded
+}
+
+TEST_CASE("review18 P4: task_group: two children throw; join rethrows the first, once") {
+  testing::on_each_backend([](backend_kind k) {
+    executor ex(on(k));
+    std::vector<std::string> seen;
+    ex.run(join_twice(&ex, &seen));
+    CHECK(seen == std::vector<std::string>{"child 1", "ok"});
+  });
+}
+
+TEST_CASE("review18 P5: the executor destroyed under with_timeout, when_any and a task_group whose tasks never resume") {
+  testing::on_each_backend([](backend_kind k) {
+    int destroyed = 0;
+    {
+      executor ex(on(k));
+      ex.spawn(with_timeout_stuck(&ex, &destroyed));
+      ex.spawn(when_any_stuck(&ex, &destroyed));
+      ex.spawn(group_of_stuck(&ex, &destroyed));
+      turns(ex, 5);
+      CHECK(destroyed == 0);
+    }
+    CHECK(destroyed == 8);  // 3 owners; 1 + 2 + 2 tasks
   });
 }
