@@ -443,3 +443,47 @@ TEST_CASE("review18 P5: the executor destroyed under with_timeout, when_any and 
     CHECK(destroyed == 8);  // 3 owners; 1 + 2 + 2 tasks
   });
 }
+
+namespace {
+
+// Holds the owner's mutex and never resumes: its guard unlocks the mutex
+// when the executor's teardown destroys its frame.
+task<void> hold_forever(mutex* m, int* destroyed) {
+  on_destroy d{destroyed};
+  auto op = m->scoped_lock();
+  result<mutex::guard> g = co_await op;
+  REQUIRE(g);
+  co_await forever{};
+}
+task<void> lock_once(mutex* m, int* destroyed) {
+  on_destroy d{destroyed};
+  auto op = m->scoped_lock();
+  result<mutex::guard> g = co_await op;
+  (void)g;
+}
+task<void> owner_of_mutex(executor* ex, int* destroyed) {
+  on_destroy d{destroyed};
+  mutex m(*ex);  // declared before the group: outlives it
+  task_group g(*ex);
+  g.spawn(hold_forever(&m, destroyed));
+  g.spawn(lock_once(&m, destroyed));  // waits on m: ECANCELED by the teardown's stop()
+  co_await g.join();
+}
+
+}  // namespace
+
+// The executor destroys what never resumes newest first, so a group's
+// children (spawned after their owner started) go before the owner's frame:
+// a child's guard on a mutex of the owner unlocks a mutex that still exists.
+TEST_CASE("review18 P6: teardown with a child holding a guard on its owner's mutex: the children go first") {
+  testing::on_each_backend([](backend_kind k) {
+    int destroyed = 0;
+    {
+      executor ex(on(k));
+      ex.spawn(owner_of_mutex(&ex, &destroyed));
+      turns(ex, 5);
+      CHECK(destroyed == 0);
+    }
+    CHECK(destroyed == 3);
+  });
+}
