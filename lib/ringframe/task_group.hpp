@@ -33,7 +33,9 @@
 //
 // join() takes no stop token (it must not return while children run): to
 // make it return sooner, request_stop(). One coroutine joins at a time; a
-// second concurrent join() throws std::logic_error. Spawn from the owner or
+// second concurrent join() throws std::logic_error (a joiner whose last child
+// has finished no longer counts, even before it resumes: a join() made then
+// waits, for the children spawned since). Spawn from the owner or
 // from a child (a child's spawn keeps the group from emptying meanwhile):
 // a child spawned from elsewhere after the last one finished, before the
 // joiner has resumed, is not waited for by that join().
