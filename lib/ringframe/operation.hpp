@@ -22,6 +22,7 @@
 
 #include <ringframe/detail/completion.hpp>
 #include <ringframe/detail/io_backend.hpp>
+#include <ringframe/detail/saturating_time.hpp>
 #include <ringframe/executor.hpp>
 
 #include <chrono>
@@ -33,7 +34,8 @@
 namespace ringframe {
 
 struct op_options {
-  // 0 means no deadline. Measured from when the operation starts.
+  // 0 means no deadline, and so does nanoseconds::max(). Measured from when
+  // the operation starts.
   std::chrono::nanoseconds timeout{0};
   // Cancellation: when stop is requested the operation ends with ECANCELED.
   // A pointer, not a copy: the token must outlive the operation (it does when
@@ -73,7 +75,7 @@ class operation : public completion {
   void await_suspend(std::coroutine_handle<> h) {
     waiter_ = h;
     if (opts_.timeout.count() > 0) {
-      auto deadline = std::chrono::steady_clock::now() + opts_.timeout;
+      auto deadline = detail::saturating_add(std::chrono::steady_clock::now(), opts_.timeout);
       auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.time_since_epoch()).count();
       ts_.tv_sec = ns / 1000000000;
       ts_.tv_nsec = ns % 1000000000;

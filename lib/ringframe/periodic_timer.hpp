@@ -12,6 +12,7 @@
 // cancelled by `stop` (ECANCELED) like any operation.
 #pragma once
 
+#include <ringframe/detail/saturating_time.hpp>
 #include <ringframe/executor.hpp>
 #include <ringframe/timer.hpp>
 
@@ -27,7 +28,7 @@ class periodic_timer {
   // `stop` (optional) must outlive the timer. Throws std::invalid_argument
   // for a period that is not positive.
   periodic_timer(executor& ex, std::chrono::nanoseconds period, const std::stop_token* stop = nullptr)
-      : ex_(ex), period_(period), stop_(stop), next_(std::chrono::steady_clock::now() + period) {
+      : ex_(ex), period_(period), stop_(stop), next_(detail::saturating_add(std::chrono::steady_clock::now(), period)) {
     if (period.count() <= 0) throw std::invalid_argument("ringframe::periodic_timer: the period must be positive");
   }
 
@@ -40,9 +41,9 @@ class periodic_timer {
       // are skipped, and the schedule goes on from the first still ahead.
       const auto behind = (now - due) / period_;
       missed_ += static_cast<std::uint64_t>(behind);
-      next_ = due + (behind + 1) * period_;
+      next_ = detail::saturating_add(due, (behind + 1) * period_);
     } else {
-      next_ = due + period_;
+      next_ = detail::saturating_add(due, period_);
     }
     ++ticks_;
     return sleep_for(ex_, due > now ? due - now : std::chrono::nanoseconds{0}, stop_);

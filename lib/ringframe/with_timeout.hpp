@@ -24,6 +24,7 @@
 #pragma once
 
 #include <ringframe/detail/join.hpp>
+#include <ringframe/detail/saturating_time.hpp>
 #include <ringframe/executor.hpp>
 #include <ringframe/result.hpp>
 #include <ringframe/task.hpp>
@@ -102,7 +103,7 @@ template <class F, class Rep, class Period>
   requires std::invocable<F&, std::stop_token>
 [[nodiscard]] static task<detail::timeout_result_t<detail::factory_value_t<F>>> with_timeout(
     executor& ex, std::chrono::duration<Rep, Period> d, F make) {
-  return detail::with_timeout_impl<F>(&ex, std::chrono::duration_cast<std::chrono::nanoseconds>(d), std::move(make));
+  return detail::with_timeout_impl<F>(&ex, detail::saturating_ns(d), std::move(make));
 }
 
 }  // namespace ringframe

@@ -1,4 +1,5 @@
 #include <ringframe/connection.hpp>
+#include <ringframe/detail/saturating_time.hpp>
 #include <ringframe/latency_histogram.hpp>
 
 #include <algorithm>
@@ -369,7 +370,7 @@ task<void> connection::close_gracefully(std::chrono::nanoseconds linger) {
   if (!f || peer_closed_ || !sock_.is_open()) co_return;  // nothing more to protect
   result<void> sh = co_await sock_.shutdown(SHUT_WR);
   if (!sh) co_return;
-  auto deadline = std::chrono::steady_clock::now() + linger;
+  auto deadline = detail::saturating_add(std::chrono::steady_clock::now(), linger);
   std::byte scratch[4096];
   for (;;) {
     auto left = deadline - std::chrono::steady_clock::now();

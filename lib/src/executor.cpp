@@ -2,6 +2,7 @@
 
 #include <ringframe/buffer_ring.hpp>
 #include <ringframe/detail/completion.hpp>
+#include <ringframe/detail/saturating_time.hpp>
 #include <ringframe/executor.hpp>
 #include <ringframe/result.hpp>
 
@@ -405,7 +406,7 @@ std::chrono::steady_clock::time_point executor::stamp_deadlines() noexcept {
   const auto t = std::chrono::steady_clock::now();
   deadlines_unstamped_ = false;
   for (auto& l : deadline_lists_) {
-    for (deadline* d = l->unstamped; d; d = d->next_) d->when_ = t + l->duration;
+    for (deadline* d = l->unstamped; d; d = d->next_) d->when_ = detail::saturating_add(t, l->duration);
     l->unstamped = nullptr;
   }
   return t;

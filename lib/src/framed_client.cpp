@@ -2,6 +2,7 @@
 
 #include <ringframe/detail/deferred_call.hpp>
 #include <ringframe/detail/resume_later.hpp>
+#include <ringframe/detail/saturating_time.hpp>
 #include <ringframe/frame.hpp>
 #include <ringframe/resolver.hpp>
 #include <ringframe/timer.hpp>
@@ -285,13 +286,13 @@ task<result<framed_client>> connect_to(executor* ex, std::vector<address> addrs,
     if (left <= delay) co_return errno_code(ETIMEDOUT);  // the next attempt would start after the deadline
     result<void> slept = co_await sleep_for(*ex, delay, &stop);
     if (!slept) co_return slept.error();
-    delay = std::min(std::chrono::duration_cast<std::chrono::nanoseconds>(delay * o.retry.backoff), o.retry.max_delay);
+    delay = std::min(saturating_ns(delay * o.retry.backoff), o.retry.max_delay);
   }
 }
 
 std::chrono::steady_clock::time_point deadline_of(std::chrono::nanoseconds timeout) {
   if (timeout.count() <= 0) return std::chrono::steady_clock::time_point::max();
-  return std::chrono::steady_clock::now() + timeout;
+  return saturating_add(std::chrono::steady_clock::now(), timeout);
 }
 
 }  // namespace

@@ -1,3 +1,4 @@
+#include <ringframe/detail/saturating_time.hpp>
 #include <ringframe/metrics.hpp>
 #include <ringframe/metrics_endpoint.hpp>
 #include <ringframe/timer.hpp>
@@ -99,7 +100,7 @@ struct live_slot {
 
 task<void> metrics_connection(std::shared_ptr<endpoint_state> st, socket s, address peer) {
   live_slot slot(st.get());
-  const auto deadline = std::chrono::steady_clock::now() + st->opts.request_timeout;
+  const auto deadline = detail::saturating_add(std::chrono::steady_clock::now(), st->opts.request_timeout);
   s.set_stop_token(st->stop);
   std::string req;
   std::size_t end = std::string::npos;
@@ -161,7 +162,7 @@ task<void> metrics_connection(std::shared_ptr<endpoint_state> st, socket s, addr
       response = reply(status, extra, "text/plain; charset=utf-8", std::string(status.substr(4)) + "\n");
     }
     log_request(*st, peer, status, "metrics request from " + peer.to_string() + ": " + std::string(status));
-    task<void> sending = send_and_close(&s, std::move(response), deadline + std::chrono::seconds(5));
+    task<void> sending = send_and_close(&s, std::move(response), detail::saturating_add(deadline, std::chrono::seconds(5)));
     co_await std::move(sending);
   }
 }

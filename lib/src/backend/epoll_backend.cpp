@@ -33,6 +33,7 @@
 
 #include <ringframe/buffer_ring.hpp>
 #include <ringframe/detail/completion.hpp>
+#include <ringframe/detail/saturating_time.hpp>
 #include <ringframe/result.hpp>
 
 #include <fcntl.h>
@@ -83,7 +84,7 @@ class epoll_backend final : public io_backend {
       case io_op::nop: return post(r.key, 0, 0);
       case io_op::timeout: {
         waiter* w = make_waiter(r, side_none);
-        add_timer(w, monotonic_ns() + (r.timeout ? ns_of(*r.timeout) : 0));
+        add_timer(w, detail::saturating_add(monotonic_ns(), r.timeout ? ns_of(*r.timeout) : 0));
         return;
       }
       // Room for the results before the call: done, its result must not be lost.
