@@ -306,8 +306,9 @@ class connection {
   void continue_slow(detail::read_message_awaitable* aw);
   // The stream finished the read a reader waits for.
   static void on_read_done(void* self);
-  // The queue failed: a reader waiting beside its send learns of it now
-  // rather than at its idle timeout.
+  // The queue failed: a reader waiting (beside its send, or in read_slow
+  // beside another coroutine's) learns of it now rather than at its idle or
+  // message timeout.
   static void on_send_failed(void* self) noexcept;
   // Idle (between frames, while a recv waits) or mid-message (from a
   // message's first byte to its last).

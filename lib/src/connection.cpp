@@ -308,7 +308,11 @@ task<result<message_view>> connection::read_slow() {
 
 void connection::on_send_failed(void* self) noexcept {
   auto* c = static_cast<connection*>(self);
-  if (c->fast_) c->recv_.stop();
+  // A reader waiting on the fast path or in read_slow (no provided buffers,
+  // a frame in progress) while another coroutine's send fails: its recv is
+  // cancelled, and read_slow reports the send's error (review19 F1: it
+  // waited for its idle or message timeout).
+  if (c->fast_ || c->read_waiter_) c->recv_.stop();
 }
 
 detail::write_awaitable connection::queued(result<void> r) {
