@@ -3,6 +3,7 @@
 // flush() waiters, connection_handle writers, the orphaned flight). Each F
 // case fails before its fix; P cases pin interleavings that were checked and
 // found sound. Every wait is bounded; both backends run each.
+#include "failing_allocator.hpp"
 #include "loopback.hpp"
 #include "send_helpers.hpp"
 
@@ -18,13 +19,16 @@
 #include <sys/socket.h>
 
 #include <chrono>
+#include <new>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace ringframe;
 using namespace std::chrono_literals;
 using clk = std::chrono::steady_clock;
 using testing::on;
+namespace fa = testing::failing_allocator;
 
 namespace {
 
@@ -98,4 +102,103 @@ TEST_CASE("review19 F1a: a reader waiting in read_slow (no provided buffers) lea
 
 TEST_CASE("review19 F1b: a reader waiting mid-frame learns at once that another coroutine's send failed") {
   testing::on_each_backend([](backend_kind k) { reader_in_slow_path_learns_of_send_failure(k, true); });
+}
+
+namespace {
+
+// ---- F2: a write that runs out of memory while encoding leaves no partial frame queued ----
+
+// Two frames' worth of header allocations: one with extra fields (the
+// encoder's reserve leaves them out, so appending them may reallocate), one
+// whose fields miss the thread's cached header (the cache's copy of it
+// allocates after the header is half written).
+message with_extras(int i) {
+  message m = message::binary(std::string(3000, static_cast<char>('a' + i % 26)), "application/x-extra");
+  for (int k = 0; k < 8; ++k) m.extra.emplace_back("key-" + std::to_string(k) + std::string(40, 'k'), std::string(60, 'v'));
+  return m;
+}
+message uncached(int i) {
+  return message::binary(std::string(500, static_cast<char>('A' + i % 26)),
+                         "t/" + std::to_string(i) + std::string(200, 'x'));
+}
+
+void encode_out_of_memory_keeps_stream(backend_kind k) {
+  executor ex(on(k));
+  auto [srv, peer] = testing::socket_pair(ex);
+  connection_options o;
+  o.max_unsent_bytes = 64 << 20;
+  connection c(std::move(srv), o);
+  std::vector<std::string> expected;  // the contents written successfully, in order
+  {
+    auto w = c.write(message::binary("first", "t"));  // queued bytes before the failures
+    REQUIRE(w.await_ready());
+    expected.push_back("first");
+  }
+  int threw[2] = {0, 0};
+  for (int which = 0; which < 2; ++which) {
+    for (int i = 0; i < 64; ++i) {
+      message m = which == 0 ? with_extras(i) : uncached(i);
+      const std::size_t before = c.unsent_bytes();
+      bool failed = false;
+      fa::start_tracing(i);
+      try {
+        auto w = c.write(m);
+        (void)w;
+      } catch (const std::bad_alloc&) {
+        failed = true;
+      }
+      fa::stop_tracing();
+      if (!failed) {
+        CHECK(fa::allocations_failed == 0);
+        expected.push_back(m.content);
+        if (fa::traced_count <= i) break;  // every allocation of this write has failed once
+        continue;
+      }
+      ++threw[which];
+      INFO("allocation " << i << " of a write " << std::string(which == 0 ? "with extra fields" : "missing the header cache"));
+      // Nothing of the frame that was not written may stay queued: the next
+      // frame would follow half a header, and the peer's stream is lost.
+      CHECK(c.unsent_bytes() == before);
+    }
+  }
+  MESSAGE("writes that threw: " << threw[0] << " with extra fields, " << threw[1] << " missing the cache");
+  CHECK(threw[0] >= 1);
+  CHECK(threw[1] >= 1);
+  const std::size_t total = c.unsent_bytes();
+  result<void> f = ex.run(c.flush());
+  REQUIRE(f);
+  std::string got = ex.run(testing::read_exactly(&peer, total, 3s));
+  frame_decoder d;
+  d.feed(got);
+  std::vector<std::string> contents;
+  message_view v;
+  for (;;) {
+    frame_decoder::status st = d.next(v);
+    if (st != frame_decoder::status::message) {
+      CHECK(st == frame_decoder::status::need_more);
+      break;
+    }
+    contents.emplace_back(v.content_text());
+  }
+  CHECK(contents.size() == expected.size());
+  CHECK(contents == expected);
+}
+
+}  // namespace
+
+TEST_CASE("review19 F2: a write that runs out of memory while encoding leaves no partial frame queued") {
+  testing::on_each_backend([](backend_kind k) {
+    // On a thread of its own: its header cache (thread_local) starts empty,
+    // so a cache miss allocates whatever ran before.
+    bool finished = false;
+    std::thread t([k, &finished] {
+      try {
+        encode_out_of_memory_keeps_stream(k);
+        finished = true;
+      } catch (...) {  // a REQUIRE that failed (reported already)
+      }
+    });
+    t.join();
+    CHECK(finished);
+  });
 }

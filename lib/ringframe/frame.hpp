@@ -86,7 +86,8 @@ struct header_fields {
 // header string is not valid UTF-8 (header_not_utf8), the header would
 // exceed 65,535 bytes (header_too_large), or the frame would not fit in a
 // std::string (content_too_large: its size is checked before the content
-// is read, with no sum allowed to wrap).
+// is read, with no sum allowed to wrap). Throws std::bad_alloc, with `out`
+// as it was.
 result<void> encode_frame(const header_fields& h, std::span<const std::byte> content, std::string& out);
 result<void> encode_frame(const message& m, std::string& out);
 // Appends only the prefix and header of such a frame, for a content of

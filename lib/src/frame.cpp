@@ -260,14 +260,30 @@ result<void> encode_prefix_and_header(const header_fields& h, std::size_t conten
 }
 }  // namespace
 
+// Out of memory part way (a header longer than the reserve, the header
+// cache's copy, the content), `out` is put back as it was before the throw:
+// half a frame left queued would be followed by the next one, and the peer's
+// stream would be lost (review19 F2).
 result<void> encode_frame_header(const header_fields& h, std::size_t content_length, std::string& out) {
-  return encode_prefix_and_header(h, content_length, out, false);
+  const std::size_t start = out.size();
+  try {
+    return encode_prefix_and_header(h, content_length, out, false);
+  } catch (...) {
+    out.resize(start);
+    throw;
+  }
 }
 
 result<void> encode_frame(const header_fields& h, std::span<const std::byte> content, std::string& out) {
-  result<void> r = encode_prefix_and_header(h, content.size(), out, true);
-  if (r) out.append(reinterpret_cast<const char*>(content.data()), content.size());
-  return r;
+  const std::size_t start = out.size();
+  try {
+    result<void> r = encode_prefix_and_header(h, content.size(), out, true);
+    if (r) out.append(reinterpret_cast<const char*>(content.data()), content.size());
+    return r;
+  } catch (...) {
+    out.resize(start);
+    throw;
+  }
 }
 
 result<void> encode_frame(const message& m, std::string& out) {
