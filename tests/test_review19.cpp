@@ -8,6 +8,7 @@
 #include "send_helpers.hpp"
 
 #include <ringframe/connection.hpp>
+#include <ringframe/detail/byte_block.hpp>
 #include <ringframe/executor.hpp>
 #include <ringframe/frame.hpp>
 #include <ringframe/send_queue.hpp>
@@ -16,9 +17,11 @@
 
 #include <doctest/doctest.h>
 
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <chrono>
+#include <cstring>
 #include <new>
 #include <string>
 #include <thread>
@@ -200,5 +203,117 @@ TEST_CASE("review19 F2: a write that runs out of memory while encoding leaves no
     });
     t.join();
     CHECK(finished);
+  });
+}
+
+namespace {
+
+std::string pattern(std::size_t n, int seed) {
+  std::string s(n, '\0');
+  for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + (i * 7 + static_cast<std::size_t>(seed) + i / 4096) % 26);
+  return s;
+}
+
+// Where `got` first differs from `want` (npos: nowhere, over got's length).
+std::size_t first_difference(const std::string& got, const std::string& want) {
+  for (std::size_t i = 0; i < got.size(); ++i)
+    if (i >= want.size() || got[i] != want[i]) return i;
+  return std::string::npos;
+}
+
+// Everything the peer can read now, without waiting.
+std::string drain_now(int fd) {
+  std::string got;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n <= 0) break;
+    got.append(buf, static_cast<std::size_t>(n));
+  }
+  return got;
+}
+
+// Allocations of the freed sizes, written over: memory the kernel still read
+// from after its owner freed it would now hold 'X'.
+void scribble_heap(std::size_t size) {
+  std::vector<std::string> junk;
+  for (int i = 0; i < 16; ++i) junk.emplace_back(size, 'X');
+  std::vector<detail::block_ref> blocks;
+  for (int i = 0; i < 16; ++i) {
+    blocks.emplace_back(detail::byte_block::make(size));
+    std::memset(blocks.back()->data(), 'X', blocks.back()->capacity());
+  }
+}
+
+}  // namespace
+
+// A queue destroyed after a SEND_ZC's result and before its notification:
+// the kernel still holds the batch's pages (a peer with a closed window),
+// and the orphaned flight keeps the bytes. The peer, reading only after the
+// queue is gone and the heap has been reused, gets the whole batch intact.
+TEST_CASE("review19 P1: a send queue destroyed between a SEND_ZC's result and its notification: the peer still gets the batch, byte for byte") {
+  executor ex(testing::on_io_uring());
+  auto [a, b] = ex.run(testing::tcp_pair(&ex));
+  REQUIRE(b.set_option(SOL_SOCKET, SO_RCVBUF, 4096));  // the window closes long before 96 KiB
+  const std::string batch = pattern(96 * 1024, 1);  // heap memory (not mmap), reused once freed
+  bool saw_releasing = false;
+  {
+    send_queue::options so;
+    so.zero_copy_threshold = 1;
+    send_queue q(a, so);
+    q.out() = batch;
+    q.start();
+    for (int i = 0; i < 2000 && q.current() == send_queue::state::sending; ++i) {
+      ex.run_once(false);
+      if (q.current() == send_queue::state::sending) std::this_thread::sleep_for(100us);
+    }
+    saw_releasing = q.current() == send_queue::state::releasing;
+    MESSAGE("the queue was " << std::string(saw_releasing ? "releasing" : "not releasing") << " when destroyed");
+  }  // orphaned with the kernel holding its pages
+  REQUIRE(saw_releasing);
+  scribble_heap(batch.size());
+  std::string got = ex.run(testing::read_exactly(&b, batch.size(), 5s));
+  ex.run_until_idle();  // the notification frees the orphan (ASan: no leak)
+  CHECK(got.size() == batch.size());
+  CHECK(first_difference(got, batch) == std::string::npos);
+}
+
+// A queue destroyed after a short send of a gather list (copied runs and
+// pieces of shared blocks): its send is cancelled, the flight keeps the
+// blocks until the cancellation's completion. What the peer gets is a prefix
+// of the batch, byte for byte, even though the blocks' memory went back to
+// the pool and was reused.
+TEST_CASE("review19 P2: a send queue destroyed after a short send of a gather list: the peer gets an exact prefix, the blocks outlive the kernel's use") {
+  testing::on_each_backend([](backend_kind k) {
+    executor ex(on(k));
+    auto [a, b] = testing::socket_pair(ex);
+    REQUIRE(a.set_option(SOL_SOCKET, SO_SNDBUF, 8192));
+    REQUIRE(b.set_option(SOL_SOCKET, SO_RCVBUF, 8192));
+    std::string want;
+    {
+      send_queue q(a, {});
+      for (int i = 0; i < 8; ++i) {
+        detail::block_ref blk(detail::byte_block::make(64 * 1024));
+        const std::string content = pattern(40 * 1024, 10 + i);
+        std::memcpy(blk->data(), content.data(), content.size());
+        const std::string copied = pattern(300 + 17 * static_cast<std::size_t>(i), 100 + i);
+        q.out() += copied;
+        want += copied;
+        REQUIRE(q.append_shared(blk, std::as_bytes(std::span(blk->data(), content.size()))));
+        want += content;
+      }  // the queue holds the only references
+      q.start();
+      for (int i = 0; i < 50; ++i) ex.run_once(false);
+      REQUIRE(q.busy());  // short sends: the peer reads nothing yet
+    }
+    const std::size_t size = detail::byte_block::round_up(64 * 1024);
+    scribble_heap(size);
+    std::string got = drain_now(b.fd());
+    ex.run_until_idle();
+    got += drain_now(b.fd());
+    MESSAGE("the peer got " << got.size() << " of " << want.size() << " bytes");
+    CHECK(got.size() > 0);
+    CHECK(got.size() < want.size());
+    CHECK(first_difference(got, want) == std::string::npos);
   });
 }
