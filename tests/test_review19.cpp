@@ -63,11 +63,12 @@ task<void> handle_writer(connection_handle h, slow_scene* sc) {
   sc->flush_done = true;
 }
 
-void reader_in_slow_path_learns_of_send_failure(backend_kind k, bool mid_frame) {
+void reader_in_slow_path_learns_of_send_failure(backend_kind k, bool mid_frame, bool multishot = false) {
   executor ex(on(k));
   auto [srv, peer] = testing::socket_pair(ex);  // the peer never reads
   connection_options o;
   o.provided_buffers = mid_frame;  // without them, every read is read_slow's
+  o.multishot_recv = multishot;
   o.write_timeout = 20ms;
   o.idle_timeout = 3s;
   o.message_timeout = 3s;
@@ -105,6 +106,10 @@ TEST_CASE("review19 F1a: a reader waiting in read_slow (no provided buffers) lea
 
 TEST_CASE("review19 F1b: a reader waiting mid-frame learns at once that another coroutine's send failed") {
   testing::on_each_backend([](backend_kind k) { reader_in_slow_path_learns_of_send_failure(k, true); });
+}
+
+TEST_CASE("review19 F1c: the same with a multishot recv") {
+  testing::on_each_backend([](backend_kind k) { reader_in_slow_path_learns_of_send_failure(k, true, true); });
 }
 
 namespace {
