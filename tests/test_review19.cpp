@@ -322,3 +322,87 @@ TEST_CASE("review19 P2: a send queue destroyed after a short send of a gather li
     CHECK(first_difference(got, want) == std::string::npos);
   });
 }
+
+namespace {
+
+// ---- F3: the idle timeout runs from the end of the reply's send ----
+
+struct slow_peer_scene {
+  std::error_code second_read;
+  bool server_done = false, peer_done = false;
+  std::size_t reply_bytes = 0;
+};
+
+// Reads a request, answers with 2 MiB, reads the next request.
+task<void> answer_once_then_read(connection* c, slow_peer_scene* sc) {
+  result<message_view> m = co_await c->read_message();
+  REQUIRE(m);
+  result<void> w = co_await c->write(message::binary(std::string(2 << 20, 'r'), "t"));
+  REQUIRE(w);
+  result<message_view> m2 = co_await c->read_message();  // sends the reply beside its recv
+  sc->second_read = m2 ? std::error_code{} : m2.error();
+  sc->server_done = true;
+}
+
+// A request/response client on a slow link: it sends its next request only
+// once it has read the whole reply, which takes longer than the server's
+// idle timeout although bytes move all the time.
+task<void> slow_request_response_peer(executor* ex, ringframe::socket* s, slow_peer_scene* sc) {
+  std::string req;
+  REQUIRE(encode_frame(message::json("{}"), req));
+  result<std::size_t> sent = co_await s->send_all(std::as_bytes(std::span(req.data(), req.size())), {.timeout = 3s});
+  REQUIRE(sent);
+  std::vector<std::byte> buf(16 * 1024);
+  std::size_t got = 0;
+  while (got < sc->reply_bytes) {
+    result<std::size_t> n = co_await s->recv(buf, {.timeout = 3s});
+    REQUIRE(n);
+    REQUIRE(*n > 0);
+    got += *n;
+    result<void> slept = co_await sleep_for(*ex, 4ms);
+    REQUIRE(slept);
+  }
+  sent = co_await s->send_all(std::as_bytes(std::span(req.data(), req.size())), {.timeout = 3s});
+  REQUIRE(sent);
+  sc->peer_done = true;
+}
+
+void idle_timeout_counts_from_the_sent_reply(backend_kind k, bool provided, bool multishot) {
+  executor ex(on(k));
+  auto [srv, peer] = testing::socket_pair(ex);
+  REQUIRE(srv.set_option(SOL_SOCKET, SO_SNDBUF, 16 * 1024));
+  REQUIRE(peer.set_option(SOL_SOCKET, SO_RCVBUF, 16 * 1024));
+  connection_options o;
+  o.idle_timeout = 100ms;
+  o.write_timeout = 10s;
+  o.message_timeout = 10s;
+  o.max_unsent_bytes = 16 << 20;  // the reply is sent by the next read_message, not by write()
+  o.provided_buffers = provided;
+  o.multishot_recv = multishot;
+  connection c(std::move(srv), o);
+  slow_peer_scene sc;
+  std::string reply;
+  REQUIRE(encode_frame(message::binary(std::string(2 << 20, 'r'), "t"), reply));
+  sc.reply_bytes = reply.size();
+  auto t0 = clk::now();
+  ex.spawn(answer_once_then_read(&c, &sc));
+  ex.spawn(slow_request_response_peer(&ex, &peer, &sc));
+  ex.run_until_idle();
+  auto took = std::chrono::duration_cast<std::chrono::milliseconds>(clk::now() - t0).count();
+  MESSAGE("provided " << provided << ", multishot " << multishot << ": the reply took " << took << " ms to read");
+  REQUIRE(sc.server_done);
+  CHECK(sc.peer_done);
+  // The peer was taking the reply the whole time: not idle.
+  CHECK(!sc.second_read);
+  CHECK(took > 200);  // the reply did take longer than the idle timeout
+}
+
+}  // namespace
+
+TEST_CASE("review19 F3: a peer reading a reply that takes longer than the idle timeout is not cut off as idle") {
+  testing::on_each_backend([](backend_kind k) {
+    SUBCASE("provided buffers") { idle_timeout_counts_from_the_sent_reply(k, true, false); }
+    SUBCASE("multishot") { idle_timeout_counts_from_the_sent_reply(k, true, true); }
+    SUBCASE("direct (read_slow)") { idle_timeout_counts_from_the_sent_reply(k, false, false); }
+  });
+}

@@ -61,7 +61,9 @@ namespace ringframe {
 // per operation: re-arming one for every request costs a few pointer writes.
 struct connection_options {
   frame_limits limits;
-  // Longest wait for the first byte of the next message.
+  // Longest wait for the first byte of the next message, from when the
+  // replies queued before the wait are sent (a peer reading a long reply is
+  // not idle: write_timeout bounds that).
   std::chrono::nanoseconds idle_timeout = std::chrono::minutes(5);
   // Longest time from a message's first byte to its last: a peer that sends
   // a byte and stalls, or trickles bytes, cannot hold the connection.
@@ -308,8 +310,9 @@ class connection {
   static void on_read_done(void* self);
   // The queue failed: a reader waiting (beside its send, or in read_slow
   // beside another coroutine's) learns of it now rather than at its idle or
-  // message timeout.
-  static void on_send_failed(void* self) noexcept;
+  // message timeout. Or everything queued was sent: a fast read's idle
+  // timeout starts now.
+  static void on_send_event(void* self, bool failed) noexcept;
   // Idle (between frames, while a recv waits) or mid-message (from a
   // message's first byte to its last).
   void arm_read_deadline(bool between_frames);
@@ -333,6 +336,7 @@ class connection {
   bool peer_closed_ = false;
   bool message_deadline_ = false;  // recv_'s deadline is the message's
   bool reading_ = false;           // a read_message is waiting
+  bool idle_after_send_ = false;   // a fast read's idle deadline waits for its send
   bool budget_frame_out_ = false;         // the frame recv_ reserved for was handed out
   std::uint32_t backpressure_pauses_ = 0;  // in the padding after the flags
   // When the executor has a handling-time sink (executor.hpp), each

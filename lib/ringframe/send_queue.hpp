@@ -62,9 +62,11 @@ class send_queue {
     releasing,  // SEND_ZC: the batch is sent, its pages not yet released
     failed,     // error() says why; nothing is sent again
   };
-  // Called on failure, before waiters are woken (a connection cancels the
-  // recv its reader waits on beside the send).
-  using failure_hook = void (*)(void* ctx) noexcept;
+  // Called on failure (`failed`), and when everything queued has been sent
+  // (not `failed`), before waiters are woken: a connection cancels the recv
+  // its reader waits on beside the send on failure, and starts that recv's
+  // idle timeout once the replies are out.
+  using event_hook = void (*)(void* ctx, bool failed) noexcept;
 
   struct options {
     std::chrono::nanoseconds write_timeout{0};  // 0: none; for each batch
@@ -93,7 +95,7 @@ class send_queue {
   state current() const noexcept { return state_; }
   bool busy() const noexcept { return state_ == state::sending || state_ == state::releasing; }
   std::error_code error() const noexcept { return error_ ? errno_code(error_) : std::error_code{}; }
-  void on_failure(failure_hook h, void* ctx) noexcept {
+  void on_event(event_hook h, void* ctx) noexcept {
     hook_ = h;
     hook_ctx_ = ctx;
   }
@@ -173,7 +175,7 @@ class send_queue {
   deferred_cancel deferred_{this};
   detail::send_waiter* waiters_ = nullptr;
   int error_ = 0;  // errno once failed
-  failure_hook hook_ = nullptr;
+  event_hook hook_ = nullptr;
   void* hook_ctx_ = nullptr;
   state state_ = state::idle;
   bool zero_copy_ = false;    // the batch in the kernel uses SEND_ZC

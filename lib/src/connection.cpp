@@ -123,7 +123,7 @@ connection::connection(socket s, const connection_options& o, listed_by_server)
       decoder_(o.limits),
       recv_(sock_, decoder_, receive_options(o), &connection::on_read_done, this, &bytes_in),
       send_(sock_, send_options(o), &bytes_out) {
-  send_.on_failure(&connection::on_send_failed, this);
+  send_.on_event(&connection::on_send_event, this);
 }
 
 connection::stop_callbacks& connection::stop_cbs() {
@@ -219,17 +219,25 @@ bool connection::start_fast_read(detail::read_message_awaitable* aw) {
   // (one io_uring_enter for both); the reader resumes once both are done.
   send_.start();
   if (send_.error()) return false;
-  arm_read_deadline(true);
+  // The idle timeout is the peer's time to send its next request, from when
+  // the replies it waits for are out: a request/response peer sends nothing
+  // while it reads a long reply (review19 F3: it was cut off as idle while
+  // it read). read_slow flushes before it arms it, as this does once the
+  // send is done (on_send_event).
+  idle_after_send_ = send_.busy();
+  if (!idle_after_send_) arm_read_deadline(true);
   fast_ = aw;
   if (recv_.start(true)) return true;
   // can_wait_in_ring() said nothing was to be reported first: not reached.
   fast_ = nullptr;
+  idle_after_send_ = false;
   recv_.cancel_deadline();
   return false;
 }
 
 void connection::fast_read_done() {
   detail::read_message_awaitable* aw = std::exchange(fast_, nullptr);
+  idle_after_send_ = false;
   recv_.cancel_deadline();
   const int r = recv_.outcome();
   if (r > 0) {
@@ -306,8 +314,20 @@ task<result<message_view>> connection::read_slow() {
 
 // ---- sending ----
 
-void connection::on_send_failed(void* self) noexcept {
+void connection::on_send_event(void* self, bool failed) noexcept {
   auto* c = static_cast<connection*>(self);
+  if (!failed) {
+    // The replies a fast read sent beside its recv are out: the peer's idle
+    // time starts now (review19 F3).
+    if (c->fast_ && std::exchange(c->idle_after_send_, false)) {
+      try {
+        c->arm_read_deadline(true);
+      } catch (...) {  // bad_alloc for the deadline's list: no read without its deadline
+        c->recv_.stop();
+      }
+    }
+    return;
+  }
   // A reader waiting on the fast path or in read_slow (no provided buffers,
   // a frame in progress) while another coroutine's send fails: its recv is
   // cancelled, and read_slow reports the send's error (review19 F1: it

@@ -229,6 +229,7 @@ void send_queue::progress_or_throw(int res) {
   // A burst of large replies should not pin megabytes to an idle connection.
   if (f_->sending.capacity() > opts_.keep_capacity) std::string().swap(f_->sending);
   if (queued_.capacity() > opts_.keep_capacity) std::string().swap(queued_);
+  if (hook_) hook_(hook_ctx_, false);
   wake();
 }
 
@@ -245,7 +246,7 @@ void send_queue::fail(int err) {
     f_->sent = f_->total = 0;
   }
   deadline_.cancel();
-  if (hook_) hook_(hook_ctx_);
+  if (hook_) hook_(hook_ctx_, true);
   wake();
 }
 
