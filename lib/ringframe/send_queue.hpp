@@ -7,7 +7,10 @@
 // are not copied: the batch goes out as a gather list (sendmsg) that points
 // into that buffer, holding a reference until it is sent. Batches at least
 // zero_copy_threshold long go out with IORING_OP_SEND_ZC (the kernel then
-// holds the batch's pages until its notification).
+// holds the batch's pages until its notification). A zero-copy batch the
+// kernel took in full counts as sent, as a copied one does once it is in
+// the socket's queue: its flight is orphaned with the pages, and the next
+// batch goes out without waiting for the peer to take them.
 //
 // Waiters (flush, a reader that must not return before the replies it owes
 // are out) are woken through the executor's ready queue when nothing is left
@@ -20,7 +23,7 @@
 // The batch in the kernel lives in a heap `flight` (made at the first send)
 // with the completion the kernel posts to. When the queue goes away with a
 // send in flight, or is stopped while the kernel still holds a zero-copy
-// batch's pages, the flight is orphaned (detail/completion.hpp): it keeps
+// batch's pages, or the kernel took a zero-copy batch, the flight is orphaned (detail/completion.hpp): it keeps
 // the bytes the kernel reads and takes the last CQE, so nothing the kernel
 // touches is ever freed under it.
 #pragma once
@@ -59,7 +62,7 @@ class send_queue {
   enum class state : std::uint8_t {
     idle,       // nothing in the kernel
     sending,    // a send of the current batch is in the kernel
-    releasing,  // SEND_ZC: the batch is sent, its pages not yet released
+    releasing,  // SEND_ZC: part of the batch is sent, its pages not yet released
     failed,     // error() says why; nothing is sent again
   };
   // Called on failure (`failed`), and when everything queued has been sent
@@ -144,7 +147,9 @@ class send_queue {
     std::vector<iovec> iov;
     msghdr msg{};
   };
+  std::unique_ptr<flight> new_flight();
   void make_flight();
+  bool hand_over_taken_batch() noexcept;
   struct timer : deadline {
     explicit timer(send_queue* owner) noexcept : deadline(&send_queue::on_deadline), q(owner) {}
     send_queue* q;

@@ -37,13 +37,16 @@ int send_queue::refusal() const noexcept {
   return 0;
 }
 
-void send_queue::make_flight() {
-  f_ = std::make_unique<flight>();
-  f_->q = this;
-  f_->ex = &sock_.get_executor();
-  f_->on_cqe = &send_queue::on_cqe;
-  f_->fn = [](detail::stop_listener* l) noexcept { static_cast<flight*>(l)->q->cancel_here(true); };
+std::unique_ptr<send_queue::flight> send_queue::new_flight() {
+  auto f = std::make_unique<flight>();
+  f->q = this;
+  f->ex = &sock_.get_executor();
+  f->on_cqe = &send_queue::on_cqe;
+  f->fn = [](detail::stop_listener* l) noexcept { static_cast<flight*>(l)->q->cancel_here(true); };
+  return f;
 }
+
+void send_queue::make_flight() { f_ = new_flight(); }
 
 bool send_queue::append_shared(detail::block_ref block, std::span<const std::byte> bytes) {
   if (!f_) make_flight();
@@ -150,7 +153,7 @@ void send_queue::cancel_here(bool stopping) noexcept {
     orphan_flight();
     return fail(ECANCELED);
   }
-  if (state_ != state::sending) return;  // idle, failed, or (deadline) let the pages go by themselves
+  if (state_ != state::sending) return;  // idle or failed (on_deadline ends a releasing batch itself)
   executor& ex = sock_.get_executor();
   if (!ex.try_cancel(detail::key_of(f_.get()), sock_.fd())) ex.defer(&deferred_);
 }
@@ -175,6 +178,9 @@ void send_queue::on_cqe(detail::completion* c, int res, unsigned flags, bool) {
     return self->progress(f->res);
   }
   if (flags & detail::cqe_more) {  // SEND_ZC: a notification follows
+    if (res >= 0 && f->sent + static_cast<std::size_t>(res) == f->total && self->hand_over_taken_batch()) {
+      return self->progress(res);
+    }
     f->res = res;
     self->state_ = state::releasing;
     // A stop that came while the send was in the kernel found nothing to
@@ -185,6 +191,32 @@ void send_queue::on_cqe(detail::completion* c, int res, unsigned flags, bool) {
     return;
   }
   self->progress(res);
+}
+
+// The kernel took the whole zero-copy batch and holds its pages until the
+// peer has them: for the write timeout and for waiters that is sent, as a
+// copied batch is once it is in the socket's queue. The flight, with the
+// batch the kernel reads, becomes an orphan that takes the notification; a
+// new one carries on. Waiting for the notification instead held a
+// connection whose peer stopped reading with its window full until the
+// peer went: the pages are never let go, and a write deadline that ended
+// the batch would also have cut off a peer that is only late. False (the
+// batch waits for its notification, as before) when there is no memory for
+// the new flight.
+bool send_queue::hand_over_taken_batch() noexcept {
+  std::unique_ptr<flight> next;
+  try {
+    next = new_flight();
+  } catch (const std::bad_alloc&) {
+    return false;
+  }
+  // Pieces appended since the batch was formed go with the next one.
+  next->pending = std::move(f_->pending);
+  next->pending_bytes = std::exchange(f_->pending_bytes, 0);
+  next->total = f_->total - f_->sent;  // what progress() then counts as sent
+  orphan_flight();
+  f_ = std::move(next);
+  return true;
 }
 
 void send_queue::progress(int res) {
@@ -265,7 +297,14 @@ void send_queue::wake() noexcept {
 void send_queue::on_deadline(deadline* d) {
   send_queue* self = static_cast<timer*>(d)->q;
   self->timed_out_ = true;
-  // A batch whose pages the kernel still holds has been sent: let it finish.
+  if (self->state_ == state::releasing) {
+    // The first part of a short zero-copy send, whose pages the kernel
+    // holds: the rest was not taken in time, and a peer that does not read
+    // may never let those pages go. The orphan waits for them.
+    self->sock_.get_executor().unlisten_stop(self->f_.get());
+    self->orphan_flight();
+    return self->fail(ETIMEDOUT);
+  }
   self->cancel_here(false);
 }
 
