@@ -162,6 +162,7 @@ class send_queue {
   };
   void cancel_here(bool stopping) noexcept;
   void orphan_flight() noexcept;
+  void orphan_releasing() noexcept;
   int refusal() const noexcept;
   void submit();
   void progress(int res);

@@ -30,6 +30,16 @@ void send_queue::orphan_flight() noexcept {
   f->ex->adopt(f);
 }
 
+// A short zero-copy batch given up while the kernel holds the pages of the
+// part it took (the write deadline, a stop): that part reaches the peer from
+// the orphan, so it counts as out, as it would have with the notification
+// (review20 F2). The rest of the batch is never sent.
+void send_queue::orphan_releasing() noexcept {
+  if (bytes_out_ && f_->res > 0) *bytes_out_ += static_cast<std::size_t>(f_->res);
+  sock_.get_executor().unlisten_stop(f_.get());
+  orphan_flight();
+}
+
 int send_queue::refusal() const noexcept {
   if (timed_out_) return ETIMEDOUT;
   if (sock_.get_executor().stopping()) return ECANCELED;
@@ -149,8 +159,7 @@ void send_queue::cancel_here(bool stopping) noexcept {
     // Sent, but the kernel holds the pages until the peer takes them, which
     // a peer that does not read never does: the orphan waits for that, the
     // queue fails now.
-    sock_.get_executor().unlisten_stop(f_.get());
-    orphan_flight();
+    orphan_releasing();
     return fail(ECANCELED);
   }
   if (state_ != state::sending) return;  // idle or failed (on_deadline ends a releasing batch itself)
@@ -301,8 +310,7 @@ void send_queue::on_deadline(deadline* d) {
     // The first part of a short zero-copy send, whose pages the kernel
     // holds: the rest was not taken in time, and a peer that does not read
     // may never let those pages go. The orphan waits for them.
-    self->sock_.get_executor().unlisten_stop(self->f_.get());
-    self->orphan_flight();
+    self->orphan_releasing();
     return self->fail(ETIMEDOUT);
   }
   self->cancel_here(false);
