@@ -192,6 +192,15 @@ void send_queue::on_cqe(detail::completion* c, int res, unsigned flags, bool) {
     }
     f->res = res;
     self->state_ = state::releasing;
+    // The write deadline fired while the send was in the kernel, and its
+    // cancellation came too late (the kernel had posted this result): the
+    // deadline is spent, so nothing would end a wait for the pages of a
+    // peer that does not read. End the batch now, as on_deadline does in
+    // `releasing` (review20 F1).
+    if (self->timed_out_) {
+      self->orphan_releasing();
+      return self->fail(ETIMEDOUT);
+    }
     // A stop that came while the send was in the kernel found nothing to
     // cancel, and an executor's stop will not be told again: act on it now.
     executor& ex = self->sock_.get_executor();
