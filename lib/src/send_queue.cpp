@@ -188,6 +188,10 @@ void send_queue::on_cqe(detail::completion* c, int res, unsigned flags, bool) {
   }
   if (flags & detail::cqe_more) {  // SEND_ZC: a notification follows
     if (res >= 0 && f->sent + static_cast<std::size_t>(res) == f->total && self->hand_over_taken_batch()) {
+      // The batch is done, as it is when a CQE without F_MORE ends it: a
+      // cancellation still waiting for an SQE (the write deadline's) would
+      // hit the next batch, which has a deadline of its own (review20 F3).
+      self->sock_.get_executor().withdraw(&self->deferred_);
       return self->progress(res);
     }
     f->res = res;
