@@ -197,3 +197,60 @@ TEST_CASE("review20 F2a: the bytes the kernel took of a short zero-copy batch en
 TEST_CASE("review20 F2b: the bytes the kernel took of a short zero-copy batch whose queue is stopped count as sent") {
   given_up_short_batch_is_counted(give_up::cancel);
 }
+
+namespace {
+
+// ---- F4: send_queue::cancel() (no stop token) that reaches the kernel too late ----
+
+void short_result_after_cancel(ring_setup setup, bool zero_copy) {
+  zc_pair p(ring(setup), 256 * 1024);
+  INFO("ring: " << std::string(p.ex.setup_mode()) << ", zero-copy: " << zero_copy);
+  // As in F1: the queue's send waits in the kernel for room.
+  const std::string filler(64 * 1024, 'f');
+  std::size_t filled = 0;
+  for (;;) {
+    ssize_t n = ::send(p.a.fd(), filler.data(), filler.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n <= 0) break;
+    filled += static_cast<std::size_t>(n);
+  }
+  REQUIRE(filled > 0);
+  std::uint64_t out = 0;
+  send_queue::options so;
+  so.zero_copy_threshold = zero_copy ? 1 : 0;
+  send_queue q(p.a, so, &out);  // no write timeout, and no stop token
+  q.out() = std::string(4 << 20, 'z');
+  q.start();
+  for (int i = 0; i < 20; ++i) {
+    p.ex.run_once(false);
+    std::this_thread::sleep_for(1ms);
+  }
+  REQUIRE(q.current() == send_queue::state::sending);
+  q.cancel();  // its cancellation goes to the kernel with the loop's next turn
+  // Before it does, the peer takes the filler: the kernel's retry of the
+  // send takes part of the batch, and the cancellation finds nothing.
+  std::size_t early = 0;
+  for (int i = 0; i < 2000 && early < filled; ++i) {
+    early += take_now(p.b.fd(), filled - early);
+    std::this_thread::sleep_for(1ms);
+  }
+  REQUIRE(early == filled);
+  std::this_thread::sleep_for(20ms);
+  run_until_failed(p.ex, q, 2s);
+  MESSAGE(std::string(p.ex.setup_mode()) << std::string(zero_copy ? ", zero-copy" : ", copy") << ": state "
+                                         << static_cast<int>(q.current()) << ", " << out << " B counted out");
+  // Stopped is stopped: neither the rest of the batch nor a wait for pages
+  // the peer holds (there is no deadline to end that wait).
+  CHECK(q.current() == send_queue::state::failed);
+  CHECK(q.error() == std::errc::operation_canceled);
+  CHECK(out > 0);  // the kernel did take part of the batch first
+  const std::size_t rest = take_all(p.ex, p.b.fd());
+  CHECK(early + rest == filled + out);
+}
+
+}  // namespace
+
+TEST_CASE("review20 F4: send_queue::cancel() whose cancellation comes after the kernel took part of the batch still stops the queue") {
+  SUBCASE("zero-copy, plain ring") { short_result_after_cancel(ring_setup::plain, true); }
+  SUBCASE("zero-copy, coop-taskrun ring") { short_result_after_cancel(ring_setup::coop_taskrun, true); }
+  SUBCASE("copy, plain ring") { short_result_after_cancel(ring_setup::plain, false); }
+}

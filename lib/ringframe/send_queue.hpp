@@ -34,6 +34,7 @@
 #include <ringframe/detail/resume_later.hpp>
 #include <ringframe/socket.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <coroutine>
 #include <cstdint>
@@ -114,8 +115,9 @@ class send_queue {
   // Stop: the send in flight is cancelled, and a zero-copy batch whose pages
   // the kernel still holds is left to its orphan (the queue fails with
   // ECANCELED now, rather than when a peer that may never read takes it).
-  // Never throws: without a free SQE the cancellation is sent from the
-  // executor's next turn. Any thread.
+  // It stays: a send the kernel completed before the cancellation reached
+  // it is not continued. Never throws: without a free SQE the cancellation
+  // is sent from the executor's next turn. Any thread.
   void cancel() noexcept;
 
  private:
@@ -186,6 +188,10 @@ class send_queue {
   state state_ = state::idle;
   bool zero_copy_ = false;    // the batch in the kernel uses SEND_ZC
   bool timed_out_ = false;    // the write deadline fired during this batch
+  // cancel() was called (any thread). Kept, as a stop token's request is:
+  // a send the kernel completed before the cancellation reached it must not
+  // carry on, nor wait for pages a peer that does not read never lets go.
+  std::atomic<bool> cancelled_{false};
 };
 
 }  // namespace ringframe

@@ -42,6 +42,7 @@ void send_queue::orphan_releasing() noexcept {
 
 int send_queue::refusal() const noexcept {
   if (timed_out_) return ETIMEDOUT;
+  if (cancelled_.load(std::memory_order_acquire)) return ECANCELED;
   if (sock_.get_executor().stopping()) return ECANCELED;
   if (sock_.stop_token().stop_requested()) return ECANCELED;
   return 0;
@@ -149,6 +150,10 @@ void send_queue::submit() {
 }
 
 void send_queue::cancel() noexcept {
+  // Before the call is deferred: the executor's thread sees it when the
+  // call runs, or at the latest when the completion that withdraws it comes
+  // (review20 F4).
+  cancelled_.store(true, std::memory_order_release);
   executor& ex = sock_.get_executor();
   if (ex.on_own_thread()) cancel_here(true);
   else ex.defer(&deferred_);
@@ -207,8 +212,11 @@ void send_queue::on_cqe(detail::completion* c, int res, unsigned flags, bool) {
     }
     // A stop that came while the send was in the kernel found nothing to
     // cancel, and an executor's stop will not be told again: act on it now.
+    // So with send_queue::cancel(), which has no token to ask again.
     executor& ex = self->sock_.get_executor();
-    if (ex.stopping() || self->sock_.stop_token().stop_requested()) return self->cancel_here(true);
+    if (ex.stopping() || self->sock_.stop_token().stop_requested() ||
+        self->cancelled_.load(std::memory_order_acquire))
+      return self->cancel_here(true);
     ex.listen_stop(f);
     return;
   }
