@@ -207,14 +207,30 @@ class receive_stream {
   // recv and at most this much is moved when that rest does not fit the
   // buffer (16 KiB were moved per frame with the base step).
   static constexpr std::size_t large_frame_tail = 1024;
+  // At the start of a frame that follows a longer one, a read asks for as
+  // much as that frame took (and its tail), when that is within the largest
+  // step: a peer that sends large frames one at a time (depth 1) then has
+  // each received by one recv, in place, instead of a base step that the
+  // header then shows too small (a second recv, and the step's bytes moved
+  // into a buffer the frame's size). Past the largest step (1 MiB frames)
+  // the base step stays: a larger first read would only be moved.
   std::size_t read_step() const noexcept {
-    return sink_.frame_length() > 2 * opts_.read_size ? std::min(opts_.read_size, large_frame_tail)
-                                                      : opts_.read_size << read_shift_;
+    const std::size_t len = sink_.frame_length();
+    if (len > 2 * opts_.read_size) return std::min(opts_.read_size, large_frame_tail);
+    if (len == 0 && last_large_frame_ && last_large_frame_ + large_frame_tail <= opts_.read_size << max_read_shift)
+      return last_large_frame_ + large_frame_tail;
+    return opts_.read_size << read_shift_;
   }
   void note_direct_read(std::size_t n) noexcept {
     const std::size_t step = opts_.read_size << read_shift_;
-    if (sink_.frame_length() > 2 * opts_.read_size) read_shift_ = 0;  // large frames: the base step, also at the next one's start
-    else if (n >= step && read_shift_ < max_read_shift) ++read_shift_;
+    const std::size_t len = sink_.frame_length();
+    if (len > 2 * opts_.read_size) {  // large frames: the base step, also at the next one's start
+      read_shift_ = 0;
+      last_large_frame_ = static_cast<std::uint32_t>(std::min<std::size_t>(len, UINT32_MAX));
+      return;
+    }
+    if (n < opts_.read_size / 2) last_large_frame_ = 0;  // small traffic again
+    if (n >= step && read_shift_ < max_read_shift) ++read_shift_;
     else if (n < step / 4 && read_shift_ > 0) --read_shift_;
   }
 
@@ -241,6 +257,9 @@ class receive_stream {
   bool skip_ring_once_ = false;   // the ring was empty: the next read into the sink
   std::uint8_t small_reads_ = 4;  // consecutive small reads (see note_read_size)
   std::uint8_t read_shift_ = 0;   // see note_direct_read
+  // The length of the last frame longer than 2 x read_size (read_step);
+  // 32 bits, in the padding (an idle connection's bytes count).
+  std::uint32_t last_large_frame_ = 0;
 };
 
 }  // namespace ringframe
