@@ -1153,4 +1153,74 @@ TEST_CASE("review16: a waiter's node queued in the inbox is withdrawn with its f
   });
 }
 
+// ---- the parked list (executor::wake, detail::wake_node) ----
+// A send queue's waiter whose post fails is parked on the executor's
+// intrusive list (three words in the frame instead of resume_later's six:
+// an idle connection's reader holds one). The same three meetings as above:
+// the frame destroyed while parked (the node must unpark itself), the
+// executor destroyed first (its teardown resumes the coroutine, as it runs
+// what is in its ready queue, and the frame destroyed later must not touch
+// the executor), and a normal turn (one resume). Under ASan a node left on the list is a heap-use-after-free.
+struct park_here {
+  detail::wake_node* n;
+  bool await_ready() const noexcept { return false; }
+  void await_suspend(std::coroutine_handle<> h) noexcept { n->h = h; }
+  void await_resume() const noexcept {}
+};
+
+task<void> parked_wait(detail::wake_node** out, int* woken) {
+  detail::wake_node n;
+  *out = &n;
+  co_await park_here{&n};
+  *out = nullptr;
+  ++*woken;
+}
+
+// 1: frame first. 2: executor first. 3: the next turn resumes it, once.
+int parked_node_meets(backend_kind k, int how) {
+  auto* ex = new executor(on(k));
+  int woken = 0;
+  detail::wake_node* node = nullptr;
+  auto* t = new task<void>(parked_wait(&node, &woken));
+  t->handle().resume();  // suspended, its node in the frame
+  if (!node) return 2;
+  const std::size_t block = fill_ready_queue_to_a_block_end(ex);
+  if (block == 0) return 3;
+  ex->run_once(false);  // runs the no-op handles: the next post needs a block
+  fail_next_allocation_of_size(block);
+  ex->wake(node);  // the post fails: parked
+  fail_allocation_of_size = 0;
+  if (allocations_failed != 1) return 4;
+  if (node->parked_in != ex || woken != 0) return 5;
+  if (how == 1) {
+    delete t;  // the frame goes while parked: unparked
+    for (int i = 0; i < 20; ++i) ex->run_once(false);
+    if (woken != 0) return 6;
+    delete ex;
+    return 0;
+  }
+  if (how == 2) {
+    delete ex;  // its teardown resumes the parked coroutine, once
+    if (woken != 1) return 7;
+    delete t;  // must not touch the executor
+    return 0;
+  }
+  ex->run_once(false);
+  if (woken != 1 || !t->handle().done()) return 8;
+  for (int i = 0; i < 20; ++i) ex->run_once(false);
+  if (woken != 1) return 9;
+  delete t;
+  delete ex;
+  return 0;
+}
+
+TEST_CASE("a wake-up parked when the ready queue cannot grow is unparked with its frame, resumed by its executor's teardown, resumed once") {
+  on_each_backend([](backend_kind k) {
+    for (int how : {1, 2, 3}) {
+      CAPTURE(how);
+      check_in_child([&] { return parked_node_meets(k, how); });
+    }
+  });
+}
+
 }  // namespace

@@ -47,6 +47,23 @@ struct stop_listener {
   stop_listener* next = nullptr;
   bool linked = false;
 };
+
+// A coroutine an object wakes through its executor's ready queue (a send
+// queue's waiters). When the queue cannot grow for it (bad_alloc), the node
+// is parked on the executor's intrusive list instead and resumed from the
+// loop's next turn: the wake-up cannot fail (review13 F13), and it costs
+// three words in the waiter's frame, not resume_later's six (an idle
+// connection's reader holds one: its memory counts). The executor's thread
+// only. A node parked when its frame goes unparks itself.
+struct wake_node {
+  std::coroutine_handle<> h;
+  wake_node* next = nullptr;  // the waking object's list, then the parked list
+  executor* parked_in = nullptr;  // set while parked
+  wake_node() = default;
+  wake_node(const wake_node&) = delete;
+  wake_node& operator=(const wake_node&) = delete;
+  ~wake_node();
+};
 }  // namespace detail
 
 // How the ring is set up. `fastest` tries, in order: SINGLE_ISSUER +
@@ -233,6 +250,10 @@ class executor {
 
   // Queue a coroutine to be resumed on the next loop iteration.
   void post(std::coroutine_handle<> h) { ready_.push_back(h); }
+  // Post n->h, or park the node when the ready queue cannot grow (see
+  // detail::wake_node). Never throws; the executor's thread only.
+  void wake(detail::wake_node* n) noexcept;
+  void unpark(detail::wake_node* n) noexcept;
 
   // The loop's clock: steady_clock read once per loop iteration (after the
   // wait). Coarse deadlines are due when it reaches them (deadline.hpp).
@@ -288,6 +309,7 @@ class executor {
   static void on_wake(detail::completion* c, int res, unsigned flags, bool);
 
   std::deque<std::coroutine_handle<>> ready_;
+  detail::wake_node* parked_ = nullptr;  // wake() could not post them (LIFO)
   // Every completion is copied by the backend into this one queue before it
   // is dispatched, and dispatched from its front: a resumed coroutine that
   // submits (and, under CQ pressure, reaps) appends behind what is waiting,

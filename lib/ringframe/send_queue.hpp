@@ -31,7 +31,6 @@
 #include <ringframe/deadline.hpp>
 #include <ringframe/detail/byte_block.hpp>
 #include <ringframe/detail/completion.hpp>
-#include <ringframe/detail/resume_later.hpp>
 #include <ringframe/socket.hpp>
 
 #include <atomic>
@@ -50,12 +49,9 @@
 namespace ringframe {
 
 namespace detail {
-// A coroutine waiting for a send queue to empty (intrusive, in its frame).
-struct send_waiter {
-  std::coroutine_handle<> h;
-  send_waiter* next = nullptr;
-  resume_later later;  // the wake-up's way when the ready queue cannot grow (review13 F13)
-};
+// A coroutine waiting for a send queue to empty (intrusive, in its frame;
+// woken through executor::wake, which cannot fail).
+using send_waiter = wake_node;
 }  // namespace detail
 
 class send_queue {

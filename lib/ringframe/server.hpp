@@ -219,6 +219,7 @@ class server {
   static task<void> accept_loop(server* self, socket* listener);
   // A child of group_ itself (no spawn wrapper): it lives as long as the connection.
   static detail::group_child run_connection(task_group* group, server* self, socket s, address peer);
+  struct counted_out;  // in run_connection's frame (server.cpp)
   static task<void> stop_after(server* self, std::chrono::nanoseconds grace, std::stop_token cancel);
 
   executor& ex_;

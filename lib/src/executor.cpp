@@ -311,14 +311,20 @@ executor::~executor() {
   // Sockets closed from here on (by coroutine frames torn down below, or
   // after) no longer tell this executor.
   std::erase(executors_here, this);
-  if (live_ > 0 || inflight_ > 0 || !ready_.empty() || completed_head_ < completed_.size()) {
+  if (live_ > 0 || inflight_ > 0 || !ready_.empty() || parked_ || completed_head_ < completed_.size()) {
     stop();
     // Let cancelled coroutines unwind through their own code paths.
-    for (int spins = 0; spins < 100000 && (live_ > 0 || !ready_.empty()); ++spins)
+    for (int spins = 0; spins < 100000 && (live_ > 0 || !ready_.empty() || parked_); ++spins)
       if (!run_once(true)) break;
     // What is left waits on something that is not I/O and never will resume.
     while (detached_head_) detached_head_->handle().destroy();
     ready_.clear();
+  }
+  // Parked nodes whose frames outlive the executor must not unpark from it.
+  while (detail::wake_node* p = parked_) {
+    parked_ = p->next;
+    p->next = nullptr;
+    p->parked_in = nullptr;
   }
   // Nothing is dispatched from here on: completions are only counted. The
   // kernel may still write into frames' memory until every CQE is in, and
@@ -531,7 +537,7 @@ bool executor::try_cancel(std::uint64_t key, int fd) noexcept {
 void executor::run_until_idle() {
   // A task another thread handed over counts as work, even before the
   // eventfd's completion has shown it.
-  while (live_ > 0 || !ready_.empty() || !inbox_empty())
+  while (live_ > 0 || !ready_.empty() || parked_ || !inbox_empty())
     if (!run_once(true)) break;
 }
 
@@ -566,7 +572,45 @@ bool executor::run_ready() {
     h.resume();
     did = true;
   }
+  // Those wake() could not post, one at a time off the list (a resume may
+  // destroy another parked node's frame, which unparks it), and only as
+  // many as are parked now (one parked again waits for the next turn).
+  std::size_t n = 0;
+  for (detail::wake_node* p = parked_; p; p = p->next) ++n;
+  for (; n > 0 && parked_; --n) {
+    detail::wake_node* p = parked_;
+    parked_ = p->next;
+    p->next = nullptr;
+    p->parked_in = nullptr;
+    p->h.resume();
+    did = true;
+  }
   return did;
+}
+
+void executor::wake(detail::wake_node* n) noexcept {
+  try {
+    post(n->h);
+  } catch (...) {  // the ready queue could not grow a block
+    n->parked_in = this;
+    n->next = parked_;
+    parked_ = n;
+  }
+}
+
+void executor::unpark(detail::wake_node* n) noexcept {
+  for (detail::wake_node** at = &parked_; *at; at = &(*at)->next) {
+    if (*at == n) {
+      *at = n->next;
+      break;
+    }
+  }
+  n->next = nullptr;
+  n->parked_in = nullptr;
+}
+
+detail::wake_node::~wake_node() {
+  if (parked_in) parked_in->unpark(this);
 }
 
 bool executor::run_once(bool block) {
@@ -579,7 +623,7 @@ bool executor::run_once(bool block) {
   if (deadlines_unstamped_) stamped_at = stamp_deadlines();
   std::chrono::steady_clock::time_point next_deadline;
   const bool has_deadline = earliest_deadline(next_deadline);
-  bool wait = block && !did && ready_.empty() && completed_.empty() && (inflight_ > 0 || has_deadline || guards_ > 0);
+  bool wait = block && !did && ready_.empty() && !parked_ && completed_.empty() && (inflight_ > 0 || has_deadline || guards_ > 0);
   std::chrono::nanoseconds max_wait{-1};  // no limit
   if (wait && has_deadline) {
     const auto t = stamped_at.time_since_epoch().count() != 0 ? stamped_at : std::chrono::steady_clock::now();
@@ -602,7 +646,8 @@ bool executor::run_once(bool block) {
     did = true;
     armed = earliest_deadline(next_deadline);
   }
-  return did || inflight_ > 0 || !ready_.empty() || !completed_.empty() || armed || guards_ > 0 || !inbox_empty();
+  return did || inflight_ > 0 || !ready_.empty() || parked_ || !completed_.empty() || armed || guards_ > 0 ||
+         !inbox_empty();
 }
 
 }  // namespace ringframe

@@ -318,10 +318,14 @@ void send_queue::wake() noexcept {
   // waiter must not then resume inside it. From the ready queue each runs
   // after this call has returned, and a flusher checks its handle first.
   // When the ready queue cannot grow for one (bad_alloc: it was
-  // std::terminate here, review13 F13), it goes through the executor's
-  // inbox instead (detail/resume_later.hpp), still never from here.
+  // std::terminate here, review13 F13), it is parked on the executor's
+  // intrusive list instead (executor::wake), still never resumed from here.
   executor& ex = sock_.get_executor();
-  for (detail::send_waiter* w = std::exchange(waiters_, nullptr); w; w = w->next) w->later.wake(ex, w->h);
+  for (detail::send_waiter* w = std::exchange(waiters_, nullptr); w;) {
+    detail::send_waiter* next = w->next;  // (wake() may reuse it for the parked list)
+    ex.wake(w);
+    w = next;
+  }
 }
 
 void send_queue::on_deadline(deadline* d) {

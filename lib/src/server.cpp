@@ -261,24 +261,21 @@ void log_handler_failure(server* self, const address& peer, const char* who, std
 }
 }  // namespace
 
-namespace {
 // Counts a connection out however its coroutine ends: a log line that
 // throws (the sink, or building it out of memory) ends the coroutine
 // through the server's group, and the count must not stay up for good.
-struct counted_out {
-  std::size_t* live;
-  server_stats* stats;
-  const server* srv;
+// One pointer: it lives in every connection's frame (idle memory counts).
+struct server::counted_out {
+  server* srv;
   ~counted_out() {
-    if (srv->draining()) ++stats->drained;
-    --*live;
-    ++stats->closed;
+    if (srv->draining()) ++srv->stats_.drained;
+    --srv->live_;
+    ++srv->stats_.closed;
   }
 };
-}  // namespace
 
 detail::group_child server::run_connection(task_group* /*read by the promise*/, server* self, socket s, address peer) {
-  counted_out counted{&self->live_, &self->stats_, self};
+  counted_out counted{self};
   if (self->opts_.log_connections) self->log({log_level::info, "connected", &peer, {}, "Connected by " + peer.to_python()});
   // The handler's helpers (connection_info::helpers) are joined before the
   // handler's frame, and the socket in it, goes: the handler is awaited
