@@ -1,0 +1,206 @@
+// The twenty-first review: the composition primitives (when_any, with_timeout,
+// task_group, channel, event, semaphore, submit_to) and framed_client, where
+// they meet the executor (its teardown, stop(), the inbox). The F cases fail
+// without their fix; the P cases pin what was found sound. Every wait is
+// bounded: what would hang or abort runs in a child process. Each test runs
+// on io_uring and on epoll.
+#include "failing_allocator.hpp"
+#include "loopback.hpp"
+
+#include <ringframe/event.hpp>
+#include <ringframe/executor.hpp>
+#include <ringframe/framed_client.hpp>
+#include <ringframe/submit_to.hpp>
+#include <ringframe/task.hpp>
+#include <ringframe/task_group.hpp>
+#include <ringframe/timer.hpp>
+
+#include <doctest/doctest.h>
+
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <coroutine>
+#include <csignal>
+#include <cstdlib>
+#include <thread>
+
+using namespace ringframe;
+using namespace std::chrono_literals;
+using testing::on;
+using testing::on_each_backend;
+using namespace testing::failing_allocator;
+
+namespace {
+
+// Runs `run` in a child process; its exit code (a signal fails the check:
+// an abort from std::terminate, or the alarm that bounds a hang).
+template <class F>
+int exit_code_in_child(F run, unsigned alarm_seconds = 20) {
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
+    std::signal(SIGALRM, SIG_DFL);
+    ::alarm(alarm_seconds);
+    int code = 1;
+    try {
+      code = run();
+    } catch (...) {
+      code = 6;
+    }
+    ::_exit(code);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK_FALSE(WIFSIGNALED(status));
+  if (WIFSIGNALED(status)) MESSAGE("the child died of signal " << WTERMSIG(status));
+  REQUIRE(WIFEXITED(status));
+  return WEXITSTATUS(status);
+}
+
+struct forever {
+  bool await_ready() const noexcept { return false; }
+  void await_suspend(std::coroutine_handle<>) const noexcept {}
+  void await_resume() const noexcept {}
+};
+
+// An executor on a thread of its own, running its loop until finish().
+class remote_loop {
+ public:
+  explicit remote_loop(backend_kind k) {
+    th_ = std::thread([this, k] {
+      executor e(on(k));
+      executor::work_guard g(e);
+      ex_.store(&e);
+      while (!quit_) e.run_once(true);
+      g.reset();
+      e.run_until_idle();
+    });
+    while (!ex_.load()) std::this_thread::yield();
+  }
+  ~remote_loop() { finish(); }
+  remote_loop(const remote_loop&) = delete;
+  remote_loop& operator=(const remote_loop&) = delete;
+  executor& ex() { return *ex_.load(); }
+  void finish() {
+    if (!th_.joinable()) return;
+    ex_.load()->defer(&wake_);
+    th_.join();
+  }
+
+ private:
+  struct waker : detail::deferred_call {
+    remote_loop* self;
+    explicit waker(remote_loop* s) : deferred_call(&waker::run), self(s) {}
+    static void run(detail::deferred_call* c, bool) { static_cast<waker*>(c)->self->quit_ = true; }
+  };
+  std::thread th_;
+  std::atomic<executor*> ex_{nullptr};
+  bool quit_ = false;  // the remote thread's own
+  waker wake_{this};
+};
+
+// ---- F1: the caller's executor destroyed while a submit_to waits ----
+// A submit_to's awaiter holds a work_guard on its executor while it waits
+// (so that run() waits for the answer instead of reporting a deadlock).
+// ~executor stops, then turns the loop "until the cancelled coroutines have
+// unwound"; a turn blocks without limit while a work_guard lives. So the
+// destructor of the caller's executor waited for the remote task to answer:
+// as long as that task ran, and for good when it ignores its stop token
+// (when_any's rule: a task that ignores its token is not cut short). The
+// submission was built for this (submit_awaiter's destructor: "destroyed
+// while waiting, the caller's executor is going away"): teardown must not
+// wait for other threads. Before the fix the child hangs until the alarm.
+task<void> ignores_its_token(std::atomic<int>* started, std::stop_token) {
+  started->store(1);
+  co_await forever{};
+}
+struct ignoring_factory {
+  std::atomic<int>* started;
+  task<void> operator()(std::stop_token st) const { return ignores_its_token(started, st); }
+};
+task<void> submit_and_note(executor* here, executor* target, std::atomic<int>* started, int* outcome) {
+  result<void> r = co_await submit_to(*here, *target, ignoring_factory{started});
+  *outcome = r ? 1 : 2;
+}
+
+TEST_CASE("review21 F1: the caller's executor destroyed while submit_to waits on a task that ignores its token returns") {
+  on_each_backend([](backend_kind k) {
+    const int code = exit_code_in_child(
+        [k] {
+          remote_loop remote(k);
+          std::atomic<int> started{0};
+          int outcome = 0;
+          {
+            executor here(on(k));
+            here.spawn(submit_and_note(&here, &remote.ex(), &started, &outcome));
+            for (int i = 0; i < 2000 && started.load() == 0; ++i) {
+              here.run_once(false);
+              std::this_thread::sleep_for(1ms);
+            }
+            if (started.load() != 1) return 2;
+            // ~executor here: the waiting frame is destroyed, not waited for.
+          }
+          if (outcome != 0) return 3;  // it never resumed: its frame went
+          remote.finish();
+          return 0;
+        },
+        10);
+    CHECK(code == 0);
+  });
+}
+
+// ---- F2: framed_client::close() (noexcept) out of memory ----
+// close(), and so ~framed_client, are noexcept; they go through
+// client_state::fail(), which moved the line of pending calls into a new
+// std::deque (libstdc++ allocates a map for the moved-from one) and copied
+// the reason into a std::string. A bad_alloc there was std::terminate. And
+// from the reader's own bad_alloc handler (read_replies), the same throw
+// left the reader after `broken` was set but before any pending call was
+// answered: those calls never returned. Each allocation close() makes fails
+// in turn; every time, the pending call must return ECANCELED.
+task<void> call_outcome(framed_client* c, int* outcome) {
+  task<result<message>> t = c->call(message::json(R"({"q": 1})"));
+  result<message> r = co_await std::move(t);
+  *outcome = r ? 1 : (r.error() == std::errc::operation_canceled ? 2 : 3);
+}
+
+int close_out_of_memory_at(backend_kind k, int index) {
+  executor ex(on(k));
+  auto pair = testing::socket_pair(ex);
+  framed_client c = framed_client::adopt(std::move(pair.first));
+  int outcome = 0;
+  ex.spawn(call_outcome(&c, &outcome));
+  // The request goes out and the reader waits in its recv.
+  for (int i = 0; i < 20; ++i) ex.run_once(false);
+  if (c.pending() != 1 || outcome != 0) return 2;
+  start_tracing(index);
+  c.close();
+  stop_tracing();
+  const int made = traced_count.load();
+  for (int i = 0; i < 200 && outcome == 0; ++i) turn_allowing_bad_alloc(ex);
+  if (outcome != 2) return 4;
+  if (c.is_open()) return 5;
+  ex.run_until_idle();
+  return index >= made ? 10 : 0;  // 10: close() made fewer allocations
+}
+
+TEST_CASE("review21 F2: framed_client::close() out of memory at any allocation answers the pending call, no terminate") {
+  on_each_backend([](backend_kind k) {
+    int index = 0;
+    for (; index < 64; ++index) {
+      const int code = exit_code_in_child([k, index] { return close_out_of_memory_at(k, index); });
+      if (code == 10) break;
+      CAPTURE(index);
+      CHECK(code == 0);
+      if (code != 0) break;
+    }
+    CHECK(index > 0);  // close() allocated something: the test reached it
+  });
+}
+
+}  // namespace
