@@ -337,6 +337,10 @@ class executor {
   bool deadlines_unstamped_ = false;  // a deadline was armed since stamp_deadlines()
   bool cancel_all_owed_ = false;  // stop() found no SQE: the loop sends it
   std::size_t guards_ = 0;        // work_guards alive
+  // ~executor is unwinding what is left: work_guards no longer make the loop
+  // wait (what they wait for, another thread's answer, may never come, and
+  // a frame still waiting for it is destroyed like any other; review21 F1).
+  bool tearing_down_ = false;
   detail::orphan* orphans_ = nullptr;
   detail::stop_listener* stop_listeners_ = nullptr;
   bool inbox_empty() noexcept;

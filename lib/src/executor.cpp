@@ -313,6 +313,7 @@ executor::~executor() {
   std::erase(executors_here, this);
   if (live_ > 0 || inflight_ > 0 || !ready_.empty() || parked_ || completed_head_ < completed_.size()) {
     stop();
+    tearing_down_ = true;
     // Let cancelled coroutines unwind through their own code paths.
     for (int spins = 0; spins < 100000 && (live_ > 0 || !ready_.empty() || parked_); ++spins)
       if (!run_once(true)) break;
@@ -623,7 +624,10 @@ bool executor::run_once(bool block) {
   if (deadlines_unstamped_) stamped_at = stamp_deadlines();
   std::chrono::steady_clock::time_point next_deadline;
   const bool has_deadline = earliest_deadline(next_deadline);
-  bool wait = block && !did && ready_.empty() && !parked_ && completed_.empty() && (inflight_ > 0 || has_deadline || guards_ > 0);
+  // A work_guard says work will come from another thread; not once the
+  // destructor runs (tearing_down_), or it would wait for it without end.
+  const bool guarded = guards_ > 0 && !tearing_down_;
+  bool wait = block && !did && ready_.empty() && !parked_ && completed_.empty() && (inflight_ > 0 || has_deadline || guarded);
   std::chrono::nanoseconds max_wait{-1};  // no limit
   if (wait && has_deadline) {
     const auto t = stamped_at.time_since_epoch().count() != 0 ? stamped_at : std::chrono::steady_clock::now();
@@ -646,7 +650,7 @@ bool executor::run_once(bool block) {
     did = true;
     armed = earliest_deadline(next_deadline);
   }
-  return did || inflight_ > 0 || !ready_.empty() || parked_ || !completed_.empty() || armed || guards_ > 0 ||
+  return did || inflight_ > 0 || !ready_.empty() || parked_ || !completed_.empty() || armed || guarded ||
          !inbox_empty();
 }
 
