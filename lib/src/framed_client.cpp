@@ -13,6 +13,7 @@
 #include <deque>
 #include <memory>
 #include <optional>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -48,7 +49,11 @@ struct client_state {
   bool reading = false;  // the reply reader runs
   bool flush_scheduled = false;  // a flush_soon is spawned and has not started
 
-  void fail(std::error_code ec, std::string why);
+  // Noexcept, and allocates nothing it needs: close() and ~framed_client
+  // are noexcept, and the reader calls it from its bad_alloc handler
+  // (review21 F2). `why` in words (empty: the error's message), then the
+  // error's message too when `then_message`.
+  void fail(std::error_code ec, std::string_view why, bool then_message = false) noexcept;
 };
 
 client_ref::client_ref(client_state* s) noexcept : s_(s) {
@@ -139,15 +144,30 @@ struct call_waiter {
   std::optional<std::stop_callback<canceller>> cb;
 };
 
-void client_state::fail(std::error_code ec, std::string why) {
+void client_state::fail(std::error_code ec, std::string_view why, bool then_message) noexcept {
   if (broken) return;
   broken = ec;
-  detail = std::move(why);
-  std::deque<call_waiter*> line = std::move(fifo);
-  fifo.clear();
-  front_seq += line.size();
-  for (call_waiter* w : line)
+  // The words are a nicety: out of memory, failure_detail() falls back on
+  // the error's message. The calls are answered whatever happens here.
+  try {
+    if (why.empty()) {
+      detail = ec.message();
+    } else {
+      detail.assign(why);
+      if (then_message) detail += ec.message();
+    }
+  } catch (...) {
+    detail.clear();
+  }
+  // Taken one by one, not moved into a local deque: moving a libstdc++
+  // deque allocates (a map for the one moved from), and a bad_alloc here
+  // was std::terminate, or left every pending call unanswered.
+  while (!fifo.empty()) {
+    call_waiter* w = fifo.front();
+    fifo.pop_front();
+    ++front_seq;
     if (w) w->deliver(ec);
+  }
   // Nothing more goes over this connection: the recv and send in flight
   // end (ECANCELED) and the reader, if it waits, leaves. The socket is
   // closed (the server sees the end, the descriptor is free) as soon as no
@@ -158,12 +178,13 @@ void client_state::fail(std::error_code ec, std::string why) {
 
 namespace {
 
-std::string describe_read_error(const client_state& s, std::error_code ec) {
-  if (ec == make_error_code(frame_errc::end_of_stream)) return "the server closed the connection";
+// A read that failed breaks the client; the reason in words.
+void fail_reading(client_state& s, std::error_code ec) noexcept {
+  if (ec == make_error_code(frame_errc::end_of_stream)) return s.fail(ec, "the server closed the connection");
   // A malformed reply: the decoder says what exactly was wrong with it.
   if (ec.category() == frame_category() && s.conn->last_frame_error().code != frame_errc{})
-    return s.conn->last_frame_error().detail;
-  return ec.message();
+    return s.fail(ec, s.conn->last_frame_error().detail);
+  s.fail(ec, {});
 }
 
 // The reply reader: runs while calls are pending (spawned by the call that
@@ -175,7 +196,7 @@ task<void> read_replies(client_ref ref) {
       result<message_view> m = co_await s->conn->read_message();
       if (s->broken) break;  // closed meanwhile
       if (!m) {
-        s->fail(m.error(), describe_read_error(*s, m.error()));
+        fail_reading(*s, m.error());
         break;
       }
       // The reply is copied while its call is still in line: if the copy
@@ -204,7 +225,7 @@ task<void> flush_soon(client_ref ref) {
   s->flush_scheduled = false;  // calls made while this waits schedule the next
   if (s->broken) co_return;
   result<void> f = co_await s->conn->flush();
-  if (!f) s->fail(f.error(), "cannot send: " + f.error().message());
+  if (!f) s->fail(f.error(), "cannot send: ", true);
 }
 
 task<result<message>> do_call(client_ref ref, message request, const std::stop_token* stop) {
@@ -238,7 +259,7 @@ task<result<message>> do_call(client_ref ref, message request, const std::stop_t
   result<void> q;
   if (queued_write.await_ready()) q = queued_write.await_resume();
   // From here on the connection may be gone (broken, closed): check first.
-  if (!q) s->fail(q.error(), "cannot send: " + q.error().message());
+  if (!q) s->fail(q.error(), "cannot send: ", true);
   if (s->broken) {
     // fail() has given this call its outcome.
   } else if (!s->reading) {
@@ -363,7 +384,8 @@ std::error_code framed_client::error() const noexcept {
 
 std::string framed_client::failure_detail() const {
   if (!s_) return "not connected";
-  return s_->broken ? s_->detail : std::string();
+  if (!s_->broken) return std::string();
+  return s_->detail.empty() ? s_->broken.message() : s_->detail;  // empty: fail() ran out of memory
 }
 
 std::size_t framed_client::pending() const noexcept { return s_ ? s_->fifo.size() : 0; }
