@@ -21,6 +21,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <coroutine>
@@ -200,6 +201,83 @@ TEST_CASE("review21 F2: framed_client::close() out of memory at any allocation a
       if (code != 0) break;
     }
     CHECK(index > 0);  // close() allocated something: the test reached it
+  });
+}
+
+// ---- F3: executor::run() left by an exception destroyed a suspended task ----
+// run_once may throw (a deferred call that throws: review13 F2 lets it out
+// after re-signalling the inbox; bad_alloc in the I/O path), and run()
+// passed it on. Its task<T> parameter went with it: the frame was destroyed
+// while suspended, with its recv still held by the kernel (or the epoll
+// backend), and the completion that came later (the peer's bytes, or the
+// cancellation at the executor's teardown) was dispatched into freed
+// memory. The frame must stay until its operation is over. In a child
+// process: before the fix the frame is gone at once (code 3), and what
+// follows is a use-after-free.
+struct throwing_call : detail::deferred_call {
+  throwing_call() noexcept : deferred_call(&run) {}
+  static void run(detail::deferred_call*, bool run) {
+    if (run) throw std::bad_alloc();
+  }
+};
+
+task<int> read_one(ringframe::socket* s, bool* gone) {
+  struct on_exit {
+    bool* f;
+    ~on_exit() { *f = true; }
+  } e{gone};
+  std::array<std::byte, 16> buf{};
+  result<std::size_t> n = co_await s->recv(buf);
+  co_return n ? static_cast<int>(*n) : -1;
+}
+
+int run_left_by_an_exception(backend_kind k) {
+  executor ex(on(k));
+  auto pair = testing::socket_pair(ex);
+  bool gone = false;
+  throwing_call boom;
+  ex.defer(&boom);
+  bool thrown = false;
+  try {
+    (void)ex.run(read_one(&pair.first, &gone));
+  } catch (const std::bad_alloc&) {
+    thrown = true;
+  }
+  if (!thrown) return 2;
+  if (gone) return 3;  // destroyed with its recv in flight
+  // The peer writes: the recv completes in the frame that was kept, and
+  // the frame goes when the task has finished.
+  if (::send(pair.second.fd(), "x", 1, 0) != 1) return 4;
+  ex.run_until_idle();
+  for (int i = 0; i < 100 && !gone; ++i) ex.run_once(false);
+  if (!gone) return 5;
+  if (ex.live_tasks() != 0) return 7;
+  return 0;
+}
+
+// And when nothing ever comes: the executor's teardown cancels the recv
+// and the frame goes then, with no dispatch into freed memory (ASan).
+int run_left_then_executor_destroyed(backend_kind k) {
+  bool gone = false;
+  {
+    executor ex(on(k));
+    auto pair = testing::socket_pair(ex);
+    throwing_call boom;
+    ex.defer(&boom);
+    try {
+      (void)ex.run(read_one(&pair.first, &gone));
+      return 2;
+    } catch (const std::bad_alloc&) {
+    }
+    if (gone) return 3;
+  }
+  return gone ? 0 : 5;
+}
+
+TEST_CASE("review21 F3: a run() left by an exception keeps its task's frame until the operation it waits on is over") {
+  on_each_backend([](backend_kind k) {
+    CHECK(exit_code_in_child([k] { return run_left_by_an_exception(k); }) == 0);
+    CHECK(exit_code_in_child([k] { return run_left_then_executor_destroyed(k); }) == 0);
   });
 }
 
