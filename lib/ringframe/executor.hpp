@@ -158,13 +158,24 @@ class executor {
   static std::string probe();
 
   // Run `t` to completion on this thread, driving all I/O and spawned tasks
-  // meanwhile. Returns its value or rethrows its exception.
+  // meanwhile. Returns its value or rethrows its exception. An exception out
+  // of the loop itself (run_once: out of memory) leaves run() too; then `t`,
+  // if unfinished, stays with the executor until it finishes (its value is
+  // dropped) or the executor goes, like a spawned task: its frame may hold
+  // an operation the kernel has not completed (review21 F3).
   template <class T>
   T run(task<T> t) {
     auto h = t.handle();
     h.resume();
     while (!h.done()) {
-      if (!run_once(true))
+      bool more;
+      try {
+        more = run_once(true);
+      } catch (...) {
+        if (!h.done()) keep_unfinished(std::move(t));
+        throw;
+      }
+      if (!more)
         throw std::logic_error("ringframe: run(): the task waits, but no I/O is in flight and nothing is ready (deadlock)");
     }
     return t.take_result();
@@ -299,6 +310,9 @@ class executor {
   // time (deadline.hpp, "When"); returns the time read.
   std::chrono::steady_clock::time_point stamp_deadlines() noexcept;
   void make_backend(const executor_options& opts);
+  // run() is left by an exception while `t` is suspended (below the class).
+  template <class T>
+  void keep_unfinished(task<T> t) noexcept;
   // Dispatches completed_ from the front, in order, until it is empty (a
   // dispatch may reap more behind it). True if it dispatched anything.
   bool dispatch_completed();
@@ -361,5 +375,43 @@ class executor {
   bool waker_armed_ = false;
   bool closing_ = false;
 };
+
+namespace detail {
+
+// Waits for a task that was started elsewhere (executor::run) to finish.
+template <class T>
+struct await_started {
+  typename task<T>::handle_type h;
+  bool await_ready() const noexcept { return h.done(); }
+  void await_suspend(std::coroutine_handle<> me) const noexcept { h.promise().continuation = me; }
+  void await_resume() const noexcept {}
+};
+
+// A detached coroutine (counted, destroyed at the executor's teardown) that
+// owns the task until it finishes, then destroys it with itself. It takes
+// the handle, not the task: a task parameter would be built before the
+// frame is allocated, and destroy the task's frame if that throws.
+template <class T>
+static detached keep_until_done(executor* /*read by the promise*/, typename task<T>::handle_type h) {
+  task<T> owned(h);
+  co_await await_started<T>{h};
+}
+
+}  // namespace detail
+
+template <class T>
+void executor::keep_unfinished(task<T> t) noexcept {
+  try {
+    // Started here, not posted: posting may need memory too, and a keeper
+    // that cannot be queued would have to be destroyed, and the task with it.
+    detail::detached keeper = detail::keep_until_done<T>(this, t.handle());
+    (void)t.release();  // the keeper's now
+    keeper.h.resume();
+  } catch (...) {
+    // Not even the keeper's frame: the task's frame is leaked rather than
+    // destroyed under the kernel.
+    (void)t.release();
+  }
+}
 
 }  // namespace ringframe

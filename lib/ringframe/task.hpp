@@ -98,6 +98,9 @@ class [[nodiscard]] task {
   // For executors: start (or resume) the frame, read the outcome when done().
   handle_type handle() const noexcept { return h_; }
   T take_result() { return h_.promise().take(); }
+  // Gives up the frame without destroying it (its owner is now the caller,
+  // or nobody: executor::run leaks it rather than free it under the kernel).
+  handle_type release() noexcept { return std::exchange(h_, {}); }
 
  private:
   void reset() noexcept {
