@@ -9,6 +9,7 @@
 
 #include <ringframe/event.hpp>
 #include <ringframe/executor.hpp>
+#include <ringframe/frame.hpp>
 #include <ringframe/framed_client.hpp>
 #include <ringframe/submit_to.hpp>
 #include <ringframe/task.hpp>
@@ -27,6 +28,7 @@
 #include <coroutine>
 #include <csignal>
 #include <cstdlib>
+#include <string>
 #include <thread>
 
 using namespace ringframe;
@@ -278,6 +280,82 @@ TEST_CASE("review21 F3: a run() left by an exception keeps its task's frame unti
   on_each_backend([](backend_kind k) {
     CHECK(exit_code_in_child([k] { return run_left_by_an_exception(k); }) == 0);
     CHECK(exit_code_in_child([k] { return run_left_then_executor_destroyed(k); }) == 0);
+  });
+}
+
+// ---- F4: a flush that could not be scheduled stopped every later one ----
+// A call made while the reply reader waits in its recv has its request sent
+// by a flush_soon spawned for the loop's next turn; `flush_scheduled` keeps
+// the calls of one turn to one flush. It was set before the spawn: when the
+// spawn threw (bad_alloc, the call fails with it), it stayed set for good,
+// and no later call's request went out until the reply ahead of it came
+// (the reader's next read sends what is queued): pipelining was lost for
+// the client's life, and a server that answers only when it has the next
+// request waited for ever. Each allocation of the turn in which such a
+// call runs fails in turn; a call made afterwards must still be sent at
+// once (or fail, if the client broke), its predecessors unanswered.
+task<void> call_with(framed_client* c, std::string json, int* outcome) {
+  task<result<message>> t = c->call(message::json(std::move(json)));
+  result<message> r = co_await std::move(t);
+  *outcome = r ? 1 : (r.error() == std::errc::operation_canceled ? 2 : 3);
+}
+
+void drain_peer(int fd, std::string& got) {
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n <= 0) return;
+    got.append(buf, static_cast<std::size_t>(n));
+  }
+}
+
+int later_call_sent_after_out_of_memory_at(backend_kind k, int index) {
+  executor ex(on(k));
+  auto pair = testing::socket_pair(ex);
+  const int peer = pair.second.fd();
+  framed_client c = framed_client::adopt(std::move(pair.first));
+  std::string yframe;
+  if (!encode_frame(message::json(R"({"q": "the last one"})"), yframe)) return 2;
+  int z = 0, x = 0, y = 0;
+  std::string got;
+  ex.spawn(call_with(&c, R"({"q": 1})", &z));  // starts the reader; never answered
+  for (int i = 0; i < 20; ++i) {
+    ex.run_once(false);
+    drain_peer(peer, got);
+  }
+  if (got.empty() || c.pending() != 1) return 2;
+  ex.spawn(call_with(&c, R"({"q": 2})", &x));  // made while the reader waits in its recv
+  start_tracing(index);
+  turn_allowing_bad_alloc(ex);
+  stop_tracing();
+  const int made = traced_count.load();
+  for (int i = 0; i < 20; ++i) {
+    turn_allowing_bad_alloc(ex);
+    drain_peer(peer, got);
+  }
+  ex.spawn(call_with(&c, R"({"q": "the last one"})", &y));
+  for (int i = 0; i < 50; ++i) {
+    turn_allowing_bad_alloc(ex);
+    drain_peer(peer, got);
+  }
+  const bool sent = got.size() >= yframe.size() && got.compare(got.size() - yframe.size(), yframe.size(), yframe) == 0;
+  if (!sent && y == 0) return 4;  // waits, its request unsent, behind an unanswered call
+  c.close();
+  ex.run_until_idle();
+  return index >= made ? 10 : 0;
+}
+
+TEST_CASE("review21 F4: a flush that cannot be scheduled (out of memory) does not keep later calls' requests from going out") {
+  on_each_backend([](backend_kind k) {
+    int index = 0;
+    for (; index < 128; ++index) {
+      const int code = exit_code_in_child([k, index] { return later_call_sent_after_out_of_memory_at(k, index); });
+      if (code == 10) break;
+      CAPTURE(index);
+      CHECK(code == 0);
+      if (code != 0) break;
+    }
+    CHECK(index > 0);
   });
 }
 
