@@ -269,8 +269,11 @@ task<result<message>> do_call(client_ref ref, message request, const std::stop_t
     // The reader waits in a recv already: the request must go out now, not
     // when the reply before it comes. One flush on the loop's next turn
     // sends every request made during this one, in one send.
-    s->flush_scheduled = true;
     s->ex->spawn(flush_soon(ref));
+    // Only once it is spawned: set before, a spawn that threw (bad_alloc)
+    // left it set for good, and no later call's request went out before the
+    // reply ahead of it (review21 F4). If it throws, the next call tries.
+    s->flush_scheduled = true;
   }
   result<message> r = co_await w;
   co_return r;
