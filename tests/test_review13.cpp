@@ -6,6 +6,7 @@
 // allocate (F10-F15: submit_to, task_group, event, send_queue, resolve,
 // framed_client). The F cases fail without their fix. Every wait is bounded; each test runs on
 // io_uring and on epoll, except those whose name says "(epoll)".
+#include "child_process.hpp"
 #include "failing_allocator.hpp"
 #include "frames.hpp"
 #include "loopback.hpp"
@@ -228,36 +229,8 @@ namespace {
 // The tests below run their out-of-memory turn in a child process (a crash
 // or a hang there must not take the suite with it): it exits 0 when all
 // went right, another code saying what did not, or dies of a signal.
-// Runs `run` (which returns 0 when all went right, another code saying what
-// did not) in a child process and returns its exit code, checking that no
-// signal ended it. An exception out of `run` is code 6.
-template <class F>
-int exit_code_in_child(F run) {
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
-    int code = 1;
-    try {
-      code = run();
-    } catch (...) {
-      code = 6;
-    }
-    ::_exit(code);
-  }
-  int status = 0;
-  REQUIRE(::waitpid(pid, &status, 0) == pid);
-  CHECK_FALSE(WIFSIGNALED(status));
-  if (WIFSIGNALED(status)) MESSAGE("the child died of signal " << WTERMSIG(status));
-  REQUIRE(WIFEXITED(status));
-  return WEXITSTATUS(status);
-}
-
-// The same, checking that it exited 0.
-template <class F>
-void check_in_child(F run) {
-  CHECK(exit_code_in_child(run) == 0);
-}
+using testing::check_in_child;
+using testing::exit_code_in_child;
 
 // The next allocation of exactly `size` bytes fails (and only that one).
 void fail_next_allocation_of_size(std::size_t size) {

@@ -4,6 +4,7 @@
 // without their fix; the P cases pin what was found sound. Every wait is
 // bounded: what would hang or abort runs in a child process. Each test runs
 // on io_uring and on epoll.
+#include "child_process.hpp"
 #include "failing_allocator.hpp"
 #include "loopback.hpp"
 
@@ -39,31 +40,8 @@ using namespace testing::failing_allocator;
 
 namespace {
 
-// Runs `run` in a child process; its exit code (a signal fails the check:
-// an abort from std::terminate, or the alarm that bounds a hang).
-template <class F>
-int exit_code_in_child(F run, unsigned alarm_seconds = 20) {
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
-    std::signal(SIGALRM, SIG_DFL);
-    ::alarm(alarm_seconds);
-    int code = 1;
-    try {
-      code = run();
-    } catch (...) {
-      code = 6;
-    }
-    ::_exit(code);
-  }
-  int status = 0;
-  REQUIRE(::waitpid(pid, &status, 0) == pid);
-  CHECK_FALSE(WIFSIGNALED(status));
-  if (WIFSIGNALED(status)) MESSAGE("the child died of signal " << WTERMSIG(status));
-  REQUIRE(WIFEXITED(status));
-  return WEXITSTATUS(status);
-}
+// A hang there is bounded by an alarm (20 s unless said).
+int exit_code_in_child(auto run, unsigned alarm_seconds = 20) { return testing::exit_code_in_child(run, alarm_seconds); }
 
 struct forever {
   bool await_ready() const noexcept { return false; }
