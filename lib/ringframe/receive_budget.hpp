@@ -18,7 +18,10 @@
 //
 // What stays outside it, bounded per connection: a partial header and up to
 // one read step past it (read_size, doubled up to 8 times while reads come
-// back full for frames of at most 2 x read_size: receive_stream::read_step),
+// back full for frames of at most 2 x read_size, or at a frame's start after
+// a large frame that frame's length plus 1 KiB, within the same 8 x
+// read_size: receive_stream::read_step; a frame that such a read brings
+// whole, of up to 8 x read_size, reserves nothing),
 // replies waiting to be sent (max_unsent_bytes), bytes a multishot recv holds.
 //
 // One thread's (like the connections it serves): plain integers, no locks.
