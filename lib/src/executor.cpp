@@ -573,9 +573,11 @@ bool executor::run_ready() {
     h.resume();
     did = true;
   }
-  // Those wake() could not post, one at a time off the list (a resume may
-  // destroy another parked node's frame, which unparks it), and only as
-  // many as are parked now (one parked again waits for the next turn).
+  // Those wake() could not post, one at a time off the list's head (a
+  // resume may destroy another parked node's frame, which unparks it), and
+  // at most as many as were parked when this began: coroutines that park
+  // again cannot hold the turn (the list is LIFO, so which ones wait for
+  // the next turn is not promised; the loop does not sleep meanwhile).
   std::size_t n = 0;
   for (detail::wake_node* p = parked_; p; p = p->next) ++n;
   for (; n > 0 && parked_; --n) {
