@@ -220,7 +220,8 @@ task<void> send_frame(ringframe::socket* s, std::string f, bool split) {
   result<std::size_t> n = co_await s->send_all(std::string_view(f).substr(0, first), {.timeout = 5s});
   REQUIRE(n);
   if (first == f.size()) co_return;
-  co_await sleep_for(s->get_executor(), 5ms);
+  result<void> slept = co_await sleep_for(s->get_executor(), 5ms);
+  REQUIRE(slept);
   n = co_await s->send_all(std::string_view(f).substr(first), {.timeout = 5s});
   REQUIRE(n);
 }
