@@ -12,6 +12,7 @@
 // through a connection with a small receive budget and on every receive
 // path, that frames of many sizes sent one at a time (whole or in two
 // parts) arrive byte for byte, and that nothing stays reserved.
+#include "child_process.hpp"
 #include "failing_allocator.hpp"
 #include "loopback.hpp"
 
@@ -46,35 +47,8 @@ namespace {
 
 // ---- helpers (as in test_review13.cpp) ----
 
-// Runs `run` in a child process (a crash or a hang there must not take the
-// suite with it); 0 when all went right, another code saying what did not.
-template <class F>
-int exit_code_in_child(F run) {
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    std::signal(SIGABRT, SIG_DFL);  // not doctest's handler: the parent reports
-    ::alarm(20);                     // a hang is a failure, not a stuck suite
-    int code = 1;
-    try {
-      code = run();
-    } catch (...) {
-      code = 6;
-    }
-    ::_exit(code);
-  }
-  int status = 0;
-  REQUIRE(::waitpid(pid, &status, 0) == pid);
-  CHECK_FALSE(WIFSIGNALED(status));
-  if (WIFSIGNALED(status)) MESSAGE("the child died of signal " << WTERMSIG(status));
-  REQUIRE(WIFEXITED(status));
-  return WEXITSTATUS(status);
-}
-
-template <class F>
-void check_in_child(F run) {
-  CHECK(exit_code_in_child(run) == 0);
-}
+// A crash or a hang in a child process must not take the suite with it.
+void check_in_child(auto run) { CHECK(testing::exit_code_in_child(run, 20) == 0); }
 
 // The next allocation of exactly `size` bytes fails (and only that one).
 void fail_next_allocation_of_size(std::size_t size) {
