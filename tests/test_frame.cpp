@@ -381,6 +381,66 @@ TEST_CASE("a repeated header is recognised byte for byte, never by length alone"
   CHECK(types == std::vector<std::string>{"a/x:1", "b/y:2", "a/x:1", "a/x:1", "error", "a/x:1"});
 }
 
+// next() takes a shortcut for a whole frame whose header repeats the last
+// one (frame_decoder::next_repeat): it must hand out what the full path
+// would, and leave to that path whatever it does not cover.
+TEST_CASE("a repeated header's shortcut: checked content, frames in pieces, a prefix that differs") {
+  SUBCASE("text/json content is checked in every repeat") {
+    const std::string h = python_header("text/json", "utf-8", 2);
+    frame_decoder d;
+    d.feed(raw_frame(h, "{}") + raw_frame(h, "{]") + raw_frame(h, "[]"));
+    message_view v;
+    REQUIRE(d.next(v) == frame_decoder::status::message);
+    CHECK(v.content_text() == "{}");
+    REQUIRE(d.next(v) == frame_decoder::status::error);
+    CHECK(d.error().code == frame_errc::content_not_json);
+    REQUIRE(d.next(v) == frame_decoder::status::message);  // in sync
+    CHECK(v.content_text() == "[]");
+  }
+  SUBCASE("repeats fed one byte at a time, and all at once, give the same views") {
+    const std::string h = python_header("a/x", "binary", 3);
+    std::string wire;
+    for (char c : std::string("abcdef")) wire += raw_frame(h, std::string(3, c));
+    for (std::size_t chunk : {std::size_t{1}, wire.size()}) {
+      CAPTURE(chunk);
+      frame_decoder d;
+      std::vector<std::string> got;
+      for (std::size_t at = 0; at < wire.size(); at += chunk) {
+        d.feed(std::string_view(wire).substr(at, chunk));
+        message_view v;
+        while (d.next(v) == frame_decoder::status::message) {
+          CHECK(v.byteorder == "little");
+          CHECK(v.content_type == "a/x");
+          CHECK(v.content_encoding == "binary");
+          CHECK(v.content_length == 3);
+          CHECK(v.header_json == h);
+          CHECK(std::string_view(reinterpret_cast<const char*>(v.wire.data()), v.wire.size()) ==
+                raw_frame(h, v.content_text()));
+          got.emplace_back(v.content_text());
+        }
+      }
+      CHECK(got == std::vector<std::string>{"aaa", "bbb", "ccc", "ddd", "eee", "fff"});
+    }
+  }
+  SUBCASE("the same header bytes under a longer prefix are a different header") {
+    const std::string h = python_header("a/x", "binary", 1);
+    // The prefix says one byte more: the header is h plus a space, and the
+    // content is the byte after it (valid JSON either way).
+    std::string longer = raw_frame(h + " ", "Z");
+    frame_decoder d;
+    d.feed(raw_frame(h, "A") + longer + raw_frame(h, "B"));
+    message_view v;
+    REQUIRE(d.next(v) == frame_decoder::status::message);
+    CHECK(v.content_text() == "A");
+    REQUIRE(d.next(v) == frame_decoder::status::message);
+    CHECK(v.header_json == h + " ");
+    CHECK(v.content_text() == "Z");
+    REQUIRE(d.next(v) == frame_decoder::status::message);
+    CHECK(v.content_text() == "B");
+    CHECK(d.next(v) == frame_decoder::status::need_more);
+  }
+}
+
 // ---- issue 10, defect 5: lengths near SIZE_MAX ----
 //
 // Every length sum in the codec is checked, and a configured content limit

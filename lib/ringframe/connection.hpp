@@ -158,9 +158,10 @@ class read_message_awaitable {
   explicit read_message_awaitable(connection* c) noexcept : c_(c) {}
   bool await_ready();
   std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
-  result<message_view> await_resume();
+  inline result<message_view> await_resume();  // below class connection
 
  private:
+  result<message_view> resume_slow();
   friend class ringframe::connection;
   connection* c_;
   send_waiter wait_;  // wait_.h: the reader
@@ -171,9 +172,9 @@ class read_message_awaitable {
 class write_awaitable {
  public:
   write_awaitable(connection* c, result<void> queued) noexcept : c_(c), queued_(queued) {}
-  bool await_ready() const noexcept;
+  inline bool await_ready() const noexcept;  // inline ones: below class connection
   std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
-  result<void> await_resume();
+  inline result<void> await_resume();
 
  private:
   connection* c_;
@@ -294,12 +295,24 @@ class connection {
   }
   stop_callbacks& stop_cbs();
 
-  // Decode from what is buffered, without I/O: set when that settles it.
-  std::optional<result<message_view>> try_read_buffered();
+  // Decode from what is buffered, without I/O: true, with `out` set, when
+  // that settles it. An out-parameter: the view is written once, where the
+  // reader takes it from (each copy of it is 15 words, per message).
+  bool try_read_buffered(std::optional<result<message_view>>& out);
   task<result<message_view>> read_slow();
-  detail::write_awaitable queued(result<void> r);
+  // Every write ends here (inline: per message): counts, and the awaitable.
+  detail::write_awaitable queued(result<void> r) {
+    if (r) ++messages_out;
+    if (sock_.get_executor().handling_time_sink()) [[unlikely]]
+      record_handling_time(r);
+    if (const std::size_t u = unsent_bytes(); u > peak_unsent) peak_unsent = u;
+    return detail::write_awaitable(this, r);
+  }
+  void record_handling_time(const result<void>& r) noexcept;
   // Can `bytes` be sent by reference from the receive buffer (write_raw)?
-  bool can_share(std::span<const std::byte> bytes) const noexcept;
+  bool can_share(std::span<const std::byte> bytes) const noexcept {
+    return opts_.gather_threshold && bytes.size() >= opts_.gather_threshold && decoder_.holds(bytes);
+  }
 
   // read_message without a coroutine frame: between frames, one recv from
   // the provided buffers (and the queued replies' send beside it). False
@@ -307,6 +320,7 @@ class connection {
   bool start_fast_read(detail::read_message_awaitable* aw);
   void fast_read_done();
   void finish_fast_read(detail::read_message_awaitable* aw, result<message_view> r);
+  void finish_fast_read(detail::read_message_awaitable* aw);  // aw->ready_ is set
   void continue_slow(detail::read_message_awaitable* aw);
   // The stream finished the read a reader waits for.
   static void on_read_done(void* self);
@@ -349,6 +363,22 @@ class connection {
 };
 
 namespace detail {
+// The awaitables' parts that run for every message, inline.
+inline result<message_view> read_message_awaitable::await_resume() {
+  if (ready_) {
+    if (wait_.h) c_->reading_ = false;  // this one waited
+    return std::move(*ready_);
+  }
+  return resume_slow();
+}
+inline bool write_awaitable::await_ready() const noexcept {
+  return !queued_ || c_->unsent_bytes() < c_->opts_.max_unsent_bytes;
+}
+inline result<void> write_awaitable::await_resume() {
+  if (!queued_ || !flush_.valid()) return queued_;
+  return flush_.take_result();
+}
+
 // The server's way in (handler.cpp, server.cpp): a connection it lists and
 // tells of its stop and drain itself, on its executor's thread.
 struct server_access {

@@ -62,7 +62,13 @@ struct wake_node {
   wake_node() = default;
   wake_node(const wake_node&) = delete;
   wake_node& operator=(const wake_node&) = delete;
-  ~wake_node();
+  // Inline: a node is made and dropped per read_message, and is nearly never parked.
+  ~wake_node() {
+    if (parked_in) unpark_from(parked_in);
+  }
+
+ private:
+  void unpark_from(executor* ex) noexcept;
 };
 }  // namespace detail
 

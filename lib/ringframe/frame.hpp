@@ -166,7 +166,7 @@ class frame_decoder {
     // Fast path: fewer bytes buffered than the frame in progress needs before
     // anything can happen. O(1), so feeding one byte at a time stays linear.
     if (!consume_on_next_ && end_ - begin_ < need_) return status::need_more;
-    return next_slow(out);
+    return next_repeat(out);
   }
   const frame_error& error() const noexcept { return error_; }
 
@@ -207,6 +207,10 @@ class frame_decoder {
   detail::block_ref share() const noexcept { return buf_; }
 
  private:
+  // next() for the common case, with little to save and restore: a whole
+  // frame whose header repeats the cached one, content not to be checked.
+  // Anything else goes on to next_slow.
+  status next_repeat(message_view& out);
   status next_slow(message_view& out);
   std::span<std::byte> prepare_slow(std::size_t min_free);
   status fail(frame_errc code, bool in_sync, std::string detail);

@@ -87,7 +87,8 @@ class receive_stream {
   int outcome() noexcept;
 
   // Feed what the multishot recv held into the sink; true if there was any.
-  bool drain_held();
+  // Inline: every read_message asks, and the answer is nearly always no.
+  bool drain_held() { return has_held() && drain_held_now(); }
   bool has_held() const noexcept { return ms_ && (ms_->held_n != 0 || !ms_->spill.empty()); }
 
   // The read deadline: when it fires, the read in flight is cancelled and
@@ -116,6 +117,7 @@ class receive_stream {
   int refusal() const noexcept;
 
  private:
+  bool drain_held_now();  // drain_held() once has_held()
   struct slot : detail::completion {
     receive_stream* owner = nullptr;
   };

@@ -61,18 +61,22 @@ class [[nodiscard]] result {
 template <>
 class [[nodiscard]] result<void> {
  public:
+  // The error's value and category, not a std::error_code: its default
+  // constructor calls std::system_category(), out of line, and a success is
+  // made and passed on for every message written.
   result() = default;
-  result(std::error_code ec) : ec_(ec) {}
-  result(std::errc e) : ec_(std::make_error_code(e)) {}
-  bool has_value() const noexcept { return !ec_; }
+  result(std::error_code ec) noexcept : val_(ec.value()), cat_(ec ? &ec.category() : nullptr) {}
+  result(std::errc e) : result(std::make_error_code(e)) {}
+  bool has_value() const noexcept { return cat_ == nullptr; }
   explicit operator bool() const noexcept { return has_value(); }
   void value() const {
-    if (ec_) throw std::system_error(ec_, "result::value() on an error");
+    if (cat_) throw std::system_error(error(), "result::value() on an error");
   }
-  std::error_code error() const noexcept { return ec_; }
+  std::error_code error() const noexcept { return cat_ ? std::error_code(val_, *cat_) : std::error_code{}; }
 
  private:
-  std::error_code ec_;
+  int val_ = 0;
+  const std::error_category* cat_ = nullptr;  // null: success
 };
 
 }  // namespace ringframe

@@ -95,6 +95,9 @@ class send_queue {
   state current() const noexcept { return state_; }
   bool busy() const noexcept { return state_ == state::sending || state_ == state::releasing; }
   std::error_code error() const noexcept { return error_ ? errno_code(error_) : std::error_code{}; }
+  // error() as a bool, without making an error_code (whose default
+  // constructor calls std::system_category(), out of line: per message).
+  bool failed() const noexcept { return error_ != 0; }
   void on_event(event_hook h, void* ctx) noexcept {
     hook_ = h;
     hook_ctx_ = ctx;

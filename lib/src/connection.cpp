@@ -19,8 +19,7 @@ bool read_message_awaitable::await_ready() {
     return true;
   }
   c_->recv_.drain_held();
-  ready_ = c_->try_read_buffered();
-  return ready_.has_value();
+  return c_->try_read_buffered(ready_);
 }
 
 std::coroutine_handle<> read_message_awaitable::await_suspend(std::coroutine_handle<> h) {
@@ -44,17 +43,9 @@ std::coroutine_handle<> read_message_awaitable::await_suspend(std::coroutine_han
   return slow_.handle();
 }
 
-result<message_view> read_message_awaitable::await_resume() {
-  if (ready_) {
-    if (wait_.h) c_->reading_ = false;  // this one waited
-    return std::move(*ready_);
-  }
+result<message_view> read_message_awaitable::resume_slow() {
   c_->reading_ = false;
   return slow_.take_result();
-}
-
-bool write_awaitable::await_ready() const noexcept {
-  return !queued_ || c_->unsent_bytes() < c_->opts_.max_unsent_bytes;
 }
 
 std::coroutine_handle<> write_awaitable::await_suspend(std::coroutine_handle<> h) {
@@ -64,10 +55,6 @@ std::coroutine_handle<> write_awaitable::await_suspend(std::coroutine_handle<> h
   return flush_.handle();
 }
 
-result<void> write_awaitable::await_resume() {
-  if (!queued_ || !flush_.valid()) return queued_;
-  return flush_.take_result();
-}
 
 // read_slow's recv: one read of the receive stream.
 struct read_slot_awaitable {
@@ -154,12 +141,20 @@ void connection::set_read_stop(const std::stop_token* t) {
   if (t && t->stop_possible()) stop_cbs().reads.emplace(*t, stop_reads{this});
 }
 
-std::optional<result<message_view>> connection::try_read_buffered() {
-  if (unsent_bytes() >= opts_.max_unsent_bytes) return std::nullopt;  // send first
+bool connection::try_read_buffered(std::optional<result<message_view>>& out) {
+  if (unsent_bytes() >= opts_.max_unsent_bytes) return false;  // send first
   // The reader is done with the last message: what its frame reserved goes back.
   if (std::exchange(budget_frame_out_, false)) recv_.release_budget();
-  message_view v;
-  const frame_decoder::status st = decoder_.next(v);
+  // Decoded straight into the reader's slot (no copy of the view); emptied
+  // again when no message is complete.
+  message_view& v = *out.emplace(message_view{});
+  frame_decoder::status st;
+  try {
+    st = decoder_.next(v);
+  } catch (...) {  // bad_alloc: no half-made message is left for the reader
+    out.reset();
+    throw;
+  }
   if (st != frame_decoder::status::need_more && recv_.reserved()) budget_frame_out_ = true;
   switch (st) {
     case frame_decoder::status::message:
@@ -170,17 +165,19 @@ std::optional<result<message_view>> connection::try_read_buffered() {
         recv_.cancel_deadline();
         recv_.forgive_timeout();  // it came in whole after all
       }
-      return result<message_view>(v);
+      return true;
     case frame_decoder::status::error:
       if (message_deadline_) {
         message_deadline_ = false;
         recv_.cancel_deadline();
       }
-      return result<message_view>(make_error_code(decoder_.error().code));
+      out.emplace(make_error_code(decoder_.error().code));
+      return true;
     case frame_decoder::status::need_more:
       break;
   }
-  return std::nullopt;
+  out.reset();
+  return false;
 }
 
 // ---- receiving ----
@@ -210,7 +207,7 @@ void connection::on_read_done(void* self) {
 }
 
 bool connection::start_fast_read(detail::read_message_awaitable* aw) {
-  if (decoder_.mid_frame() || peer_closed_ || send_.error() || unsent_bytes() >= opts_.max_unsent_bytes ||
+  if (decoder_.mid_frame() || peer_closed_ || send_.failed() || unsent_bytes() >= opts_.max_unsent_bytes ||
       !recv_.can_wait_in_ring())
     return false;
   // Nothing buffered: give the receive buffer back before waiting.
@@ -218,7 +215,7 @@ bool connection::start_fast_read(detail::read_message_awaitable* aw) {
   // The replies queued so far go out in one send, submitted beside the recv
   // (one io_uring_enter for both); the reader resumes once both are done.
   send_.start();
-  if (send_.error()) return false;
+  if (send_.failed()) return false;
   // The idle timeout is the peer's time to send its next request, from when
   // the replies it waits for are out: a request/response peer sends nothing
   // while it reads a long reply (review19 F3: it was cut off as idle while
@@ -241,7 +238,7 @@ void connection::fast_read_done() {
   recv_.cancel_deadline();
   const int r = recv_.outcome();
   if (r > 0) {
-    if (std::optional<result<message_view>> m = try_read_buffered()) return finish_fast_read(aw, std::move(*m));
+    if (try_read_buffered(aw->ready_)) return finish_fast_read(aw);
     return continue_slow(aw);  // a frame in progress: read the rest
   }
   if (r == 0 || r == -EINTR || r == -EAGAIN) {
@@ -249,12 +246,16 @@ void connection::fast_read_done() {
     return continue_slow(aw);  // retries, or flushes and reports the end
   }
   // A recv cancelled because the send failed reports the send's error.
-  if (send_.error() && r == -ECANCELED) return finish_fast_read(aw, send_.error());
+  if (send_.failed() && r == -ECANCELED) return finish_fast_read(aw, send_.error());
   finish_fast_read(aw, errno_code(-r));
 }
 
 void connection::finish_fast_read(detail::read_message_awaitable* aw, result<message_view> r) {
   aw->ready_.emplace(std::move(r));
+  finish_fast_read(aw);
+}
+
+void connection::finish_fast_read(detail::read_message_awaitable* aw) {
   if (send_.busy()) {  // the reader resumes when the send is done too
     send_.wait(&aw->wait_);
     return;
@@ -280,14 +281,17 @@ task<result<message_view>> connection::read_slow() {
   for (;;) {
     // Replies can no longer go out: reading on would only pile up requests
     // (a multishot recv cancelled by the failure sends the reader round).
-    if (send_.error()) co_return send_.error();
+    if (send_.failed()) co_return send_.error();
     // Backpressure: a peer that does not take its replies is not read from.
     if (unsent_bytes() >= opts_.max_unsent_bytes) {
       ++backpressure_pauses_;
       result<void> f = co_await flush();
       if (!f) co_return f.error();
     }
-    if (std::optional<result<message_view>> r = try_read_buffered()) co_return std::move(*r);
+    {
+      std::optional<result<message_view>> r;
+      if (try_read_buffered(r)) co_return std::move(*r);
+    }
     // Nothing complete is buffered: send the queued replies before waiting
     // (and let a send in flight finish: nothing outlives read_message).
     if (send_.unsent() > 0 || send_.busy()) {
@@ -307,7 +311,7 @@ task<result<message_view>> connection::read_slow() {
       peer_closed_ = true;
       continue;
     }
-    if (send_.error() && res == -ECANCELED) co_return send_.error();
+    if (send_.failed() && res == -ECANCELED) co_return send_.error();
     co_return errno_code(-res);
   }
 }
@@ -335,28 +339,21 @@ void connection::on_send_event(void* self, bool failed) noexcept {
   if (c->fast_ || c->read_waiter_) c->recv_.stop();
 }
 
-detail::write_awaitable connection::queued(result<void> r) {
-  if (r) ++messages_out;
-  if (latency_histogram* h = sock_.get_executor().handling_time_sink();
-      h && r && received_at_.time_since_epoch().count() != 0) {
-    auto d = std::chrono::steady_clock::now() - std::exchange(received_at_, {});
-    h->record(static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
-  }
-  peak_unsent = std::max(peak_unsent, unsent_bytes());
-  return detail::write_awaitable(this, r);
+void connection::record_handling_time(const result<void>& r) noexcept {
+  if (!r || received_at_.time_since_epoch().count() == 0) return;
+  auto d = std::chrono::steady_clock::now() - std::exchange(received_at_, {});
+  sock_.get_executor().handling_time_sink()->record(
+      static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
 }
 
 detail::write_awaitable connection::write(const message& m) {
-  if (send_.error()) return detail::write_awaitable(this, send_.error());
+  if (send_.failed()) return detail::write_awaitable(this, send_.error());
   return queued(encode_frame(m, send_.out()));
 }
 
-bool connection::can_share(std::span<const std::byte> bytes) const noexcept {
-  return opts_.gather_threshold && bytes.size() >= opts_.gather_threshold && decoder_.holds(bytes);
-}
 
 detail::write_awaitable connection::write(const header_fields& h, std::span<const std::byte> content) {
-  if (send_.error()) return detail::write_awaitable(this, send_.error());
+  if (send_.failed()) return detail::write_awaitable(this, send_.error());
   if (can_share(content)) {
     const std::size_t before = send_.out().size();
     result<void> r = encode_frame_header(h, content.size(), send_.out());
@@ -375,7 +372,7 @@ detail::write_awaitable connection::write(const header_fields& h, std::span<cons
 }
 
 detail::write_awaitable connection::write_raw(std::span<const std::byte> frame) {
-  if (send_.error()) return detail::write_awaitable(this, send_.error());
+  if (send_.failed()) return detail::write_awaitable(this, send_.error());
   if (!can_share(frame) || !send_.append_shared(decoder_.share(), frame))
     send_.out().append(reinterpret_cast<const char*>(frame.data()), frame.size());
   return queued({});
@@ -412,7 +409,7 @@ task<result<void>> connection::flush_until_sent(connection_handle h) {
   for (;;) {
     connection* c = h.get();
     if (!c) co_return errno_code(ENOTCONN);
-    if (c->send_.error()) co_return c->send_.error();
+    if (c->send_.failed()) co_return c->send_.error();
     if (!c->send_.busy()) {
       if (c->send_.unsent() == 0) co_return result<void>{};
       c->send_.start();

@@ -612,9 +612,7 @@ void executor::unpark(detail::wake_node* n) noexcept {
   n->parked_in = nullptr;
 }
 
-detail::wake_node::~wake_node() {
-  if (parked_in) parked_in->unpark(this);
-}
+void detail::wake_node::unpark_from(executor* ex) noexcept { ex->unpark(this); }
 
 bool executor::run_once(bool block) {
   bool did = run_ready();

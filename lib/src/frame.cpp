@@ -432,13 +432,7 @@ void frame_decoder::shrink_if_idle() noexcept {
 
 frame_decoder::status frame_decoder::parse_header(const std::byte* header, std::size_t len) {
   using namespace simdjson;
-  if (cache_valid_ && len == cached_header_.size() && std::memcmp(header, cached_header_.data(), len) == 0) {
-    have_header_ = true;
-    header_len_ = len;
-    frame_len_ = 2 + len + cached_content_length_;
-    header_ok_ = true;  // only clean headers are cached; is_text_json_ and the fields are unchanged
-    return status::need_more;
-  }
+  // (next_slow has checked the cached header: this one differs.)
   cache_valid_ = false;
   thread_json& tj = this_thread_json();
   ++tj.parses;  // whichever parser: content_json() only has to be safe
@@ -545,6 +539,36 @@ bool frame_decoder::validate_content(const std::byte* content, std::size_t len) 
   return false;
 }
 
+frame_decoder::status frame_decoder::next_repeat(message_view& out) {
+  if (broken_ || have_header_ || !cache_valid_ || (is_text_json_ && limits_.validate_json_content))
+    return next_slow(out);
+  const std::size_t begin = begin_ + consume_on_next_;
+  const std::size_t avail = end_ - begin;
+  const std::size_t hlen = cached_header_.size();
+  const std::size_t frame_len = 2 + hlen + cached_content_length_;
+  if (avail < frame_len) return next_slow(out);
+  const std::byte* frame = buf_->data() + begin;
+  if (((static_cast<std::size_t>(frame[0]) << 8) | static_cast<std::size_t>(frame[1])) != hlen ||
+      std::memcmp(frame + 2, cached_header_.data(), hlen) != 0)
+    return next_slow(out);
+  // As next_slow would hand it out, with the fields of the cached header.
+  begin_ = begin;
+  need_ = 0;
+  header_len_ = hlen;
+  frame_len_ = frame_len;
+  header_ok_ = true;
+  out.json_tag = 1;
+  out.byteorder = field(0);
+  out.content_type = field(1);
+  out.content_encoding = field(2);
+  out.content_length = cached_content_length_;
+  out.header_json = {reinterpret_cast<const char*>(frame + 2), hlen};
+  out.content = {frame + 2 + hlen, cached_content_length_};
+  out.wire = {frame, frame_len};
+  consume_on_next_ = frame_len;
+  return status::message;
+}
+
 frame_decoder::status frame_decoder::next_slow(message_view& out) {
   need_ = 0;
   if (broken_) return status::error;
@@ -565,7 +589,16 @@ frame_decoder::status frame_decoder::next_slow(message_view& out) {
       need_ = 2 + hlen;
       return status::need_more;
     }
-    if (parse_header(frame + 2, hlen) == status::error) return status::error;
+    if (cache_valid_ && hlen == cached_header_.size() && std::memcmp(frame + 2, cached_header_.data(), hlen) == 0) {
+      // The header the peer sent last, byte for byte (parse_header's first
+      // check, here: most frames repeat it, and the call costs).
+      have_header_ = true;
+      header_len_ = hlen;
+      frame_len_ = 2 + hlen + cached_content_length_;
+      header_ok_ = true;  // only clean headers are cached; is_text_json_ and the fields are unchanged
+    } else if (parse_header(frame + 2, hlen) == status::error) {
+      return status::error;
+    }
   }
   if (avail < frame_len_) {
     need_ = frame_len_;
@@ -584,8 +617,11 @@ frame_decoder::status frame_decoder::next_slow(message_view& out) {
   // A number only for a parse kept for content_json(): by this thread's
   // parser (not one the decoder was given, whose last document content_json
   // cannot know).
-  thread_json& tj = this_thread_json();
-  out.json_tag = check_json && (!parser_ || parser_ == &tj.parser) ? tj.parses : 1;
+  out.json_tag = 1;
+  if (check_json) {  // the thread's state only then: a thread_local's guard costs, per message
+    thread_json& tj = this_thread_json();
+    if (!parser_ || parser_ == &tj.parser) out.json_tag = tj.parses;
+  }
   out.byteorder = field(0);
   out.content_type = field(1);
   out.content_encoding = field(2);

@@ -411,8 +411,7 @@ void receive_stream::hold(unsigned flags, int res) {
   if (ms_->held_n == max_held && state_ == state::multishot) cancel_in_flight();
 }
 
-bool receive_stream::drain_held() {
-  if (!has_held()) return false;
+bool receive_stream::drain_held_now() {
   buffer_ring* br = ms_->br;
   // Every slice goes back to the ring, even when the decoder cannot take
   // the bytes (bad_alloc, rethrown once the ring is square).
