@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -253,4 +254,48 @@ TEST_CASE("review20 F4: send_queue::cancel() whose cancellation comes after the 
   SUBCASE("zero-copy, plain ring") { short_result_after_cancel(ring_setup::plain, true); }
   SUBCASE("zero-copy, coop-taskrun ring") { short_result_after_cancel(ring_setup::coop_taskrun, true); }
   SUBCASE("copy, plain ring") { short_result_after_cancel(ring_setup::plain, false); }
+}
+
+namespace {
+
+// ---- F5: a short zero-copy batch, seen from outside while the kernel holds its pages ----
+
+void releasing_counts(bool destroy) {
+  zc_pair p(testing::on_io_uring());
+  std::uint64_t out = 0;
+  send_queue::options so;
+  so.zero_copy_threshold = 1;
+  const std::size_t batch = 4 << 20;
+  std::optional<send_queue> q(std::in_place, p.a, so, &out);
+  q->out() = std::string(batch, 'z');
+  q->start();
+  const auto t0 = clk::now();
+  while (q->current() != send_queue::state::releasing && clk::now() - t0 < 3s) {
+    p.ex.run_once(false);
+    std::this_thread::sleep_for(1ms);
+  }
+  REQUIRE(q->current() == send_queue::state::releasing);
+  // The part the kernel took is in the socket, as a copied batch's bytes
+  // are once sent: not unsent (a flush or a backpressure check would
+  // otherwise wait for bytes that are already on their way).
+  const std::size_t unsent = q->unsent();
+  if (destroy) q.reset();  // the orphan keeps the pages; what it took still reaches the peer
+  else q->cancel();
+  const std::size_t got = take_all(p.ex, p.b.fd());
+  MESSAGE("the kernel took " << got << " B of " << batch << ", unsent() said " << unsent << ", " << out
+                             << " B counted out");
+  CHECK(got > 0);
+  CHECK(got < batch);
+  CHECK(unsent == batch - got);
+  CHECK(out == got);
+}
+
+}  // namespace
+
+TEST_CASE("review20 F5: while the kernel holds a short zero-copy batch, unsent() counts only what it has not taken") {
+  releasing_counts(false);
+}
+
+TEST_CASE("review20 F5b: a queue destroyed while the kernel holds a short zero-copy batch counts what it took as sent") {
+  releasing_counts(true);
 }

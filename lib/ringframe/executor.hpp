@@ -195,8 +195,10 @@ class executor {
   void spawn(detail::detached d);
 
   // Hand `t` to `target` (any executor, usually another thread's): it is
-  // spawned there, on that thread. Callable from any thread; returns at once
-  // and cannot fail. The task travels through the target's inbox (a short
+  // spawned there, on that thread. Callable from any thread; returns at once.
+  // Its only failure is std::bad_alloc for the hand-off record (a few words),
+  // thrown here, with `t` destroyed unrun; once handed over, nothing the
+  // target does can fail back to the caller. The task travels through the target's inbox (a short
   // lock, and an eventfd write when the target may be asleep); `target` must
   // outlive the call, and a task still in the inbox when the target goes away
   // is destroyed unrun. (An earlier version sent it ring to ring with

@@ -88,9 +88,15 @@ class send_queue {
   // appended) when too many such pieces wait already: copy them instead.
   // Throws std::bad_alloc.
   bool append_shared(detail::block_ref block, std::span<const std::byte> bytes);
+  // Bytes queued and not yet in the socket. The part of a zero-copy batch
+  // the kernel took (`releasing`: it holds the pages until the peer has
+  // them) is in the socket, as a copied batch's bytes are once sent.
   std::size_t unsent() const noexcept {
     if (!f_) return queued_.size();
-    return queued_.size() + f_->pending_bytes + (busy() ? f_->total - f_->sent : 0);
+    std::size_t n = queued_.size() + f_->pending_bytes;
+    if (state_ == state::sending) n += f_->total - f_->sent;
+    else if (state_ == state::releasing) n += f_->total - f_->sent - taken_of_releasing();
+    return n;
   }
   state current() const noexcept { return state_; }
   bool busy() const noexcept { return state_ == state::sending || state_ == state::releasing; }
@@ -148,6 +154,7 @@ class send_queue {
     std::vector<iovec> iov;
     msghdr msg{};
   };
+  std::size_t taken_of_releasing() const noexcept { return f_->res > 0 ? static_cast<std::size_t>(f_->res) : 0; }
   std::unique_ptr<flight> new_flight();
   void make_flight();
   bool hand_over_taken_batch() noexcept;

@@ -59,8 +59,8 @@ struct remote_spawn : detail::deferred_call {
   static void arrived(detail::deferred_call* c, bool run) {
     std::unique_ptr<remote_spawn> self(static_cast<remote_spawn*>(c));
     if (!run) return;
-    // spawn_on "cannot fail", and its caller is on another thread: a task
-    // whose wrapper frame (or ready-queue slot) cannot be allocated here is
+    // spawn_on cannot fail once it has returned, and its caller is on
+    // another thread: a task whose wrapper frame (or ready-queue slot) cannot be allocated here is
     // dropped and logged, like a spawned task that throws, instead of the
     // bad_alloc leaving this thread's loop (run_once, so executor::run of
     // whatever it serves). (review13 F1)

@@ -14,9 +14,11 @@ send_queue::send_queue(socket& s, options o, std::uint64_t* bytes_out) noexcept
 send_queue::~send_queue() {
   sock_.get_executor().withdraw(&deferred_);
   if (f_) sock_.get_executor().unlisten_stop(f_.get());
-  if (busy()) {
-    if (state_ == state::sending) sock_.get_executor().try_cancel(detail::key_of(f_.get()), sock_.fd());
+  if (state_ == state::sending) {
+    sock_.get_executor().try_cancel(detail::key_of(f_.get()), sock_.fd());
     orphan_flight();
+  } else if (state_ == state::releasing) {
+    orphan_releasing();  // (counts what the kernel took: it reaches the peer)
   }
   wake();
 }
@@ -35,7 +37,7 @@ void send_queue::orphan_flight() noexcept {
 // the orphan, so it counts as out, as it would have with the notification
 // (review20 F2). The rest of the batch is never sent.
 void send_queue::orphan_releasing() noexcept {
-  if (bytes_out_ && f_->res > 0) *bytes_out_ += static_cast<std::size_t>(f_->res);
+  if (bytes_out_) *bytes_out_ += taken_of_releasing();
   sock_.get_executor().unlisten_stop(f_.get());
   orphan_flight();
 }
