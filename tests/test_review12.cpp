@@ -211,6 +211,85 @@ TEST_CASE("review12 F3: a bad_alloc when a fast read goes slow fails the reader,
   });
 }
 
+// F3b (review23's suspicion): the same reader, and a whole frame arrives in
+// one recv, but decoding it allocates (the detail of a bad header) and that
+// allocation fails. The fast path decodes inside the recv's completion: the
+// bad_alloc escaped run_once() too and the reader hung. It must fail with
+// ENOMEM, and the process and the executor go on.
+namespace {
+
+const std::string bad_header_frame = raw_frame("[1, 2]", "");
+
+// The size of the first allocation decoding bad_header_frame makes, on a
+// thread whose JSON parser is already allocated.
+std::size_t measure_decode_allocation() {
+  frame_decoder warm(frame_limits{});
+  warm.feed(one_frame);
+  message_view v;
+  REQUIRE(warm.next(v) == frame_decoder::status::message);
+  frame_decoder d(frame_limits{});
+  d.feed(bad_header_frame);
+  start_tracing(-1);
+  frame_decoder::status st = d.next(v);
+  stop_tracing();
+  REQUIRE(st == frame_decoder::status::error);
+  REQUIRE(d.error().code == frame_errc::header_not_object);
+  REQUIRE(traced_count > 0);
+  return traced[0];
+}
+
+}  // namespace
+
+TEST_CASE("review12 F3b: a bad_alloc while a fast read decodes fails the reader, not the executor's loop") {
+  on_each_backend([](backend_kind k) {
+    executor ex(on(k));
+    auto [s, peer] = ex.run(testing::tcp_pair(&ex));
+    connection conn(std::move(s), connection_options{});
+    REQUIRE(ex.receive_buffers());
+    bool done = false;
+    std::optional<result<message_view>> got;
+    ex.spawn(fast_reader(&conn, &done, &got));
+    ex.run(pause(&ex, 20ms));  // the reader waits in the ring
+    REQUIRE_FALSE(done);
+    const std::size_t size = measure_decode_allocation();
+    allocations_failed = 0;
+    fail_allocation_of_size = size;
+    REQUIRE(::send(peer.fd(), bad_header_frame.data(), bad_header_frame.size(), 0) ==
+            static_cast<ssize_t>(bad_header_frame.size()));
+    bool escaped = false;
+    for (int i = 0; i < 2000 && !done; ++i) {
+      try {
+        ex.run_once(false);
+      } catch (const std::bad_alloc&) {
+        escaped = true;
+        break;
+      }
+      if (i % 100 == 99) ::usleep(1000);
+    }
+    fail_allocation_of_size = 0;
+    CHECK(allocations_failed == 1);
+    CHECK_FALSE(escaped);
+    CHECK(done);
+    if (got) {
+      REQUIRE_FALSE(got->has_value());
+      CHECK(got->error() == errno_code(ENOMEM));
+      // Nothing was lost: the next read decodes the same frame again.
+      done = false;
+      got.reset();
+      ex.spawn(fast_reader(&conn, &done, &got));
+      for (int i = 0; i < 2000 && !done; ++i) ex.run_once(false);
+      REQUIRE(done);
+      REQUIRE(got);
+      REQUIRE_FALSE(got->has_value());
+      CHECK(got->error() == make_error_code(frame_errc::header_not_object));
+    }
+    if (!done) {  // before the fix: the reader is stuck; end it before conn goes
+      ex.stop();
+      for (int i = 0; i < 1000 && !done; ++i) ex.run_once(false);
+    }
+  });
+}
+
 // ---- F4: send_queue::start() that throws after forming its batch ----
 
 namespace {

@@ -238,7 +238,17 @@ void connection::fast_read_done() {
   recv_.cancel_deadline();
   const int r = recv_.outcome();
   if (r > 0) {
-    if (try_read_buffered(aw->ready_)) return finish_fast_read(aw);
+    // Decoding allocates at times (a bad header's detail, the parser's
+    // growth); from a completion, a bad_alloc must fail the reader, not
+    // escape the executor's loop (review12 F3b). Nothing is consumed: the
+    // frame is still buffered for a retry.
+    bool whole;
+    try {
+      whole = try_read_buffered(aw->ready_);
+    } catch (const std::bad_alloc&) {
+      return finish_fast_read(aw, errno_code(ENOMEM));
+    }
+    if (whole) return finish_fast_read(aw);
     return continue_slow(aw);  // a frame in progress: read the rest
   }
   if (r == 0 || r == -EINTR || r == -EAGAIN) {
