@@ -250,10 +250,15 @@ class executor {
     executor* ex_;
   };
 
-  // detail/completion.hpp: keep `o` until bury(o) (its last CQE) or, at the
-  // latest, until the executor goes.
+  // detail/completion.hpp: keep `o` until bury(o) (its last CQE). An orphan
+  // whose last CQE has not come when the executor goes (after its teardown
+  // waited 10 s) is kept, never freed: the kernel may still read its memory
+  // (a zero-copy send's pages, sent from the socket's queue after the ring is
+  // gone: review25), so it stays allocated for the life of the process.
   void adopt(detail::orphan* o) noexcept;
   void bury(detail::orphan* o) noexcept;
+  // How many orphans torn-down executors have kept so (process-wide).
+  static std::size_t orphans_kept() noexcept;
   // l->fn runs when stop() is called, unless removed first.
   void listen_stop(detail::stop_listener* l) noexcept;
   void unlisten_stop(detail::stop_listener* l) noexcept;
@@ -328,6 +333,8 @@ class executor {
   bool run_ready();
   void arm_waker() noexcept;
   void run_inbox(bool run);
+  // ~executor: a CQE only counted (nothing is dispatched any more).
+  void count_at_teardown(const detail::cqe_copy& c) noexcept;
   static void on_wake(detail::completion* c, int res, unsigned flags, bool);
 
   std::deque<std::coroutine_handle<>> ready_;
