@@ -216,12 +216,16 @@ class receive_stream {
   // header then shows too small (a second recv, and the step's bytes moved
   // into a buffer the frame's size). Past the largest step (1 MiB frames)
   // the base step stays: a larger first read would only be moved.
+  // Frames just longer than a base read (a 16 KiB content's prefix and
+  // header past it) are guessed too, but never below the grown step:
+  // pipelined ones keep their large reads.
   std::size_t read_step() const noexcept {
     const std::size_t len = sink_.frame_length();
+    const std::size_t step = opts_.read_size << read_shift_;
     if (len > 2 * opts_.read_size) return std::min(opts_.read_size, large_frame_tail);
     if (len == 0 && last_large_frame_ && last_large_frame_ + large_frame_tail <= opts_.read_size << max_read_shift)
-      return last_large_frame_ + large_frame_tail;
-    return opts_.read_size << read_shift_;
+      return std::max<std::size_t>(last_large_frame_ + large_frame_tail, step);
+    return step;
   }
   void note_direct_read(std::size_t n) noexcept {
     const std::size_t step = opts_.read_size << read_shift_;
@@ -231,7 +235,8 @@ class receive_stream {
       last_large_frame_ = static_cast<std::uint32_t>(std::min<std::size_t>(len, UINT32_MAX));
       return;
     }
-    if (n < opts_.read_size / 2) last_large_frame_ = 0;  // small traffic again
+    if (len > opts_.read_size) last_large_frame_ = static_cast<std::uint32_t>(len);  // the rest of one
+    else if (n < opts_.read_size / 2) last_large_frame_ = 0;                         // small traffic again
     if (n >= step && read_shift_ < max_read_shift) ++read_shift_;
     else if (n < step / 4 && read_shift_ > 0) --read_shift_;
   }
@@ -259,7 +264,8 @@ class receive_stream {
   bool skip_ring_once_ = false;   // the ring was empty: the next read into the sink
   std::uint8_t small_reads_ = 4;  // consecutive small reads (see note_read_size)
   std::uint8_t read_shift_ = 0;   // see note_direct_read
-  // The length of the last frame longer than 2 x read_size (read_step);
+  // The length of the last frame longer than read_size (read_step), while
+  // such frames come;
   // 32 bits, in the padding (an idle connection's bytes count).
   std::uint32_t last_large_frame_ = 0;
 };

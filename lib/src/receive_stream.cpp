@@ -249,7 +249,10 @@ int receive_stream::outcome() noexcept {
     timed_out_ = false;  // data won the race with the deadline
     if (bytes_in_) *bytes_in_ += static_cast<std::size_t>(res);
     const std::size_t full = (flags & detail::cqe_buffer) ? br->buffer_size() : opts_.read_size;
-    note_read_size(static_cast<std::size_t>(res) >= full / 2);
+    // A frame longer than a read in progress or just read (its short tail
+    // included) counts as large: the next frame's start is read straight
+    // into the decoder, whole (read_step), not a ring buffer at a time.
+    note_read_size(static_cast<std::size_t>(res) >= full / 2 || last_large_frame_ != 0);
     return res;
   }
   if (res == -ENOBUFS) {  // every ring buffer is in use: the next read into the sink
