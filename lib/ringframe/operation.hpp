@@ -25,8 +25,10 @@
 #include <ringframe/detail/saturating_time.hpp>
 #include <ringframe/executor.hpp>
 
+#include <cerrno>
 #include <chrono>
 #include <coroutine>
+#include <new>
 #include <optional>
 #include <stop_token>
 #include <type_traits>
@@ -155,10 +157,23 @@ class operation : public completion {
     // An operation that loops (send_all) continues unless something stopped it.
     bool stopped = self->timer_fired_ || self->ex_.stopping() || self->stop_requested();
     auto* d = static_cast<Derived*>(self);
-    if constexpr (requires { d->finish(stopped); }) {
-      if (d->finish(stopped)) return;
-    } else {
-      if (!stopped && d->on_complete()) return;
+    // Continuing resubmits from inside the executor's dispatch: a submission
+    // that throws (epoll: bad_alloc for the request's waiter or its
+    // deadline's timer; io_uring: a submission queue that cannot be
+    // drained) must end this operation, not escape the executor's loop
+    // with the awaiter never resumed (nothing is in flight for it then).
+    try {
+      if constexpr (requires { d->finish(stopped); }) {
+        if (d->finish(stopped)) return;
+      } else {
+        if (!stopped && d->on_complete()) return;
+      }
+    } catch (const std::bad_alloc&) {
+      self->pending_ = 0;
+      self->res_ = -ENOMEM;
+    } catch (...) {
+      self->pending_ = 0;
+      self->res_ = -EIO;
     }
     self->stop_cb_.reset();  // waits for a callback running on another thread
     self->ex_.withdraw(&self->cancel_call_);

@@ -3,6 +3,9 @@
 
 #include <unistd.h>
 
+#include <cerrno>
+#include <new>
+
 namespace ringframe {
 
 acceptor::acceptor(socket& listener, const std::stop_token* stop)
@@ -71,7 +74,19 @@ result<socket> acceptor::take() {
 
 void acceptor::handle_cqe(detail::completion* c, int res, unsigned flags, bool) {
   auto* self = static_cast<acceptor*>(c);
-  if (res >= 0) self->fds_.push_back(res);
+  if (res >= 0) {
+    // From the executor's dispatch: a deque that cannot grow a block
+    // (bad_alloc) must not escape the loop with the descriptor the kernel
+    // accepted in no list (open, owned by nobody). It is closed, and the
+    // waiter hears ENOMEM (the server backs off); the request stays armed.
+    try {
+      self->fds_.push_back(res);
+    } catch (const std::bad_alloc&) {
+      self->ex_.forget_descriptor(res);
+      ::close(res);
+      if (self->terminal_ == 0) self->terminal_ = -ENOMEM;
+    }
+  }
   if (!(flags & detail::cqe_more)) {
     self->armed_ = false;
     self->ex_.withdraw(&self->deferred_);

@@ -69,7 +69,7 @@ int receive_stream::refusal() const noexcept {
 
 bool receive_stream::can_wait_in_ring() {
   if (!opts_.provided_buffers || last_read_large_ || skip_ring_once_ || state_ == state::receiving ||
-      (ms_ && ms_->ended) || has_held() || refusal())
+      (ms_ && (ms_->ended || ms_->lost)) || has_held() || refusal())
     return false;
   return sock_.get_executor().receive_buffers() != nullptr;
 }
@@ -85,6 +85,14 @@ bool receive_stream::start(bool between_frames) {
   if (ms_ && ms_->ended) {  // the multishot recv ended while nobody waited
     ms_->ended = false;
     res_ = ms_->end_res;
+    return false;
+  }
+  if (ms_ && ms_->lost) {
+    // Bytes were lost (hold() could not keep them): the stream cannot be
+    // read in sync again, and a multishot recv re-armed now would discard
+    // whatever comes (on_multishot), its reader never resumed. Every read
+    // after the ENOMEM reported above fails the same way.
+    res_ = -ENOMEM;
     return false;
   }
   if (int e = refusal()) {
