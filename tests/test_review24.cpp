@@ -10,6 +10,7 @@
 
 #include <ringframe/acceptor.hpp>
 #include <ringframe/connection.hpp>
+#include <ringframe/detail/byte_block.hpp>
 #include <ringframe/socket.hpp>
 #include <ringframe/task.hpp>
 
@@ -27,6 +28,7 @@
 #include <set>
 #include <stop_token>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -376,5 +378,81 @@ TEST_CASE("review24 F3: a read after a multishot stream lost bytes fails with EN
       turns_until(ex, third.done);
       REQUIRE(third.done);
     }
+  });
+}
+
+// ---- F4: a fast read whose bytes cannot be copied out of the ring ----
+//
+// Between frames a reader waits in the ring; the completion copies the
+// buffer into the decoder (receive_stream::outcome). When the decoder cannot
+// take a block for it (bad_alloc), the reader gets ENOMEM and the buffer
+// goes back to the ring: its bytes are gone. The next read went on as if
+// nothing had happened and returned the frame after them: a request lost
+// without a word (the peer waits for its reply for ever). A stream that
+// lost bytes fails every later read with ENOMEM, as a multishot one (F3).
+
+namespace {
+
+struct lost_copy_outcome {
+  std::size_t pooled_at_start = 0;
+  int allocations_failed = 0;
+  bool escaped = false;
+  read_state first, second;
+};
+
+void lost_copy(backend_kind k, lost_copy_outcome* out) {
+  executor ex(on(k));
+  auto pair = testing::socket_pair(ex);
+  connection_options o;
+  o.provided_buffers = true;
+  o.multishot_recv = false;
+  connection conn(std::move(pair.first), o);
+  // A fresh thread: its block pool is empty, so the decoder's block is a
+  // new allocation (header, 16 KiB, padding).
+  out->pooled_at_start = detail::byte_block::pooled_bytes();
+  ex.spawn(read_until_error(&conn, &out->first, 1));
+  for (int i = 0; i < 10; ++i) ex.run_once(false);  // the reader waits in the ring
+  allocations_failed = 0;
+  matching_allocations = 0;
+  allocations_to_pass = 0;
+  fail_allocation_of_size = sizeof(detail::byte_block) + detail::byte_block::smallest_class +
+                            detail::byte_block::tail_padding;
+  const std::string a = small_frame(0);
+  if (::send(pair.second.fd(), a.data(), a.size(), 0) != static_cast<ssize_t>(a.size())) return;
+  for (int i = 0; i < 2000 && !out->first.done && !out->escaped; ++i) {
+    out->escaped = turn_allowing_bad_alloc(ex);
+    if (i % 100 == 99) ::usleep(1000);
+  }
+  fail_allocation_of_size = 0;
+  out->allocations_failed = allocations_failed;
+  ex.spawn(read_until_error(&conn, &out->second, 1));
+  ex.run_once(false);
+  const std::string b = small_frame(1);
+  if (::send(pair.second.fd(), b.data(), b.size(), 0) != static_cast<ssize_t>(b.size())) return;
+  turns_until(ex, out->second.done);
+  if (!out->second.done) {  // end it before conn goes
+    ex.stop();
+    turns_until(ex, out->second.done);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("review24 F4: a fast read whose bytes could not be copied out of the ring fails every later read, "
+          "never skipping a frame") {
+  on_each_backend([](backend_kind k) {
+    lost_copy_outcome out;
+    std::thread t(lost_copy, k, &out);
+    t.join();
+    REQUIRE(out.pooled_at_start == 0);
+    CHECK(out.allocations_failed == 1);
+    CHECK_FALSE(out.escaped);
+    REQUIRE(out.first.done);
+    REQUIRE(out.first.error);
+    CHECK(*out.first.error == errno_code(ENOMEM));
+    REQUIRE(out.second.done);
+    CHECK(out.second.messages == 0);  // before the fix: 1 (the frame after the lost one)
+    REQUIRE(out.second.error);
+    CHECK(*out.second.error == errno_code(ENOMEM));
   });
 }

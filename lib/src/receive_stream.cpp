@@ -69,7 +69,7 @@ int receive_stream::refusal() const noexcept {
 
 bool receive_stream::can_wait_in_ring() {
   if (!opts_.provided_buffers || last_read_large_ || skip_ring_once_ || state_ == state::receiving ||
-      (ms_ && (ms_->ended || ms_->lost)) || has_held() || refusal())
+      lost_ || (ms_ && (ms_->ended || ms_->lost)) || has_held() || refusal())
     return false;
   return sock_.get_executor().receive_buffers() != nullptr;
 }
@@ -87,8 +87,8 @@ bool receive_stream::start(bool between_frames) {
     res_ = ms_->end_res;
     return false;
   }
-  if (ms_ && ms_->lost) {
-    // Bytes were lost (hold() could not keep them): the stream cannot be
+  if (lost_ || (ms_ && ms_->lost)) {
+    // Bytes were lost (hold() or outcome() could not keep them): the stream cannot be
     // read in sync again, and a multishot recv re-armed now would discard
     // whatever comes (on_multishot), its reader never resumed. Every read
     // after the ENOMEM reported above fails the same way.
@@ -247,7 +247,13 @@ int receive_stream::outcome() noexcept {
       }
       return false;  // copied: the ring may have it back
     });
-    if (failed) res = -ENOMEM;
+    if (failed) {
+      // The buffer's bytes are gone: what comes next is not where the
+      // decoder stands, so every later read fails too (review24 F4: the
+      // next read went on past the gap, and a frame was lost unseen).
+      res = -ENOMEM;
+      lost_ = true;
+    }
   } else if (res > 0 && direct_) {
     sink_.commit(static_cast<std::size_t>(res));
     note_direct_read(static_cast<std::size_t>(res));
