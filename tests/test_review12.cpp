@@ -147,6 +147,19 @@ task<void> fast_reader(connection* conn, bool* done, std::optional<result<messag
 
 task<void> pause(executor* ex, std::chrono::milliseconds d) { (void)co_await sleep_for(*ex, d); }
 
+// Loop turns until `done` (bounded); true when a bad_alloc escaped a turn.
+bool turns_until_done(executor& ex, const bool& done) {
+  for (int i = 0; i < 2000 && !done; ++i) {
+    try {
+      ex.run_once(false);
+    } catch (const std::bad_alloc&) {
+      return true;
+    }
+    if (i % 100 == 99) ::usleep(1000);
+  }
+  return false;
+}
+
 }  // namespace
 
 TEST_CASE("review12 F2: a read_message that throws bad_alloc leaves the connection readable") {
@@ -186,16 +199,7 @@ TEST_CASE("review12 F3: a bad_alloc when a fast read goes slow fails the reader,
     allocations_failed = 0;
     fail_allocation_of_size = frame_size;
     REQUIRE(::send(peer.fd(), one_frame.data(), 1, 0) == 1);  // a frame begun: read_slow reads the rest
-    bool escaped = false;
-    for (int i = 0; i < 2000 && !done; ++i) {
-      try {
-        ex.run_once(false);
-      } catch (const std::bad_alloc&) {
-        escaped = true;
-        break;
-      }
-      if (i % 100 == 99) ::usleep(1000);
-    }
+    const bool escaped = turns_until_done(ex, done);
     fail_allocation_of_size = 0;
     CHECK(allocations_failed == 1);
     CHECK_FALSE(escaped);
@@ -256,16 +260,7 @@ TEST_CASE("review12 F3b: a bad_alloc while a fast read decodes fails the reader,
     fail_allocation_of_size = size;
     REQUIRE(::send(peer.fd(), bad_header_frame.data(), bad_header_frame.size(), 0) ==
             static_cast<ssize_t>(bad_header_frame.size()));
-    bool escaped = false;
-    for (int i = 0; i < 2000 && !done; ++i) {
-      try {
-        ex.run_once(false);
-      } catch (const std::bad_alloc&) {
-        escaped = true;
-        break;
-      }
-      if (i % 100 == 99) ::usleep(1000);
-    }
+    const bool escaped = turns_until_done(ex, done);
     fail_allocation_of_size = 0;
     CHECK(allocations_failed == 1);
     CHECK_FALSE(escaped);
