@@ -253,6 +253,14 @@ int receive_stream::outcome() noexcept {
       // next read went on past the gap, and a frame was lost unseen).
       res = -ENOMEM;
       lost_ = true;
+      if (ms_) {
+        // The multishot recv that brought them may still be armed: what it
+        // brings from now on lies past the gap. Discarded (on_multishot),
+        // never held for drain_held() to feed to the next read, and the
+        // recv ends (review26 F1).
+        ms_->lost = true;
+        if (state_ == state::multishot) cancel_in_flight();
+      }
     }
   } else if (res > 0 && direct_) {
     sink_.commit(static_cast<std::size_t>(res));
@@ -445,7 +453,18 @@ bool receive_stream::drain_held_now() {
     br->release(ms_->held[i]);
   }
   ms_->held_n = 0;
-  if (failed) std::rethrow_exception(failed);
+  if (failed) {
+    // Bytes from the failed slice on are gone: what was spilled after them,
+    // and whatever the recv brings next, lies past the gap. Every later
+    // read fails with ENOMEM, as after a copy that failed in outcome()
+    // (review26 F2: the spill was fed by the next read, and the stream went
+    // on out of sync).
+    lost_ = true;
+    ms_->lost = true;
+    std::string().swap(ms_->spill);
+    if (state_ == state::multishot) cancel_in_flight();
+    std::rethrow_exception(failed);
+  }
   if (!ms_->spill.empty()) {
     sink_.feed(ms_->spill);
     if (bytes_in_) *bytes_in_ += ms_->spill.size();
