@@ -177,6 +177,7 @@ class receive_stream {
   void submit(buffer_ring* br, std::span<std::byte> room);
   void arm_multishot(buffer_ring* br);
   void cancel_in_flight() noexcept;
+  void mark_lost() noexcept;
   void deliver(int res, unsigned flags);
   void hold(unsigned flags, int res);
   void on_multishot(int res, unsigned flags);

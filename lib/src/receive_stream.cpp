@@ -230,6 +230,17 @@ void receive_stream::arm_multishot(buffer_ring* br) {
   state_ = state::multishot;
 }
 
+// Received bytes could not be kept: every later read fails with ENOMEM.
+// A multishot recv that may still be armed brings only bytes past the gap:
+// they are discarded (on_multishot), never held for drain_held() to feed
+// to the next read, and the recv ends (review26 F1).
+void receive_stream::mark_lost() noexcept {
+  lost_ = true;
+  if (!ms_) return;
+  ms_->lost = true;
+  if (state_ == state::multishot) cancel_in_flight();
+}
+
 int receive_stream::outcome() noexcept {
   int res = res_;
   const unsigned flags = std::exchange(flags_, 0);
@@ -252,15 +263,7 @@ int receive_stream::outcome() noexcept {
       // decoder stands, so every later read fails too (review24 F4: the
       // next read went on past the gap, and a frame was lost unseen).
       res = -ENOMEM;
-      lost_ = true;
-      if (ms_) {
-        // The multishot recv that brought them may still be armed: what it
-        // brings from now on lies past the gap. Discarded (on_multishot),
-        // never held for drain_held() to feed to the next read, and the
-        // recv ends (review26 F1).
-        ms_->lost = true;
-        if (state_ == state::multishot) cancel_in_flight();
-      }
+      mark_lost();
     }
   } else if (res > 0 && direct_) {
     sink_.commit(static_cast<std::size_t>(res));
@@ -459,10 +462,8 @@ bool receive_stream::drain_held_now() {
     // read fails with ENOMEM, as after a copy that failed in outcome()
     // (review26 F2: the spill was fed by the next read, and the stream went
     // on out of sync).
-    lost_ = true;
-    ms_->lost = true;
+    mark_lost();
     std::string().swap(ms_->spill);
-    if (state_ == state::multishot) cancel_in_flight();
     std::rethrow_exception(failed);
   }
   if (!ms_->spill.empty()) {
