@@ -48,6 +48,13 @@ struct stop_listener {
   bool linked = false;
 };
 
+// For tests: called by executor::submit before the backend takes `r` (null:
+// none). It may throw what a backend's submit throws (std::bad_alloc;
+// std::system_error when io_uring cannot submit at all, see io_backend.hpp),
+// so a test can prove that a caller on a completion path survives it, on
+// either backend. Set it while no other thread submits.
+extern std::atomic<void (*)(const io_request& r)> submit_test_hook;
+
 // A coroutine an object wakes through its executor's ready queue (a send
 // queue's waiters). When the queue cannot grow for it (bad_alloc), the node
 // is parked on the executor's intrusive list instead and resumed from the
@@ -289,6 +296,7 @@ class executor {
   // final completion, so that teardown can wait for all of them before
   // coroutine frames (which the kernel writes into) go away.
   void submit(const detail::io_request& r) {
+    if (auto* hook = detail::submit_test_hook.load(std::memory_order_relaxed)) hook(r);
     backend_->submit(r);
     if (!(r.key & detail::uncounted_tag)) inflight_ += r.deadline ? 2 : 1;
   }

@@ -20,6 +20,8 @@ namespace ringframe {
 
 namespace detail {
 
+std::atomic<void (*)(const io_request& r)> submit_test_hook{nullptr};
+
 void detached_promise::attach() noexcept {
   next = ex->detached_head_;
   if (next) next->prev = this;
