@@ -400,7 +400,18 @@ void receive_stream::on_multishot(int res, unsigned flags) {
     // A kernel without multishot recv (before 6.0): one recv per read from
     // now on, for this stream.
     opts_.multishot = false;
-    if (waiting_) submit(br, {});
+    if (!waiting_) return;
+    // From the executor's dispatch: a recv that cannot be submitted
+    // (bad_alloc: the epoll backend's waiters; io_uring: a full submission
+    // queue that cannot be drained) ends this read, as in on_budget(),
+    // rather than the loop with the reader never resumed (review27 F1).
+    try {
+      submit(br, {});
+    } catch (const std::bad_alloc&) {
+      deliver(-ENOMEM, 0);
+    } catch (...) {
+      deliver(-EIO, 0);
+    }
     return;
   }
   if (waiting_) return deliver(res, flags);
