@@ -178,3 +178,79 @@ TEST_CASE("review27 F1: a multishot recv's fallback that cannot be submitted end
     }
   });
 }
+
+// ---- F2: a send queue's next send, submitted from a send's completion ----
+//
+// send_queue::progress() continues from a send's completion: the rest of a
+// short send (submit()), or the batch written while this one was out
+// (start()). It caught only std::bad_alloc (review12 F5): a std::system_error
+// from io_uring's submit left run_once() with the queue `sending` and nothing
+// in the kernel, its waiters never woken and its write deadline never armed
+// again. The queue must fail (EIO, as review24 F1 ends an operation) and wake
+// them.
+
+namespace {
+
+struct send_outcome {
+  bool escaped = false;
+  std::string what;
+  bool woken = false;  // the waiter was resumed (the executor's end wakes it too)
+  bool woken_in_time = false;  // ... before the queue went away
+  bool busy = true;
+  std::error_code error;
+};
+
+task<void> wait_for_queue(send_queue* q, send_outcome* out) {
+  co_await testing::wait_empty{q, {}};
+  out->woken = true;
+}
+
+// `rest`: the first send is short (a peer that does not read, small
+// buffers) and its completion submits the rest. Otherwise a small batch
+// goes out whole, and its completion starts the one written meanwhile.
+send_outcome next_send_throws(backend_kind k, bool rest, thrown t) {
+  send_outcome out;
+  executor ex(on(k));
+  auto [s, peer] = ex.run(testing::tcp_pair(&ex));
+  REQUIRE(s.set_option(SOL_SOCKET, SO_SNDBUF, 16384));
+  REQUIRE(peer.set_option(SOL_SOCKET, SO_RCVBUF, 16384));
+  {
+    send_queue q(s, {});
+    q.out() = rest ? std::string(512 << 10, 'x') : std::string("first");
+    q.start();
+    REQUIRE(q.busy());
+    if (!rest) q.out() = "second";
+    {
+      hooked h(static_cast<int>(detail::io_op::send), t);
+      ex.spawn(wait_for_queue(&q, &out));
+      out.escaped = turn_until(ex, [&] { return out.woken; }, &out.what);
+    }
+    out.woken_in_time = out.woken;
+    out.busy = q.busy();
+    out.error = q.error();
+    // Before the fix the queue stays `sending` (the rest) or idle with its
+    // batch dropped (the next batch), and the waiter is not woken until the
+    // queue goes: nothing is in the kernel for it.
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("review27 F2: a send queue whose next send cannot be submitted from a completion fails with ENOMEM "
+          "or EIO, not the executor's loop") {
+  on_each_backend([](backend_kind k) {
+    for (bool rest : {true, false})
+      for (thrown t : {thrown::system_error, thrown::bad_alloc}) {
+        CAPTURE(rest);
+        CAPTURE(static_cast<int>(t));
+        send_outcome o = next_send_throws(k, rest, t);
+        CAPTURE(o.what);
+        CHECK(submitted == std::vector<detail::io_op>{detail::io_op::send});
+        CHECK_FALSE(o.escaped);
+        CHECK(o.woken_in_time);
+        CHECK_FALSE(o.busy);
+        CHECK(o.error == errno_code(errno_for(t)));
+      }
+  });
+}

@@ -255,11 +255,15 @@ void send_queue::progress(int res) {
   // From a completion: an exception would escape the executor's loop (its
   // run() throws, for every connection of the thread) with nothing in the
   // kernel and the waiters never woken (review12 F5). The queue fails
-  // instead; start() has put an unsent batch back already.
+  // instead; start() has put an unsent batch back already. So for whatever
+  // else a submission throws (io_uring: std::system_error, a full
+  // submission queue that cannot be drained; review27 F2).
   try {
     progress_or_throw(res);
   } catch (const std::bad_alloc&) {
     fail(ENOMEM);
+  } catch (...) {
+    fail(EIO);
   }
 }
 
