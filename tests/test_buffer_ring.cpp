@@ -6,6 +6,7 @@
 // each mode, every byte checked, on both backends. Where the kernel lacks a
 // feature the ring runs without it, and the same tests check that path.
 #include "loopback.hpp"
+#include "stream_reader.hpp"
 
 #include <ringframe/app.hpp>
 #include <ringframe/connection.hpp>
@@ -167,19 +168,8 @@ TEST_CASE("incremental buffers and bundles are no-ops on epoll: whole buffers, o
 
 namespace {
 
-struct reader {
-  std::coroutine_handle<> waiting;
-  static void done(void* self) { std::exchange(static_cast<reader*>(self)->waiting, {}).resume(); }
-};
-
-struct read_once {
-  receive_stream* s;
-  reader* r;
-  bool between;
-  bool await_ready() { return !s->start(between); }
-  void await_suspend(std::coroutine_handle<> h) noexcept { r->waiting = h; }
-  int await_resume() noexcept { return s->outcome(); }
-};
+using testing::read_once;
+using testing::reader;
 
 // Reads until the decoder has a message; the size of each read in `reads`.
 task<int> read_message(receive_stream* s, reader* r, frame_decoder* d, std::string* content, std::vector<int>* reads) {

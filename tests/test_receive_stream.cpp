@@ -2,6 +2,7 @@
 // multishot recv's held bytes, end of stream, the deadline, and a stop from
 // another thread.
 #include "loopback.hpp"
+#include "stream_reader.hpp"
 
 #include <ringframe/receive_stream.hpp>
 #include <ringframe/timer.hpp>
@@ -21,20 +22,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// A reader of one stream: start(), wait for done() if it said so, outcome().
-struct reader {
-  std::coroutine_handle<> waiting;
-  static void done(void* self) { std::exchange(static_cast<reader*>(self)->waiting, {}).resume(); }
-};
-
-struct read_once {
-  receive_stream* s;
-  reader* r;
-  bool between;
-  bool await_ready() { return !s->start(between); }
-  void await_suspend(std::coroutine_handle<> h) noexcept { r->waiting = h; }
-  int await_resume() noexcept { return s->outcome(); }
-};
+using testing::read_once;
+using testing::reader;
 
 // Reads until the decoder has a message (or the stream ends or fails).
 task<int> read_message(receive_stream* s, reader* r, frame_decoder* d, std::string* content) {

@@ -9,6 +9,7 @@
 // loopback TCP); each test runs on io_uring and on epoll.
 #include "loopback.hpp"
 #include "send_helpers.hpp"
+#include "stream_reader.hpp"
 
 #include <ringframe/receive_stream.hpp>
 #include <ringframe/send_queue.hpp>
@@ -107,18 +108,8 @@ bool turn_until(executor& ex, F done, std::string* what) {
 
 namespace {
 
-struct reader {
-  std::coroutine_handle<> waiting;
-  static void done(void* self) { std::exchange(static_cast<reader*>(self)->waiting, {}).resume(); }
-};
-
-struct read_once {
-  receive_stream* s;
-  reader* r;
-  bool await_ready() { return !s->start(true); }
-  void await_suspend(std::coroutine_handle<> h) noexcept { r->waiting = h; }
-  int await_resume() noexcept { return s->outcome(); }
-};
+using testing::read_once;
+using testing::reader;
 
 struct read_outcome {
   bool done = false;
