@@ -129,7 +129,9 @@ task<std::string> scrape(executor* ex, address at) {
 task<result<std::string>> up(std::stop_token) { co_return std::string("up 1\n"); }
 
 // The endpoint on `l` (max_connections 1), then `n` scrapes one after the
-// other, then stop.
+// other, then stop. Before each next scrape the last one's connection has
+// ended on the endpoint's side too (only serve_metrics is left spawned), so
+// that its slot is free: a scrape closed at once means a slot lost.
 task<std::vector<std::string>> scrapes(executor* ex, ringframe::socket l, address at, int n) {
   std::stop_source stop;
   metrics_endpoint_options o;
@@ -137,7 +139,14 @@ task<std::vector<std::string>> scrapes(executor* ex, ringframe::socket l, addres
   o.request_timeout = 2s;
   ex->spawn(serve_metrics(*ex, std::move(l), metrics_source(&up), o, stop.get_token()));
   std::vector<std::string> out;
-  for (int i = 0; i < n; ++i) out.push_back(co_await scrape(ex, at));
+  for (int i = 0; i < n; ++i) {
+    out.push_back(co_await scrape(ex, at));
+    const auto until = std::chrono::steady_clock::now() + 2s;
+    while (ex->live_tasks() > 1 && std::chrono::steady_clock::now() < until) {
+      result<void> slept = co_await sleep_for(*ex, 1ms);
+      REQUIRE(slept);
+    }
+  }
   stop.request_stop();
   co_return out;
 }
