@@ -174,7 +174,14 @@ task<void> serve_metrics(executor& ex, socket listener, metrics_source source, m
   auto st = std::make_shared<endpoint_state>(endpoint_state{&ex, std::move(source), std::move(o), stop, 0});
   for (;;) {
     address peer;
-    result<socket> s = co_await listener.accept(&peer, {.stop = &stop});
+    result<socket> s = errno_code(ENOMEM);
+    try {
+      s = co_await listener.accept(&peer, {.stop = &stop});
+    } catch (const std::exception&) {
+      // Its submission threw (epoll: bad_alloc; io_uring: a submission queue
+      // that cannot drain): paused and retried below like EMFILE, rather than
+      // ending the endpoint, and closing its listener, for good.
+    }
     if (!s) {
       if (stop.stop_requested() || ex.stopping()) break;
       if (s.error() == std::errc::operation_canceled) break;
@@ -185,7 +192,14 @@ task<void> serve_metrics(executor& ex, socket listener, metrics_source source, m
     }
     if (st->live >= st->opts.max_connections) continue;  // closed as it goes out of scope
     ++st->live;
-    ex.spawn(metrics_connection(st, std::move(*s), peer));
+    try {
+      ex.spawn(metrics_connection(st, std::move(*s), peer));
+    } catch (const std::exception&) {
+      // bad_alloc (its frame, its wrapper, the ready queue): the coroutine
+      // never ran, so its live_slot cannot give the slot back; the
+      // connection is closed unanswered and the endpoint goes on.
+      --st->live;
+    }
   }
 }
 
