@@ -4,12 +4,14 @@
 // every socket is on loopback; each test runs on io_uring and on epoll.
 // F1 runs the ringframe-server binary (its path in RINGFRAME_SERVER, set by
 // tests/meson.build): the text log sink it tests is the program's own.
+#include "child_process.hpp"
 #include "failing_allocator.hpp"
 #include "frames.hpp"
 #include "loopback.hpp"
 
 #include <ringframe/executor.hpp>
 #include <ringframe/metrics_endpoint.hpp>
+#include <ringframe/signals.hpp>
 #include <ringframe/socket.hpp>
 #include <ringframe/task.hpp>
 #include <ringframe/timer.hpp>
@@ -19,6 +21,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -331,5 +334,54 @@ TEST_CASE("review28 F3: a metrics connection whose spawn throws gives its slot b
       CHECK(got[i].starts_with("HTTP/1.1 200 OK\r\n"));
       CHECK(got[i].ends_with("\r\n\r\nup 1\n"));
     }
+  });
+}
+
+// ---- F4: a signal_set that cannot be made left the signals changed -------
+//
+// signal_set's constructor blocked its signals, and set an ignored one back
+// to its default action, before it made the signalfd; when that failed (out
+// of descriptors: the documented std::system_error) it threw with both
+// left as they were: a caller that goes on without the set (taking the
+// signals the usual way) had them blocked for good (SIGINT, SIGTERM never
+// delivered), and one the process had been told to ignore (nohup's SIGHUP)
+// would kill it once unblocked. A failed constructor must change nothing.
+TEST_CASE("review28 F4: a signal_set whose signalfd cannot be made leaves the signal mask and dispositions as they were") {
+  on_each_backend([](backend_kind k) {
+    const int code = testing::exit_code_in_child([k] {
+      sigset_t usr2;
+      sigemptyset(&usr2);
+      sigaddset(&usr2, SIGUSR2);
+      if (::pthread_sigmask(SIG_UNBLOCK, &usr2, nullptr) != 0) return 20;
+      if (::signal(SIGUSR2, SIG_IGN) == SIG_ERR) return 21;
+      executor ex(on(k));
+      // No descriptor can be made from here on: the lowest free number is
+      // the limit.
+      const int lowest = ::dup(0);
+      if (lowest < 0) return 22;
+      ::close(lowest);
+      rlimit old{};
+      if (::getrlimit(RLIMIT_NOFILE, &old) != 0) return 23;
+      rlimit low = old;
+      low.rlim_cur = static_cast<rlim_t>(lowest);
+      if (::setrlimit(RLIMIT_NOFILE, &low) != 0) return 24;
+      bool threw = false;
+      try {
+        signal_set set(ex, {SIGUSR2});
+      } catch (const std::system_error&) {
+        threw = true;
+      }
+      ::setrlimit(RLIMIT_NOFILE, &old);
+      if (!threw) return 25;  // the test did not reach the failure
+      sigset_t now;
+      if (::pthread_sigmask(SIG_SETMASK, nullptr, &now) != 0) return 26;
+      if (sigismember(&now, SIGUSR2)) return 2;  // still blocked
+      struct sigaction act {};
+      if (::sigaction(SIGUSR2, nullptr, &act) != 0) return 27;
+      if (act.sa_handler != SIG_IGN) return 3;  // no longer ignored
+      return 0;
+    });
+    INFO("2: SIGUSR2 left blocked; 3: no longer ignored; 2x: the test's own setup");
+    CHECK(code == 0);
   });
 }
