@@ -245,6 +245,13 @@ bool print_response(const message_view& m, const address& peer, bool quiet) {
       std::fprintf(stderr, "ringframe-client: the response is not JSON\n");
       return false;
     }
+    // An app reply is an object (docs/protocol.md, section 3); the
+    // tutorial's client fails on any other (content.get), and "Got result:
+    // None" with exit 0 passed it off as right (review29 F2).
+    if (!doc.is_object()) {
+      std::fprintf(stderr, "ringframe-client: the response is not a JSON object\n");
+      return false;
+    }
     if (!quiet) std::printf("Received response %s from %s\n", cli::python_json_repr(doc).c_str(), peer.to_python().c_str());
     simdjson::dom::element v;
     if (!doc["result"].get(v)) {
