@@ -32,8 +32,9 @@ struct metrics_endpoint_options {
   std::chrono::nanoseconds request_timeout = std::chrono::seconds(5);
   std::size_t max_request_bytes = 8192;  // request line and headers
   std::size_t max_connections = 16;
-  // One debug-level record per request ("metrics_request": the status and
-  // the request line as reason) and per closed slow or oversized one. Empty: silent.
+  // One debug-level record per request ("metrics_request", the reply's
+  // status as reason: the request line, a peer's bytes, is never logged) and
+  // per closed slow or oversized one ("timeout", "oversized"). Empty: silent.
   std::function<void(const log_record&)> log;
 };
 
