@@ -184,7 +184,6 @@ class sharded_server {
   static task<void> signal_loop(sharded_server* self);
 
   sharded_server_options opts_;
-  std::unique_ptr<executor> owner_;  // the owner thread's: signals and orders
   std::unique_ptr<signal_set> signals_;
   std::vector<std::unique_ptr<shard>> shards_;
   address bound_;
@@ -212,6 +211,12 @@ class sharded_server {
   mutable std::mutex stats_lock_;
   server_stats total_;
   std::atomic<std::size_t> finished_count_{0};
+
+  // The owner thread's: signals and orders. Declared last, so destroyed
+  // first: when run() has left by an exception, what is still spawned on it
+  // (the signal loop, a scrape) is unwound by ~executor, and may still read
+  // the members above (a signal handled then walks shards_). (review30 F1)
+  std::unique_ptr<executor> owner_;
 };
 
 }  // namespace ringframe
