@@ -125,7 +125,8 @@ class sharded_server {
   // once run() has returned. Any thread.
   server_stats stats() const;
   // Every shard's numbers (stats.hpp), each taken on its own thread by a
-  // task sent there, like the other orders; `done` runs on the owner's
+  // task sent there, like the other orders (a shard that has finished, or
+  // whose thread has failed: its final numbers, without a task); `done` runs on the owner's
   // thread, in run(), once every shard has answered, and is destroyed there
   // right after. Any thread. Not called when run() returns first (stats()
   // then has the final sums); it is then destroyed on whichever thread

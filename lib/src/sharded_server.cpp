@@ -47,6 +47,9 @@ struct sharded_server::shard {
 
   // The owner's thread only.
   bool exit_sent = false;
+  // Its `finished` order has been applied: final_stats and final_thread are
+  // the owner's to read.
+  bool counted = false;
 
   ~shard() {
     if (listen_fd >= 0) ::close(listen_fd);
@@ -279,6 +282,7 @@ void sharded_server::apply(const order& o) {
   switch (o.what) {
     case order::finished: {
       ++finished_;
+      shards_[o.shard]->counted = true;
       std::lock_guard<std::mutex> g(stats_lock_);
       total_ += shards_[o.shard]->final_stats;  // written before the order was posted
       finished_count_.fetch_add(1);
@@ -315,6 +319,13 @@ void sharded_server::apply(const order& o) {
       for (std::size_t i = 0; i < shards_.size(); ++i) r.result.threads[i].thread = static_cast<unsigned>(i);
       if (!done_) {
         for (auto& sh : shards_) {
+          // Its final numbers are known: no task, which a shard whose thread
+          // has failed would never run (every scrape would wait for it, and
+          // leave it in that shard's inbox). (review30 F2)
+          if (sh->counted) {
+            r.result.threads[sh->index] = sh->final_thread;
+            continue;
+          }
           if (!sh->ex || sh->exit_sent) continue;  // a shard that never started: zeros
           try {
             owner_->spawn_on(*sh->ex, shard_snapshot(this, sh.get(), o.snap));
