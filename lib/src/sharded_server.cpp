@@ -427,7 +427,13 @@ void sharded_server::shard_thread(sharded_server* self, shard* sh, server::strea
     // The loop itself failed (io_uring_enter). Report the shard finished, and
     // keep its executor alive (not looping) until the exit word: orders may
     // still be on their way to it.
-    self->log(log_level::error, "error", "thread " + std::to_string(sh->index) + " failed: " + e.what());
+    // A line that cannot be logged (its sink throws, or building it runs out
+    // of memory) must not leave the thread's function: std::terminate.
+    // (review30 F3)
+    try {
+      self->log(log_level::error, "error", "thread " + std::to_string(sh->index) + " failed: " + e.what());
+    } catch (...) {
+    }
     if (!sh->finished) {
       sh->final_stats = srv->stats();
       sh->final_thread = take_thread_stats(*srv, sh->index);
