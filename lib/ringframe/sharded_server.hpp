@@ -151,7 +151,7 @@ class sharded_server {
   struct shard;
   struct snapshot_request;
   struct order {
-    enum kind { drain, stop, counters, signal, finished, snapshot, snapshot_part } what;
+    enum kind { drain, stop, counters, signal, snapshot, snapshot_part } what;
     std::chrono::nanoseconds grace{};
     int sig = 0;
     unsigned shard = 0;
@@ -163,6 +163,7 @@ class sharded_server {
   void apply(const order& o);
   void finish_snapshot(snapshot_request& r);
   void take_orders();
+  void report_finished(shard& sh) noexcept;  // on the shard's thread
   template <class MakeTask>
   void fan_out(MakeTask make);
   void send_exit(shard& sh);

@@ -31,6 +31,11 @@ struct sharded_server::shard {
   int exit_fd = -1;
   // Only for a shard whose loop has failed and so cannot read exit_fd.
   std::atomic<bool> exit_flag{false};
+  // The shard has finished: set by its thread (report_finished), counted by
+  // the owner. A flag, not an order: queueing an order allocates, and a
+  // report lost to bad_alloc left run() waiting for the shard for ever.
+  // (review30 F4)
+  std::atomic<bool> reported{false};
 
   // Set by the thread before start() returns; read-only afterwards.
   executor* ex = nullptr;
@@ -41,14 +46,14 @@ struct sharded_server::shard {
 
   // The shard's thread only.
   bool finished = false;
-  server_stats final_stats;  // written before the `finished` order is posted
+  server_stats final_stats;  // written before `reported` is set
   thread_stats final_thread;  // the same, for snapshots
   std::uint64_t exit_word = 0;
 
   // The owner's thread only.
   bool exit_sent = false;
-  // Its `finished` order has been applied: final_stats and final_thread are
-  // the owner's to read.
+  // Its report has been counted: final_stats and final_thread are the
+  // owner's to read.
   bool counted = false;
 
   ~shard() {
@@ -253,7 +258,21 @@ void sharded_server::post(order o) {
   }
 }
 
+void sharded_server::report_finished(shard& sh) noexcept {
+  sh.reported.store(true, std::memory_order_release);
+  std::uint64_t one = 1;
+  [[maybe_unused]] ssize_t r = ::write(order_fd_, &one, sizeof one);
+}
+
 void sharded_server::take_orders() {
+  for (auto& sh : shards_) {
+    if (sh->counted || !sh->reported.load(std::memory_order_acquire)) continue;
+    sh->counted = true;
+    ++finished_;
+    std::lock_guard<std::mutex> g(stats_lock_);
+    total_ += sh->final_stats;  // written before `reported`
+    finished_count_.fetch_add(1);
+  }
   std::vector<order> batch;
   {
     std::lock_guard<std::mutex> g(orders_lock_);
@@ -280,14 +299,6 @@ void sharded_server::fan_out(MakeTask make) {
 
 void sharded_server::apply(const order& o) {
   switch (o.what) {
-    case order::finished: {
-      ++finished_;
-      shards_[o.shard]->counted = true;
-      std::lock_guard<std::mutex> g(stats_lock_);
-      total_ += shards_[o.shard]->final_stats;  // written before the order was posted
-      finished_count_.fetch_add(1);
-      return;
-    }
     case order::counters:
       fan_out([this](shard* sh) { return shard_counters(this, sh); });
       return;
@@ -438,7 +449,7 @@ void sharded_server::shard_thread(sharded_server* self, shard* sh, server::strea
       sh->final_stats = srv->stats();
       sh->final_thread = take_thread_stats(*srv, sh->index);
       sh->finished = true;
-      self->post({order::finished, {}, 0, sh->index});
+      self->report_finished(*sh);
     }
     sh->exit_flag.wait(false);
   }
@@ -449,7 +460,7 @@ task<void> sharded_server::shard_main(sharded_server* self, shard* sh, server::s
   sh->final_stats = sh->srv->stats();
   sh->final_thread = take_thread_stats(*sh->srv, sh->index);
   sh->finished = true;
-  self->post({order::finished, {}, 0, sh->index});
+  self->report_finished(*sh);
   // Idle until the exit word: the loop keeps running, so an order sent to
   // this shard meanwhile still finds a live executor.
   op_options none{};
