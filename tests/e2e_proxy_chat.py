@@ -22,6 +22,8 @@ import sys
 import threading
 import time
 
+from e2e_util import fd_count, wait_for
+
 failures = []
 
 
@@ -50,19 +52,6 @@ def stop(p):
         out, _ = p.communicate()
         return -1, out
     return p.returncode, out
-
-
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_for(pred, seconds=5.0):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 # ---- the framed protocol (docs/protocol.md) ----

@@ -14,22 +14,9 @@ import sys
 import threading
 import time
 
-from e2e_util import check, fake_server, finish, json_frame, read_frame, start_server, stop
+from e2e_util import check, fake_server, fd_count, finish, json_frame, read_frame, start_server, stop, wait_for
 
 proxy_bin, client_bin = sys.argv[1], sys.argv[2]
-
-
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_for(pred, seconds=5.0):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def reset(s):

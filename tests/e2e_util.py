@@ -1,5 +1,6 @@
 """Scaffolding shared by the end-to-end test scripts (e2e_binaries.py,
-e2e_fanout.py, e2e_review11.py, e2e_review11_load.py).
+e2e_fanout.py, e2e_review11.py, e2e_review11_load.py, e2e_review29.py, and
+e2e_proxy_chat.py for fd_count and wait_for).
 
 A script imports it by name: Python puts the directory of the script it runs
 first on sys.path, wherever meson runs it from.
@@ -11,10 +12,13 @@ first on sys.path, wherever meson runs it from.
   kill_if_running() end it.
 - frame(), json_frame(), recv_exactly(), read_frame(): the wire format
   (a 2-byte big-endian header length, a JSON header, the content).
+- fd_count(pid): the descriptors a process has open; wait_for(pred,
+  seconds): poll until pred() holds.
 - fake_server: a listener on a loopback port whose connections a handler
   serves, each on a thread of its own.
 """
 import json
+import os
 import re
 import signal
 import socket
@@ -22,9 +26,24 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 
 failures = []
 checks = 0
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def wait_for(pred, seconds=5.0):
+    """Polls pred() until it holds or `seconds` have passed; its last answer."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
 
 
 def check(cond, what):

@@ -10,9 +10,13 @@
 
 #include <netinet/in.h>
 #include <dirent.h>
+#include <poll.h>
+#include <sys/time.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <chrono>
 #include <utility>
@@ -97,6 +101,37 @@ inline int open_fd_count() {
     ::closedir(d);
   }
   return n;
+}
+
+// A blocking client socket with 5 s timeouts, connected to `to` (-1 on
+// failure).
+//
+// A connect cut short by EINTR is waited for, not retried (a second connect
+// would say EALREADY). No signal is sent in these tests, but a thread that
+// owns DEFER_TASKRUN rings may be handed a closed ring's leftover task work
+// with a signal-like notification, which a socket call with a timeout
+// reports as EINTR (seen under ASan, where teardown is slow enough to
+// overlap the next calls).
+inline int connect_blocking(const ringframe::address& to) {
+  int fd = ::socket(to.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  int r = ::connect(fd, to.data(), to.size());
+  if (r != 0 && errno == EINTR) {  // the connection goes on: wait for it
+    pollfd p{fd, POLLOUT, 0};
+    int err = 0;
+    socklen_t len = sizeof err;
+    while (::poll(&p, 1, 5000) < 0 && errno == EINTR) {
+    }
+    r = ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0 ? 0 : -1;
+  }
+  if (r != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
 }
 
 }  // namespace testing

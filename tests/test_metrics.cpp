@@ -39,30 +39,6 @@ const std::string echo_frame = testing::raw_frame(
     R"({"byteorder":"little","content-type":"binary/custom-client-binary-type","content-encoding":"binary","content-length":5})",
     "hello");
 
-// A blocking client with 5 s timeouts (-1 on failure); EINTR retried (see
-// test_sharded_server.cpp for why it can happen here).
-int connect_to(const address& to) {
-  int fd = ::socket(to.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  timeval tv{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  int r = ::connect(fd, to.data(), to.size());
-  if (r != 0 && errno == EINTR) {
-    pollfd p{fd, POLLOUT, 0};
-    int err = 0;
-    socklen_t len = sizeof err;
-    while (::poll(&p, 1, 5000) < 0 && errno == EINTR) {
-    }
-    r = ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0 ? 0 : -1;
-  }
-  if (r != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
-
 bool send_all(int fd, const std::string& s) {
   std::size_t done = 0;
   while (done < s.size()) {
@@ -198,7 +174,7 @@ TEST_CASE("take_thread_stats: open connections' counters count before they close
 
     std::promise<void> sent, checked, closed;
     std::thread client([&] {
-      int fd = connect_to(bound);
+      int fd = testing::connect_blocking(bound);
       CHECK(fd >= 0);
       CHECK(echo(fd, 3));
       sent.set_value();
@@ -258,17 +234,17 @@ TEST_CASE("sharded_server: snapshot() from another thread, and GET /metrics on t
     stats_snapshot got;
     std::string body, not_found;
     std::thread client([&] {
-      int fd = connect_to(data);
+      int fd = testing::connect_blocking(data);
       CHECK(fd >= 0);
       CHECK(echo(fd, 4));
       std::promise<stats_snapshot> p;
       srv.snapshot([&p](stats_snapshot s) { p.set_value(std::move(s)); });
       got = p.get_future().get();
-      int m = connect_to(metrics);
+      int m = testing::connect_blocking(metrics);
       CHECK(send_all(m, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
       body = recv_all(m);
       ::close(m);
-      m = connect_to(metrics);
+      m = testing::connect_blocking(metrics);
       CHECK(send_all(m, "GET /other HTTP/1.1\r\n\r\n"));
       not_found = recv_all(m);
       ::close(m);

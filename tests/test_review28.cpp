@@ -81,17 +81,8 @@ bool wait_for_text(const std::string& path, const std::string& what) {
 
 // A blocking loopback client with 5 s timeouts; -1 on failure.
 int connect_blocking(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  timeval tv{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   auto at = address::from_ip("127.0.0.1", static_cast<std::uint16_t>(port));
-  if (!at || ::connect(fd, at->data(), at->size()) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
+  return at ? testing::connect_blocking(*at) : -1;
 }
 
 // SIGTERM, then the exit waited for (10 s, then SIGKILL).

@@ -56,23 +56,6 @@ bool eventually(Cond cond, std::chrono::milliseconds limit = 10s) {
   return cond();
 }
 
-// A blocking client socket with 5 s timeouts, connected to `to` (-1 on failure).
-int connect_to(const address& to) {
-  int fd = ::socket(to.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  timeval tv{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  int r;
-  do r = ::connect(fd, to.data(), to.size());
-  while (r != 0 && errno == EINTR);
-  if (r != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
-
 // Sends all of `text` and reads until the peer closes (or 5 s of silence).
 std::string exchange(int fd, const std::string& text) {
   std::size_t off = 0;
@@ -95,7 +78,7 @@ std::string exchange(int fd, const std::string& text) {
 
 // One scrape of the metrics endpoint at `at`: the whole reply, "" if none.
 std::string scrape(const address& at) {
-  int fd = connect_to(at);
+  int fd = testing::connect_blocking(at);
   if (fd < 0) return {};
   std::string got = exchange(fd, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
   ::close(fd);
@@ -184,7 +167,7 @@ TEST_CASE("review30 F2: a shard whose thread has failed does not stall every sna
     stats_snapshot snap;  // written on the owner's thread before `got`
     std::string reply;
     std::thread driver([&] {
-      int fd = connect_to(to);
+      int fd = testing::connect_blocking(to);
       one_failed = fd >= 0 && eventually([&] { return srv.finished_shards() == 1; });
       if (fd >= 0) ::close(fd);
       srv.snapshot([&](stats_snapshot s) {
@@ -230,7 +213,7 @@ TEST_CASE("review30 F3: a shard failure whose log line throws neither terminates
       const address to = srv.local_address();
       bool one_failed = false;
       std::thread driver([&] {
-        int fd = connect_to(to);
+        int fd = testing::connect_blocking(to);
         one_failed = fd >= 0 && eventually([&] { return srv.finished_shards() == 1; });
         if (fd >= 0) ::close(fd);
         srv.drain(1s);
@@ -277,7 +260,7 @@ TEST_CASE("review30 F4: a shard whose finished report cannot be allocated does n
         const address to = srv.local_address();
         bool echoed = false;
         std::thread driver([&] {
-          int fd = connect_to(to);
+          int fd = testing::connect_blocking(to);
           if (fd < 0) ::_exit(3);
           echoed = ::send(fd, "x", 1, MSG_NOSIGNAL) == 1 && ::recv(fd, std::array<char, 1>{}.data(), 1, 0) == 1;
           // The first block of the (empty) order queue: the size an order's post allocates.

@@ -1,6 +1,8 @@
 // sharded_server: shards behind one address, orders and signals fanned out,
 // lifetimes (no order reaches a finished shard's dead executor), one
 // listener for Unix-domain sockets, and port sharing only on request.
+#include "loopback.hpp"
+
 #include <ringframe/echo.hpp>
 #include <ringframe/sharded_server.hpp>
 
@@ -69,38 +71,9 @@ bool eventually(Cond cond) {
   return cond();
 }
 
-// A blocking client socket with 5 s timeouts, connected to `to` (-1 on failure).
-//
-// Blocking calls here retry EINTR although no signal is sent: this thread
-// owns the owners' rings (DEFER_TASKRUN), and after such a ring is closed the
-// kernel may hand its leftover task work to this thread with a signal-like
-// notification, which a socket call with a timeout reports as EINTR (seen
-// under ASan, where teardown is slow enough to overlap the next calls).
-int connect_to(const address& to) {
-  int fd = ::socket(to.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  timeval tv{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  int r = ::connect(fd, to.data(), to.size());
-  if (r != 0 && errno == EINTR) {  // the connection goes on: wait for it
-    pollfd p{fd, POLLOUT, 0};
-    int err = 0;
-    socklen_t len = sizeof err;
-    while (::poll(&p, 1, 5000) < 0 && errno == EINTR) {
-    }
-    r = ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0 ? 0 : -1;
-  }
-  if (r != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
-
 // One round trip through the echo handler.
 bool echo_once(const address& to, const std::string& msg) {
-  int fd = connect_to(to);
+  int fd = testing::connect_blocking(to);
   if (fd < 0) return false;
   ssize_t sent;
   do sent = ::send(fd, msg.data(), msg.size(), MSG_NOSIGNAL);
@@ -208,7 +181,7 @@ TEST_CASE("orders reach a shard that finished early safely: counters and stop wh
   address to = srv.local_address();
   bool connected = false, one_finished = false, counted = false;
   std::thread driver([&] {
-    int fd = connect_to(to);
+    int fd = testing::connect_blocking(to);
     connected = fd >= 0 && conns.wait_for("Connected by", 1);
     srv.drain(30s);
     // The idle shard finishes at once; the other holds its connection.
@@ -251,7 +224,7 @@ TEST_CASE("real signals: SIGUSR1 logs every shard's counters, SIGTERM drains, a 
     // Started after start(): the signals are blocked here too, so they wait
     // for the server's signalfd whichever thread the kernel picks.
     std::thread driver([&] {
-      int fd = connect_to(to);
+      int fd = testing::connect_blocking(to);
       conns.wait_for("Connected by", 1);
       ::kill(::getpid(), SIGUSR1);
       events.wait_for("counters (thread", 2);
