@@ -2,6 +2,13 @@
 // through the executor's backend). Constructing it blocks those signals in the calling thread, so
 // they are delivered to the set instead of interrupting the process; create
 // it before any other thread starts, so that every thread inherits the mask.
+// They stay blocked when the set is destroyed: unblocking them then would
+// deliver one still pending (a second Ctrl-C during a drain) with its default
+// action, ending the process in the middle of its clean exit. A program that
+// goes on without the set unblocks them itself (pthread_sigmask), and one that
+// starts child processes gives them their own mask (posix_spawnattr_setsigmask,
+// or pthread_sigmask between fork and exec): a blocked mask is inherited
+// through exec.
 #pragma once
 
 #include <ringframe/operation.hpp>
