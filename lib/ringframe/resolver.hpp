@@ -22,11 +22,15 @@
 // timeout (`o.timeout`, a coarse deadline: deadline.hpp) passes, or when the
 // executor stops, the awaiting coroutine resumes at once (from the loop)
 // with ECANCELED or ETIMEDOUT; the getaddrinfo call itself cannot be
-// interrupted, so it finishes on its thread and its result is dropped there.
+// interrupted, so it finishes on its thread and its result is dropped there;
+// a lookup still queued behind busy threads is dropped without being made.
 // Nothing the lookup thread touches belongs to the coroutine or the
 // executor: the two share one heap job, and the thread posts to the
 // executor only while the coroutine still waits (under the job's lock), so
 // an executor destroyed during a lookup is never reached.
+//
+// A host with a NUL inside names no host (EAI_NONAME): getaddrinfo would
+// look up the part before it.
 //
 // Errors: the resolver's (resolver_category(): EAI_NONAME...), errno codes
 // for EAI_SYSTEM, ECANCELED, ETIMEDOUT, EAGAIN when no resolver thread can be

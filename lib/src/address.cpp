@@ -32,6 +32,9 @@ address::address(const sockaddr* sa, socklen_t len) noexcept : storage_{}, len_(
 }
 
 result<address> address::from_ip(std::string_view host, std::uint16_t port) {
+  // inet_pton reads a C string: "127.0.0.1\0.example.com" would be taken
+  // for its prefix (review34 F1).
+  if (host.find('\0') != std::string_view::npos) return std::errc::invalid_argument;
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
   std::string h(host);
   // A link-local IPv6 address names its interface: "fe80::1%eth0" or
@@ -80,6 +83,9 @@ result<address> address::from_unix_path(std::string_view path) {
 
 result<std::vector<address>> address::resolve(std::string_view host, std::uint16_t port) {
   if (auto ip = from_ip(host, port)) return std::vector<address>{*ip};
+  // getaddrinfo reads a C string: a name with a NUL inside would be looked
+  // up as its prefix, another host than the one named (review34 F1).
+  if (host.find('\0') != std::string_view::npos) return std::error_code(EAI_NONAME, resolver_category());
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <exception>
 #include <mutex>
 #include <optional>
 #include <stop_token>
@@ -43,6 +44,7 @@ struct resolve_job : detail::deferred_call {
   int refs = 1;  // the coroutine's; the thread takes one when queued
   lookup* waiter = nullptr;
   bool cancelled = false;  // a stop requested on another thread
+  bool abandoned = false;  // the caller stopped waiting: nobody reads the answer
   bool done = false;
   executor* const ex;
   const std::string host;
@@ -81,9 +83,12 @@ class resolver_pool {
       try {
         std::thread([this] { work(); }).detach();
         ++threads_;
-      } catch (const std::system_error&) {
-        // EAGAIN: the process is out of threads. Queued behind a running
-        // lookup it is still served; with no thread at all it never would be.
+      } catch (const std::exception&) {
+        // EAGAIN (the process is out of threads) or bad_alloc (the thread's
+        // state): not only system_error, or the job stayed queued with the
+        // caller's reference, never freed, looked up for nobody (review34
+        // F3). Queued behind a running lookup it is still served; with no
+        // thread at all it never would be.
         if (threads_ == 0) {
           head_ = tail_ = nullptr;
           queued_ = 0;
@@ -119,10 +124,23 @@ class resolver_pool {
     }
   }
 
-  static void run(resolve_job* j) {
+  static result<std::vector<address>> look_up(resolve_job* j) {
     if (auto* hook = detail::resolver_test_hook.load()) hook(j->host);
     // The blocking lookup, on this thread: the same call, the same answers.
-    result<std::vector<address>> r = address::resolve(j->host, j->port);
+    return address::resolve(j->host, j->port);
+  }
+
+  static void run(resolve_job* j) {
+    // Its caller gave up while it was queued (timeout, stop, frame gone):
+    // dropped unlooked-up. Looked up, such jobs held every thread for
+    // nobody behind a hanging resolver, and the lookups made after it
+    // answered again waited behind all of them (review34 F2).
+    bool abandoned;
+    {
+      std::lock_guard<std::mutex> g(j->m);
+      abandoned = j->abandoned || j->refs == 1;
+    }
+    result<std::vector<address>> r = abandoned ? result<std::vector<address>>(errno_code(ECANCELED)) : look_up(j);
     bool last;
     {
       std::lock_guard<std::mutex> g(j->m);
@@ -244,6 +262,7 @@ class lookup {
     {
       std::lock_guard<std::mutex> g(job_->m);
       job_->waiter = nullptr;
+      job_->abandoned = true;
     }
     // Queued by the thread (or a stop) before `waiter` was cleared: taken
     // back; nobody can queue it again.
@@ -284,7 +303,8 @@ void resolve_job::arrived(detail::deferred_call* c, bool run) {
 task<result<std::vector<address>>> resolve(executor& ex, std::string host, std::uint16_t port, op_options o) {
   // Numeric: no thread, no suspension.
   if (auto ip = address::from_ip(host, port)) co_return std::vector<address>{*ip};
-  if (host.empty()) co_return std::error_code(EAI_NONAME, resolver_category());
+  // A NUL inside: no host (address::resolve says why), and no thread hop.
+  if (host.empty() || host.find('\0') != std::string::npos) co_return std::error_code(EAI_NONAME, resolver_category());
   auto* job = new resolve_job(&ex, std::move(host), port);
   {
     std::lock_guard<std::mutex> g(job->m);
