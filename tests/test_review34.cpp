@@ -7,6 +7,7 @@
 // Order matters in this file (doctest runs it in line order): F3 needs a
 // process in which no resolver thread has been started yet, so it comes
 // first and runs once, on the default backend.
+#include "child_process.hpp"
 #include "failing_allocator.hpp"
 #include "loopback.hpp"
 
@@ -208,4 +209,25 @@ TEST_CASE("review34 F2: a lookup abandoned while queued never reaches getaddrinf
     CHECK(eventually([&] { return detail::resolver_lookups_finished() >= before + 7; }));
     CHECK(times_seen("LOCALHOST") == 0);
   });
+}
+
+// ---- F4 ----
+// fork(): the child has none of the parent's resolver threads, but the pool
+// it inherits still counted them, idle ones included: a lookup in the child
+// was handed to an idle thread that did not exist, and waited for its
+// timeout (for ever without one) while nothing looked it up. The test's
+// own children (child_process.hpp) fork a process with resolver threads.
+// Run last: the parent keeps one thread idle for the fork.
+TEST_CASE("review34 F4: a child forked after a lookup can look names up") {
+  executor ex;
+  outcome parent;
+  ex.run(look_up(&ex, "localhost", &parent, 5s));
+  REQUIRE(parent.r);  // a resolver thread now idles in the parent
+  CHECK(testing::exit_code_in_child([] {
+          executor child_ex;
+          outcome child;
+          child_ex.run(look_up(&child_ex, "LocalHost", &child, 2s));
+          if (!child.r) return child.r.error() == std::errc::timed_out ? 2 : 3;
+          return 0;
+        }, 20) == 0);
 }
