@@ -29,6 +29,10 @@
 // executor only while the coroutine still waits (under the job's lock), so
 // an executor destroyed during a lookup is never reached.
 //
+// fork(): the child starts with no resolver thread (its first lookup starts
+// one); a lookup that was running on a thread at the fork is not served in
+// the child (its caller there waits for its timeout or stop).
+//
 // A host with a NUL inside names no host (EAI_NONAME): getaddrinfo would
 // look up the part before it.
 //

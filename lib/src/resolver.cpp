@@ -4,6 +4,7 @@
 #include <ringframe/detail/resume_later.hpp>
 
 #include <netdb.h>
+#include <pthread.h>
 
 #include <atomic>
 #include <cerrno>
@@ -11,6 +12,7 @@
 #include <condition_variable>
 #include <exception>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <stop_token>
 #include <system_error>
@@ -67,6 +69,11 @@ void release(resolve_job* j) noexcept {
 // otherwise race static destructors); idle threads leave by themselves.
 class resolver_pool {
  public:
+  resolver_pool() {
+    instance_ = this;
+    ::pthread_atfork(&before_fork, &after_fork_in_parent, &after_fork_in_child);
+  }
+
   // False when no thread could be started to run it.
   bool submit(resolve_job* j) {
     std::lock_guard<std::mutex> g(m_);
@@ -152,6 +159,26 @@ class resolver_pool {
     if (last) delete j;
     detail::lookups_finished.fetch_add(1);
   }
+
+  // fork(): the child has none of the threads, but it had their count and
+  // `idle_`: a lookup there was handed to an idle thread that did not exist
+  // and waited for its timeout, or for ever (review34 F4). The lock is held
+  // across the fork so the child's copy is consistent; the child starts
+  // with no thread (the next lookup starts one, which serves the queue
+  // too). A lookup running on a thread at the fork is not served in the
+  // child: its caller waits for its timeout or stop.
+  static void before_fork() noexcept { instance_->m_.lock(); }
+  static void after_fork_in_parent() noexcept { instance_->m_.unlock(); }
+  static void after_fork_in_child() noexcept {
+    resolver_pool* p = instance_;
+    // Its waiters (the idle threads) are gone: a fresh one, as
+    // notify_one() on the inherited state may wait for them for ever.
+    new (&p->cv_) std::condition_variable;
+    p->threads_ = 0;
+    p->idle_ = 0;
+    p->m_.unlock();
+  }
+  static inline resolver_pool* instance_ = nullptr;
 
   std::mutex m_;
   std::condition_variable cv_;
