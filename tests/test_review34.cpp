@@ -218,7 +218,20 @@ TEST_CASE("review34 F2: a lookup abandoned while queued never reaches getaddrinf
 // timeout (for ever without one) while nothing looked it up. The test's
 // own children (child_process.hpp) fork a process with resolver threads.
 // Run last: the parent keeps one thread idle for the fork.
+#if defined(__SANITIZE_THREAD__)
+#define REVIEW34_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define REVIEW34_TSAN 1
+#endif
+#endif
+
 TEST_CASE("review34 F4: a child forked after a lookup can look names up") {
+#ifdef REVIEW34_TSAN
+  // ThreadSanitizer refuses to start a thread in the child of a process
+  // with threads (die_after_fork): checked by the other builds only.
+  return;
+#endif
   executor ex;
   outcome parent;
   ex.run(look_up(&ex, "localhost", &parent, 5s));
