@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""The thirty-third review: ringframe-server and ringframe-client as a new
+user meets them (bad option values, unix:/path listeners).
+
+Every wait is bounded: a binary that should have refused its arguments but
+started (or hung) instead is killed and reported.
+
+Usage: e2e_review33.py SERVER CLIENT
+"""
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from e2e_util import check, fake_server, finish, start_server, stop
+
+server_bin, client_bin = sys.argv[1], sys.argv[2]
+
+
+def run_bounded(argv, seconds=5.0):
+    """(returncode, stdout, stderr) of argv; returncode None if it was still
+    running after `seconds` (it is killed then)."""
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=seconds)
+        return p.returncode, out, err
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        return None, out, err
+
+
+# F1: values that parse but do not mean what was typed. strtoul/strtoull
+#     skip leading blanks and then take "-1" as the largest value (only a
+#     '-' in the first byte was refused), an overflow of
+#     --zero-copy-threshold was clamped silently (no ERANGE check), and a
+#     positive number of seconds below a nanosecond was truncated to 0,
+#     which --idle-timeout and --message-timeout take as "never". The server
+#     started with each; every one must be a usage error (exit 2).
+bad_server_args = [
+    ("--max-connections", " -1"),
+    ("--receive-budget", " -1"),
+    ("--gather-threshold", " -1"),
+    ("--zero-copy-threshold", " -1"),
+    ("--zero-copy-threshold", "99999999999999999999"),
+    ("--max-content", " -1"),
+    ("--read-size", " -1"),
+    ("--threads", " -1"),
+    ("--idle-timeout", "1e-10"),
+    ("--message-timeout", "1e-10"),
+    ("--drain-timeout", "1e-10"),
+]
+for opt, value in bad_server_args:
+    rc, out, err = run_bounded([server_bin, "-q", "--threads", "1", opt, value, "127.0.0.1", "0"]
+                               if opt != "--threads" else [server_bin, "-q", opt, value, "127.0.0.1", "0"])
+    check(rc == 2 and f"bad {opt} '{value}'" in err and "Listening" not in out,
+          f"F1 server {opt} {value!r}: a usage error (rc {rc}, {err.strip()[:120]!r})")
+
+# Good values still start (the fix refuses no value that was fine).
+for opt, value in [("--max-connections", "5"), ("--zero-copy-threshold", "4096"), ("--idle-timeout", "0"),
+                   ("--idle-timeout", "0.5"), ("--message-timeout", "1e-9"), ("--receive-budget", "0")]:
+    p, port = start_server(server_bin, "-q", "--threads", "1", "--mode", "frame-echo", opt, value, "127.0.0.1", "0")
+    stop(p)
+    check(p.returncode == 0, f"F1 server {opt} {value!r} starts and stops cleanly (rc {p.returncode})")
+
+
+# F2: ringframe-client --timeout below a nanosecond was truncated to 0, which
+#     the library takes as "no deadline": against a server that never
+#     answers, the client waited for ever (--help: "give up on any one
+#     network operation after this long").
+silent = fake_server(lambda c: None)  # accepts, reads nothing, never answers
+try:
+    for cmd in (["echo", "127.0.0.1", silent.port], ["app", "127.0.0.1", silent.port, "search", "x"]):
+        rc, out, err = run_bounded([client_bin, "--timeout", "1e-10", *cmd], 10.0)
+        check(rc == 2 and "bad --timeout '1e-10'" in err, f"F2 client --timeout 1e-10 {cmd[0]}: rc {rc}, {err.strip()[:120]!r}")
+    # A real timeout still gives up (and says so).
+    rc, out, err = run_bounded([client_bin, "--timeout", "0.3", "echo", "127.0.0.1", silent.port], 10.0)
+    check(rc == 1 and "timed out" in err, f"F2 client --timeout 0.3 against a silent server: rc {rc}, {err.strip()!r}")
+finally:
+    silent.close()
+
+
+# F3: "unix:" (no path) was refused as "File name too long".
+rc, out, err = run_bounded([server_bin, "unix:"])
+check(rc == 2 and "too long" not in err and "empty" in err, f"F3 server unix: (no path): rc {rc}, {err.strip()!r}")
+rc, out, err = run_bounded([client_bin, "echo", "unix:"])
+check(rc == 2 and "too long" not in err and "empty" in err, f"F3 client echo unix: (no path): rc {rc}, {err.strip()!r}")
+long_path = "/tmp/" + "x" * 120
+rc, out, err = run_bounded([server_bin, "unix:" + long_path])
+check(rc == 2 and "too long" in err and not os.path.exists(long_path), f"a path over 107 bytes: rc {rc}, {err.strip()!r}")
+
+
+# F4: ringframe-client permuted its arguments, so an ARG after COMMAND that
+#     starts with '-' was taken as an option: `echo HOST PORT -hello`
+#     printed --help and exited 0 without sending anything (a script that
+#     passes its text through thought it had been echoed), and `app ... search
+#     -1` was "unknown option '-1'". --help says OPTIONS come before COMMAND.
+def echo_back(c):
+    try:
+        while True:
+            b = c.recv(4096)
+            if not b:
+                return
+            c.sendall(b)
+    except OSError:
+        return
+
+
+echo_peer = fake_server(echo_back)
+try:
+    for text in ("-hello", "-1", "--help"):
+        rc, out, err = run_bounded([client_bin, "echo", "127.0.0.1", echo_peer.port, text], 10.0)
+        check(rc == 0 and out == f"Received b'{text}'\n", f"F4 client echo TEXT {text!r} is sent: rc {rc}, {out[:80]!r} {err.strip()[:80]!r}")
+    rc, out, err = run_bounded([client_bin, "-q", "--timeout", "5", "echo", "127.0.0.1", echo_peer.port, "x"], 10.0)
+    check(rc == 0 and out == "Received b'x'\n", f"F4 options before COMMAND still work: rc {rc}, {out!r}")
+finally:
+    echo_peer.close()
+
+
+# F5: an option given without its value was reported as unknown
+#     ("unknown option '--threads'"), which sends a user to --help looking for
+#     an option that is there.
+for binary, opt in ((server_bin, "--threads"), (server_bin, "-t"), (server_bin, "--idle-timeout"),
+                    (client_bin, "--timeout"), (client_bin, "-n")):
+    rc, out, err = run_bounded([binary, opt])
+    check(rc == 2 and f"option '{opt}' needs a value" in err and "unknown" not in err,
+          f"F5 {os.path.basename(binary)} {opt} with no value: rc {rc}, {err.strip()[:100]!r}")
+rc, out, err = run_bounded([server_bin, "--no-such-option"])
+check(rc == 2 and "unknown option '--no-such-option'" in err, f"an unknown option is still one: {err.strip()[:100]!r}")
+
+
+# What is already sound (kept as regressions): a unix: path that is not a
+# stale socket is never removed, a stale one is, and the file is removed on
+# exit only while it is still the server's.
+with tempfile.TemporaryDirectory() as d:
+    def refuses(path, what):
+        rc, out, err = run_bounded([server_bin, "-q", "--threads", "1", "unix:" + path])
+        check(rc == 1 and "cannot listen" in err, f"{what}: refused (rc {rc}, {err.strip()!r})")
+
+    regular = os.path.join(d, "regular")
+    with open(regular, "w") as f:
+        f.write("data")
+    refuses(regular, "a regular file")
+    check(open(regular).read() == "data", "a regular file is left alone")
+
+    directory = os.path.join(d, "dir")
+    os.mkdir(directory)
+    refuses(directory, "a directory")
+    check(os.path.isdir(directory), "a directory is left alone")
+
+    stale = os.path.join(d, "stale.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(stale)
+    s.close()  # a socket file nobody listens on
+    link = os.path.join(d, "link")
+    os.symlink(stale, link)
+    refuses(link, "a symlink to a stale socket")
+    check(os.path.islink(link) and os.path.exists(stale), "the symlink and its target are left alone")
+    dangling = os.path.join(d, "dangling")
+    os.symlink(os.path.join(d, "nothing"), dangling)
+    refuses(dangling, "a dangling symlink")
+    check(os.path.islink(dangling), "a dangling symlink is left alone")
+
+    live_path = os.path.join(d, "live.sock")
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(live_path)
+    live.listen(4)
+    refuses(live_path, "a live socket of another server")
+    ino = os.stat(live_path).st_ino
+    check(os.path.exists(live_path) and os.stat(live_path).st_ino == ino, "the live socket is left alone")
+    live.close()
+
+    us = subprocess.Popen([server_bin, "-q", "--threads", "1", "unix:" + stale], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    line = us.stdout.readline()
+    check("Listening on" in line, f"a stale socket is replaced: {line.strip()!r}")
+    # Another file takes the name while the server runs: not removed on exit.
+    os.unlink(stale)
+    with open(stale, "w") as f:
+        f.write("someone else's")
+    stop(us)
+    check(us.returncode == 0 and os.path.exists(stale) and open(stale).read() == "someone else's",
+          f"a file that is no longer the server's survives its exit (rc {us.returncode})")
+    os.unlink(stale)
+    us = subprocess.Popen([server_bin, "-q", "--threads", "1", "unix:" + stale], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    us.stdout.readline()
+    stop(us)
+    check(us.returncode == 0 and not os.path.exists(stale), "its own socket file is removed on exit")
+
+finish()
