@@ -19,6 +19,11 @@ inline bool is_unix_host(const std::string& host) { return host.rfind("unix:", 0
 inline std::vector<address> resolve_endpoint(const std::string& host, const std::string& port_text,
                                              std::string& error) {
   if (is_unix_host(host)) {
+    // from_unix_path refuses "" as too long, which misleads.
+    if (host.size() == 5) {
+      error = "bad unix socket path '': empty (expected unix:/path/to/socket)";
+      return {};
+    }
     auto a = address::from_unix_path(host.substr(5));
     if (!a) {
       error = "bad unix socket path '" + host.substr(5) + "': " + a.error().message();

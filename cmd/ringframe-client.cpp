@@ -80,13 +80,19 @@ options parse(int argc, char** argv) {
                                     {nullptr, 0, nullptr, 0}};
   int c;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, "t:qn:p:hV", longopts, nullptr)) != -1) {
+  // '+': the options end at COMMAND, so an ARG that starts with '-' (echo's
+  // TEXT "-hello", app's VALUE "-1") is sent, not taken as -h or refused.
+  // ':': a missing value is told apart from an unknown option.
+  while ((c = getopt_long(argc, argv, "+:t:qn:p:hV", longopts, nullptr)) != -1) {
     switch (c) {
       case 't': {
         char* end = nullptr;
         double s = std::strtod(optarg, &end);
         if (!*optarg || *end || !(s > 0) || s > 86400) fail_usage(std::string("bad --timeout '") + optarg + "'");
         o.timeout = std::chrono::nanoseconds(static_cast<long long>(s * 1e9));
+        // Below a nanosecond it would truncate to 0, which the library takes
+        // as "no deadline": the client would wait for ever.
+        if (o.timeout.count() == 0) fail_usage(std::string("bad --timeout '") + optarg + "'");
         break;
       }
       case 'q': o.quiet = true; break;
@@ -107,6 +113,7 @@ options parse(int argc, char** argv) {
         break;
       case 'h': std::fputs(usage_text, stdout); std::exit(0);
       case 'V': std::printf("ringframe-client %s\n", RINGFRAME_VERSION); std::exit(0);
+      case ':': fail_usage(std::string("option '") + argv[optind - 1] + "' needs a value");
       default: fail_usage(std::string("unknown option '") + argv[optind - 1] + "'");
     }
   }

@@ -131,8 +131,22 @@ std::chrono::nanoseconds parse_seconds(const char* what, const char* text, bool 
   char* end = nullptr;
   double v = std::strtod(text, &end);
   bool ok = *text && !*end && v <= 1e6 && (v > 0 || (zero_means_never && v == 0));
-  if (!ok) fail_usage(std::string("bad ") + what + " '" + text + "'");
-  return std::chrono::nanoseconds(static_cast<long long>(v * 1e9));
+  const auto ns = std::chrono::nanoseconds(ok ? static_cast<long long>(v * 1e9) : 0);
+  // A positive value below a nanosecond would truncate to 0, which the
+  // timeouts take as "never": the opposite of what was asked.
+  if (!ok || (v > 0 && ns.count() == 0)) fail_usage(std::string("bad ") + what + " '" + text + "'");
+  return ns;
+}
+
+// A whole number as typed: strtoull alone skips leading blanks and then
+// takes " -1" as its largest value (the check for a leading '-' missed it).
+// False for anything but digits, or for an overflow (ERANGE).
+bool parse_whole(const char* text, unsigned long long& v) {
+  if (!(*text >= '0' && *text <= '9')) return false;
+  char* end = nullptr;
+  errno = 0;
+  v = std::strtoull(text, &end, 10);
+  return !*end && errno != ERANGE;
 }
 
 options parse(int argc, char** argv) {
@@ -155,18 +169,15 @@ options parse(int argc, char** argv) {
       {nullptr, 0, nullptr, 0}};
   int c;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, "+m:c:t:qhV", longopts, nullptr)) != -1) {
+  while ((c = getopt_long(argc, argv, "+:m:c:t:qhV", longopts, nullptr)) != -1) {
     switch (c) {
       case 'm': o.mode = optarg; break;
       case 'c': {
-        char* end = nullptr;
-        errno = 0;
-        unsigned long v = std::strtoul(optarg, &end, 10);
-        // strtoul takes "-1" as ULONG_MAX and clamps an overflow to it (ERANGE):
-        // both are bad usage, not "no limit" (as --threads and the byte options).
-        if (!*optarg || *end || *optarg == '-' || errno == ERANGE || v == 0)
+        // "-1" and an overflow are bad usage, not "no limit".
+        unsigned long long v = 0;
+        if (!parse_whole(optarg, v) || v == 0)
           fail_usage(std::string("bad --max-connections '") + optarg + "'");
-        o.max_connections = v;
+        o.max_connections = static_cast<std::size_t>(v);
         break;
       }
       case 'q': o.quiet = true; break;
@@ -220,10 +231,8 @@ options parse(int argc, char** argv) {
       case 15:
       case 16: {
         const char* name = c == 15 ? "--receive-budget" : "--gather-threshold";
-        char* end = nullptr;
-        errno = 0;
-        unsigned long long v = std::strtoull(optarg, &end, 10);
-        if (!*optarg || *end || *optarg == '-' || errno == ERANGE)
+        unsigned long long v = 0;
+        if (!parse_whole(optarg, v))
           fail_usage(std::string("bad ") + name + " '" + optarg + "' (expected a number of bytes)");
         (c == 15 ? o.conn.thread_receive_budget : o.conn.gather_threshold) = v;
         break;
@@ -238,9 +247,8 @@ options parse(int argc, char** argv) {
         break;
       }
       case 8: {
-        char* end = nullptr;
-        unsigned long long v = std::strtoull(optarg, &end, 10);
-        if (!*optarg || *end || *optarg == '-') fail_usage(std::string("bad --zero-copy-threshold '") + optarg + "'");
+        unsigned long long v = 0;
+        if (!parse_whole(optarg, v)) fail_usage(std::string("bad --zero-copy-threshold '") + optarg + "'");
         o.conn.zero_copy_threshold = v;
         break;
       }
@@ -254,6 +262,8 @@ options parse(int argc, char** argv) {
       }
       case 'h': std::fputs(usage_text, stdout); std::exit(0);
       case 'V': std::printf("ringframe-server %s\n", RINGFRAME_VERSION); std::exit(0);
+      // ':' (the optstring's): a missing value, not an unknown option.
+      case ':': fail_usage(std::string("option '") + argv[optind - 1] + "' needs a value");
       default: fail_usage(std::string("unknown option '") + argv[optind - 1] + "'");
     }
   }
