@@ -5,7 +5,7 @@ user meets them (bad option values, unix:/path listeners).
 Every wait is bounded: a binary that should have refused its arguments but
 started (or hung) instead is killed and reported.
 
-Usage: e2e_review33.py SERVER CLIENT
+Usage: e2e_review33.py SERVER CLIENT KVSTORE
 """
 import os
 import socket
@@ -16,7 +16,7 @@ import time
 
 from e2e_util import check, fake_server, finish, start_server, stop
 
-server_bin, client_bin = sys.argv[1], sys.argv[2]
+server_bin, client_bin, kvstore_bin = sys.argv[1], sys.argv[2], sys.argv[3]
 
 
 def run_bounded(argv, seconds=5.0):
@@ -129,6 +129,30 @@ for binary, opt in ((server_bin, "--threads"), (server_bin, "-t"), (server_bin, 
           f"F5 {os.path.basename(binary)} {opt} with no value: rc {rc}, {err.strip()[:100]!r}")
 rc, out, err = run_bounded([server_bin, "--no-such-option"])
 check(rc == 2 and "unknown option '--no-such-option'" in err, f"an unknown option is still one: {err.strip()[:100]!r}")
+
+
+# F6: ringframe-kvstore let the executor's setup_error escape main: a bad
+#     RINGFRAME_BACKEND, or io_uring refused where it was asked for, ended in
+#     std::terminate (SIGABRT, a core dump) instead of one line and exit 1 as
+#     ringframe-server and the other examples say it.
+env = dict(os.environ, RINGFRAME_BACKEND="bogus")
+p = subprocess.Popen([kvstore_bin, "127.0.0.1", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+try:
+    out, err = p.communicate(timeout=10)
+except subprocess.TimeoutExpired:
+    p.kill()
+    out, err = p.communicate()
+check(p.returncode == 1 and err.startswith("ringframe-kvstore: ") and "RINGFRAME_BACKEND='bogus'" in err
+      and "terminate" not in err, f"F6 kvstore with a setup error: rc {p.returncode}, {err.strip()[:160]!r}")
+# Its usage and listen errors were already one line (kept as regressions).
+rc, out, err = run_bounded([kvstore_bin, "127.0.0.1", "65536"])
+check(rc == 2 and "usage: ringframe-kvstore" in err, f"kvstore bad port: rc {rc}, {err.strip()!r}")
+holder = socket.socket()
+holder.bind(("127.0.0.1", 0))
+holder.listen(1)
+rc, out, err = run_bounded([kvstore_bin, "127.0.0.1", str(holder.getsockname()[1])])
+holder.close()
+check(rc == 1 and "cannot listen" in err, f"kvstore port in use: rc {rc}, {err.strip()!r}")
 
 
 # What is already sound (kept as regressions): a unix: path that is not a
