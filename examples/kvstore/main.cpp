@@ -5,6 +5,7 @@
 #include <ringframe/signals.hpp>
 
 #include <csignal>
+#include <exception>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -32,18 +33,26 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::signal(SIGPIPE, SIG_IGN);
-  ringframe::executor ex;
-  ringframe::signal_set sigs(ex, {SIGINT, SIGTERM});
-  ringframe::server_options so;
-  so.log = [](const std::string& line) { std::printf("%s\n", line.c_str()); };
-  ringframe::server srv(ex, so);
-  if (auto r = srv.listen(*at); !r) {
-    std::fprintf(stderr, "ringframe-kvstore: cannot listen on %s: %s\n", at->to_string().c_str(), r.error().message().c_str());
+  // The executor throws setup_error with a diagnosis (io_uring refused, a bad
+  // RINGFRAME_BACKEND): one line and exit 1, not std::terminate.
+  try {
+    ringframe::executor ex;
+    ringframe::signal_set sigs(ex, {SIGINT, SIGTERM});
+    ringframe::server_options so;
+    so.log = [](const std::string& line) { std::printf("%s\n", line.c_str()); };
+    ringframe::server srv(ex, so);
+    if (auto r = srv.listen(*at); !r) {
+      std::fprintf(stderr, "ringframe-kvstore: cannot listen on %s: %s\n", at->to_string().c_str(),
+                   r.error().message().c_str());
+      return 1;
+    }
+    std::printf("Listening on %s\n", srv.local_addresses().front().to_python().c_str());
+    std::fflush(stdout);
+    kvstore::store st;
+    ex.run(serve(&ex, &srv, &sigs, &st));
+    std::printf("ringframe-kvstore: stopped with %zu keys\n", st.size());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ringframe-kvstore: %s\n", e.what());
     return 1;
   }
-  std::printf("Listening on %s\n", srv.local_addresses().front().to_python().c_str());
-  std::fflush(stdout);
-  kvstore::store st;
-  ex.run(serve(&ex, &srv, &sigs, &st));
-  std::printf("ringframe-kvstore: stopped with %zu keys\n", st.size());
 }
