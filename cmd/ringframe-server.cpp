@@ -295,30 +295,13 @@ std::string thread_name() {
   return shard < 0 ? "main" : std::to_string(shard);
 }
 
-// A record's text may quote a peer's bytes (a malformed frame's reason):
-// a newline there would start a line of the peer's making, so control bytes
-// are written as \xNN (the tab kept); printable text is unchanged.
-void append_text_line(std::string& line, std::string_view text) {
-  static const char hex[] = "0123456789abcdef";
-  for (char ch : text) {
-    const unsigned char c = static_cast<unsigned char>(ch);
-    if ((c < 0x20 && c != '\t') || c == 0x7F) {
-      line += "\\x";
-      line += hex[c >> 4];
-      line += hex[c & 15];
-    } else {
-      line += ch;
-    }
-  }
-}
-
 void emit(const log_record& r, const char* text_prefix) {
   std::string line;
   if (log_json) {
     line = to_json(r, thread_name());
   } else {
     line = text_prefix;
-    append_text_line(line, r.text);
+    append_text_line(line, r.text);  // log.hpp: a peer's newline starts no line
   }
   line += '\n';
   // One call (the lock of stdout keeps lines whole across threads), and by

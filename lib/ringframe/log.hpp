@@ -8,8 +8,8 @@
 //   };
 //
 // `text` is the line the plain-text log has always printed for the event
-// (server_options::log receives exactly that), so a sink can keep the text
-// format unchanged and add the fields only where it wants them.
+// (server_options::log receives it through append_text_line), so a sink can
+// keep the text format unchanged and add the fields only where it wants them.
 #pragma once
 
 #include <ringframe/address.hpp>
@@ -49,6 +49,13 @@ struct log_record {
 // reads them as line ends), and bytes that are not valid UTF-8 become
 // U+FFFD, so the output is always valid JSON in valid UTF-8.
 void append_json_text(std::string& out, std::string_view s);
+
+// `s` appended to `out` as the text of one log line: control bytes (a
+// record's text may quote a peer's bytes) written as \xNN, the tab kept;
+// printable text, UTF-8 included, unchanged. So a newline in it cannot start
+// a line of the peer's making, nor a NUL cut it short where it is printed
+// with %s.
+void append_text_line(std::string& out, std::string_view s);
 
 // One JSON object on one line (no newline at the end):
 // {"ts":"2026-12-01T15:45:55.123456Z","level":"info","thread":"0",

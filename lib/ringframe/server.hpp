@@ -56,7 +56,8 @@ struct server_options {
   // Keep one multishot accept armed (Linux 5.19) instead of one accept per
   // connection; false is for comparison only.
   bool multishot_accept = true;
-  // One line per event (connections, errors). Empty: silent.
+  // One line per event (connections, errors), without its newline; control
+  // bytes are written as \xNN (append_text_line, log.hpp). Empty: silent.
   std::function<void(const std::string&)> log;
   // The same events with their fields apart (log.hpp). When set, it takes
   // every event instead of `log` (whose line is the record's `text`).
@@ -211,7 +212,14 @@ class server {
   }
   void log(const log_record& r) const {
     if (opts_.log_records) opts_.log_records(r);
-    else if (opts_.log) opts_.log(std::string(r.text));
+    else if (opts_.log) {
+      // A record's text may quote a peer's bytes (a malformed frame's
+      // reason): raw, a newline in it forged a line in every example's log
+      // (review31 F3).
+      std::string line;
+      append_text_line(line, r.text);
+      opts_.log(line);
+    }
   }
 
 

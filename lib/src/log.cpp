@@ -54,6 +54,20 @@ std::size_t utf8_sequence(std::string_view s, std::size_t i) noexcept {
 }
 }  // namespace
 
+void append_text_line(std::string& out, std::string_view s) {
+  static const char hex[] = "0123456789abcdef";
+  for (char ch : s) {
+    const unsigned char c = static_cast<unsigned char>(ch);
+    if ((c < 0x20 && c != '\t') || c == 0x7F) {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    } else {
+      out += ch;
+    }
+  }
+}
+
 void append_json_text(std::string& out, std::string_view s) {
   static const char hex[] = "0123456789abcdef";
   out += '"';
