@@ -13,6 +13,7 @@
 #include <getopt.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -48,7 +49,8 @@ const char* const usage_text =
     "                         the environment variable RINGFRAME_BACKEND is used if set\n"
     "  -q, --quiet            multiconn, app: print only the summary line\n"
     "  -n, --repeat N         app: send the request N times over one connection (default 1)\n"
-    "  -p, --pipeline D       app: keep up to D requests in flight (default 1)\n"
+    "  -p, --pipeline D       app: keep up to D requests in flight (default 1; fewer when D of\n"
+    "                         them would pass 256 KiB, so that they always fit in the buffers)\n"
     "  -h, --help             show this help and exit\n"
     "  -V, --version          show the version and exit\n"
     "\n"
@@ -370,9 +372,16 @@ task<int> app_client(executor* ex, std::string host, std::uint16_t port, address
   run.request = &request;
   run.r = &r;
   run.peer = to;
+  // framed_client reads no reply while a send of its is under way, and a
+  // server stops reading a peer whose replies pile up: with more requests in
+  // flight than the buffers between them hold, neither moved until the
+  // write timeout (review31 F2: -p 200000 got 0 replies). A quarter of the
+  // connection's unsent bound keeps the queue well short of that.
+  const long fit = std::max(1L, static_cast<long>(fo.connection.max_unsent_bytes / 4 / frame.size()));
+  const long depth = std::min({r.pipeline, r.repeat, fit});
   auto t0 = std::chrono::steady_clock::now();
   std::vector<task<void>> workers;
-  for (long i = 0; i < std::min(r.pipeline, r.repeat); ++i) workers.push_back(app_worker(&run));
+  for (long i = 0; i < depth; ++i) workers.push_back(app_worker(&run));
   task<std::vector<std::monostate>> all = when_all(std::move(workers));
   co_await std::move(all);
   if (run.rc != 0) co_return run.rc;
@@ -380,7 +389,7 @@ task<int> app_client(executor* ex, std::string host, std::uint16_t port, address
   if (!r.quiet) std::printf("Closing connection to %s\n", to.to_python().c_str());
   if (r.repeat > 1 || r.quiet)
     std::printf("app: %ld responses, all alike, in %.1f ms (%.0f requests/s, pipeline depth %ld)\n", run.received,
-                secs * 1e3, run.received / (secs > 0 ? secs : 1e-9), r.pipeline);
+                secs * 1e3, run.received / (secs > 0 ? secs : 1e-9), depth);
   co_return 0;
 }
 
