@@ -20,10 +20,16 @@ ringframe::task<void> shout(ringframe::socket s, ringframe::connection_info) {
   }
 }
 
-int main() {
-  ringframe::executor ex;
+int main() try {
+  ringframe::executor ex;  // throws setup_error, with why, where neither backend can start
   ringframe::server srv(ex);
-  if (!srv.listen(*ringframe::address::from_ip("127.0.0.1", 65433))) return 1;
+  if (auto r = srv.listen(*ringframe::address::from_ip("127.0.0.1", 65433)); !r) {
+    std::fprintf(stderr, "uppercase-server: cannot listen on 127.0.0.1:65433: %s\n", r.error().message().c_str());
+    return 1;
+  }
   std::puts("uppercase-server on 127.0.0.1:65433");
   ex.run(srv.serve(&shout));
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "uppercase-server: %s\n", e.what());
+  return 1;
 }

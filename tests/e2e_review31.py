@@ -9,8 +9,9 @@ for both reviews.
 Every peer is on loopback; every wait is bounded (a process that does not end
 in time is killed and the check fails).
 
-Usage: e2e_review31.py SERVER CLIENT KVSTORE CHAT
+Usage: e2e_review31.py SERVER CLIENT KVSTORE CHAT UPPERCASE
 """
+import os
 import queue
 import socket
 import struct
@@ -22,7 +23,7 @@ import time
 from e2e_util import (check, fake_server, finish, frame, json_frame, kill_if_running, read_frame, start_server, stop,
                       wait_or_kill)
 
-server_bin, client_bin, kvstore_bin, chat_bin = sys.argv[1:5]
+server_bin, client_bin, kvstore_bin, chat_bin, uppercase_bin = sys.argv[1:6]
 
 
 def run(args, timeout):
@@ -117,5 +118,27 @@ finally:
     kill_if_running(p)
     p.wait()
 
+
+# F7: examples/uppercase_server.cpp, the README's first program, ended in
+#     std::terminate (SIGABRT, a core dump) when the executor could not be
+#     made (a bad RINGFRAME_BACKEND, io_uring refused where it was asked
+#     for), and exited 1 without a word when its port was taken.
+p = subprocess.run([uppercase_bin], env=dict(os.environ, RINGFRAME_BACKEND="bogus"), capture_output=True, text=True,
+                   timeout=10)
+check(p.returncode == 1 and "RINGFRAME_BACKEND" in p.stderr and len(p.stderr.strip().splitlines()) == 1,
+      f"F7: uppercase-server with a bad RINGFRAME_BACKEND says why in one line, exit 1 "
+      f"(rc {p.returncode}, {p.stderr.strip()[-300:]!r})")
+holder = socket.socket()
+try:
+    holder.bind(("127.0.0.1", 65433))
+    holder.listen()
+except OSError:
+    pass  # taken by someone else: taken all the same
+try:
+    p = subprocess.run([uppercase_bin], capture_output=True, text=True, timeout=10)
+    check(p.returncode == 1 and "cannot listen on 127.0.0.1:65433" in p.stderr,
+          f"F7: uppercase-server on a taken port says so, exit 1 (rc {p.returncode}, {p.stderr.strip()!r})")
+finally:
+    holder.close()
 
 finish()
