@@ -61,3 +61,31 @@ TEST_CASE("the key-value store example keeps state across connections") {
   srv.stop();
   ex.run_until_idle();
 }
+
+TEST_CASE("the key-value store example holds at most max_bytes of keys and values") {
+  executor ex;
+  server_options so;
+  so.log_connections = false;
+  server srv(ex, so);
+  REQUIRE(srv.listen(*address::from_ip("127.0.0.1", 0)));
+  address to = srv.local_addresses().front();
+  kvstore::store st(16);
+  ex.spawn(serve(&srv, &st));
+
+  std::vector<std::string> a;
+  ex.run(session(&ex, to,
+                 {R"({"op": "put", "key": "k1", "value": "12345678"})",       // 10 bytes
+                  R"({"op": "put", "key": "k2", "value": "1234567"})",        // 19: past 16
+                  R"({"op": "put", "key": "k1", "value": "12345678901234"})",  // replaces: 16
+                  R"({"op": "put", "key": "k1", "value": "123456789012345"})", // 17: past 16, k1 kept
+                  R"({"op": "get", "key": "k1"})", R"({"op": "del", "key": "k1"})",
+                  R"({"op": "put", "key": "k2", "value": "1234567"})", R"({"op": "count"})"},
+                 &a));
+  CHECK(a == std::vector<std::string>{R"({"ok": true})", R"({"ok": false, "error": "store full"})", R"({"ok": true})",
+                                      R"({"ok": false, "error": "store full"})",
+                                      R"({"ok": true, "value": "12345678901234"})", R"({"ok": true})",
+                                      R"({"ok": true})", R"({"ok": true, "count": 1})"});
+  CHECK(st.bytes() == 9);
+  srv.stop();
+  ex.run_until_idle();
+}

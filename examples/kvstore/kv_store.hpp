@@ -6,6 +6,10 @@
 //   {"op": "get", "key": "k"}                -> {"ok": true, "value": "v"} or {"ok": false, "error": "no such key"}
 //   {"op": "del", "key": "k"}                -> {"ok": true} or {"ok": false, ...}
 //   {"op": "count"}                          -> {"ok": true, "count": N}
+//
+// The keys and values held are bounded (max_bytes, 64 MiB by default): a put
+// past it is answered {"ok": false, "error": "store full"} and changes
+// nothing, so that what peers send never grows the process without bound.
 #pragma once
 
 #include <ringframe/handler.hpp>
@@ -19,6 +23,9 @@ namespace kvstore {
 
 class store {
  public:
+  static constexpr std::size_t default_max_bytes = 64 * 1024 * 1024;
+  explicit store(std::size_t max_bytes = default_max_bytes) : max_bytes_(max_bytes) {}
+
   ringframe::task<ringframe::message> handle(ringframe::message_view req, ringframe::connection_info) {
     using ringframe::message;
     if (req.content_type != "text/json") co_return fail("requests must be text/json");
@@ -34,7 +41,12 @@ class store {
     if (doc["key"].get(key)) co_return fail("\"key\" must be a string");
     if (op == "put") {
       if (doc["value"].get(value)) co_return fail("\"value\" must be a string");
-      data_[std::string(key)] = std::string(value);
+      auto at = data_.find(std::string(key));
+      const std::size_t held = at == data_.end() ? 0 : key.size() + at->second.size();
+      if (bytes_ - held + key.size() + value.size() > max_bytes_) co_return fail("store full");
+      if (at == data_.end()) at = data_.emplace(std::string(key), std::string()).first;
+      at->second.assign(value);
+      bytes_ = bytes_ - held + key.size() + value.size();
       co_return ok("");
     }
     auto it = data_.find(std::string(key));
@@ -44,11 +56,13 @@ class store {
       ringframe::append_json_string(v, it->second);
       co_return ok(v);
     }
+    bytes_ -= it->first.size() + it->second.size();
     data_.erase(it);  // del
     co_return ok("");
   }
 
   std::size_t size() const { return data_.size(); }
+  std::size_t bytes() const { return bytes_; }  // keys and values held
 
  private:
   static ringframe::message ok(const std::string& more) { return ringframe::message::json("{\"ok\": true" + more + "}"); }
@@ -59,6 +73,8 @@ class store {
   }
 
   std::unordered_map<std::string, std::string> data_;
+  std::size_t max_bytes_;
+  std::size_t bytes_ = 0;
   simdjson::dom::parser parser_;
 };
 
