@@ -14,7 +14,7 @@ namespace ringframe::cli {
 inline bool is_unix_host(const std::string& host) { return host.rfind("unix:", 0) == 0; }
 
 // HOST may be an IP literal, a host name (resolved, blocking) or
-// "unix:/path" for a Unix-domain socket (PORT is then ignored).
+// "unix:/path" for a Unix-domain socket (then the binaries refuse a PORT).
 // On failure, `error` holds a message such as "bad port 'x': ...".
 inline std::vector<address> resolve_endpoint(const std::string& host, const std::string& port_text,
                                              std::string& error) {

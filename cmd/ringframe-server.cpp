@@ -271,6 +271,9 @@ options parse(int argc, char** argv) {
   if (rest > 2) fail_usage("too many arguments");
   if (rest >= 1) o.host = argv[optind];
   if (rest >= 2) o.port = argv[optind + 1];
+  // A Unix socket has no port: one given is a mistake to point out, not
+  // something to ignore (the client refuses it too).
+  if (rest >= 2 && cli::is_unix_host(o.host)) fail_usage("a unix:/path HOST takes no PORT");
   if (o.mode != "echo" && o.mode != "app" && o.mode != "frame-echo")
     fail_usage("unknown mode '" + o.mode + "' (expected echo, app or frame-echo)");
   return o;

@@ -214,4 +214,12 @@ with tempfile.TemporaryDirectory() as d:
     stop(us)
     check(us.returncode == 0 and not os.path.exists(stale), "its own socket file is removed on exit")
 
+# F7: `ringframe-server unix:/path PORT` ignored PORT (a mistake, such as a
+#     forgotten "unix:" meaning, went unnoticed), where the client refuses it.
+with tempfile.TemporaryDirectory() as d:
+    path = os.path.join(d, "s")
+    rc, out, err = run_bounded([server_bin, "unix:" + path, "8080"])
+    check(rc == 2 and "takes no PORT" in err and not os.path.exists(path),
+          f"F7: ringframe-server unix:/path PORT is a usage error (rc {rc}, None: it ran; {err.strip()!r})")
+
 finish()
