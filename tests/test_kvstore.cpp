@@ -34,17 +34,30 @@ task<void> session(executor* ex, address to, std::vector<std::string> requests, 
 
 task<void> serve(server* srv, kvstore::store* st) { co_await srv->serve(per_request(std::bind_front(&kvstore::store::handle, st))); }
 
+// A store served on a loopback port of its own executor.
+struct served_store {
+  explicit served_store(std::size_t max_bytes = kvstore::store::default_max_bytes) : st(max_bytes) {
+    REQUIRE(srv.listen(*address::from_ip("127.0.0.1", 0)));
+    to = srv.local_addresses().front();
+    ex.spawn(serve(&srv, &st));
+  }
+  static server_options quiet() {
+    server_options o;
+    o.log_connections = false;
+    return o;
+  }
+  executor ex;
+  server srv{ex, quiet()};
+  kvstore::store st;
+  address to;
+};
+
 }  // namespace
 
 TEST_CASE("the key-value store example keeps state across connections") {
-  executor ex;
-  server_options so;
-  so.log_connections = false;
-  server srv(ex, so);
-  REQUIRE(srv.listen(*address::from_ip("127.0.0.1", 0)));
-  address to = srv.local_addresses().front();
-  kvstore::store st;
-  ex.spawn(serve(&srv, &st));
+  served_store f;
+  executor& ex = f.ex;
+  address to = f.to;
 
   std::vector<std::string> a, b;
   ex.run(session(&ex, to,
@@ -58,19 +71,14 @@ TEST_CASE("the key-value store example keeps state across connections") {
                                       R"({"ok": false, "error": "\"key\" must be a string"})"});
   ex.run(session(&ex, to, {R"({"op": "get", "key": "🐶"})", R"({"op": "count"})"}, &b));
   CHECK(b == std::vector<std::string>{R"({"ok": true, "value": "dog"})", R"({"ok": true, "count": 2})"});
-  srv.stop();
+  f.srv.stop();
   ex.run_until_idle();
 }
 
 TEST_CASE("the key-value store example holds at most max_bytes of keys and values") {
-  executor ex;
-  server_options so;
-  so.log_connections = false;
-  server srv(ex, so);
-  REQUIRE(srv.listen(*address::from_ip("127.0.0.1", 0)));
-  address to = srv.local_addresses().front();
-  kvstore::store st(16);
-  ex.spawn(serve(&srv, &st));
+  served_store f(16);
+  executor& ex = f.ex;
+  address to = f.to;
 
   std::vector<std::string> a;
   ex.run(session(&ex, to,
@@ -85,7 +93,7 @@ TEST_CASE("the key-value store example holds at most max_bytes of keys and value
                                       R"({"ok": false, "error": "store full"})",
                                       R"({"ok": true, "value": "12345678901234"})", R"({"ok": true})",
                                       R"({"ok": true})", R"({"ok": true, "count": 1})"});
-  CHECK(st.bytes() == 9);
-  srv.stop();
+  CHECK(f.st.bytes() == 9);
+  f.srv.stop();
   ex.run_until_idle();
 }
