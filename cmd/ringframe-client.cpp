@@ -50,7 +50,7 @@ const char* const usage_text =
     "  -q, --quiet            multiconn, app: print only the summary line\n"
     "  -n, --repeat N         app: send the request N times over one connection (default 1)\n"
     "  -p, --pipeline D       app: keep up to D requests in flight (default 1; fewer when D of\n"
-    "                         them would pass 256 KiB, so that they always fit in the buffers)\n"
+    "                         them would pass 256 KiB, which bounds the memory they hold)\n"
     "  -h, --help             show this help and exit\n"
     "  -V, --version          show the version and exit\n"
     "\n"
@@ -372,11 +372,11 @@ task<int> app_client(executor* ex, std::string host, std::uint16_t port, address
   run.request = &request;
   run.r = &r;
   run.peer = to;
-  // framed_client reads no reply while a send of its is under way, and a
-  // server stops reading a peer whose replies pile up: with more requests in
-  // flight than the buffers between them hold, neither moved until the
-  // write timeout (review31 F2: -p 200000 got 0 replies). A quarter of the
-  // connection's unsent bound keeps the queue well short of that.
+  // Requests in flight are in memory until sent (framed_client does not hold
+  // calls back): a quarter of the connection's unsent bound keeps them to
+  // what the socket buffers take at once. (Before framed_client read replies
+  // while sending, more than the buffers hold stalled both ends until the
+  // write timeout: review31 F2, -p 200000 got 0 replies.)
   const long fit = std::max(1L, static_cast<long>(fo.connection.max_unsent_bytes / 4 / frame.size()));
   const long depth = std::min({r.pipeline, r.repeat, fit});
   auto t0 = std::chrono::steady_clock::now();

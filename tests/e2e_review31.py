@@ -52,7 +52,8 @@ def closed_by_peer(c, seconds):
 #     is sent. The server stops reading a peer whose replies pile up (its
 #     backpressure), so past the buffers of the two ends neither side moved
 #     until the write timeout: "after 0 of 200000 responses: cannot send:
-#     Connection timed out", exit 1, for a server that was fine.
+#     Connection timed out", exit 1, for a server that was fine. (framed_client
+#     now reads while it sends: tests/test_framed_client.cpp has that case.)
 srv, port = start_server(server_bin, "-q", "--threads", "1", "--mode", "app", "127.0.0.1", "0")
 try:
     rc, out, err = run([client_bin, "-q", "-t", "3", "-n", "200000", "-p", "200000", "app", "127.0.0.1", port,

@@ -439,3 +439,47 @@ TEST_CASE("framed_client: a default-constructed client fails calls with ENOTCONN
   REQUIRE(!r);
   CHECK(r.error() == std::errc::not_connected);
 }
+
+namespace {
+task<std::vector<result<message>>> large_calls(framed_client* c, int n, std::size_t size) {
+  std::vector<task<result<message>>> calls;
+  for (int i = 0; i < n; ++i) {
+    std::string content(size, static_cast<char>('a' + i % 26));
+    content.replace(0, std::to_string(i).size(), std::to_string(i));
+    calls.push_back(one_call(c, std::move(content)));
+  }
+  std::vector<result<message>> out = co_await when_all(std::move(calls));
+  co_return out;
+}
+}  // namespace
+
+TEST_CASE("framed_client: more requests in flight than the socket buffers hold are all answered") {
+  testing::on_each_backend([](backend_kind k) {
+    // 12.5 MiB of requests at once, far more than the two ends' socket
+    // buffers and the server's max_unsent_bytes (1 MiB) hold: the server
+    // stops reading until its replies go out, so the client must read
+    // replies while its requests are still queued. Before, it read only
+    // once they were all sent, and both ends waited until the write
+    // timeout failed every call (review31 F2's library cause).
+    framed_client_options o;
+    o.reply_timeout = 5s;
+    o.connection.write_timeout = 5s;
+    rig r(k, {}, o);
+    constexpr int n = 200;
+    constexpr std::size_t size = 64 * 1024;
+    const auto t0 = clk::now();
+    std::vector<result<message>> out = r.ex.run(large_calls(&r.client, n, size));
+    REQUIRE(out.size() == n);
+    for (int i = 0; i < n; ++i) {
+      INFO("call " << i);
+      REQUIRE(out[i]);
+      REQUIRE(out[i]->content.size() == size + 3);
+      CHECK(out[i]->content.compare(0, 3 + std::to_string(i).size(), "re:" + std::to_string(i)) == 0);
+      CHECK(out[i]->content.back() == static_cast<char>('a' + i % 26));
+    }
+    CHECK(clk::now() - t0 < 5s);
+    CHECK(r.client.is_open());
+    CHECK(r.client.pending() == 0);
+    CHECK(r.plan.requests_seen == n);
+  });
+}

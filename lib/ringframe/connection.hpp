@@ -72,6 +72,15 @@ struct connection_options {
   std::chrono::nanoseconds write_timeout = std::chrono::seconds(30);
   // Replies queued beyond this are sent before write() returns.
   std::size_t max_unsent_bytes = 1024 * 1024;
+  // read_message() starts the send of what is queued and reads beside it,
+  // without waiting for it to be sent, however much is unsent (a reader
+  // that returns before its bytes are out; write() still waits past
+  // max_unsent_bytes). For a client, whose requests and the replies to them
+  // cross: a server stops reading a peer whose replies pile up, so a client
+  // that read only once its requests were sent would wait, with the server,
+  // until write_timeout (framed_client sets it). A server's reader leaves it
+  // false: it sends the replies it owes before it reads more (backpressure).
+  bool read_while_sending = false;
   // What a recv straight into the decoder asks for beyond the frame in
   // progress, at first: for frames at most twice this long it doubles, up
   // to 8 times, while reads come back full (docs/io-path.md, "Large frames").
@@ -352,8 +361,9 @@ class connection {
   bool peer_closed_ = false;
   bool message_deadline_ = false;  // recv_'s deadline is the message's
   bool reading_ = false;           // a read_message is waiting
-  bool idle_after_send_ = false;   // a fast read's idle deadline waits for its send
+  bool idle_after_send_ = false;   // a read's idle deadline waits for the send beside it
   bool budget_frame_out_ = false;         // the frame recv_ reserved for was handed out
+  bool read_while_sending_;                // connection_options::read_while_sending (here: in the padding)
   std::uint32_t backpressure_pauses_ = 0;  // in the padding after the flags
   // When the executor has a handling-time sink (executor.hpp), each
   // message's time from the loop turn that received it (executor::now(), no

@@ -9,12 +9,12 @@
 // protocol has no request ids: replies are matched to calls first in, first
 // out. A call cancelled through its stop token returns ECANCELED at once;
 // its reply is still read when it comes, and dropped, so the stream stays
-// in step. Calls are not held back for room: keep the requests in flight
-// within what the socket buffers of the two ends hold (a few hundred KiB).
-// Replies are read only once the queued requests are sent, and a server
-// stops reading a peer whose replies it cannot send, so with more in flight
-// both ends wait until the write timeout fails the calls (review31 F2;
-// ringframe-client app keeps at most 256 KiB in flight for this reason).
+// in step. Replies are read while requests are still being sent
+// (connection_options::read_while_sending), so any number of bytes may be in
+// flight: a server that stops reading until its replies are taken is
+// answered as fast as it replies. Calls are not held back for room: the
+// requests queued and not yet sent are in memory, and bounding them
+// (a semaphore around call()) is the caller's choice.
 //
 // Failure: a broken connection (reset, the server closing, a malformed
 // reply, no reply for reply_timeout, a failed send) fails every pending call

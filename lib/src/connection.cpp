@@ -109,7 +109,8 @@ connection::connection(socket s, const connection_options& o, listed_by_server)
       opts_{o.idle_timeout, o.message_timeout, o.max_unsent_bytes, o.gather_threshold},
       decoder_(o.limits),
       recv_(sock_, decoder_, receive_options(o), &connection::on_read_done, this, &bytes_in),
-      send_(sock_, send_options(o), &bytes_out) {
+      send_(sock_, send_options(o), &bytes_out),
+      read_while_sending_(o.read_while_sending) {
   send_.on_event(&connection::on_send_event, this);
 }
 
@@ -142,7 +143,7 @@ void connection::set_read_stop(const std::stop_token* t) {
 }
 
 bool connection::try_read_buffered(std::optional<result<message_view>>& out) {
-  if (unsent_bytes() >= opts_.max_unsent_bytes) return false;  // send first
+  if (unsent_bytes() >= opts_.max_unsent_bytes && !read_while_sending_) return false;  // send first
   // The reader is done with the last message: what its frame reserved goes back.
   if (std::exchange(budget_frame_out_, false)) recv_.release_budget();
   // Decoded straight into the reader's slot (no copy of the view); emptied
@@ -207,8 +208,8 @@ void connection::on_read_done(void* self) {
 }
 
 bool connection::start_fast_read(detail::read_message_awaitable* aw) {
-  if (decoder_.mid_frame() || peer_closed_ || send_.failed() || unsent_bytes() >= opts_.max_unsent_bytes ||
-      !recv_.can_wait_in_ring())
+  if (decoder_.mid_frame() || peer_closed_ || send_.failed() ||
+      (unsent_bytes() >= opts_.max_unsent_bytes && !read_while_sending_) || !recv_.can_wait_in_ring())
     return false;
   // Nothing buffered: give the receive buffer back before waiting.
   decoder_.shrink_if_idle();
@@ -266,7 +267,7 @@ void connection::finish_fast_read(detail::read_message_awaitable* aw, result<mes
 }
 
 void connection::finish_fast_read(detail::read_message_awaitable* aw) {
-  if (send_.busy()) {  // the reader resumes when the send is done too
+  if (send_.busy() && !read_while_sending_) {  // the reader resumes when the send is done too
     send_.wait(&aw->wait_);
     return;
   }
@@ -293,7 +294,7 @@ task<result<message_view>> connection::read_slow() {
     // (a multishot recv cancelled by the failure sends the reader round).
     if (send_.failed()) co_return send_.error();
     // Backpressure: a peer that does not take its replies is not read from.
-    if (unsent_bytes() >= opts_.max_unsent_bytes) {
+    if (unsent_bytes() >= opts_.max_unsent_bytes && !read_while_sending_) {
       ++backpressure_pauses_;
       result<void> f = co_await flush();
       if (!f) co_return f.error();
@@ -303,8 +304,12 @@ task<result<message_view>> connection::read_slow() {
       if (try_read_buffered(r)) co_return std::move(*r);
     }
     // Nothing complete is buffered: send the queued replies before waiting
-    // (and let a send in flight finish: nothing outlives read_message).
-    if (send_.unsent() > 0 || send_.busy()) {
+    // (and let a send in flight finish: nothing outlives read_message); a
+    // reader that reads while sending starts the send and reads beside it.
+    if (read_while_sending_) {
+      if (send_.unsent() > 0 && !send_.busy()) send_.start();
+      if (send_.failed()) continue;  // reported above
+    } else if (send_.unsent() > 0 || send_.busy()) {
       result<void> f = co_await flush();
       if (!f) co_return f.error();
     }
@@ -313,8 +318,12 @@ task<result<message_view>> connection::read_slow() {
 
     const bool between_frames = !decoder_.mid_frame();
     if (between_frames) decoder_.shrink_if_idle();
-    arm_read_deadline(between_frames);
+    // The idle time starts once what is queued is out (on_send_event), as
+    // on the fast path: a peer still taking a long request is not idle.
+    idle_after_send_ = between_frames && send_.busy();
+    if (!idle_after_send_) arm_read_deadline(between_frames);
     int res = co_await detail::read_slot_awaitable{this, between_frames};
+    idle_after_send_ = false;
     if (between_frames) recv_.cancel_deadline();
     if (res > 0 || res == -EINTR || res == -EAGAIN) continue;
     if (res == 0) {
@@ -333,7 +342,7 @@ void connection::on_send_event(void* self, bool failed) noexcept {
   if (!failed) {
     // The replies a fast read sent beside its recv are out: the peer's idle
     // time starts now (review19 F3).
-    if (c->fast_ && std::exchange(c->idle_after_send_, false)) {
+    if ((c->fast_ || c->read_waiter_) && std::exchange(c->idle_after_send_, false)) {
       try {
         c->arm_read_deadline(true);
       } catch (...) {  // bad_alloc for the deadline's list: no read without its deadline

@@ -263,7 +263,7 @@ task<result<message>> do_call(client_ref ref, message request, const std::stop_t
   if (s->broken) {
     // fail() has given this call its outcome.
   } else if (!s->reading) {
-    s->ex->spawn(read_replies(ref));  // its read_message sends what is queued
+    s->ex->spawn(read_replies(ref));  // its read_message starts sending what is queued
     s->reading = true;  // only once it is spawned: if that throws, the next call starts one
   } else if (!s->flush_scheduled) {
     // The reader waits in a recv already: the request must go out now, not
@@ -363,6 +363,10 @@ framed_client framed_client::adopt(socket s, framed_client_options o) {
   // could wait for good behind a handler that holds its own request while
   // it waits for this very reply (a proxy: review17 F4).
   co.thread_receive_budget = 0;
+  // Replies are read while requests are still queued: the server stops
+  // reading a client whose replies pile up, so a reader that waited for
+  // its requests to be sent would wait with it (review31 F2's cause).
+  co.read_while_sending = true;
   ref->conn = std::make_unique<connection>(std::move(s), co);
   return framed_client(std::move(ref));
 }
