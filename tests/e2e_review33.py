@@ -147,6 +147,15 @@ check(p.returncode == 1 and err.startswith("ringframe-kvstore: ") and "RINGFRAME
 # Its usage and listen errors were already one line (kept as regressions).
 rc, out, err = run_bounded([kvstore_bin, "127.0.0.1", "65536"])
 check(rc == 2 and "usage: ringframe-kvstore" in err, f"kvstore bad port: rc {rc}, {err.strip()!r}")
+# --help is asked for: usage on stdout, exit 0 (it was the usage error, exit
+# 2, since "--help" is no IP). Extra arguments and options are bad usage
+# (they were ignored, and the store started).
+rc, out, err = run_bounded([kvstore_bin, "--help"])
+check(rc == 0 and out.startswith("usage: ringframe-kvstore") and err == "", f"kvstore --help: rc {rc}, {err.strip()!r}")
+for argv, says in ((["127.0.0.1", "0", "extra"], "at most IP and PORT"), (["-q"], "unknown option '-q'"),
+                   (["not-an-ip", "0"], "bad IP 'not-an-ip'"), (["127.0.0.1", "65536"], "bad port '65536'")):
+    rc, out, err = run_bounded([kvstore_bin] + argv)
+    check(rc == 2 and says in err and "usage: ringframe-kvstore" in err, f"kvstore {argv}: rc {rc}, {err.strip()!r}")
 holder = socket.socket()
 holder.bind(("127.0.0.1", 0))
 holder.listen(1)

@@ -7,6 +7,7 @@
 #include <csignal>
 #include <exception>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <string>
 
@@ -24,14 +25,36 @@ ringframe::task<void> serve(ringframe::executor* ex, ringframe::server* srv, rin
 }
 }  // namespace
 
+namespace {
+const char* const usage_text =
+    "usage: ringframe-kvstore [IP] [PORT]\n"
+    "A key-value store on the framed protocol (ops put, get, del; see examples/kvstore).\n"
+    "IP defaults to 127.0.0.1, PORT to 65434 (0: any free port). Stops on SIGINT or SIGTERM.\n"
+    "Exit status: 0 when stopped, 1 when it cannot run, 2 for bad usage.\n";
+
+[[noreturn]] void usage_error(const std::string& msg) {
+  std::fprintf(stderr, "ringframe-kvstore: %s\n%s", msg.c_str(), usage_text);
+  std::exit(2);
+}
+}  // namespace
+
 int main(int argc, char** argv) {
-  std::string host = argc > 1 ? argv[1] : "127.0.0.1";
-  auto port = ringframe::parse_port(argc > 2 ? argv[2] : "65434");
-  auto at = port ? ringframe::address::from_ip(host, *port) : ringframe::result<ringframe::address>(port.error());
-  if (!at) {
-    std::fprintf(stderr, "usage: ringframe-kvstore [IP] [PORT]\n");
-    return 2;
+  // --help is asked for, not bad usage: the text on stdout, exit 0.
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "-h" || a == "--help") {
+      std::fputs(usage_text, stdout);
+      return 0;
+    }
+    if (a.size() > 1 && a[0] == '-') usage_error("unknown option '" + a + "'");
   }
+  if (argc > 3) usage_error("expected at most IP and PORT, got " + std::to_string(argc - 1) + " arguments");
+  std::string host = argc > 1 ? argv[1] : "127.0.0.1";
+  const std::string port_arg = argc > 2 ? argv[2] : "65434";
+  auto port = ringframe::parse_port(port_arg);
+  if (!port) usage_error("bad port '" + port_arg + "': expected a whole number from 0 to 65535");
+  auto at = ringframe::address::from_ip(host, *port);
+  if (!at) usage_error("bad IP '" + host + "': expected a numeric IPv4 or IPv6 address");
   // Its log is stdout: under a pipe (systemd, tee) it was block-buffered,
   // and no line showed until 4 KiB had piled up (review31 F4).
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
