@@ -64,6 +64,13 @@ namespace detail {
 // none). A test blocks in it to hold a lookup "in flight" for as long as it
 // needs. Set it while no lookup runs.
 extern std::atomic<void (*)(std::string_view host)> resolver_test_hook;
+// For tests: asked on the resolver thread instead of getaddrinfo (after
+// resolver_test_hook; null: none). It returns true with its answer in
+// `out`, or false to let the lookup go on as usual. A test names a host
+// with several addresses this way (an IPv6 and an IPv4 one, the order
+// chosen), which /etc/hosts may not have. Set it while no lookup runs.
+extern std::atomic<bool (*)(std::string_view host, std::uint16_t port, std::vector<address>& out)>
+    resolver_test_answer;
 // Lookups that have finished on their thread (delivered or dropped).
 std::uint64_t resolver_lookups_finished() noexcept;
 }  // namespace detail
