@@ -141,7 +141,7 @@ struct outcome {
   bool done = false;
 };
 
-task<void> connect_by_name(executor* ex, op_options o, outcome* out) {
+task<void> connect_by_name(executor* ex, connect_options o, outcome* out) {
   const auto t0 = clk::now();
   task<result<ringframe::socket>> c = ringframe::connect(*ex, std::string(test_host), 1, o);
   out->sock = co_await std::move(c);
@@ -165,6 +165,11 @@ task<void> stop_after(executor* ex, std::chrono::nanoseconds d, std::stop_source
   result<void> slept = co_await sleep_for(*ex, d);
   REQUIRE(slept);
   src->request_stop();
+}
+
+task<void> sleep_a_while(executor* ex, std::chrono::nanoseconds d) {
+  result<void> slept = co_await sleep_for(*ex, d);
+  REQUIRE(slept);
 }
 
 }  // namespace
@@ -269,5 +274,122 @@ TEST_CASE("framed_client::connect: a stop requested from another thread ends it 
     REQUIRE(!o.client);
     CHECK(o.client.error() == std::errc::operation_canceled);
     CHECK(o.took < 1500ms);
+  });
+}
+
+TEST_CASE("connect(host, port): happy_eyeballs_delay 0 tries one address at a time, each with the whole timeout") {
+  REQUIRE(blackholes_hold());
+  testing::on_each_backend([](backend_kind k) {
+    blackhole first(AF_INET);
+    plain_listener second(AF_INET, 16);
+    answer_guard g({first.at(), second.at});
+    executor ex(testing::on(k));
+    outcome o;
+    ex.run(connect_by_name(&ex, {.timeout = 400ms, .happy_eyeballs_delay = 0ns}, &o));
+    REQUIRE(o.sock);
+    result<address> peer = o.sock->peer_address();
+    REQUIRE(peer);
+    CHECK(peer->to_string() == second.at.to_string());
+    CHECK(o.took >= 350ms);  // the first attempt's timeout ran out first
+    CHECK(o.took < 2s);
+  });
+}
+
+TEST_CASE("connect(host, port): an attempt that fails starts the next one at once, without waiting for the delay") {
+  REQUIRE(blackholes_hold());
+  testing::on_each_backend([](backend_kind k) {
+    blackhole first(AF_INET);
+    address refused;
+    {
+      plain_listener gone(AF_INET, 1);
+      refused = gone.at;
+    }
+    plain_listener third(AF_INET, 16);
+    // first (hangs), then after the delay `refused` (fails at once), then
+    // third at once: about one delay in all, not two.
+    answer_guard g({first.at(), refused, third.at});
+    executor ex(testing::on(k));
+    outcome o;
+    ex.run(connect_by_name(&ex, {.timeout = 5s, .happy_eyeballs_delay = 600ms}, &o));
+    INFO("took " << std::chrono::duration_cast<std::chrono::milliseconds>(o.took).count() << " ms");
+    REQUIRE(o.sock);
+    result<address> peer = o.sock->peer_address();
+    REQUIRE(peer);
+    CHECK(peer->to_string() == third.at.to_string());
+    CHECK(o.took >= 550ms);
+    CHECK(o.took < 1100ms);
+  });
+}
+
+TEST_CASE("connect(host, port): the losers' sockets are closed once the winner connects") {
+  REQUIRE(blackholes_hold());
+  testing::on_each_backend([](backend_kind k) {
+    blackhole a(AF_INET), b(AF_INET6);
+    plain_listener ok(AF_INET, 16);
+    answer_guard g({a.at(), b.at(), ok.at});
+    executor ex(testing::on(k));
+    const int before = testing::open_fd_count();
+    outcome o;
+    ex.run(connect_by_name(&ex, {.timeout = 5s, .happy_eyeballs_delay = 50ms}, &o));
+    REQUIRE(o.sock);
+    CHECK(testing::open_fd_count() == before + 1);  // the winner alone
+  });
+}
+
+TEST_CASE("connect(host, port): when every address fails, the error is the last attempt's") {
+  testing::on_each_backend([](backend_kind k) {
+    address refused1, refused2;
+    {
+      plain_listener l1(AF_INET, 1), l2(AF_INET6, 1);
+      refused1 = l1.at;
+      refused2 = l2.at;
+    }
+    answer_guard g({refused1, refused2, unusable_address()});
+    executor ex(testing::on(k));
+    outcome o;
+    ex.run(connect_by_name(&ex, {.timeout = 5s}, &o));
+    REQUIRE(!o.sock);
+    CHECK(o.sock.error().value() == EAFNOSUPPORT);
+    CHECK(o.took < 1s);  // each failure starts the next at once
+  });
+}
+
+TEST_CASE("framed_client::connect: addresses that never answer end with ETIMEDOUT at connect_timeout") {
+  REQUIRE(blackholes_hold());
+  testing::on_each_backend([](backend_kind k) {
+    blackhole a(AF_INET), b(AF_INET6);
+    answer_guard g({a.at(), b.at()});
+    executor ex(testing::on(k));
+    const int before = testing::open_fd_count();
+    framed_client_options fo;
+    fo.connect_timeout = 600ms;
+    fo.happy_eyeballs_delay = 100ms;
+    client_outcome o;
+    ex.run(client_by_name(&ex, fo, {}, &o));
+    REQUIRE(!o.client);
+    CHECK(o.client.error() == std::errc::timed_out);
+    CHECK(o.took >= 550ms);
+    CHECK(o.took < 2s);
+    CHECK(testing::open_fd_count() == before);
+  });
+}
+
+TEST_CASE("connect(host, port): an executor destroyed while attempts are in flight unwinds them and closes their sockets") {
+  REQUIRE(blackholes_hold());
+  testing::on_each_backend([](backend_kind k) {
+    blackhole a(AF_INET), b(AF_INET6), c(AF_INET);
+    answer_guard g({a.at(), b.at(), c.at()});
+    const int before = testing::open_fd_count();
+    outcome o;
+    {
+      executor ex(testing::on(k));
+      ex.spawn(connect_by_name(&ex, {.timeout = 10s, .happy_eyeballs_delay = 30ms}, &o));
+      ex.run(sleep_a_while(&ex, 300ms));  // all three attempts are in SYN_SENT now
+      CHECK(!o.done);
+    }
+    CHECK(o.done);
+    REQUIRE(!o.sock);
+    CHECK(o.sock.error() == std::errc::operation_canceled);
+    CHECK(testing::open_fd_count() == before);
   });
 }

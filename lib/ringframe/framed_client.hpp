@@ -50,9 +50,11 @@ namespace ringframe {
 // error worth retrying (refused, reset, aborted, host or network
 // unreachable, EAGAIN, a Unix socket path not bound yet): `attempts` in
 // all, waiting `delay` before the second, then each wait `backoff` times the
-// last, at most `max_delay`. All of it within connect_timeout: an attempt
-// gets what is left of it, and a wait that would end after it ends the
-// connect with ETIMEDOUT. A failed lookup is not retried.
+// last, at most `max_delay`. All of it within connect_timeout: each
+// round of attempts (each round tries every address, as
+// framed_client_options::happy_eyeballs_delay says) gets what is left of
+// it, and a wait that would end after it ends the connect with ETIMEDOUT.
+// A failed lookup is not retried, nor is a cancelled connect (ECANCELED).
 struct retry_policy {
   int attempts = 1;  // 1: no retry
   std::chrono::nanoseconds delay = std::chrono::milliseconds(100);
@@ -64,6 +66,13 @@ struct framed_client_options {
   // The deadline of connect() as a whole: the lookup, every attempt and
   // the waits between them. 0: none.
   std::chrono::nanoseconds connect_timeout = std::chrono::seconds(10);
+  // A host with several addresses is connected to RFC 8305 style, as
+  // connect(host, port) does (socket.hpp): the next address is tried beside
+  // an attempt that has not connected after this long (an address whose
+  // SYNs are dropped would otherwise hold back a working one until
+  // connect_timeout), or at once when one fails; the first to connect wins.
+  // 0: one address at a time, the next when one fails.
+  std::chrono::nanoseconds happy_eyeballs_delay = std::chrono::milliseconds(250);
   retry_policy retry;
   // While calls are pending, the longest wait for the next reply (and for a
   // reply's last byte after its first). A server that does not answer in
@@ -111,9 +120,11 @@ class framed_client {
   // close()
   ~framed_client();
 
-  // Resolve `host` (without blocking the executor: resolver.hpp), connect,
-  // retrying as o.retry says, within o.connect_timeout. `stop` ends it
-  // with ECANCELED. The error is the last attempt's.
+  // Resolve `host` (without blocking the executor: resolver.hpp), connect
+  // to the first of its addresses that answers (o.happy_eyeballs_delay),
+  // retrying as o.retry says, within o.connect_timeout. `stop` (from any
+  // thread) ends it at once with ECANCELED. Otherwise the error is that of
+  // the attempt that ended last.
   static task<result<framed_client>> connect(executor& ex, std::string host, std::uint16_t port,
                                              framed_client_options o = {}, std::stop_token stop = {});
   static task<result<framed_client>> connect(executor& ex, address to, framed_client_options o = {},

@@ -16,6 +16,7 @@
 
 #include <sys/socket.h>
 
+#include <chrono>
 #include <cstddef>
 #include <span>
 #include <stop_token>
@@ -359,10 +360,32 @@ result<socket> listen(executor& ex, const address& at, listen_options o = {});
 
 // A connected socket to `to`.
 task<result<socket>> connect(executor& ex, address to, op_options o = {});
+
+// connect(host, port)'s options: op_options' two, and the pace of its
+// attempts when the host has several addresses.
+struct connect_options {
+  // The lookup's deadline, and each attempt's, from when it starts (0: none).
+  std::chrono::nanoseconds timeout{0};
+  // Ends the lookup and every attempt with ECANCELED; it must outlive the
+  // connect. It may be requested from any thread.
+  const std::stop_token* stop = nullptr;
+  // RFC 8305's Connection Attempt Delay: how long an attempt may go
+  // unanswered before the next address is tried beside it (an address
+  // whose SYNs are dropped would otherwise hold back a working one for the
+  // whole timeout). 0: one address at a time, the next when one fails.
+  std::chrono::nanoseconds happy_eyeballs_delay = std::chrono::milliseconds(250);
+};
 // Resolves `host` without blocking the executor (resolver.hpp: on a
-// resolver thread; a numeric host at once), then tries each address in
-// turn; the error is the last address's. `o` applies to the lookup (its
-// timeout and stop token) and to each connect.
-task<result<socket>> connect(executor& ex, std::string host, std::uint16_t port, op_options o = {});
+// resolver thread; a numeric host at once), then connects to the first of
+// its addresses that answers, RFC 8305 style ("happy eyeballs",
+// detail/happy_eyeballs.hpp): the families interleaved (the first
+// address's, usually IPv6, then IPv4, alternately); the first attempt at
+// once, the next one whenever the last one started has not connected after
+// o.happy_eyeballs_delay or an attempt fails, so several may be in flight;
+// the first to connect wins and the others are cancelled and closed. A
+// cancelled connect (o.stop, the executor stopping) ends at once with
+// ECANCELED, trying no further address; otherwise the error is that of the
+// attempt that ended last (ETIMEDOUT for one that o.timeout cut short).
+task<result<socket>> connect(executor& ex, std::string host, std::uint16_t port, connect_options o = {});
 
 }  // namespace ringframe

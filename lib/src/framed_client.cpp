@@ -1,6 +1,7 @@
 #include <ringframe/framed_client.hpp>
 
 #include <ringframe/detail/deferred_call.hpp>
+#include <ringframe/detail/happy_eyeballs.hpp>
 #include <ringframe/detail/resume_later.hpp>
 #include <ringframe/detail/saturating_time.hpp>
 #include <ringframe/frame.hpp>
@@ -297,14 +298,12 @@ task<result<framed_client>> connect_to(executor* ex, std::vector<address> addrs,
   std::chrono::nanoseconds delay = o.retry.delay;
   const int attempts = std::max(1, o.retry.attempts);
   for (int attempt = 1;; ++attempt) {
-    for (const address& a : addrs) {
-      const std::chrono::nanoseconds left = left_until(deadline);
-      if (left.count() <= 0) co_return errno_code(ETIMEDOUT);
-      result<socket> s = co_await ringframe::connect(*ex, a, {.timeout = left, .stop = &stop});
-      if (s) co_return framed_client::adopt(std::move(*s), o);
-      last = s.error();
-      if (last == std::errc::operation_canceled) co_return last;
-    }
+    // Every address, RFC 8305 style (detail/happy_eyeballs.hpp), none past the deadline.
+    task<result<socket>> round = connect_first(ex, addrs, o.happy_eyeballs_delay, {}, deadline, stop);
+    result<socket> s = co_await std::move(round);
+    if (s) co_return framed_client::adopt(std::move(*s), o);
+    last = s.error();
+    if (last == std::errc::operation_canceled) co_return last;
     if (attempt >= attempts || !worth_retrying(last)) co_return last;
     const std::chrono::nanoseconds left = left_until(deadline);
     if (left <= delay) co_return errno_code(ETIMEDOUT);  // the next attempt would start after the deadline

@@ -1,5 +1,6 @@
 #include <ringframe/socket.hpp>
 
+#include <ringframe/detail/happy_eyeballs.hpp>
 #include <ringframe/resolver.hpp>
 
 #include <netinet/in.h>
@@ -156,18 +157,17 @@ task<result<socket>> connect(executor& ex, address to, op_options o) {
   co_return std::move(sock);
 }
 
-task<result<socket>> connect(executor& ex, std::string host, std::uint16_t port, op_options o) {
+task<result<socket>> connect(executor& ex, std::string host, std::uint16_t port, connect_options o) {
   // Off the loop's thread (resolver.hpp); a numeric host does not suspend.
-  task<result<std::vector<address>>> lookup = resolve(ex, std::move(host), port, o);
+  task<result<std::vector<address>>> lookup =
+      resolve(ex, std::move(host), port, {.timeout = o.timeout, .stop = o.stop});
   result<std::vector<address>> addrs = co_await std::move(lookup);
   if (!addrs) co_return addrs.error();
-  std::error_code last = std::make_error_code(std::errc::host_unreachable);
-  for (const address& a : *addrs) {
-    result<socket> s = co_await connect(ex, a, o);
-    if (s) co_return s;
-    last = s.error();
-  }
-  co_return last;
+  task<result<socket>> attempts =
+      detail::connect_first(&ex, std::move(*addrs), o.happy_eyeballs_delay, o.timeout,
+                            std::chrono::steady_clock::time_point::max(), o.stop ? *o.stop : std::stop_token());
+  result<socket> s = co_await std::move(attempts);
+  co_return s;
 }
 
 }  // namespace ringframe
