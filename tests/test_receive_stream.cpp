@@ -210,34 +210,48 @@ TEST_CASE("direct reads grow while they come back full, up to 8 x read_size, and
   CHECK(static_cast<std::size_t>(n) <= o.read_size + f.size());
 }
 
-TEST_CASE("pipelined large frames: one read per frame, each reaching only the next frame's header") {
+TEST_CASE("pipelined large frames: two per read up to the largest step, one beyond it, each read reaching only a header past them") {
   receive_stream::options o;
   o.provided_buffers = false;
   o.read_size = 16 * 1024;
-  setup t(o);
-  const int big = 4 * 1024 * 1024;
-  REQUIRE(::setsockopt(t.pair.second.fd(), SOL_SOCKET, SO_SNDBUF, &big, sizeof big) == 0);
-  REQUIRE(::setsockopt(t.pair.first.fd(), SOL_SOCKET, SO_RCVBUF, &big, sizeof big) == 0);
-  const std::string f = frame_of(std::string(100000, 'F'));
-  std::string bulk;
-  for (int i = 0; i < 20; ++i) bulk += f;  // 2 MB, all queued before the first read
-  t.ex.run(send_text(&t.pair.second, bulk));
+  // 100,000 B: within the largest step (8 x read_size), so a read takes the
+  // rest of one frame and the whole next one, in place, and the third's
+  // header; 200,000 B: beyond it, one frame per read and the next header.
+  for (const std::size_t content : {std::size_t{100000}, std::size_t{200000}}) {
+    CAPTURE(content);
+    setup t(o);
+    const int big = 8 * 1024 * 1024;
+    REQUIRE(::setsockopt(t.pair.second.fd(), SOL_SOCKET, SO_SNDBUF, &big, sizeof big) == 0);
+    REQUIRE(::setsockopt(t.pair.first.fd(), SOL_SOCKET, SO_RCVBUF, &big, sizeof big) == 0);
+    const std::string f = frame_of(std::string(content, 'F'));
+    std::string bulk;
+    for (int i = 0; i < 20; ++i) bulk += f;  // 2 or 4 MB, all queued before the first read
+    t.ex.run(send_text(&t.pair.second, bulk));
 
-  std::size_t messages = 0, got = 0, reads = 0, largest_left = 0;
-  while (got < bulk.size()) {
-    int n = t.ex.run(read_and_consume(&t.stream, &t.r, &t.decoder, &messages));
-    REQUIRE(n > 0);
-    got += static_cast<std::size_t>(n);
-    // What is left in the decoder after the whole frames: the start of the
-    // next one, moved to another buffer when the rest does not fit. After
-    // the first read (read_size, with nothing known yet), no more than its
-    // prefix, header and a little content.
-    if (++reads > 1) largest_left = std::max(largest_left, t.decoder.buffered());
+    std::size_t messages = 0, got = 0, reads = 0, largest_left = 0, largest = 0;
+    while (got < bulk.size()) {
+      int n = t.ex.run(read_and_consume(&t.stream, &t.r, &t.decoder, &messages));
+      REQUIRE(n > 0);
+      got += static_cast<std::size_t>(n);
+      largest = std::max(largest, static_cast<std::size_t>(n));
+      // What is left in the decoder after the whole frames: the start of the
+      // next one, moved to another buffer when the rest does not fit. After
+      // the first read (read_size, with nothing known yet), no more than its
+      // prefix, header and a little content.
+      if (++reads > 1) largest_left = std::max(largest_left, t.decoder.buffered());
+    }
+    CAPTURE(reads);
+    CHECK(messages == 20);
+    CHECK(largest_left > 0);  // reads did reach into the next frame: its header came with them
+    CHECK(largest_left <= 1024);
+    if (content == 100000) {
+      CHECK(reads <= 12);  // the first read, then two frames per read (it was one per read)
+      CHECK(largest <= 2 * f.size() + 1024);
+    } else {
+      CHECK(reads <= 21);  // not a second read per frame for its header
+      CHECK(largest <= f.size() + 1024);
+    }
   }
-  CHECK(messages == 20);
-  CHECK(largest_left > 0);  // reads did reach into the next frame: its header came with them
-  CHECK(largest_left <= 1024);
-  CHECK(reads <= 21);  // not a second read per frame for its header
 }
 
 TEST_CASE("large frames one at a time (depth 1): after the first, each comes in one read, and small traffic ends that") {

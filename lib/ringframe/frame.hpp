@@ -141,6 +141,11 @@ class frame_decoder {
     }
     return prepare_slow(min_free);
   }
+  // Room for all of the rest of the frame in progress and `past` bytes
+  // beyond its end, whatever it takes (prepare() gives less when the
+  // buffer is short of it): a read that may bring the next frame whole
+  // then leaves it in place, with nothing to move. Throws as prepare() does.
+  std::span<std::byte> prepare_past_frame(std::size_t past);
   // `n` bytes were written into the span prepare() returned. Precondition:
   // n <= that span's size. A larger n means the caller wrote past the buffer
   // (the kernel never returns more than it was given); it is checked in

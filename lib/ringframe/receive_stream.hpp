@@ -225,8 +225,20 @@ class receive_stream {
     const std::size_t step = opts_.read_size << read_shift_;
     if (len > 2 * opts_.read_size) return std::min(opts_.read_size, large_frame_tail);
     if (len == 0 && last_large_frame_ && last_large_frame_ + large_frame_tail <= opts_.read_size << max_read_shift)
-      return std::max<std::size_t>(last_large_frame_ + large_frame_tail, step);
+      return std::max<std::size_t>(2 * std::size_t{last_large_frame_} + large_frame_tail, step);
     return step;
+  }
+  // The room of a direct read. The rest of a longer frame (up to the
+  // largest step) gets room for the next frame too, guessed as long as this
+  // one, and its tail: pipelined frames then come two per recv, in place
+  // (the next one lies whole behind this one, nothing to move), and their
+  // echoes leave in one send. Longer frames keep the base step past their
+  // end (a 1 MiB buffer per frame more would only add memory).
+  std::span<std::byte> prepare_read() {
+    const std::size_t len = sink_.frame_length();
+    if (len > 2 * opts_.read_size && len + large_frame_tail <= opts_.read_size << max_read_shift)
+      return sink_.prepare_past_frame(len + large_frame_tail);
+    return sink_.prepare(read_step());
   }
   void note_direct_read(std::size_t n) noexcept {
     const std::size_t step = opts_.read_size << read_shift_;

@@ -405,6 +405,21 @@ std::span<std::byte> frame_decoder::prepare_slow(std::size_t min_free) {
   return {buf_->data() + end_, prepared_};
 }
 
+std::span<std::byte> frame_decoder::prepare_past_frame(std::size_t past) {
+  if (consume_on_next_) {
+    begin_ += consume_on_next_;
+    consume_on_next_ = 0;
+  }
+  const std::size_t avail = end_ - begin_;
+  const std::size_t missing = have_header_ && frame_len_ > avail ? frame_len_ - avail : 0;
+  std::size_t want;
+  if (__builtin_add_overflow(missing, past, &want))
+    throw std::length_error("ringframe::frame_decoder: room past the frame overflows");
+  reserve_free(want);  // leaves at least `want` free past end_
+  prepared_ = want;
+  return {buf_->data() + end_, want};
+}
+
 void frame_decoder::commit_overrun(std::size_t n) const noexcept {
   std::fprintf(stderr, "ringframe::frame_decoder::commit(%zu): only %zu bytes were prepared; aborting\n", n, prepared_);
   std::abort();

@@ -132,7 +132,7 @@ bool receive_stream::start(bool between_frames) {
   }
   std::span<std::byte> room;
   if (!br) {
-    room = sink_.prepare(read_step());
+    room = prepare_read();
     direct_ = true;
   }
   waiting_ = true;
@@ -177,7 +177,7 @@ void receive_stream::on_budget() {
   // (bad_alloc: the epoll backend's waiters; io_uring: a full submission
   // queue that cannot be drained), fails this connection instead.
   try {
-    const std::span<std::byte> room = sink_.prepare(read_step());
+    const std::span<std::byte> room = prepare_read();
     direct_ = true;
     submit(nullptr, room);
   } catch (const std::bad_alloc&) {
