@@ -14,8 +14,10 @@
 #include <algorithm>
 #include <chrono>
 #include <coroutine>
+#include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 using namespace ringframe;
 using namespace std::chrono_literals;
@@ -210,46 +212,95 @@ TEST_CASE("direct reads grow while they come back full, up to 8 x read_size, and
   CHECK(static_cast<std::size_t>(n) <= o.read_size + f.size());
 }
 
-TEST_CASE("pipelined large frames: two per read up to the largest step, one beyond it, each read reaching only a header past them") {
-  receive_stream::options o;
-  o.provided_buffers = false;
-  o.read_size = 16 * 1024;
-  // 100,000 B: within the largest step (8 x read_size), so a read takes the
-  // rest of one frame and the whole next one, in place, and the third's
-  // header; 200,000 B: beyond it, one frame per read and the next header.
-  for (const std::size_t content : {std::size_t{100000}, std::size_t{200000}}) {
-    CAPTURE(content);
-    setup t(o);
-    const int big = 8 * 1024 * 1024;
-    REQUIRE(::setsockopt(t.pair.second.fd(), SOL_SOCKET, SO_SNDBUF, &big, sizeof big) == 0);
-    REQUIRE(::setsockopt(t.pair.first.fd(), SOL_SOCKET, SO_RCVBUF, &big, sizeof big) == 0);
+namespace {
+// Streams on one executor, each with `frames` frames of `content` bytes
+// queued before the first read, read at once by a coroutine each: every
+// loop turn then brings several streams' completions (a busy thread).
+struct pipelined_streams {
+  struct one {
+    std::pair<ringframe::socket, ringframe::socket> pair;
+    frame_decoder decoder;
+    reader r;
+    receive_stream stream;
+    std::size_t messages = 0, reads = 0, largest = 0, largest_left = 0;
+    one(executor& ex, receive_stream::options o)
+        : pair(testing::socket_pair(ex)), stream(pair.first, decoder, o, &reader::done, &r) {}
+  };
+  executor ex;
+  std::vector<std::unique_ptr<one>> streams;
+  std::string bulk;
+  pipelined_streams(int n, std::size_t content, int frames) {
+    receive_stream::options o;
+    o.provided_buffers = false;
+    o.read_size = 16 * 1024;
     const std::string f = frame_of(std::string(content, 'F'));
-    std::string bulk;
-    for (int i = 0; i < 20; ++i) bulk += f;  // 2 or 4 MB, all queued before the first read
-    t.ex.run(send_text(&t.pair.second, bulk));
-
-    std::size_t messages = 0, got = 0, reads = 0, largest_left = 0, largest = 0;
-    while (got < bulk.size()) {
-      int n = t.ex.run(read_and_consume(&t.stream, &t.r, &t.decoder, &messages));
-      REQUIRE(n > 0);
-      got += static_cast<std::size_t>(n);
-      largest = std::max(largest, static_cast<std::size_t>(n));
-      // What is left in the decoder after the whole frames: the start of the
-      // next one, moved to another buffer when the rest does not fit. After
-      // the first read (read_size, with nothing known yet), no more than its
-      // prefix, header and a little content.
-      if (++reads > 1) largest_left = std::max(largest_left, t.decoder.buffered());
+    for (int i = 0; i < frames; ++i) bulk += f;
+    for (int i = 0; i < n; ++i) {
+      streams.push_back(std::make_unique<one>(ex, o));
+      const int big = 8 * 1024 * 1024;
+      REQUIRE(::setsockopt(streams.back()->pair.second.fd(), SOL_SOCKET, SO_SNDBUF, &big, sizeof big) == 0);
+      REQUIRE(::setsockopt(streams.back()->pair.first.fd(), SOL_SOCKET, SO_RCVBUF, &big, sizeof big) == 0);
+      ex.run(send_text(&streams.back()->pair.second, bulk));
     }
-    CAPTURE(reads);
-    CHECK(messages == 20);
-    CHECK(largest_left > 0);  // reads did reach into the next frame: its header came with them
-    CHECK(largest_left <= 1024);
-    if (content == 100000) {
-      CHECK(reads <= 12);  // the first read, then two frames per read (it was one per read)
-      CHECK(largest <= 2 * f.size() + 1024);
-    } else {
-      CHECK(reads <= 21);  // not a second read per frame for its header
-      CHECK(largest <= f.size() + 1024);
+  }
+};
+
+task<void> read_all(pipelined_streams::one* s, std::size_t total) {
+  std::size_t got = 0;
+  while (got < total) {
+    int n = co_await read_once{&s->stream, &s->r, !s->decoder.mid_frame()};
+    REQUIRE(n > 0);
+    message_view m;
+    while (s->decoder.next(m) == frame_decoder::status::message) ++s->messages;
+    got += static_cast<std::size_t>(n);
+    s->largest = std::max(s->largest, static_cast<std::size_t>(n));
+    // What is left in the decoder after the whole frames: the start of the
+    // next one, moved to another buffer when the rest does not fit. After
+    // the first read (read_size, with nothing known yet), no more than its
+    // prefix, header and a little content.
+    if (++s->reads > 1) s->largest_left = std::max(s->largest_left, s->decoder.buffered());
+  }
+}
+
+void read_all_at_once(pipelined_streams& p) {
+  for (auto& s : p.streams) p.ex.spawn(read_all(s.get(), p.bulk.size()));
+  p.ex.run_until_idle();
+}
+}  // namespace
+
+TEST_CASE("pipelined large frames on a busy thread: two per read up to the largest step, in place") {
+  // 100,000 B: within the largest step (8 x read_size). Four streams at
+  // once keep the thread busy: a read takes the rest of one frame, the
+  // whole next one (in place) and the third's header.
+  pipelined_streams p(4, 100000, 20);
+  read_all_at_once(p);
+  const std::size_t f = p.bulk.size() / 20;
+  for (auto& s : p.streams) {
+    CAPTURE(s->reads);
+    CHECK(s->messages == 20);
+    CHECK(s->largest_left > 0);  // reads did reach into the next frame: its header came with them
+    CHECK(s->largest_left <= 1024);
+    CHECK(s->reads <= 14);  // the first read, then about two frames per read (it was one per read: 21)
+    CHECK(s->largest <= 2 * f + 1024);
+  }
+}
+
+TEST_CASE("pipelined large frames, one stream or beyond the largest step: one per read, each reaching only the next header") {
+  // A lone stream (its peer would be put in lock step by pairs), and
+  // 200,000 B frames (past the largest step) on a busy thread.
+  for (const int n : {1, 4}) {
+    const std::size_t content = n == 1 ? 100000 : 200000;
+    CAPTURE(n);
+    pipelined_streams p(n, content, 20);
+    read_all_at_once(p);
+    const std::size_t f = p.bulk.size() / 20;
+    for (auto& s : p.streams) {
+      CAPTURE(s->reads);
+      CHECK(s->messages == 20);
+      CHECK(s->largest_left > 0);
+      CHECK(s->largest_left <= 1024);
+      CHECK(s->reads <= 21);  // not a second read per frame for its header
+      CHECK(s->largest <= f + 1024);
     }
   }
 }

@@ -314,6 +314,11 @@ class executor {
   static bool alive_here(const executor* ex) noexcept;
   std::size_t inflight() const noexcept { return inflight_; }
   const executor_stats& stats() const noexcept { return stats_; }
+  // The completions the loop's last wait brought: how busy the thread is.
+  // A connection's own recv and send are one or two; more means other
+  // connections' work is waiting its turn too (receive_stream reads
+  // pipelined frames two at a time then: docs/io-path.md, "Large frames").
+  std::size_t turn_completions() const noexcept { return turn_completions_; }
 
   // One loop iteration: resume what is ready, submit, reap. Waits for at
   // least one completion when `block` and nothing is ready. Returns false when
@@ -354,6 +359,7 @@ class executor {
   // result; a multishot request's last CQE never precedes its data).
   std::vector<detail::cqe_copy> completed_;
   std::size_t completed_head_ = 0;
+  std::size_t turn_completions_ = 0;
   std::size_t inflight_ = 0;
   executor_stats stats_;
   std::unique_ptr<detail::io_backend> backend_;

@@ -670,6 +670,7 @@ bool executor::run_once(bool block) {
   // Submits what this turn queued, sleeps if it may, and appends every
   // completion there is to completed_.
   backend_->run(wait, max_wait);
+  turn_completions_ = completed_.size() - completed_head_;
   now_ = std::chrono::steady_clock::now();
   did |= dispatch_completed();
   // What the completions woke (a send's waiters are posted, not resumed
