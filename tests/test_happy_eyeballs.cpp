@@ -141,6 +141,14 @@ struct outcome {
   bool done = false;
 };
 
+// The connect succeeded, to `want`.
+void check_connected_to(const outcome& o, const address& want) {
+  REQUIRE(o.sock);
+  result<address> peer = o.sock->peer_address();
+  REQUIRE(peer);
+  CHECK(peer->to_string() == want.to_string());
+}
+
 task<void> connect_by_name(executor* ex, connect_options o, outcome* out) {
   const auto t0 = clk::now();
   task<result<ringframe::socket>> c = ringframe::connect(*ex, std::string(test_host), 1, o);
@@ -188,10 +196,7 @@ TEST_CASE("connect(host, port): a blackholed first address does not hold back th
     outcome o;
     ex.run(connect_by_name(&ex, {.timeout = 3s}, &o));
     INFO("took " << std::chrono::duration_cast<std::chrono::milliseconds>(o.took).count() << " ms");
-    REQUIRE(o.sock);
-    result<address> peer = o.sock->peer_address();
-    REQUIRE(peer);
-    CHECK(peer->to_string() == second.at.to_string());
+    check_connected_to(o, second.at);
     // The second is tried after the stagger delay (250 ms), not after the
     // first attempt's 3 s.
     CHECK(o.took < 1500ms);
@@ -228,10 +233,7 @@ TEST_CASE("connect(host, port): address families are interleaved (IPv6, IPv4, IP
     executor ex(testing::on(k));
     outcome o;
     ex.run(connect_by_name(&ex, {.timeout = 3s}, &o));
-    REQUIRE(o.sock);
-    result<address> peer = o.sock->peer_address();
-    REQUIRE(peer);
-    CHECK(peer->to_string() == v4_ok.at.to_string());
+    check_connected_to(o, v4_ok.at);
     CHECK(o.took < 1500ms);
   });
 }
@@ -286,10 +288,7 @@ TEST_CASE("connect(host, port): happy_eyeballs_delay 0 tries one address at a ti
     executor ex(testing::on(k));
     outcome o;
     ex.run(connect_by_name(&ex, {.timeout = 400ms, .happy_eyeballs_delay = 0ns}, &o));
-    REQUIRE(o.sock);
-    result<address> peer = o.sock->peer_address();
-    REQUIRE(peer);
-    CHECK(peer->to_string() == second.at.to_string());
+    check_connected_to(o, second.at);
     CHECK(o.took >= 350ms);  // the first attempt's timeout ran out first
     CHECK(o.took < 2s);
   });
@@ -312,10 +311,7 @@ TEST_CASE("connect(host, port): an attempt that fails starts the next one at onc
     outcome o;
     ex.run(connect_by_name(&ex, {.timeout = 5s, .happy_eyeballs_delay = 600ms}, &o));
     INFO("took " << std::chrono::duration_cast<std::chrono::milliseconds>(o.took).count() << " ms");
-    REQUIRE(o.sock);
-    result<address> peer = o.sock->peer_address();
-    REQUIRE(peer);
-    CHECK(peer->to_string() == third.at.to_string());
+    check_connected_to(o, third.at);
     CHECK(o.took >= 550ms);
     CHECK(o.took < 1100ms);
   });
