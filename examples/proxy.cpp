@@ -132,13 +132,12 @@ void say(const proxy_config* cfg, const std::string& line) {
 task<void> proxy_one(const proxy_config* cfg, ringframe::socket client, connection_info info) {
   executor& ex = client.get_executor();
   const std::string who = info.peer.to_python() + " <-> " + cfg->target_text;
-  // The target's addresses in turn; the server's stop cancels the attempt.
-  result<ringframe::socket> target = std::errc::host_unreachable;
-  for (const address& a : cfg->target) {
-    task<result<ringframe::socket>> attempt = ringframe::connect(ex, a, {.timeout = 10s, .stop = &client.stop_token()});
-    target = co_await std::move(attempt);
-    if (target) break;
-  }
+  // The first of the target's addresses that answers (happy eyeballs: one
+  // that drops SYNs does not hold back the next for the whole timeout);
+  // the server's stop cancels every attempt.
+  task<result<ringframe::socket>> attempts =
+      ringframe::connect(ex, cfg->target, {.timeout = 10s, .stop = &client.stop_token()});
+  result<ringframe::socket> target = co_await std::move(attempts);
   if (!target) {
     say(cfg, who + ": cannot connect to the target: " + target.error().message());
     co_return;  // the client's socket closes as the frame goes

@@ -389,3 +389,30 @@ TEST_CASE("connect(host, port): an executor destroyed while attempts are in flig
     CHECK(testing::open_fd_count() == before);
   });
 }
+
+namespace {
+task<void> connect_to_list(executor* ex, std::vector<address> to, connect_options o, outcome* out) {
+  const auto t0 = clk::now();
+  task<result<ringframe::socket>> c = ringframe::connect(*ex, std::move(to), o);
+  out->sock = co_await std::move(c);
+  out->took = clk::now() - t0;
+  out->done = true;
+}
+}  // namespace
+
+TEST_CASE("connect(addresses): the first that answers, without a lookup; an empty list is EINVAL") {
+  REQUIRE(blackholes_hold());
+  testing::on_each_backend([](backend_kind k) {
+    blackhole first(AF_INET);
+    plain_listener second(AF_INET, 16);
+    executor ex(testing::on(k));
+    outcome o;
+    ex.run(connect_to_list(&ex, {first.at(), second.at}, {.timeout = 3s}, &o));
+    check_connected_to(o, second.at);
+    CHECK(o.took < 1500ms);
+    outcome none;
+    ex.run(connect_to_list(&ex, {}, {}, &none));
+    REQUIRE(!none.sock);
+    CHECK(none.sock.error() == std::errc::invalid_argument);
+  });
+}

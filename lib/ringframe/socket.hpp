@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <span>
 #include <stop_token>
+#include <vector>
 #include <string>
 #include <string_view>
 
@@ -387,5 +388,8 @@ struct connect_options {
 // ECANCELED, trying no further address; otherwise the error is that of the
 // attempt that ended last (ETIMEDOUT for one that o.timeout cut short).
 task<result<socket>> connect(executor& ex, std::string host, std::uint16_t port, connect_options o = {});
+// The same for addresses known already (looked up once, at start): the
+// first of `to` that answers, as above; EINVAL when `to` is empty.
+task<result<socket>> connect(executor& ex, std::vector<address> to, connect_options o = {});
 
 }  // namespace ringframe

@@ -163,8 +163,15 @@ task<result<socket>> connect(executor& ex, std::string host, std::uint16_t port,
       resolve(ex, std::move(host), port, {.timeout = o.timeout, .stop = o.stop});
   result<std::vector<address>> addrs = co_await std::move(lookup);
   if (!addrs) co_return addrs.error();
+  task<result<socket>> attempts = connect(ex, std::move(*addrs), o);
+  result<socket> s = co_await std::move(attempts);
+  co_return s;
+}
+
+task<result<socket>> connect(executor& ex, std::vector<address> to, connect_options o) {
+  if (to.empty()) co_return errno_code(EINVAL);
   task<result<socket>> attempts =
-      detail::connect_first(&ex, std::move(*addrs), o.happy_eyeballs_delay, o.timeout,
+      detail::connect_first(&ex, std::move(to), o.happy_eyeballs_delay, o.timeout,
                             std::chrono::steady_clock::time_point::max(), o.stop ? *o.stop : std::stop_token());
   result<socket> s = co_await std::move(attempts);
   co_return s;
