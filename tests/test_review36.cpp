@@ -643,3 +643,48 @@ TEST_CASE("review36: calls over time to a stalling server, the client closed or 
     }
   });
 }
+
+namespace {
+// Takes 8 KiB every 20 ms for as long as the client sends, answers nothing.
+task<void> slow_silent(executor* ex, ringframe::socket s, bool* finished) {
+  std::vector<std::byte> buf(8 * 1024);
+  const auto until = clk::now() + 10s;
+  while (clk::now() < until) {
+    result<std::size_t> n = co_await s.recv(buf, {.timeout = 10s});
+    if (!n || *n == 0) break;
+    result<void> sl = co_await sleep_for(*ex, 20ms);
+    (void)sl;
+  }
+  *finished = true;
+}
+}  // namespace
+
+TEST_CASE("review36: a server that takes a deep pipeline slowly and answers nothing fails the calls at write_timeout") {
+  testing::on_each_backend([](backend_kind k) {
+    // The counterpart of F1: while no reply comes, write_timeout bounds the
+    // batch (the reply deadline waits for the send), however steadily the
+    // server reads.
+    executor ex(testing::on(k));
+    auto [srv, cli] = ex.run(testing::tcp_pair(&ex));
+    small_buffers(srv.fd());
+    small_buffers(cli.fd());
+    framed_client_options o;
+    o.reply_timeout = 500ms;
+    o.connection.write_timeout = 500ms;
+    framed_client client = framed_client::adopt(std::move(cli), o);
+    bool finished = false;
+    ex.spawn(slow_silent(&ex, std::move(srv), &finished));
+    const auto t0 = clk::now();
+    std::vector<result<message>> out = ex.run(numbered_calls(&client, 100, 64 * 1024));
+    const auto took = clk::now() - t0;
+    for (auto& x : out) {
+      REQUIRE(!x);
+      CHECK(x.error() == std::errc::timed_out);
+    }
+    CHECK(took >= 400ms);
+    CHECK(took < 3s);
+    run_until(ex, [&] { return finished; }, 3000ms);
+    CHECK(finished);
+    ex.run_until_idle();
+  });
+}
