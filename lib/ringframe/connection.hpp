@@ -80,6 +80,10 @@ struct connection_options {
   // that read only once its requests were sent would wait, with the server,
   // until write_timeout (framed_client sets it). A server's reader leaves it
   // false: it sends the replies it owes before it reads more (backpressure).
+  // With it, each message read restarts the write_timeout of the batch in
+  // flight: a deep pipeline's requests are taken only as fast as the peer
+  // answers them, and write_timeout bounds a send during which the peer
+  // answers nothing.
   bool read_while_sending = false;
   // What a recv straight into the decoder asks for beyond the frame in
   // progress, at first: for frames at most twice this long it doubles, up

@@ -77,6 +77,9 @@ struct framed_client_options {
   // While calls are pending, the longest wait for the next reply (and for a
   // reply's last byte after its first). A server that does not answer in
   // time breaks the connection: every pending call fails with ETIMEDOUT.
+  // A read's wait starts once the requests queued are sent; while they are
+  // being sent, connection.write_timeout bounds it (restarted by each
+  // reply: the server takes requests as fast as it answers them).
   std::chrono::nanoseconds reply_timeout = std::chrono::seconds(30);
   // Limits, write timeout, buffers. Its idle and message timeouts are
   // replaced by reply_timeout, and its thread_receive_budget by 0: replies

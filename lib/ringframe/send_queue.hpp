@@ -112,6 +112,11 @@ class send_queue {
   // Hand what is queued to the kernel, unless a batch is out already (it
   // will follow) or nothing is queued. May fail at once (see error()).
   void start();
+  // The write deadline of the batch in flight starts again: the peer
+  // answered meanwhile, so it is alive and taking the batch at the pace it
+  // answers (a connection that reads while it sends got a reply). Nothing
+  // when no deadline is running (none set, idle, fired).
+  void restart_deadline() noexcept;
   // Queue `w` to be posted when nothing is left to send, or on failure.
   void wait(detail::send_waiter* w) noexcept {
     w->next = waiters_;

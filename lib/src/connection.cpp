@@ -161,6 +161,12 @@ bool connection::try_read_buffered(std::optional<result<message_view>>& out) {
     case frame_decoder::status::message:
       ++messages_in;
       received_at_ = sock_.get_executor().now();
+      // A reply to the requests being sent: the peer takes them as fast as
+      // it answers them, and it answers. write_timeout bounds a batch the
+      // peer takes while answering nothing (review36 F1: a deep pipeline to
+      // a server that answered every 20 ms failed with ETIMEDOUT once its
+      // batch took longer than write_timeout to be read).
+      if (read_while_sending_) send_.restart_deadline();
       if (message_deadline_) {
         message_deadline_ = false;
         recv_.cancel_deadline();

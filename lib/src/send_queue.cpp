@@ -151,6 +151,17 @@ void send_queue::submit() {
   state_ = state::sending;
 }
 
+void send_queue::restart_deadline() noexcept {
+  if (!busy() || timed_out_ || !deadline_.armed()) return;
+  try {
+    // The list for write_timeout's duration exists (the deadline is on it):
+    // arm() allocates nothing.
+    deadline_.arm(sock_.get_executor(), opts_.write_timeout);
+  } catch (...) {
+    fail(ENOMEM);  // not reached; never a batch without its deadline
+  }
+}
+
 void send_queue::cancel() noexcept {
   // Before the call is deferred: the executor's thread sees it when the
   // call runs, or at the latest when the completion that withdraws it comes
