@@ -21,8 +21,10 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
+#include <new>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -688,3 +690,67 @@ TEST_CASE("review36: a server that takes a deep pipeline slowly and answers noth
     ex.run_until_idle();
   });
 }
+
+namespace {
+// Throws bad_alloc from the next recv of kind recv_op_to_fail: the read's
+// submission (the epoll backend's waiter, io_uring's SQE).
+std::atomic<int> recvs_to_fail{0};
+std::atomic<detail::io_op> recv_op_to_fail{detail::io_op::recv_provided};
+void fail_a_provided_recv(const detail::io_request& r) {
+  if (r.op == recv_op_to_fail.load() && recvs_to_fail.fetch_sub(1) > 0) throw std::bad_alloc();
+}
+
+task<void> read_after_failed_start(executor* ex, connection* c, ringframe::socket* peer, std::string* outcome) {
+  bool threw = false;
+  try {
+    detail::read_message_awaitable first = c->read_message();
+    result<message_view> m = co_await first;
+    *outcome = m ? "a message" : m.error().message();
+  } catch (const std::bad_alloc&) {
+    threw = true;
+  }
+  detail::submit_test_hook = nullptr;
+  CHECK(threw);
+  // Well past the idle timeout of the read that could not start.
+  result<void> slept = co_await sleep_for(*ex, 400ms);
+  REQUIRE(slept);
+  const std::string f = frame_of(text("after"));
+  result<std::size_t> n = co_await peer->send_all(f, {.timeout = 5s});
+  REQUIRE(n);
+  result<message_view> m = co_await c->read_message();
+  *outcome = m ? std::string(m->content_text()) : m.error().message();
+}
+}  // namespace
+
+namespace {
+// One read whose recv submission throws, then a message after the idle timeout.
+void read_after_a_failed_start(bool provided_buffers) {
+  recv_op_to_fail = provided_buffers ? detail::io_op::recv_provided : detail::io_op::recv;
+  testing::on_each_backend([provided_buffers](backend_kind k) {
+    executor ex(testing::on(k));
+    auto [a, b] = testing::socket_pair(ex);
+    connection_options o;
+    o.idle_timeout = 100ms;
+    o.provided_buffers = provided_buffers;
+    connection c(std::move(a), o);
+    recvs_to_fail = 1;
+    detail::submit_test_hook = &fail_a_provided_recv;
+    std::string outcome;
+    try {
+      ex.run(read_after_failed_start(&ex, &c, &b, &outcome));
+    } catch (...) {
+      detail::submit_test_hook = nullptr;
+      throw;
+    }
+    detail::submit_test_hook = nullptr;
+    CHECK(recvs_to_fail <= 0);  // the injected failure happened
+    CHECK(outcome == "after");  // not "Connection timed out" from the failed read's deadline
+  });
+}
+}  // namespace
+
+TEST_CASE("review36 N3: a fast read whose recv cannot be submitted leaves no idle deadline behind to refuse the next read") {
+  read_after_a_failed_start(true);
+}
+
+TEST_CASE("review36 N3: the same in read_slow (no provided buffers)") { read_after_a_failed_start(false); }

@@ -231,7 +231,19 @@ bool connection::start_fast_read(detail::read_message_awaitable* aw) {
   idle_after_send_ = send_.busy();
   if (!idle_after_send_) arm_read_deadline(true);
   fast_ = aw;
-  if (recv_.start(true)) return true;
+  bool waits;
+  try {
+    waits = recv_.start(true);
+  } catch (...) {
+    // The recv could not be submitted (bad_alloc): no read waits, so no
+    // idle deadline may either (review36 N3: it fired later and refused
+    // the reader's next read with ETIMEDOUT).
+    fast_ = nullptr;
+    idle_after_send_ = false;
+    recv_.cancel_deadline();
+    throw;
+  }
+  if (waits) return true;
   // can_wait_in_ring() said nothing was to be reported first: not reached.
   fast_ = nullptr;
   idle_after_send_ = false;
@@ -328,7 +340,17 @@ task<result<message_view>> connection::read_slow() {
     // on the fast path: a peer still taking a long request is not idle.
     idle_after_send_ = between_frames && send_.busy();
     if (!idle_after_send_) arm_read_deadline(between_frames);
-    int res = co_await detail::read_slot_awaitable{this, between_frames};
+    int res;
+    try {
+      res = co_await detail::read_slot_awaitable{this, between_frames};
+    } catch (...) {
+      // No recv waits (its submission threw): nor does the idle deadline
+      // armed for it (review36 N3). A message's deadline stays: it bounds
+      // the message, however many reads it takes.
+      idle_after_send_ = false;
+      if (between_frames) recv_.cancel_deadline();
+      throw;
+    }
     idle_after_send_ = false;
     if (between_frames) recv_.cancel_deadline();
     if (res > 0 || res == -EINTR || res == -EAGAIN) continue;
