@@ -324,6 +324,39 @@ TEST_CASE("review36: a peer that takes nothing fails every call at write_timeout
   });
 }
 
+// Left open by review36: with no write_timeout, nothing bounded the wait of
+// calls whose requests a peer never takes (the reply's deadline starts once
+// they are sent). reply_timeout promises the longest wait for a reply.
+TEST_CASE("framed_client without a write_timeout: a peer that takes nothing fails every call at reply_timeout") {
+  testing::on_each_backend([](backend_kind k) {
+    for (bool provided : {true, false}) {
+      INFO("provided_buffers " << provided);
+      raw_plan p;
+      p.what = act::take_nothing;
+      p.stall = 4s;
+      framed_client_options o;
+      o.reply_timeout = 300ms;
+      o.connection.write_timeout = 0ns;  // none
+      o.connection.provided_buffers = provided;
+      rig r(k, p, o);
+      const auto t0 = clk::now();
+      std::vector<result<message>> out =
+          r.ex.run(calls_of(&r.client, {text(big(8 << 20, 'z')), text("a"), text("b")}));
+      const auto took = clk::now() - t0;
+      REQUIRE(out.size() == 3);
+      for (auto& x : out) {
+        REQUIRE(!x);
+        CHECK(x.error() == std::errc::timed_out);
+      }
+      CHECK(took >= 250ms);
+      CHECK(took < 3s);
+      CHECK(!r.client.is_open());
+      run_until(r.ex, [&] { return r.plan.finished; }, 6000ms);
+      r.ex.run_until_idle();
+    }
+  });
+}
+
 TEST_CASE("review36: reply_timeout fires when the server takes a long request and stays silent") {
   testing::on_each_backend([](backend_kind k) {
     for (bool provided : {true, false}) {

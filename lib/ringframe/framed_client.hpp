@@ -79,7 +79,8 @@ struct framed_client_options {
   // time breaks the connection: every pending call fails with ETIMEDOUT.
   // A read's wait starts once the requests queued are sent; while they are
   // being sent, connection.write_timeout bounds it (restarted by each
-  // reply: the server takes requests as fast as it answers them).
+  // reply: the server takes requests as fast as it answers them), or
+  // reply_timeout when write_timeout is 0. Both 0: no bound at all.
   std::chrono::nanoseconds reply_timeout = std::chrono::seconds(30);
   // Limits, write timeout, buffers. Its idle and message timeouts are
   // replaced by reply_timeout, and its thread_receive_budget by 0: replies

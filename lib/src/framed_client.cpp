@@ -357,6 +357,11 @@ framed_client framed_client::adopt(socket s, framed_client_options o) {
   s.set_stop_token(ref->stop.get_token());
   connection_options co = o.connection;
   co.idle_timeout = co.message_timeout = o.reply_timeout;
+  // A reply's wait starts once the requests ahead of it are sent; until
+  // then write_timeout bounds it (restarted by each reply). Without one, a
+  // server that took no request held the calls for ever, past the
+  // reply_timeout they were promised.
+  if (co.write_timeout.count() <= 0) co.write_timeout = o.reply_timeout;
   // Replies stay outside the thread's receive budget: each answers a call
   // made here, so the calls bound them, and a reply that waited for room
   // could wait for good behind a handler that holds its own request while
