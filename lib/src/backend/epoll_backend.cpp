@@ -266,6 +266,7 @@ class epoll_backend final : public io_backend {
           link(orphans_, w);
         }
       }
+    if (at(fd).exclusive) ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);  // (see fd_state::exclusive)
     at(fd) = fd_state{};
   }
 
@@ -307,6 +308,12 @@ class epoll_backend final : public io_backend {
     // segment that carries descriptors), datagrams or sequenced packets
     // (one message per read), nor past TCP's urgent mark.
     bool short_read_drains = false;
+    // Registered with EPOLLEXCLUSIVE (a listener): taken out of the epoll set
+    // when forgotten or closed. Left there while a descriptor of the same
+    // socket stays open elsewhere (another thread's), it would take
+    // wake-ups meant for the threads still accepting, from a loop that no
+    // longer does: exclusive wake-ups stop at the first waiting epoll.
+    bool exclusive = false;
   };
 
   static int side_of(io_op op) noexcept {
@@ -582,6 +589,26 @@ class epoll_backend final : public io_backend {
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET;
     ev.data.fd = w->fd;
+    // A listener, which threads may share (sharded_server gives each its own
+    // descriptor of one socket): without EPOLLEXCLUSIVE each connection woke
+    // every thread waiting in epoll_wait, and all but one found it taken
+    // (io_uring's accept waits exclusively already). Linux 4.5 and later.
+    if (w->op == io_op::accept || w->op == io_op::accept_multishot) {
+      epoll_event exclusive = ev;
+      exclusive.events = EPOLLIN | EPOLLET | EPOLLEXCLUSIVE;
+      if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, w->fd, &exclusive) == 0) {
+        s.registered = s.exclusive = true;
+        return;
+      }
+      // EINVAL: a kernel before 4.5 (registered as any other, below).
+      // EEXIST: registered before its state was forgotten (socket::release
+      // and adopted again); if that was exclusive, MOD refuses (EINVAL) and
+      // it stays as it is, which is what this would have made it.
+      if (errno == EEXIST && ::epoll_ctl(epfd_, EPOLL_CTL_MOD, w->fd, &ev) != 0 && errno == EINVAL) {
+        s.registered = s.exclusive = true;
+        return;
+      }
+    }
     if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, w->fd, &ev) == 0 ||
         (errno == EEXIST && ::epoll_ctl(epfd_, EPOLL_CTL_MOD, w->fd, &ev) == 0)) {
       s.registered = true;
