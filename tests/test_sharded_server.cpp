@@ -17,6 +17,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -425,4 +427,51 @@ TEST_CASE("destroyed without run(): the shards are stopped and joined") {
     CHECK(echo_once(unix_address(path), "once"));
   }
   CHECK_FALSE(exists(path));
+}
+
+namespace {
+std::atomic<int> held_on_shard[2];
+
+// Counts the connection on its shard, then holds it until the hard stop.
+task<void> count_and_hold(ringframe::socket s, connection_info info) {
+  const int shard = sharded_server::this_thread_shard();
+  if (shard >= 0 && shard < 2) held_on_shard[shard].fetch_add(1);
+  task<void> hold = hold_until_stopped(std::move(s), info);
+  co_await std::move(hold);
+}
+}  // namespace
+
+// Shards that share one listener each accepted until the backlog was empty:
+// a burst of connections (a client's pool opened at once, a load
+// generator) went whole to the shard that woke first, and the other served
+// nothing (100 of 100 on one of two shards, on both backends).
+TEST_CASE("a burst of connections to shards sharing one listener is spread over them") {
+  testing::on_each_backend([](backend_kind k) {
+    held_on_shard[0] = 0;
+    held_on_shard[1] = 0;
+    sharded_server_options o = tcp_options(2);
+    o.executor = testing::on(k);
+    sharded_server srv(std::move(o));
+    REQUIRE(srv.start(&count_and_hold));
+    REQUIRE_FALSE(srv.listener_per_shard());
+    const address to = srv.local_address();
+    constexpr int connections = 60;
+    std::vector<int> fds;
+    std::thread clients([&] {
+      // All at once: the handshakes complete in the kernel, before any accept.
+      for (int i = 0; i < connections; ++i) fds.push_back(testing::connect_blocking(to));
+      eventually([&] { return held_on_shard[0] + held_on_shard[1] == connections; });
+      srv.stop();
+    });
+    srv.run();
+    clients.join();
+    for (int fd : fds) {
+      CHECK(fd >= 0);
+      if (fd >= 0) ::close(fd);
+    }
+    const int a = held_on_shard[0], b = held_on_shard[1];
+    INFO("shard 0: " << a << ", shard 1: " << b);
+    CHECK(a + b == connections);
+    CHECK(std::min(a, b) >= connections / 4);
+  });
 }
