@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ringframe/address.hpp>
+#include <ringframe/detail/accept_balance.hpp>
 #include <ringframe/executor.hpp>
 #include <ringframe/latency_histogram.hpp>
 #include <ringframe/log.hpp>
@@ -56,6 +57,13 @@ struct server_options {
   // Keep one multishot accept armed (Linux 5.19) instead of one accept per
   // connection; false is for comparison only.
   bool multishot_accept = true;
+  // Servers that accept from one shared listener (sharded_server sets it,
+  // each with its own slot): each publishes its open connections, and one
+  // above its share pauses before its next one-shot accept, so that a burst
+  // of connections is spread over them (detail/accept_balance.hpp). Null:
+  // none.
+  std::shared_ptr<detail::accept_balance> accept_balance;
+  unsigned accept_balance_slot = 0;
   // One line per event (connections, errors), without its newline; control
   // bytes are written as \xNN (append_text_line, log.hpp). Empty: silent.
   std::function<void(const std::string&)> log;
@@ -225,6 +233,10 @@ class server {
 
  private:
   static task<void> accept_loop(server* self, socket* listener);
+  // live_ to the accept balance, when there is one.
+  void publish_live() noexcept {
+    if (opts_.accept_balance) opts_.accept_balance->publish(opts_.accept_balance_slot, static_cast<std::uint32_t>(live_));
+  }
   // A child of group_ itself (no spawn wrapper): it lives as long as the connection.
   static detail::group_child run_connection(task_group* group, server* self, socket s, address peer);
   struct counted_out;  // in run_connection's frame (server.cpp)

@@ -193,6 +193,7 @@ class sharded_server {
   address metrics_bound_;
   detail::unix_socket_file file_;
   bool per_shard_listeners_ = false;
+  std::shared_ptr<detail::accept_balance> accept_balance_;  // shards sharing one listener
   bool started_ = false;
   bool ran_ = false;
 

@@ -180,12 +180,19 @@ task<void> server::accept_loop(server* self, socket* listener) {
   // listener left open. It stops the server (as the group would), the loop
   // goes on until the request is retired, and it is rethrown at the end.
   std::exception_ptr failed;
+  self->publish_live();  // accepting
   for (;;) {
     address peer;
     result<socket> s = std::errc::operation_canceled;
     if (use_multishot) {
       s = co_await multishot.next();
     } else {
+      // Shards sharing the listener: one above its share leaves the next
+      // connections to the others for a moment (detail/accept_balance.hpp).
+      if (self->opts_.accept_balance && self->opts_.accept_balance->above_share(self->opts_.accept_balance_slot)) {
+        result<void> paused = co_await sleep_for(self->ex_, detail::accept_balance::pause, &stop);
+        (void)paused;  // cancelled by the drain: the accept below says so
+      }
       s = co_await listener->accept(&peer, {.stop = &stop});
     }
     try {
@@ -235,6 +242,7 @@ task<void> server::accept_loop(server* self, socket* listener) {
         --self->stats_.accepted;
         throw;
       }
+      self->publish_live();
     } catch (...) {
       if (!failed) failed = std::current_exception();
       self->stop();  // cancels the multishot accept (its stop is the drain)
@@ -243,7 +251,11 @@ task<void> server::accept_loop(server* self, socket* listener) {
   // Close the listener: while draining, new clients are refused at once
   // rather than left waiting in the backlog.
   { socket closing = std::move(*listener); }
-  if (--self->loops_ == 0) self->files_.clear();  // every listener is closed: remove their files
+  if (--self->loops_ == 0) {
+    self->files_.clear();  // every listener is closed: remove their files
+    if (self->opts_.accept_balance)  // the other shards no longer wait for this one
+      self->opts_.accept_balance->publish(self->opts_.accept_balance_slot, detail::accept_balance::not_accepting);
+  }
   if (failed) std::rethrow_exception(failed);
 }
 
@@ -271,6 +283,7 @@ struct server::counted_out {
     if (srv->draining()) ++srv->stats_.drained;
     --srv->live_;
     ++srv->stats_.closed;
+    if (srv->loops_ > 0) srv->publish_live();  // (no longer once its accept loops have ended)
   }
 };
 

@@ -174,6 +174,7 @@ result<void> sharded_server::bind_all() {
     sh.listen_fd = per_shard_listeners_ ? listeners[i].release() : ::fcntl(listeners[0].fd(), F_DUPFD_CLOEXEC, 0);
     if (sh.listen_fd < 0) return errno_code(errno);
   }
+  if (!per_shard_listeners_ && n > 1) accept_balance_ = std::make_shared<detail::accept_balance>(n);
   // From here on the shards' descriptors are the listener: when the last
   // shard closes its own (draining), new clients are refused at once.
   listeners.clear();
@@ -417,7 +418,17 @@ void sharded_server::shard_thread(sharded_server* self, shard* sh, server::strea
     // first in the listener's wait queue and takes every connection: 1200 of
     // 1200 on one of two shards, measured on Linux 6.18, against 577/623
     // with one-shot accepts.
-    if (!self->per_shard_listeners_ && self->shards_.size() > 1) so.multishot_accept = false;
+    //
+    // That spreads connections that come one at a time, not a burst: a
+    // shard's next accept finds the connections queued meanwhile and takes
+    // them all (60 of 60 opened at once on one of two shards). So the
+    // shards tell each other their load, and one above its share pauses
+    // before its next accept (detail/accept_balance.hpp).
+    if (!self->per_shard_listeners_ && self->shards_.size() > 1) {
+      so.multishot_accept = false;
+      so.accept_balance = self->accept_balance_;
+      so.accept_balance_slot = sh->index;
+    }
     srv.emplace(*ex, std::move(so));
     srv->add_listener(socket(*ex, std::exchange(sh->listen_fd, -1)));
   } catch (...) {
