@@ -54,6 +54,19 @@ task<void> accept_close_idle(executor* ex, ringframe::socket* listener, const st
   (void)idle;
 }
 
+// Accepts one connection, then waits `pause` (in its loop's wait, as a
+// sharded_server shard above its share does) before each next accept.
+task<void> accept_pausing(executor* ex, ringframe::socket* listener, const std::stop_token* stop,
+                          std::atomic<int>* accepted, std::chrono::milliseconds pause) {
+  for (;;) {
+    result<ringframe::socket> s = co_await listener->accept(nullptr, {.stop = stop});
+    if (!s) co_return;
+    accepted->fetch_add(1);
+    result<void> slept = co_await sleep_for(*ex, pause, stop);
+    if (!slept) co_return;
+  }
+}
+
 struct herd_result {
   int accepted = 0;
   long switches = 0;  // every thread's voluntary context switches, summed
@@ -159,5 +172,59 @@ TEST_CASE("threads still accepting from a shared listener are woken after anothe
     for (auto& t : pool) t.join();
     CHECK(accepted.load() == connections);
     CHECK(late == 0);
+  });
+}
+
+// Wake-ups of a shared listener are exclusive: one waiting loop gets each.
+// A loop that waits without accepting (paused between accepts) must not keep
+// taking them: on epoll its registration, first in the socket's wait queue,
+// took every connection's wake-up while the thread still accepting slept,
+// and each connection waited for the pause to end.
+TEST_CASE("a thread that pauses between accepts does not hold the wake-ups of a shared listener") {
+  testing::on_each_backend([](backend_kind k) {
+    executor owner(testing::on(k));
+    address at;
+    ringframe::socket listener = testing::loopback_listener(owner, at);
+    std::stop_source stop;
+    std::atomic<int> by_pausing{0}, by_other{0};
+    auto serve = [&](bool pausing, std::latch* waiting) {
+      executor ex(testing::on(k));
+      ringframe::socket mine(ex, ::fcntl(listener.fd(), F_DUPFD_CLOEXEC, 0));
+      REQUIRE(mine.fd() >= 0);
+      std::stop_token token = stop.get_token();
+      task<void> t = pausing ? accept_pausing(&ex, &mine, &token, &by_pausing, 400ms)
+                             : accept_all(&mine, &token, &by_other);
+      waiting->count_down();
+      ex.run(std::move(t));
+    };
+    // The pausing thread waits first (first in the socket's wait queue).
+    std::latch first(1), second(1);
+    std::thread pausing(serve, true, &first);
+    first.wait();
+    std::this_thread::sleep_for(50ms);
+    std::thread other(serve, false, &second);
+    second.wait();
+    std::this_thread::sleep_for(50ms);
+    constexpr int connections = 12;
+    int slow = 0;
+    for (int i = 0; i < connections; ++i) {
+      const int before = by_pausing.load() + by_other.load();
+      int fd = testing::connect_blocking(at);
+      REQUIRE(fd >= 0);
+      const auto t0 = std::chrono::steady_clock::now();
+      while (by_pausing.load() + by_other.load() == before && std::chrono::steady_clock::now() - t0 < 3s)
+        std::this_thread::sleep_for(1ms);
+      slow += std::chrono::steady_clock::now() - t0 >= 200ms;
+      ::close(fd);
+    }
+    stop.request_stop();
+    pausing.join();
+    other.join();
+    INFO("accepted by the pausing thread " << by_pausing.load() << ", by the other " << by_other.load()
+                                            << ", slow: " << slow);
+    CHECK(by_pausing.load() + by_other.load() == connections);
+    // The first connections may wait for the pause (its wake-up was taken
+    // already); then the other thread gets them.
+    CHECK(slow <= 2);
   });
 }
