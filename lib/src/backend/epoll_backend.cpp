@@ -626,6 +626,18 @@ class epoll_backend final : public io_backend {
   // ready, in order, until one must wait again.
   void serve(int fd, std::uint8_t side) {
     at(fd).ready[side] = true;
+    // A listener's exclusive wake-up with no accept waiting here (this loop
+    // pauses between accepts: sharded_server's accept balance) was one
+    // another thread waiting could have used, and so would be each next
+    // one: this registration comes first in the socket's wait queue. It
+    // leaves the set until an accept waits again (enqueue() adds it back);
+    // the connection that woke it is taken by the next accept here (the
+    // ready hint) or by another thread, whichever comes first.
+    if (side == side_read && at(fd).exclusive && !at(fd).head[side_read]) {
+      ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
+      at(fd).registered = at(fd).exclusive = false;
+      return;
+    }
     while (waiter* w = at(fd).head[side]) {
       const step st = attempt(*w);
       if (st == step::again) return;
