@@ -1,0 +1,323 @@
+// review38: happy eyeballs (connect(addresses), connect(host, port),
+// framed_client::connect; lib/src/happy_eyeballs.cpp): lifetimes and
+// ordering of the race.
+//
+// The first four cases passed when written (checks of what was found
+// sound: a Unix path beside IP addresses, executor::stop() mid-race, a stop
+// from another thread at every moment). The allocation sweeps below failed
+// first (F1, F2). Each case runs on io_uring and on epoll.
+#include "failing_allocator.hpp"
+#include "loopback.hpp"
+
+#include <ringframe/address.hpp>
+#include <ringframe/executor.hpp>
+#include <ringframe/framed_client.hpp>
+#include <ringframe/resolver.hpp>
+#include <ringframe/socket.hpp>
+#include <ringframe/timer.hpp>
+
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace ringframe;
+using namespace std::chrono_literals;
+using clk = std::chrono::steady_clock;
+
+namespace {
+
+address loopback(int family, std::uint16_t port) {
+  result<address> a = address::from_ip(family == AF_INET6 ? "::1" : "127.0.0.1", port);
+  REQUIRE(a);
+  return *a;
+}
+
+struct plain_listener {
+  int fd = -1;
+  address at;
+  plain_listener(int family, int backlog) {
+    fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    address want = loopback(family, 0);
+    REQUIRE(::bind(fd, want.data(), want.size()) == 0);
+    REQUIRE(::listen(fd, backlog) == 0);
+    *at.size_ptr() = address::capacity();
+    REQUIRE(::getsockname(fd, at.data(), at.size_ptr()) == 0);
+  }
+  ~plain_listener() { ::close(fd); }
+  plain_listener(const plain_listener&) = delete;
+  plain_listener& operator=(const plain_listener&) = delete;
+};
+
+struct blackhole {
+  plain_listener l;
+  int filler = -1;
+  explicit blackhole(int family) : l(family, 0) {
+    filler = testing::connect_blocking(l.at);
+    REQUIRE(filler >= 0);
+  }
+  ~blackhole() { ::close(filler); }
+  blackhole(const blackhole&) = delete;
+  blackhole& operator=(const blackhole&) = delete;
+  const address& at() const { return l.at; }
+};
+
+// A Unix-domain listener with backlog 0 whose queue holds one connection:
+// the next connect finds it full (a nonblocking one: EAGAIN).
+struct unix_full {
+  int fd = -1;
+  int filler = -1;
+  std::string path;
+  address at;
+  unix_full() {
+    path = "/tmp/rf-review38-" + std::to_string(::getpid()) + ".sock";
+    ::unlink(path.c_str());
+    result<address> a = address::from_unix_path(path);
+    REQUIRE(a);
+    at = *a;
+    fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    REQUIRE(::bind(fd, at.data(), at.size()) == 0);
+    REQUIRE(::listen(fd, 0) == 0);
+    filler = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    REQUIRE(filler >= 0);
+    REQUIRE(::connect(filler, at.data(), at.size()) == 0);
+  }
+  ~unix_full() {
+    ::close(filler);
+    ::close(fd);
+    ::unlink(path.c_str());
+  }
+  // A nonblocking connect is refused room now.
+  bool full() const {
+    int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int r = ::connect(probe, at.data(), at.size());
+    int e = r == 0 ? 0 : errno;
+    ::close(probe);
+    return e == EAGAIN;
+  }
+};
+
+struct outcome {
+  result<ringframe::socket> sock{std::errc::io_error};
+  clk::duration took{};
+  bool done = false;
+};
+
+task<void> connect_to_list(executor* ex, std::vector<address> to, connect_options o, outcome* out) {
+  const auto t0 = clk::now();
+  task<result<ringframe::socket>> c = ringframe::connect(*ex, std::move(to), o);
+  out->sock = co_await std::move(c);
+  out->took = clk::now() - t0;
+  out->done = true;
+}
+
+task<void> stop_executor_after(executor* ex, std::chrono::nanoseconds d) {
+  result<void> slept = co_await sleep_for(*ex, d);
+  REQUIRE(slept);
+  ex->stop();
+}
+
+long ms(clk::duration d) { return static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()); }
+
+}  // namespace
+
+TEST_CASE("review38: a Unix path whose backlog is full beside a working IPv4 address: the IPv4 one wins after the delay, the loser is closed") {
+  testing::on_each_backend([](backend_kind k) {
+    unix_full u;
+    REQUIRE(u.full());
+    plain_listener ok(AF_INET, 16);
+    executor ex(testing::on(k));
+    const int before = testing::open_fd_count();
+    outcome o;
+    ex.run(connect_to_list(&ex, {u.at, ok.at}, {.timeout = 3s, .happy_eyeballs_delay = 100ms}, &o));
+    INFO("backend " << (k == backend_kind::epoll ? "epoll" : "io_uring") << ", took " << ms(o.took) << " ms");
+    REQUIRE(o.done);
+    REQUIRE(o.sock);
+    CHECK(o.sock->peer_address()->to_string() == ok.at.to_string());
+    CHECK(o.took < 1500ms);
+    CHECK(testing::open_fd_count() == before + 1);
+  });
+}
+
+TEST_CASE("review38: a Unix path whose backlog is full, cancelled by executor::stop(): ECANCELED at once, nothing left open") {
+  testing::on_each_backend([](backend_kind k) {
+    unix_full u;
+    REQUIRE(u.full());
+    blackhole b(AF_INET);
+    executor ex(testing::on(k));
+    const int before = testing::open_fd_count();
+    outcome o;
+    ex.spawn(connect_to_list(&ex, {u.at, b.at()}, {.timeout = 3s, .happy_eyeballs_delay = 50ms}, &o));
+    ex.spawn(stop_executor_after(&ex, 300ms));
+    ex.run_until_idle();
+    INFO("backend " << (k == backend_kind::epoll ? "epoll" : "io_uring") << ", took " << ms(o.took) << " ms");
+    REQUIRE(o.done);
+    REQUIRE(!o.sock);
+    CHECK(o.sock.error() == std::errc::operation_canceled);
+    CHECK(o.took < 1500ms);
+    CHECK(testing::open_fd_count() == before);
+  });
+}
+
+TEST_CASE("review38: executor::stop() while attempts race: ECANCELED at once, every socket closed") {
+  testing::on_each_backend([](backend_kind k) {
+    blackhole a(AF_INET), b(AF_INET6), c(AF_INET);
+    executor ex(testing::on(k));
+    const int before = testing::open_fd_count();
+    outcome o;
+    ex.spawn(connect_to_list(&ex, {a.at(), b.at(), c.at()}, {.timeout = 3s, .happy_eyeballs_delay = 50ms}, &o));
+    ex.spawn(stop_executor_after(&ex, 300ms));
+    ex.run_until_idle();
+    REQUIRE(o.done);
+    REQUIRE(!o.sock);
+    CHECK(o.sock.error() == std::errc::operation_canceled);
+    CHECK(o.took < 1500ms);
+    CHECK(testing::open_fd_count() == before);
+  });
+}
+
+namespace {
+
+// Accepts (and closes) what a listener's queue holds, so that it never fills.
+void drain(int listen_fd) {
+  ::fcntl(listen_fd, F_SETFL, ::fcntl(listen_fd, F_GETFL) | O_NONBLOCK);
+  for (;;) {
+    int c = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (c < 0) return;
+    ::close(c);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("review38: a stop requested from another thread at any moment of the race: the connect returns, with the winner or ECANCELED, and nothing leaks") {
+  testing::on_each_backend([](backend_kind k) {
+    blackhole a(AF_INET);
+    plain_listener ok(AF_INET6, 4096);
+    executor ex(testing::on(k));
+    const int before = testing::open_fd_count();
+    int won = 0, cancelled = 0;
+    for (int i = 0; i < 300; ++i) {
+      std::stop_source src;
+      std::stop_token token = src.get_token();
+      outcome o;
+      const auto wait = std::chrono::microseconds((i * 37) % 400);
+      std::jthread stopper([&src, wait] {
+        std::this_thread::sleep_for(wait);
+        src.request_stop();
+      });
+      ex.run(connect_to_list(&ex, {a.at(), ok.at}, {.timeout = 3s, .stop = &token, .happy_eyeballs_delay = (i % 3) * 100us}, &o));
+      stopper.join();
+      REQUIRE(o.done);
+      REQUIRE(o.took < 2s);
+      if (o.sock) {
+        ++won;
+        CHECK(testing::open_fd_count() == before + 1);
+      } else {
+        ++cancelled;
+        CHECK(o.sock.error() == std::errc::operation_canceled);
+        CHECK(testing::open_fd_count() == before);
+      }
+      o.sock = std::errc::io_error;
+      drain(ok.fd);
+    }
+    MESSAGE("won " << won << ", cancelled " << cancelled);
+  });
+}
+
+namespace {
+
+struct guarded_outcome {
+  outcome o;
+  bool threw = false;
+};
+
+task<void> connect_catching(executor* ex, std::vector<address> to, connect_options opts, guarded_outcome* out) {
+  const auto t0 = clk::now();
+  try {
+    task<result<ringframe::socket>> c = ringframe::connect(*ex, std::move(to), opts);
+    out->o.sock = co_await std::move(c);
+  } catch (const std::bad_alloc&) {
+    out->threw = true;
+  }
+  out->o.took = clk::now() - t0;
+  out->o.done = true;
+}
+
+// Runs connect(addresses) to {blackholed, working} (each attempt 1 s, the
+// delay 30 ms) once with no allocation failing, then once for each of the
+// allocations that run made, with that one failing; `check` is given each
+// run's outcome, and whether the allocation that failed was one of those
+// the loop's first turn made (the connect's own frames, and the children
+// connect_first spawns before it first waits: its bookkeeping, not an
+// attempt's).
+template <class F>
+void sweep_allocations(backend_kind k, F check) {
+  namespace fa = testing::failing_allocator;
+  blackhole a(AF_INET);
+  plain_listener ok(AF_INET, 4096);
+  executor ex(testing::on(k));
+  const int before = testing::open_fd_count();
+  int traced = 0, first_turn = 0;
+  for (int i = -1; i < traced; ++i) {
+    guarded_outcome g;
+    ex.spawn(connect_catching(&ex, {a.at(), ok.at}, {.timeout = 1s, .happy_eyeballs_delay = 30ms}, &g));
+    fa::start_tracing(i);
+    const auto limit = clk::now() + 3s;
+    fa::turn_allowing_bad_alloc(ex);
+    if (i == -1) first_turn = fa::traced_count.load();
+    while (!g.o.done && clk::now() < limit) fa::turn_allowing_bad_alloc(ex);
+    const int count = fa::traced_count.load();
+    const int failed = fa::allocations_failed.load();
+    fa::stop_tracing();
+    if (i == -1) traced = std::min(count, 100);
+    INFO("backend " << std::string(k == backend_kind::epoll ? "epoll" : "io_uring") << ", allocation " << i << " of "
+                    << traced << " failing (first turn: " << first_turn << ", failed: " << failed << "), took " << ms(g.o.took) << " ms, threw " << g.threw
+                    << ", error " << (g.o.sock ? std::string("none") : g.o.sock.error().message()));
+    if (!g.o.done) {
+      // Left to the executor's teardown.
+      CHECK_MESSAGE(false, "the connect did not return");
+      return;
+    }
+    check(g, before, i < first_turn);
+    g.o.sock = std::errc::io_error;
+    ex.run_until_idle();
+    drain(ok.fd);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("review38: an allocation of the race that fails, whichever: the connect returns, and leaves nothing open") {
+  testing::on_each_backend([](backend_kind k) {
+    sweep_allocations(k, [](const guarded_outcome& g, int before, bool) {
+      CHECK(testing::open_fd_count() == before + (g.o.sock ? 1 : 0));
+    });
+  });
+}
+
+TEST_CASE("review38: an allocation of connect_first's own that fails ends the connect at once with ENOMEM, not after a blackholed attempt's timeout") {
+  testing::on_each_backend([](backend_kind k) {
+    sweep_allocations(k, [](const guarded_outcome& g, int, bool bookkeeping) {
+      // An attempt's own failure is one failed attempt like any other: the
+      // race goes on. And the connect's own frame: it throws.
+      if (!bookkeeping || g.o.sock || g.threw) return;
+      CHECK(g.o.sock.error() == std::errc::not_enough_memory);
+      CHECK(g.o.took < 700ms);
+    });
+  });
+}
