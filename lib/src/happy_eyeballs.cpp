@@ -47,8 +47,18 @@ struct race {
 };
 
 task<void> attempt(executor* ex, address to, std::chrono::nanoseconds timeout, std::stop_token stop, race* r) {
-  task<result<socket>> c = ringframe::connect(*ex, std::move(to), {.timeout = timeout, .stop = &stop});
-  result<socket> s = co_await std::move(c);
+  // An exception (bad_alloc: the connect's frame, a submission) ends this
+  // attempt like any failure: escaping to the group, it left connect_first
+  // waiting for an end never reported (review38 F1).
+  result<socket> s = errno_code(EIO);
+  try {
+    task<result<socket>> c = ringframe::connect(*ex, std::move(to), {.timeout = timeout, .stop = &stop});
+    s = co_await std::move(c);
+  } catch (const std::bad_alloc&) {
+    s = errno_code(ENOMEM);
+  } catch (...) {
+    s = errno_code(EIO);
+  }
   --r->in_flight;
   if (s) {
     if (!r->winner) r->winner.emplace(std::move(*s));  // a second one to connect closes as `s` goes
