@@ -107,6 +107,7 @@ task<result<socket>> connect_first(executor* ex, std::vector<address> to, std::c
   task_group group(*ex, src);
   race r(*ex);
   std::size_t next = 0;
+  bool out_of_memory = false;
   for (;;) {
     r.changed.reset();
     if (r.winner || r.cancelled || src.stop_requested()) break;
@@ -120,7 +121,10 @@ task<result<socket>> connect_first(executor* ex, std::vector<address> to, std::c
       r.start_next = false;
       ++r.timer_generation;
       // Spawned here, run from the loop's next turn. Out of memory: no
-      // attempt more; the ones in flight are stopped and joined below.
+      // attempt more; the ones in flight are stopped and joined below, and
+      // the connect ends with ENOMEM. (They were left to run on unpaced:
+      // the next addresses never tried, the connect waited for a blackholed
+      // one's whole timeout and said ETIMEDOUT: review38 F2.)
       try {
         group.spawn(attempt(ex, to[next], timeout, group.get_stop_token(), &r));
         ++r.in_flight;
@@ -128,9 +132,8 @@ task<result<socket>> connect_first(executor* ex, std::vector<address> to, std::c
         if (delay.count() > 0 && next < to.size())
           group.spawn(pace(ex, delay, group.get_stop_token(), &r, r.timer_generation));
       } catch (const std::bad_alloc&) {
-        r.last = errno_code(ENOMEM);
-        if (r.in_flight == 0) break;
-        next = to.size();
+        out_of_memory = true;
+        break;
       }
       continue;
     }
@@ -147,6 +150,7 @@ task<result<socket>> connect_first(executor* ex, std::vector<address> to, std::c
   co_await group.join();
   if (r.winner) co_return std::move(*r.winner);
   if (cancelled) co_return errno_code(ECANCELED);
+  if (out_of_memory) co_return errno_code(ENOMEM);
   co_return r.last;
 }
 

@@ -18,8 +18,10 @@
 //
 // The result: the winner's socket; else ECANCELED once `stop` is requested
 // (from any thread) or the executor stops, at once, with no further address
-// tried; else the error of the attempt that ended last (ETIMEDOUT for an
-// attempt cut short by `deadline` or by its `attempt_timeout`).
+// tried; else ENOMEM when an attempt could not be started (out of memory:
+// those in flight are stopped); else the error of the attempt that ended
+// last (ETIMEDOUT for an attempt cut short by `deadline` or by its
+// `attempt_timeout`; ENOMEM for one whose own allocation failed).
 #pragma once
 
 #include <ringframe/address.hpp>
