@@ -321,3 +321,25 @@ TEST_CASE("review38: an allocation of connect_first's own that fails ends the co
     });
   });
 }
+
+TEST_CASE("review38: an executor destroyed after each number of loop turns of a race: every socket closed, the connect unwound") {
+  testing::on_each_backend([](backend_kind k) {
+    blackhole a(AF_INET), b(AF_INET6);
+    plain_listener ok(AF_INET, 4096);
+    const int before = testing::open_fd_count();
+    for (int turns = 0; turns < 12; ++turns) {
+      outcome o;
+      {
+        executor ex(testing::on(k));
+        ex.spawn(connect_to_list(&ex, {a.at(), b.at(), ok.at}, {.timeout = 3s, .happy_eyeballs_delay = 1ms}, &o));
+        for (int t = 0; t < turns && !o.done; ++t) ex.run_once(true);
+      }
+      INFO("backend " << std::string(k == backend_kind::epoll ? "epoll" : "io_uring") << ", " << turns << " turns, done "
+                      << o.done << ", error " << (o.sock ? std::string("none") : o.sock.error().message()));
+      CHECK(o.done);
+      CHECK(testing::open_fd_count() == before + (o.sock ? 1 : 0));
+      o.sock = std::errc::io_error;
+      drain(ok.fd);
+    }
+  });
+}
