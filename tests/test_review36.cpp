@@ -294,33 +294,39 @@ task<std::vector<result<message>>> calls_of(framed_client* c, std::vector<messag
 }
 }  // namespace
 
+// A peer that never reads and never answers, holding its socket for
+// `stall`: every call fails with ETIMEDOUT after about 300 ms, whichever of
+// the client's timeouts `o` makes the 300 ms one.
+void fails_every_call_at_300ms(backend_kind k, framed_client_options o, std::chrono::seconds stall) {
+  for (bool provided : {true, false}) {
+    INFO("provided_buffers " << provided);
+    raw_plan p;
+    p.what = act::take_nothing;
+    p.stall = stall;
+    o.connection.provided_buffers = provided;
+    rig r(k, p, o);
+    const auto t0 = clk::now();
+    std::vector<result<message>> out = r.ex.run(calls_of(&r.client, {text(big(8 << 20, 'z')), text("a"), text("b")}));
+    const auto took = clk::now() - t0;
+    REQUIRE(out.size() == 3);
+    for (auto& x : out) {
+      REQUIRE(!x);
+      CHECK(x.error() == std::errc::timed_out);
+    }
+    CHECK(took >= 250ms);
+    CHECK(took < 2s);
+    CHECK(!r.client.is_open());
+    run_until(r.ex, [&] { return r.plan.finished; }, std::chrono::milliseconds(stall) + 2000ms);
+    r.ex.run_until_idle();
+  }
+}
+
 TEST_CASE("review36: a peer that takes nothing fails every call at write_timeout, while the reader waits") {
   testing::on_each_backend([](backend_kind k) {
-    for (bool provided : {true, false}) {
-      INFO("provided_buffers " << provided);
-      raw_plan p;
-      p.what = act::take_nothing;
-      p.stall = 3s;
-      framed_client_options o;
-      o.reply_timeout = 20s;
-      o.connection.write_timeout = 300ms;
-      o.connection.provided_buffers = provided;
-      rig r(k, p, o);
-      const auto t0 = clk::now();
-      std::vector<result<message>> out =
-          r.ex.run(calls_of(&r.client, {text(big(8 << 20, 'z')), text("a"), text("b")}));
-      const auto took = clk::now() - t0;
-      REQUIRE(out.size() == 3);
-      for (auto& x : out) {
-        REQUIRE(!x);
-        CHECK(x.error() == std::errc::timed_out);
-      }
-      CHECK(took >= 250ms);
-      CHECK(took < 2s);
-      CHECK(!r.client.is_open());
-      run_until(r.ex, [&] { return r.plan.finished; }, 5000ms);
-      r.ex.run_until_idle();
-    }
+    framed_client_options o;
+    o.reply_timeout = 20s;
+    o.connection.write_timeout = 300ms;
+    fails_every_call_at_300ms(k, o, 3s);
   });
 }
 
@@ -329,31 +335,10 @@ TEST_CASE("review36: a peer that takes nothing fails every call at write_timeout
 // they are sent). reply_timeout promises the longest wait for a reply.
 TEST_CASE("framed_client without a write_timeout: a peer that takes nothing fails every call at reply_timeout") {
   testing::on_each_backend([](backend_kind k) {
-    for (bool provided : {true, false}) {
-      INFO("provided_buffers " << provided);
-      raw_plan p;
-      p.what = act::take_nothing;
-      p.stall = 4s;
-      framed_client_options o;
-      o.reply_timeout = 300ms;
-      o.connection.write_timeout = 0ns;  // none
-      o.connection.provided_buffers = provided;
-      rig r(k, p, o);
-      const auto t0 = clk::now();
-      std::vector<result<message>> out =
-          r.ex.run(calls_of(&r.client, {text(big(8 << 20, 'z')), text("a"), text("b")}));
-      const auto took = clk::now() - t0;
-      REQUIRE(out.size() == 3);
-      for (auto& x : out) {
-        REQUIRE(!x);
-        CHECK(x.error() == std::errc::timed_out);
-      }
-      CHECK(took >= 250ms);
-      CHECK(took < 3s);
-      CHECK(!r.client.is_open());
-      run_until(r.ex, [&] { return r.plan.finished; }, 6000ms);
-      r.ex.run_until_idle();
-    }
+    framed_client_options o;
+    o.reply_timeout = 300ms;
+    o.connection.write_timeout = 0ns;  // none
+    fails_every_call_at_300ms(k, o, 4s);
   });
 }
 
