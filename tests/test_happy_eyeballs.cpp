@@ -10,6 +10,7 @@
 // whose accept queue holds one connection already: Linux drops the SYNs of
 // the next ones, which stay in SYN_SENT (checked once per run, below).
 // Each test runs on io_uring and on epoll; every wait is bounded.
+#include "blackhole.hpp"
 #include "loopback.hpp"
 
 #include <ringframe/address.hpp>
@@ -67,44 +68,9 @@ struct answer_guard {
   answer_guard& operator=(const answer_guard&) = delete;
 };
 
-address loopback(int family, std::uint16_t port) {
-  result<address> a = address::from_ip(family == AF_INET6 ? "::1" : "127.0.0.1", port);
-  REQUIRE(a);
-  return *a;
-}
-
-// A listener (plain system calls) on the loopback address of `family`.
-struct plain_listener {
-  int fd = -1;
-  address at;
-  plain_listener(int family, int backlog) {
-    fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(fd >= 0);
-    address want = loopback(family, 0);
-    REQUIRE(::bind(fd, want.data(), want.size()) == 0);
-    REQUIRE(::listen(fd, backlog) == 0);
-    *at.size_ptr() = address::capacity();
-    REQUIRE(::getsockname(fd, at.data(), at.size_ptr()) == 0);
-  }
-  ~plain_listener() { ::close(fd); }
-  plain_listener(const plain_listener&) = delete;
-  plain_listener& operator=(const plain_listener&) = delete;
-};
-
-// An address whose SYNs are never answered: backlog 0, and its accept
-// queue (one connection) filled by `filler`, never accepted.
-struct blackhole {
-  plain_listener l;
-  int filler = -1;
-  explicit blackhole(int family) : l(family, 0) {
-    filler = testing::connect_blocking(l.at);
-    REQUIRE(filler >= 0);
-  }
-  ~blackhole() { ::close(filler); }
-  blackhole(const blackhole&) = delete;
-  blackhole& operator=(const blackhole&) = delete;
-  const address& at() const { return l.at; }
-};
+using testing::blackhole;
+using testing::loopback;
+using testing::plain_listener;
 
 // Whether a connect to a blackhole stays unanswered here for 1.5 s (past
 // the first SYN retransmission); checked once per process, so that a kernel

@@ -7,6 +7,7 @@
 // from another thread at every moment). The allocation sweeps below failed
 // first (F1, F2). Each case runs on io_uring and on epoll.
 #include "failing_allocator.hpp"
+#include "blackhole.hpp"
 #include "loopback.hpp"
 
 #include <ringframe/address.hpp>
@@ -39,41 +40,9 @@ using clk = std::chrono::steady_clock;
 
 namespace {
 
-address loopback(int family, std::uint16_t port) {
-  result<address> a = address::from_ip(family == AF_INET6 ? "::1" : "127.0.0.1", port);
-  REQUIRE(a);
-  return *a;
-}
-
-struct plain_listener {
-  int fd = -1;
-  address at;
-  plain_listener(int family, int backlog) {
-    fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(fd >= 0);
-    address want = loopback(family, 0);
-    REQUIRE(::bind(fd, want.data(), want.size()) == 0);
-    REQUIRE(::listen(fd, backlog) == 0);
-    *at.size_ptr() = address::capacity();
-    REQUIRE(::getsockname(fd, at.data(), at.size_ptr()) == 0);
-  }
-  ~plain_listener() { ::close(fd); }
-  plain_listener(const plain_listener&) = delete;
-  plain_listener& operator=(const plain_listener&) = delete;
-};
-
-struct blackhole {
-  plain_listener l;
-  int filler = -1;
-  explicit blackhole(int family) : l(family, 0) {
-    filler = testing::connect_blocking(l.at);
-    REQUIRE(filler >= 0);
-  }
-  ~blackhole() { ::close(filler); }
-  blackhole(const blackhole&) = delete;
-  blackhole& operator=(const blackhole&) = delete;
-  const address& at() const { return l.at; }
-};
+using testing::blackhole;
+using testing::loopback;
+using testing::plain_listener;
 
 // A Unix-domain listener with backlog 0 whose queue holds one connection:
 // the next connect finds it full (a nonblocking one: EAGAIN).
