@@ -312,3 +312,200 @@ TEST_CASE("review38: an executor destroyed after each number of loop turns of a 
     }
   });
 }
+
+namespace {
+task<void> connect_one(executor* ex, address to, std::chrono::nanoseconds timeout, std::stop_token stop, outcome* out) {
+  const auto t0 = clk::now();
+  task<result<ringframe::socket>> c = ringframe::connect(*ex, std::move(to), {.timeout = timeout, .stop = &stop});
+  out->sock = co_await std::move(c);
+  out->took = clk::now() - t0;
+  out->done = true;
+}
+task<void> request_after(executor* ex, std::chrono::nanoseconds d, std::stop_source* src) {
+  result<void> slept = co_await sleep_for(*ex, d);
+  REQUIRE(slept);
+  src->request_stop();
+}
+}  // namespace
+
+namespace {
+task<void> client_to(executor* ex, address to, framed_client_options o, result<framed_client>* out) {
+  task<result<framed_client>> c = framed_client::connect(*ex, std::move(to), o);
+  *out = co_await std::move(c);
+}
+}  // namespace
+
+// F3: on io_uring a connect to a Unix path whose backlog is full waited in
+// an io-wq worker; cut short there it completed with EINTR (and its linked
+// timeout with ENOENT, not ETIME), which came out as is: EINTR instead of
+// ETIMEDOUT at the timeout, of ECANCELED on a stop or executor::stop(). The
+// epoll backend said ETIMEDOUT and ECANCELED. (Fixed with F4: such a connect
+// no longer goes to the kernel's worker; socket.hpp, connect_op.)
+TEST_CASE("review38: a Unix path whose backlog stays full: ETIMEDOUT at the timeout, ECANCELED on a stop, on both backends") {
+  testing::on_each_backend([](backend_kind k) {
+    unix_full u;
+    REQUIRE(u.full());
+    executor ex(testing::on(k));
+    const std::string backend = k == backend_kind::epoll ? "epoll" : "io_uring";
+    {
+      // The list form (happy eyeballs), the only address.
+      outcome o;
+      ex.run(connect_to_list(&ex, {u.at}, {.timeout = 300ms}, &o));
+      INFO(backend << ", connect(addresses) with a timeout: " << (o.sock ? std::string("connected") : o.sock.error().message()));
+      REQUIRE(!o.sock);
+      CHECK(o.sock.error() == std::errc::timed_out);
+      CHECK(o.took < 2s);
+    }
+    {
+      framed_client_options fo;
+      fo.connect_timeout = 300ms;
+      result<framed_client> c{std::errc::io_error};
+      ex.run(client_to(&ex, u.at, fo, &c));
+      INFO(backend << ", framed_client::connect with connect_timeout: " << (c ? std::string("connected") : c.error().message()));
+      REQUIRE(!c);
+      CHECK(c.error() == std::errc::timed_out);
+    }
+    {
+      outcome o;
+      ex.run(connect_one(&ex, u.at, 300ms, {}, &o));
+      INFO(backend << ", connect(address) with a timeout: " << (o.sock ? std::string("connected") : o.sock.error().message()));
+      REQUIRE(!o.sock);
+      CHECK(o.sock.error() == std::errc::timed_out);
+    }
+    {
+      outcome o;
+      std::stop_source src;
+      ex.spawn(connect_one(&ex, u.at, 3s, src.get_token(), &o));
+      ex.spawn(request_after(&ex, 200ms, &src));
+      ex.run_until_idle();
+      INFO(backend << ", connect(address), stopped: " << (o.sock ? std::string("connected") : o.sock.error().message()));
+      REQUIRE(o.done);
+      REQUIRE(!o.sock);
+      CHECK(o.sock.error() == std::errc::operation_canceled);
+      CHECK(o.took < 2s);
+    }
+    {
+      outcome o;
+      ex.spawn(connect_one(&ex, u.at, 3s, {}, &o));
+      ex.spawn(stop_executor_after(&ex, 200ms));
+      ex.run_until_idle();
+      INFO(backend << ", connect(address), executor::stop(): " << (o.sock ? std::string("connected") : o.sock.error().message()));
+      REQUIRE(o.done);
+      REQUIRE(!o.sock);
+      CHECK(o.sock.error() == std::errc::operation_canceled);
+      CHECK(o.took < 2s);
+    }
+  });
+}
+
+// F4 again: a race holding such an attempt, its executor destroyed within
+// a few turns: the destructor waited for the attempt's whole timeout (3 s).
+TEST_CASE("review38: an executor destroyed while an attempt waits on a full Unix backlog: the connect unwound at once, nothing left open") {
+  testing::on_each_backend([](backend_kind k) {
+    unix_full u;
+    REQUIRE(u.full());
+    blackhole a(AF_INET);
+    const int before = testing::open_fd_count();
+    for (int turns = 0; turns < 8; ++turns) {
+      outcome o;
+      clk::time_point t0;
+      {
+        executor ex(testing::on(k));
+        ex.spawn(connect_to_list(&ex, {u.at, a.at()}, {.timeout = 3s, .happy_eyeballs_delay = 1ms}, &o));
+        // Turns that do not wait (a waiting one would wait for the attempts' end).
+        for (int t = 0; t < turns && !o.done; ++t) ex.run_once(false);
+        t0 = clk::now();
+      }
+      INFO("backend " << std::string(k == backend_kind::epoll ? "epoll" : "io_uring") << ", " << turns << " turns, error "
+                      << (o.sock ? std::string("none") : o.sock.error().message()) << ", took " << ms(clk::now() - t0) << " ms");
+      CHECK(o.done);
+      CHECK(!o.sock);
+      CHECK(clk::now() - t0 < 2s);
+      CHECK(testing::open_fd_count() == before);
+    }
+  });
+}
+
+// F4: on io_uring with DEFER_TASKRUN (the executor's first choice) a Unix
+// connect that found the backlog full went to an io-wq worker, where an
+// IORING_OP_ASYNC_CANCEL (by key or ANY|ALL) does not find it (ENOENT or 0,
+// Linux 6.18; a raw liburing program shows the same; without DEFER_TASKRUN
+// it is cancelled at once): the connect waited for its own timeout (for
+// ever without one), and so did executor::stop(), the executor's destructor
+// and a happy-eyeballs race that held such an attempt. Failed on io_uring
+// before the fix (every turn count), passed on epoll.
+TEST_CASE("review38: executor::stop() one loop turn after a Unix connect to a full backlog was submitted: it ends at once with ECANCELED") {
+  testing::on_each_backend([](backend_kind k) {
+    unix_full u;
+    REQUIRE(u.full());
+    for (int variant = 0; variant < 2; ++variant)
+      for (int turns = 0; turns < 6; ++turns) {
+        outcome o;
+        executor ex(testing::on(k));
+        if (variant == 0) ex.spawn(connect_one(&ex, u.at, 3s, {}, &o));
+        else ex.spawn(connect_to_list(&ex, {u.at}, {.timeout = 3s}, &o));
+        for (int t = 0; t < turns && !o.done; ++t) ex.run_once(false);  // not waiting
+        const auto t0 = clk::now();
+        ex.stop();
+        ex.run_until_idle();
+        INFO("backend " << std::string(k == backend_kind::epoll ? "epoll" : "io_uring") << ", variant " << variant << ", " << turns
+                        << " turns, error " << (o.sock ? std::string("none") : o.sock.error().message()) << ", took "
+                        << ms(clk::now() - t0) << " ms, inflight " << ex.inflight());
+        REQUIRE(o.done);
+        REQUIRE(!o.sock);
+        CHECK(o.sock.error() == std::errc::operation_canceled);
+        CHECK(clk::now() - t0 < 2s);
+      }
+  });
+}
+
+namespace {
+task<void> make_room_after(executor* ex, std::chrono::nanoseconds d, int listen_fd, int* taken) {
+  result<void> slept = co_await sleep_for(*ex, d);
+  REQUIRE(slept);
+  *taken = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+}
+task<void> say(ringframe::socket* s, std::string text, result<std::size_t>* out) {
+  *out = co_await s->send(std::as_bytes(std::span(text)));
+}
+}  // namespace
+
+// F4's fix makes a Unix connect on io_uring by hand, switching the socket to
+// non-blocking for each attempt: it must end connected once the listener
+// makes room, and leave the socket as it was (io_uring's operations on a
+// socket that says O_NONBLOCK return EAGAIN instead of waiting).
+TEST_CASE("review38: a Unix connect that waited for room ends connected, its socket's flags as they were, bytes flowing") {
+  testing::on_each_backend([](backend_kind k) {
+    unix_full u;
+    REQUIRE(u.full());
+    executor ex(testing::on(k));
+    outcome o;
+    int taken = -1;
+    ex.spawn(connect_one(&ex, u.at, 3s, {}, &o));
+    ex.spawn(make_room_after(&ex, 50ms, u.fd, &taken));
+    ex.run_until_idle();
+    REQUIRE(taken >= 0);
+    ::close(taken);
+    REQUIRE(o.done);
+    INFO("backend " << std::string(k == backend_kind::epoll ? "epoll" : "io_uring") << ": "
+                    << (o.sock ? std::string("connected") : o.sock.error().message()) << " after " << ms(o.took) << " ms");
+    REQUIRE(o.sock);
+    CHECK(o.took >= 40ms);
+    CHECK(o.took < 1s);
+    const int flags = ::fcntl(o.sock->fd(), F_GETFL);
+    REQUIRE(flags >= 0);
+    // As socket::open made it: non-blocking on epoll only.
+    CHECK(((flags & O_NONBLOCK) != 0) == (k == backend_kind::epoll));
+    // The connection is the one queued now (the filler's was taken above).
+    int peer = ::accept4(u.fd, nullptr, nullptr, SOCK_CLOEXEC);
+    REQUIRE(peer >= 0);
+    result<std::size_t> sent{std::errc::io_error};
+    ex.run(say(&*o.sock, "ping", &sent));
+    REQUIRE(sent);
+    CHECK(*sent == 4);
+    char buf[8] = {};
+    CHECK(::recv(peer, buf, sizeof buf, 0) == 4);
+    CHECK(std::string(buf, 4) == "ping");
+    ::close(peer);
+  });
+}

@@ -61,16 +61,52 @@ class accept_op : public operation<accept_op> {
   address* peer_;
 };
 
+// A Unix-domain connect to a listener whose backlog is full has nothing to
+// wait on (no readiness announces room). io_uring hands it to an io-wq
+// worker that sleeps in the kernel until there is room, and there, with
+// DEFER_TASKRUN, IORING_OP_ASYNC_CANCEL does not find it (Linux 6.18: by key
+// or ANY|ALL, ENOENT or 0): only its linked timeout ended it, so a stop, an
+// executor::stop() or the executor's destructor waited for its whole
+// timeout, or for ever (review38 F4). So on io_uring a Unix connect is made
+// here, non-blocking, and while the backlog is full tried again every
+// millisecond on a timeout request (which any cancellation finds), as the
+// epoll backend does. TCP connects go to the kernel as they are.
 class connect_op : public operation<connect_op> {
  public:
-  connect_op(executor& ex, int fd, const address& a, op_options o) : operation(ex, o), fd_(fd), addr_(a) {}
+  connect_op(executor& ex, int fd, const address& a, op_options o)
+      : operation(ex, o), fd_(fd), addr_(a),
+        by_hand_(a.family() == AF_UNIX && ex.backend() != backend_kind::epoll) {}
+  bool await_ready() noexcept {
+    if (operation::await_ready()) return true;
+    if (!by_hand_) return false;
+    res_ = connect_unix_now(fd_, addr_);
+    return res_ != -EAGAIN;
+  }
   void prepare(io_request& r) {
+    if (by_hand_) {  // the backlog was full: try again in a while
+      r.op = io_op::timeout;
+      r.timeout = &retry_after;
+      return;
+    }
     r.op = io_op::connect;
     r.fd = fd_;
     r.buf = const_cast<sockaddr*>(addr_.data());
     r.len = addr_.size();
   }
-  bool on_complete() { return false; }
+  // Sees every completion: a pause that ends as a stop arrives is a stop.
+  bool finish(bool stopped) {
+    if (!by_hand_) return false;
+    // The pause is over (-ETIME); anything else ends the connect.
+    if (res_ != -ETIME && res_ != 0) return false;
+    if (stopped) {
+      res_ = -ECANCELED;  // (ETIMEDOUT when it was the deadline: result_code)
+      return false;
+    }
+    res_ = connect_unix_now(fd_, addr_);
+    if (res_ != -EAGAIN) return false;
+    issue();
+    return true;
+  }
   result<void> await_resume() {
     int r = result_code();
     if (r < 0) return errno_code(-r);
@@ -78,8 +114,14 @@ class connect_op : public operation<connect_op> {
   }
 
  private:
+  // One non-blocking connect(2) of `fd` (whatever its own O_NONBLOCK says,
+  // and as it was afterwards): 0, or -errno (-EAGAIN: the backlog is full).
+  static int connect_unix_now(int fd, const address& to) noexcept;
+  static constexpr kernel_timespec retry_after{0, 1000000};  // 1 ms, as on epoll
+
   int fd_;
   address addr_;  // by value: the kernel reads it after await_suspend returns
+  bool by_hand_;
 };
 
 class recv_op : public operation<recv_op> {

@@ -3,6 +3,7 @@
 #include <ringframe/detail/happy_eyeballs.hpp>
 #include <ringframe/resolver.hpp>
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/stat.h>
@@ -20,6 +21,21 @@ result<socket> detail::accept_op::await_resume() {
   int r = result_code();
   if (r < 0) return errno_code(-r);
   return socket(ex_, r);
+}
+
+int detail::connect_op::connect_unix_now(int fd, const address& to) noexcept {
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0) return -errno;
+  const bool was_blocking = (flags & O_NONBLOCK) == 0;
+  if (was_blocking && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) return -errno;
+  int r = 0;
+  do {
+    r = ::connect(fd, to.data(), to.size()) == 0 ? 0 : -errno;
+  } while (r == -EINTR);
+  // Put back as it was: io_uring's operations on a socket that says
+  // O_NONBLOCK return EAGAIN where they would otherwise wait in the kernel.
+  if (was_blocking && ::fcntl(fd, F_SETFL, flags) != 0 && r == 0) r = -errno;
+  return r;
 }
 
 socket::socket(socket&& o) noexcept : ex_(o.ex_), fd_(std::exchange(o.fd_, -1)), stop_(std::move(o.stop_)) {}
