@@ -44,6 +44,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <new>
@@ -188,6 +189,7 @@ class epoll_backend final : public io_backend {
     }
     if (next_event_ == event_count_) {  // the last batch is served: the next one
       next_event_ = event_count_ = 0;
+      if (wait_ns != 0) unregister_idle_listeners();
       int n = wait_events(events_, max_events, wait_ns);
       ++stats_.submits;
       if (n < 0) {
@@ -593,7 +595,16 @@ class epoll_backend final : public io_backend {
     // descriptor of one socket): without EPOLLEXCLUSIVE each connection woke
     // every thread waiting in epoll_wait, and all but one found it taken
     // (io_uring's accept waits exclusively already). Linux 4.5 and later.
-    if (w->op == io_op::accept || w->op == io_op::accept_multishot) {
+    // Listed first (see unregister_idle_listeners): one that cannot be
+    // (bad_alloc) is registered as any other, woken with every thread.
+    bool listed = false;
+    if (w->op == io_op::accept || w->op == io_op::accept_multishot) try {
+        if (std::find(exclusive_fds_.begin(), exclusive_fds_.end(), w->fd) == exclusive_fds_.end())
+          exclusive_fds_.push_back(w->fd);
+        listed = true;
+      } catch (const std::bad_alloc&) {
+      }
+    if (listed) {
       epoll_event exclusive = ev;
       exclusive.events = EPOLLIN | EPOLLET | EPOLLEXCLUSIVE;
       if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, w->fd, &exclusive) == 0) {
@@ -632,7 +643,10 @@ class epoll_backend final : public io_backend {
     // one: this registration comes first in the socket's wait queue. It
     // leaves the set until an accept waits again (enqueue() adds it back);
     // the connection that woke it is taken by the next accept here (the
-    // ready hint) or by another thread, whichever comes first.
+    // ready hint), or by another thread when one wakes for a later one. (A
+    // loop that sleeps has taken such registrations out first, so this one
+    // came while it was busy and the others were woken too:
+    // unregister_idle_listeners.)
     if (side == side_read && at(fd).exclusive && !at(fd).head[side_read]) {
       ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
       at(fd).registered = at(fd).exclusive = false;
@@ -647,6 +661,31 @@ class epoll_backend final : public io_backend {
         continue;
       }
       release(w);
+    }
+  }
+
+  // Before the loop sleeps: its listeners' exclusive registrations with no
+  // accept waiting leave the set. An exclusive wake-up goes to one epoll
+  // whose thread sleeps in epoll_wait, and the others are not woken; one
+  // that has no accept to serve cannot pass it on, so the connection waited
+  // in the backlog while another thread slept in its accept, for ever if no
+  // other connection came (review41 F1). A thread that does not sleep is
+  // not counted as woken: the wake-up goes on to the next. enqueue() adds a
+  // registration back, and EPOLL_CTL_ADD reports a socket that is ready.
+  void unregister_idle_listeners() noexcept {
+    for (std::size_t i = 0; i < exclusive_fds_.size();) {
+      const int fd = exclusive_fds_[i];
+      fd_state& s = at(fd);  // (listed ones have their entry: the table never shrinks)
+      if (s.exclusive && s.head[side_read]) {
+        ++i;
+        continue;
+      }
+      if (s.exclusive) {
+        ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
+        s.registered = s.exclusive = false;
+      }
+      exclusive_fds_[i] = exclusive_fds_.back();
+      exclusive_fds_.pop_back();
     }
   }
 
@@ -843,6 +882,7 @@ class epoll_backend final : public io_backend {
   int event_count_ = 0;             // its size,
   int next_event_ = 0;              // and the first event not served yet
   std::vector<fd_state> fds_;
+  std::vector<int> exclusive_fds_;  // registered with EPOLLEXCLUSIVE (some may be no longer)
   std::set<std::pair<std::int64_t, waiter*>> timers_;  // by when they fire
   std::vector<cqe_copy> posts_;  // results not yet handed to the executor
   std::vector<waiter*> retry_;  // see step::later
