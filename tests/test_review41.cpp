@@ -14,12 +14,14 @@
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <latch>
 #include <stop_token>
+#include <string>
 #include <thread>
 
 using namespace ringframe;
@@ -162,5 +164,73 @@ TEST_CASE("a connection that came while a thread sharing the listener paused is 
     REQUIRE(took);
     INFO("by the pausing thread " << by_pausing.load() << ", by the other " << by_other.load());
     CHECK(taken);
+  });
+}
+
+// Checked (passes): a listener whose registration a sleeping loop took out
+// (F1's fix), or that a wake-up found with no accept waiting, gets a
+// connection that came meanwhile, with no further edge: the next accept
+// tries accept4 at once (the ready hint) or EPOLL_CTL_ADD reports the socket
+// ready. TCP and an abstract Unix-domain listener.
+namespace {
+task<void> accept_late(executor* ex, ringframe::socket* listener, std::atomic<int>* stage, bool* ok) {
+  {
+    std::stop_source early;
+    // Waits (registered on epoll), then is cancelled: the ready hint says
+    // EAGAIN was the last answer.
+    auto cancel = [](executor* e, std::stop_source* src) -> task<void> {
+      result<void> r = co_await sleep_for(*e, 30ms);
+      (void)r;
+      src->request_stop();
+    };
+    ex->spawn(cancel(ex, &early));
+    std::stop_token t = early.get_token();
+    result<ringframe::socket> s = co_await listener->accept(nullptr, {.stop = &t});
+    REQUIRE_FALSE(s);
+  }
+  stage->store(1);  // the client connects while this loop sleeps, no accept waiting
+  for (int i = 0; i < 200 && stage->load() < 2; ++i) {
+    result<void> r = co_await sleep_for(*ex, 5ms);
+    (void)r;
+  }
+  result<ringframe::socket> s = co_await listener->accept(nullptr, {.timeout = 2s});
+  *ok = static_cast<bool>(s);
+}
+
+void connection_while_unregistered(backend_kind k, bool unix_domain) {
+  executor ex(testing::on(k));
+  address at;
+  ringframe::socket listener;
+  if (unix_domain) {
+    result<address> a = address::from_unix_path("@rf-review41-" + std::to_string(::getpid()));
+    REQUIRE(a);
+    at = *a;
+    result<ringframe::socket> l = ringframe::listen(ex, at);
+    REQUIRE(l);
+    listener = std::move(*l);
+  } else {
+    listener = testing::loopback_listener(ex, at);
+  }
+  std::atomic<int> stage{0};
+  bool ok = false;
+  int fd = -1;
+  std::thread client([&] {
+    for (int i = 0; i < 3000 && stage.load() == 0; ++i) std::this_thread::sleep_for(1ms);
+    std::this_thread::sleep_for(20ms);
+    fd = testing::connect_blocking(at);
+    stage.store(2);
+  });
+  ex.run(accept_late(&ex, &listener, &stage, &ok));
+  client.join();
+  CHECK(fd >= 0);
+  if (fd >= 0) ::close(fd);
+  CHECK(ok);
+}
+}  // namespace
+
+TEST_CASE("a connection that came while the listener was out of the epoll set is accepted") {
+  testing::on_each_backend([](backend_kind k) {
+    SUBCASE("tcp") { connection_while_unregistered(k, false); }
+    SUBCASE("unix") { connection_while_unregistered(k, true); }
   });
 }
