@@ -15,7 +15,12 @@ encode = [r for r in rows if r["bench"] == "encode"]
 load = [r for r in rows if r["bench"] == "load"]
 memory = [r for r in rows if r["bench"] == "memory"]
 
+syscall = next((r for r in rows if r["bench"] == "syscall_cost"), None)
 print(f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, Linux {machine.get('kernel')}; {machine.get('date')}\n")
+if syscall:
+    # The epoll backend pays two system calls per request at depth 1.
+    print(f"A system call costs {syscall['recv_eagain_ns']:.0f} ns here (recv on an empty socket; "
+          f"getppid {syscall['getppid_ns']:.0f} ns): read the epoll rows with it.\n")
 
 # Google Benchmark builds (bench/codec_jsonl.py) add the repetitions and each
 # median's coefficient of variation; the hand-timed build gives medians only.
