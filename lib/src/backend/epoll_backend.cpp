@@ -247,8 +247,13 @@ class epoll_backend final : public io_backend {
     // made first (post() must not throw in this noexcept function: it was
     // std::terminate, review13 F6); when there is none, they are parked and
     // end on the loop's next turn (end_orphans).
+    // A Unix connect waiting for room in a listener's backlog is on no
+    // queue of the descriptor but in retry_, tried again by number: it ends
+    // too, or its next try went to whatever descriptor took the number
+    // (review42 F1: a socket opened since was connected in its place).
     std::size_t n = 0;
     for (int side : {side_read, side_write}) n += count(at(fd).head[side]);
+    for (const waiter* w : retry_) n += w->fd == fd ? 1 : 0;
     bool room = true;
     if (n) {
       try {
@@ -268,6 +273,21 @@ class epoll_backend final : public io_backend {
           link(orphans_, w);
         }
       }
+    for (std::size_t i = 0; i < retry_.size();) {
+      waiter* w = retry_[i];
+      if (w->fd != fd) {
+        ++i;
+        continue;
+      }
+      if (room) {
+        cancel_waiter(w);  // (release() takes it out of retry_)
+      } else {
+        retry_.erase(retry_.begin() + static_cast<std::ptrdiff_t>(i));
+        w->retrying = false;
+        w->orphaned = true;
+        link(orphans_, w);
+      }
+    }
     if (at(fd).exclusive) ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);  // (see fd_state::exclusive)
     at(fd) = fd_state{};
   }
