@@ -18,6 +18,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <span>
 #include <stop_token>
 #include <vector>
@@ -70,7 +71,10 @@ class accept_op : public operation<accept_op> {
 // timeout, or for ever (review38 F4). So on io_uring a Unix connect is made
 // here, non-blocking, and while the backlog is full tried again every
 // millisecond on a timeout request (which any cancellation finds), as the
-// epoll backend does. TCP connects go to the kernel as they are.
+// epoll backend does. TCP connects go to the kernel as they are. Tried
+// again by descriptor number, it first checks that the number is still its
+// socket: a socket closed meanwhile ends its connect with ECANCELED, as on
+// epoll, and a descriptor that took the number is not touched (review42 F1).
 class connect_op : public operation<connect_op> {
  public:
   connect_op(executor& ex, int fd, const address& a, op_options o)
@@ -79,8 +83,11 @@ class connect_op : public operation<connect_op> {
   bool await_ready() noexcept {
     if (operation::await_ready()) return true;
     if (!by_hand_) return false;
-    res_ = connect_unix_now(fd_, addr_);
-    return res_ != -EAGAIN;
+    res_ = connect_unix_now(fd_, addr_, nullptr);
+    if (res_ != -EAGAIN) return true;
+    // It is tried again by descriptor number: which socket that is now.
+    res_ = identify(fd_, id_);
+    return res_ != 0;
   }
   void prepare(io_request& r) {
     if (by_hand_) {  // the backlog was full: try again in a while
@@ -102,7 +109,7 @@ class connect_op : public operation<connect_op> {
       res_ = -ECANCELED;  // (ETIMEDOUT when it was the deadline: result_code)
       return false;
     }
-    res_ = connect_unix_now(fd_, addr_);
+    res_ = connect_unix_now(fd_, addr_, &id_);
     if (res_ != -EAGAIN) return false;
     issue();
     return true;
@@ -114,14 +121,23 @@ class connect_op : public operation<connect_op> {
   }
 
  private:
+  // Which file a descriptor is (its device and inode).
+  struct file_id {
+    std::uint64_t dev = 0, ino = 0;
+  };
+  static int identify(int fd, file_id& out) noexcept;  // 0 or -errno
   // One non-blocking connect(2) of `fd` (whatever its own O_NONBLOCK says,
   // and as it was afterwards): 0, or -errno (-EAGAIN: the backlog is full).
-  static int connect_unix_now(int fd, const address& to) noexcept;
+  // With `expect`, only while `fd` is still that socket: closed meanwhile
+  // (its number perhaps another descriptor's by now, review42 F1) the
+  // connect ends with -ECANCELED, as on epoll, touching nothing.
+  static int connect_unix_now(int fd, const address& to, const file_id* expect) noexcept;
   static constexpr kernel_timespec retry_after{0, 1000000};  // 1 ms, as on epoll
 
   int fd_;
   address addr_;  // by value: the kernel reads it after await_suspend returns
   bool by_hand_;
+  file_id id_;  // of fd_, once its first connect found the backlog full
 };
 
 class recv_op : public operation<recv_op> {

@@ -23,7 +23,19 @@ result<socket> detail::accept_op::await_resume() {
   return socket(ex_, r);
 }
 
-int detail::connect_op::connect_unix_now(int fd, const address& to) noexcept {
+int detail::connect_op::identify(int fd, file_id& out) noexcept {
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) return -errno;
+  out.dev = static_cast<std::uint64_t>(st.st_dev);
+  out.ino = static_cast<std::uint64_t>(st.st_ino);
+  return 0;
+}
+
+int detail::connect_op::connect_unix_now(int fd, const address& to, const file_id* expect) noexcept {
+  if (expect) {
+    file_id now;
+    if (identify(fd, now) != 0 || now.dev != expect->dev || now.ino != expect->ino) return -ECANCELED;
+  }
   const int flags = ::fcntl(fd, F_GETFL);
   if (flags < 0) return -errno;
   const bool was_blocking = (flags & O_NONBLOCK) == 0;

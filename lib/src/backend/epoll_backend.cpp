@@ -41,6 +41,7 @@
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -247,8 +248,13 @@ class epoll_backend final : public io_backend {
     // made first (post() must not throw in this noexcept function: it was
     // std::terminate, review13 F6); when there is none, they are parked and
     // end on the loop's next turn (end_orphans).
+    // A Unix connect waiting for room in a listener's backlog is on no
+    // queue of the descriptor but in retry_, tried again by number: it ends
+    // too, or its next try went to whatever descriptor took the number
+    // (review42 F1: a socket opened since was connected in its place).
     std::size_t n = 0;
     for (int side : {side_read, side_write}) n += count(at(fd).head[side]);
+    for (const waiter* w : retry_) n += w->fd == fd ? 1 : 0;
     bool room = true;
     if (n) {
       try {
@@ -268,6 +274,21 @@ class epoll_backend final : public io_backend {
           link(orphans_, w);
         }
       }
+    for (std::size_t i = 0; i < retry_.size();) {
+      waiter* w = retry_[i];
+      if (w->fd != fd) {
+        ++i;
+        continue;
+      }
+      if (room) {
+        cancel_waiter(w);  // (release() takes it out of retry_)
+      } else {
+        retry_.erase(retry_.begin() + static_cast<std::ptrdiff_t>(i));
+        w->retrying = false;
+        w->orphaned = true;
+        link(orphans_, w);
+      }
+    }
     if (at(fd).exclusive) ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);  // (see fd_state::exclusive)
     at(fd) = fd_state{};
   }
@@ -284,7 +305,9 @@ class epoll_backend final : public io_backend {
     std::uint64_t key = 0;
     void* buf = nullptr;
     std::size_t len = 0;
-    void* extra = nullptr;      // accept: the socklen_t*; provided recvs: the buffer_ring*
+    // accept: the socklen_t*; provided recvs: the buffer_ring*; a connect
+    // in retry_: its socket's inode (see retry_later)
+    void* extra = nullptr;
     std::int64_t deadline = 0;  // when its timer fires (timed), CLOCK_MONOTONIC ns
     waiter* prev = nullptr;     // its descriptor's queue (circular), or the free list
     waiter* next = nullptr;
@@ -435,6 +458,10 @@ class epoll_backend final : public io_backend {
         }
         case io_op::connect: {
           if (!w.connecting) {
+            if (w.extra && !same_socket(w)) {  // closed behind our back: see retry_later
+              finish(w, -ECANCELED);
+              return step::done;
+            }
             if (::connect(w.fd, static_cast<const sockaddr*>(w.buf), static_cast<socklen_t>(w.len)) == 0) {
               finish(w, 0);
               return step::done;
@@ -689,7 +716,21 @@ class epoll_backend final : public io_backend {
     }
   }
 
+  // A connect in retry_ is tried again by descriptor number. Closed through
+  // ringframe (forget()) it leaves the list; closed behind its back, the
+  // number may be another descriptor's by the next try, which must then
+  // end it rather than connect that one (review42 F2): which socket the
+  // number was is kept in `extra` (sockets' inodes are never 0, and all
+  // sockets are on the one sockfs device).
+  static void* socket_id(int fd) noexcept {
+    struct stat st{};
+    if (::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) return nullptr;
+    return reinterpret_cast<void*>(static_cast<std::uintptr_t>(st.st_ino));
+  }
+  static bool same_socket(const waiter& w) noexcept { return socket_id(w.fd) == w.extra; }
+
   void retry_later(waiter* w) {
+    if (w->op == io_op::connect && !w->extra) w->extra = socket_id(w->fd);
     w->side = side_none;  // on no descriptor's queue
     if (w->linked && !w->timed) add_timer(w, w->deadline);  // (first: see wait())
     w->retrying = true;
