@@ -75,18 +75,25 @@ class accept_op : public operation<accept_op> {
 // again by descriptor number, it first checks that the number is still its
 // socket: a socket closed meanwhile ends its connect with ECANCELED, as on
 // epoll, and a descriptor that took the number is not touched (review42 F1).
+// The tries themselves (fcntl, connect) go to a duplicate of the socket made
+// at the first EAGAIN: closed and its number taken between the check and
+// the try (by another thread), the number's new descriptor was connected
+// in its place (review43 F1).
 class connect_op : public operation<connect_op> {
  public:
   connect_op(executor& ex, int fd, const address& a, op_options o)
       : operation(ex, o), fd_(fd), addr_(a),
         by_hand_(a.family() == AF_UNIX && ex.backend() != backend_kind::epoll) {}
+  ~connect_op();
   bool await_ready() noexcept {
     if (operation::await_ready()) return true;
     if (!by_hand_) return false;
-    res_ = connect_unix_now(fd_, addr_, nullptr);
+    res_ = connect_unix_now(fd_, fd_, addr_, nullptr);
     if (res_ != -EAGAIN) return true;
-    // It is tried again by descriptor number: which socket that is now.
+    // It is tried again by descriptor number: which socket that is now,
+    // and a descriptor of its own to try it on.
     res_ = identify(fd_, id_);
+    if (res_ == 0) own_ = duplicate(fd_);
     return res_ != 0;
   }
   void prepare(io_request& r) {
@@ -109,7 +116,7 @@ class connect_op : public operation<connect_op> {
       res_ = -ECANCELED;  // (ETIMEDOUT when it was the deadline: result_code)
       return false;
     }
-    res_ = connect_unix_now(fd_, addr_, &id_);
+    res_ = connect_unix_now(fd_, own_ >= 0 ? own_ : fd_, addr_, &id_);
     if (res_ != -EAGAIN) return false;
     issue();
     return true;
@@ -126,18 +133,23 @@ class connect_op : public operation<connect_op> {
     std::uint64_t dev = 0, ino = 0;
   };
   static int identify(int fd, file_id& out) noexcept;  // 0 or -errno
-  // One non-blocking connect(2) of `fd` (whatever its own O_NONBLOCK says,
-  // and as it was afterwards): 0, or -errno (-EAGAIN: the backlog is full).
-  // With `expect`, only while `fd` is still that socket: closed meanwhile
-  // (its number perhaps another descriptor's by now, review42 F1) the
-  // connect ends with -ECANCELED, as on epoll, touching nothing.
-  static int connect_unix_now(int fd, const address& to, const file_id* expect) noexcept;
+  // A close-on-exec duplicate of `fd`, or -1 (none to spare: the number is
+  // tried, as before review43).
+  static int duplicate(int fd) noexcept;
+  // One non-blocking connect(2) of `via`, a descriptor of `fd`'s socket
+  // (whatever its O_NONBLOCK says, and as it was afterwards): 0, or -errno
+  // (-EAGAIN: the backlog is full). With `expect`, only while `fd` is
+  // still that socket: closed meanwhile (its number perhaps another
+  // descriptor's by now, review42 F1) the connect ends with -ECANCELED, as
+  // on epoll, touching nothing.
+  static int connect_unix_now(int fd, int via, const address& to, const file_id* expect) noexcept;
   static constexpr kernel_timespec retry_after{0, 1000000};  // 1 ms, as on epoll
 
   int fd_;
   address addr_;  // by value: the kernel reads it after await_suspend returns
   bool by_hand_;
   file_id id_;  // of fd_, once its first connect found the backlog full
+  int own_ = -1;  // then: its duplicate, which the tries go to (review43 F1)
 };
 
 class recv_op : public operation<recv_op> {

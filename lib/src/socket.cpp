@@ -31,22 +31,32 @@ int detail::connect_op::identify(int fd, file_id& out) noexcept {
   return 0;
 }
 
-int detail::connect_op::connect_unix_now(int fd, const address& to, const file_id* expect) noexcept {
+detail::connect_op::~connect_op() {
+  if (own_ >= 0) ::close(own_);
+}
+
+int detail::connect_op::duplicate(int fd) noexcept { return ::fcntl(fd, F_DUPFD_CLOEXEC, 0); }
+
+// `via` (a duplicate of fd's socket, or fd itself) is the descriptor the
+// flags and the connect go to: `fd` is only checked. Closed and its number
+// taken between the check and the connect (by another thread), the number
+// is then another descriptor, which must not be touched (review43 F1).
+int detail::connect_op::connect_unix_now(int fd, int via, const address& to, const file_id* expect) noexcept {
   if (expect) {
     file_id now;
     if (identify(fd, now) != 0 || now.dev != expect->dev || now.ino != expect->ino) return -ECANCELED;
   }
-  const int flags = ::fcntl(fd, F_GETFL);
+  const int flags = ::fcntl(via, F_GETFL);
   if (flags < 0) return -errno;
   const bool was_blocking = (flags & O_NONBLOCK) == 0;
-  if (was_blocking && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) return -errno;
+  if (was_blocking && ::fcntl(via, F_SETFL, flags | O_NONBLOCK) != 0) return -errno;
   int r = 0;
   do {
-    r = ::connect(fd, to.data(), to.size()) == 0 ? 0 : -errno;
+    r = ::connect(via, to.data(), to.size()) == 0 ? 0 : -errno;
   } while (r == -EINTR);
   // Put back as it was: io_uring's operations on a socket that says
   // O_NONBLOCK return EAGAIN where they would otherwise wait in the kernel.
-  if (was_blocking && ::fcntl(fd, F_SETFL, flags) != 0 && r == 0) r = -errno;
+  if (was_blocking && ::fcntl(via, F_SETFL, flags) != 0 && r == 0) r = -errno;
   return r;
 }
 

@@ -76,7 +76,21 @@ class epoll_backend final : public io_backend {
   }
   // Whatever still waits is dropped unposted (the executor has stopped
   // dispatching by now); the slabs free every waiter.
-  ~epoll_backend() override { ::close(epfd_); }
+  ~epoll_backend() override {
+    // (A connect tried again from retry_ holds a duplicate of its socket.)
+    for (waiter* w : retry_) drop_duplicate(*w);
+    if (waiter* w = orphans_) do {
+        drop_duplicate(*w);
+        w = w->next;
+      } while (w != orphans_);
+    for (const fd_state& s : fds_)
+      for (waiter* head : s.head)
+        if (waiter* w = head) do {
+            drop_duplicate(*w);
+            w = w->next;
+          } while (w != head);
+    ::close(epfd_);
+  }
 
   const char* name() const noexcept override { return "epoll"; }
   const char* setup_mode() const noexcept override { return "epoll"; }
@@ -312,7 +326,7 @@ class epoll_backend final : public io_backend {
     waiter* prev = nullptr;     // its descriptor's queue (circular), or the free list
     waiter* next = nullptr;
     int fd = -1;
-    int flags = 0;
+    int flags = 0;  // a connect with `extra`: its duplicate of the socket, or -1 (see retry_later)
     io_op op = io_op::nop;
     std::uint8_t side = side_none;
     bool connecting = false;    // connect(): EINPROGRESS seen, SO_ERROR tells the end
@@ -462,7 +476,8 @@ class epoll_backend final : public io_backend {
               finish(w, -ECANCELED);
               return step::done;
             }
-            if (::connect(w.fd, static_cast<const sockaddr*>(w.buf), static_cast<socklen_t>(w.len)) == 0) {
+            const int via = w.extra && w.flags >= 0 ? w.flags : w.fd;  // (see retry_later)
+            if (::connect(via, static_cast<const sockaddr*>(w.buf), static_cast<socklen_t>(w.len)) == 0) {
               finish(w, 0);
               return step::done;
             }
@@ -721,16 +736,28 @@ class epoll_backend final : public io_backend {
   // number may be another descriptor's by the next try, which must then
   // end it rather than connect that one (review42 F2): which socket the
   // number was is kept in `extra` (sockets' inodes are never 0, and all
-  // sockets are on the one sockfs device).
+  // sockets are on the one sockfs device). The check and the try are two
+  // calls: closed and its number taken between them (by another thread),
+  // the number's new descriptor was connected (review43 F1). So the tries
+  // go to a duplicate of the socket, made here and kept in `flags` (a
+  // connect has none) until the waiter is released; when none can be made
+  // (-1), to the number as before.
   static void* socket_id(int fd) noexcept {
     struct stat st{};
     if (::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) return nullptr;
     return reinterpret_cast<void*>(static_cast<std::uintptr_t>(st.st_ino));
   }
   static bool same_socket(const waiter& w) noexcept { return socket_id(w.fd) == w.extra; }
+  static void drop_duplicate(waiter& w) noexcept {
+    if (w.op == io_op::connect && w.extra && w.flags >= 0) ::close(w.flags);
+    w.flags = -1;
+  }
 
   void retry_later(waiter* w) {
-    if (w->op == io_op::connect && !w->extra) w->extra = socket_id(w->fd);
+    if (w->op == io_op::connect && !w->extra) {
+      w->extra = socket_id(w->fd);
+      w->flags = w->extra ? ::fcntl(w->fd, F_DUPFD_CLOEXEC, 0) : -1;
+    }
     w->side = side_none;  // on no descriptor's queue
     if (w->linked && !w->timed) add_timer(w, w->deadline);  // (first: see wait())
     w->retrying = true;
@@ -823,6 +850,7 @@ class epoll_backend final : public io_backend {
     if (w->orphaned) unlink(orphans_, w);
     if (w->retrying) std::erase(retry_, w);
     if (w->timed) timers_.erase({w->deadline, w});
+    drop_duplicate(*w);
     w->next = free_;
     free_ = w;
   }
