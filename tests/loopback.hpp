@@ -19,6 +19,7 @@
 #include <cerrno>
 
 #include <chrono>
+#include <string>
 #include <utility>
 
 namespace testing {
@@ -133,5 +134,45 @@ inline int connect_blocking(const ringframe::address& to) {
   }
   return fd;
 }
+
+// A Unix-domain listener with backlog 0 whose queue holds one connection:
+// the next connect finds it full (a nonblocking one: EAGAIN). Tests may
+// close `filler` or `fd` themselves and set them to -1.
+struct unix_full {
+  int fd = -1;
+  int filler = -1;
+  std::string path;
+  ringframe::address at;
+  unix_full() {
+    static int made = 0;
+    path = "/tmp/rf-unix-full-" + std::to_string(::getpid()) + "-" + std::to_string(made++) + ".sock";
+    ::unlink(path.c_str());
+    ringframe::result<ringframe::address> a = ringframe::address::from_unix_path(path);
+    REQUIRE(a);
+    at = *a;
+    fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    REQUIRE(::bind(fd, at.data(), at.size()) == 0);
+    REQUIRE(::listen(fd, 0) == 0);
+    filler = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    REQUIRE(filler >= 0);
+    REQUIRE(::connect(filler, at.data(), at.size()) == 0);
+  }
+  unix_full(const unix_full&) = delete;
+  unix_full& operator=(const unix_full&) = delete;
+  ~unix_full() {
+    if (filler >= 0) ::close(filler);
+    if (fd >= 0) ::close(fd);
+    ::unlink(path.c_str());
+  }
+  // A nonblocking connect is refused room now.
+  bool full() const {
+    int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int r = ::connect(probe, at.data(), at.size());
+    int e = r == 0 ? 0 : errno;
+    ::close(probe);
+    return e == EAGAIN;
+  }
+};
 
 }  // namespace testing

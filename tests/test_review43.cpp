@@ -55,38 +55,7 @@ extern "C" int fstat64(int fd, struct stat64* st) noexcept {
 
 namespace {
 
-struct unix_full {
-  int fd = -1;
-  int filler = -1;
-  std::string path;
-  address at;
-  unix_full() {
-    path = "/tmp/rf-review43-" + std::to_string(::getpid()) + ".sock";
-    ::unlink(path.c_str());
-    result<address> a = address::from_unix_path(path);
-    REQUIRE(a);
-    at = *a;
-    fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(fd >= 0);
-    REQUIRE(::bind(fd, at.data(), at.size()) == 0);
-    REQUIRE(::listen(fd, 0) == 0);
-    filler = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    REQUIRE(filler >= 0);
-    REQUIRE(::connect(filler, at.data(), at.size()) == 0);
-  }
-  ~unix_full() {
-    if (filler >= 0) ::close(filler);
-    if (fd >= 0) ::close(fd);
-    ::unlink(path.c_str());
-  }
-  bool full() const {
-    int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    int r = ::connect(probe, at.data(), at.size());
-    int e = r == 0 ? 0 : errno;
-    ::close(probe);
-    return e == EAGAIN;
-  }
-};
+using testing::unix_full;
 
 struct connected {
   result<void> r{std::errc::io_error};
