@@ -12,8 +12,18 @@
 // only). A second thread is kept alive, as in ringframe's server (glibc's
 // wrappers then take the cancellation-point path, as they do there).
 //
+// And what a gather costs beside a plain send: 1 KiB sent over loopback TCP
+// with send(2) and with sendmsg(2) of one iovec (the msghdr and the iovec
+// are copied in), each call timed alone (two clock reads around it, the
+// same for both) and the bytes drained by an untimed recv. send_queue
+// sends a gather list that comes to one entry with send for this.
+//
 //   ringframe-syscall-cost [--json]
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -41,6 +51,56 @@ double median_ns(F&& call) {
   std::sort(per_call.begin(), per_call.end());
   return per_call[per_call.size() / 2];
 }
+
+// A connected loopback TCP pair (client, server), or false.
+bool tcp_pair(int& c, int& s) {
+  int l = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (l < 0) return false;
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  c = s = -1;
+  if (::bind(l, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && ::listen(l, 1) == 0 &&
+      ::getsockname(l, reinterpret_cast<sockaddr*>(&a), &len) == 0 &&
+      (c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) >= 0 &&
+      ::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0)
+    s = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+  ::close(l);
+  const int one = 1;
+  if (s < 0 || ::setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) {
+    if (c >= 0) ::close(c);
+    if (s >= 0) ::close(s);
+    return false;
+  }
+  return true;
+}
+
+// The mean time of one call of `send_one` (which sends `n` bytes), each
+// call timed alone, the bytes drained from `s` between calls.
+template <class F>
+double mean_send_ns(int s, std::size_t n, F&& send_one) {
+  static std::vector<char> sink(64 * 1024);
+  constexpr int sends = 20000;
+  double total = 0;
+  for (int i = 0; i < sends; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    if (send_one() != static_cast<ssize_t>(n)) std::abort();  // 1 KiB into an empty socket
+    const auto t1 = std::chrono::steady_clock::now();
+    total += std::chrono::duration<double, std::nano>(t1 - t0).count();
+    for (std::size_t got = 0; got < n;) {
+      const ssize_t k = ::recv(s, sink.data(), sink.size(), 0);
+      if (k <= 0) std::abort();
+      got += static_cast<std::size_t>(k);
+    }
+  }
+  return total / sends;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -51,7 +111,7 @@ int main(int argc, char** argv) {
     } else {
       const bool help = std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0;
       std::fprintf(help ? stdout : stderr,
-                   "usage: %s [--json]\n  the median cost of a recv(2) that finds nothing and of getppid(2)\n", argv[0]);
+                   "usage: %s [--json]\n  the median cost of a recv(2) that finds nothing and of getppid(2), and of\n  sending 1 KiB over loopback TCP with send(2) and with sendmsg(2) of one iovec\n", argv[0]);
       return help ? 0 : 2;
     }
   }
@@ -76,12 +136,40 @@ int main(int argc, char** argv) {
     if (::recv(sv[0], buf, sizeof buf, MSG_DONTWAIT) >= 0) std::abort();  // nothing is ever sent
   });
   const double getppid_ns = median_ns([] { (void)::getppid(); });
+  int c, s;
+  if (!tcp_pair(c, s)) {
+    std::perror("ringframe-syscall-cost: a loopback TCP connection");
+    return 1;
+  }
+  std::vector<char> kib(1024, 'x');
+  // Alternating rounds, so that a drift of the machine's speed hits both.
+  std::vector<double> sends, sendmsgs;
+  for (int r = 0; r < rounds; ++r) {
+    sends.push_back(mean_send_ns(s, kib.size(), [&] {
+      return ::send(c, kib.data(), kib.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    }));
+    sendmsgs.push_back(mean_send_ns(s, kib.size(), [&] {
+      iovec v{kib.data(), kib.size()};
+      msghdr m{};
+      m.msg_iov = &v;
+      m.msg_iovlen = 1;
+      return ::sendmsg(c, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    }));
+  }
+  const double send_ns = median(sends), sendmsg_ns = median(sendmsgs);
+  ::close(c);
+  ::close(s);
   ::close(done[1]);
   idle.join();
   if (json)
-    std::printf("{\"bench\":\"syscall_cost\",\"recv_eagain_ns\":%.1f,\"getppid_ns\":%.1f}\n", recv_ns, getppid_ns);
+    std::printf(
+        "{\"bench\":\"syscall_cost\",\"recv_eagain_ns\":%.1f,\"getppid_ns\":%.1f,\"send_1k_ns\":%.1f,"
+        "\"sendmsg_1k_ns\":%.1f}\n",
+        recv_ns, getppid_ns, send_ns, sendmsg_ns);
   else
-    std::printf("a system call here: recv on an empty socket %.0f ns, getppid %.0f ns (medians of %d x %d calls)\n",
-                recv_ns, getppid_ns, rounds, calls);
+    std::printf(
+        "a system call here: recv on an empty socket %.0f ns, getppid %.0f ns (medians of %d x %d calls)\n"
+        "1 KiB over loopback TCP: send %.0f ns, sendmsg with one iovec %.0f ns (%.2fx; medians of %d alternating rounds of 20000)\n",
+        recv_ns, getppid_ns, rounds, calls, send_ns, sendmsg_ns, sendmsg_ns / send_ns, rounds);
   return 0;
 }

@@ -141,6 +141,18 @@ void send_queue::submit() {
       add(pc.data, pc.len);
     }
     add(f_->sending.data() + from, f_->sending.size() - from);
+    if (iov.size() == 1) {
+      // One run (an echo from the receive buffer, adjacent echoes merged):
+      // a plain send, which spares the kernel copying in a msghdr and an
+      // iovec per call. The piece's block stays in sending_pieces until the
+      // completion, as for a gather.
+      r.op = detail::io_op::send;
+      r.buf = iov[0].iov_base;
+      r.len = iov[0].iov_len;  // (all that is left: one entry, nothing cut at IOV_MAX)
+      sock_.get_executor().submit(r);
+      state_ = state::sending;
+      return;
+    }
     f_->msg = msghdr{};
     f_->msg.msg_iov = iov.data();
     f_->msg.msg_iovlen = iov.size();
