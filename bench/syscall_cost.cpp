@@ -38,6 +38,7 @@
 namespace {
 constexpr int rounds = 7;
 constexpr int calls = 100000;
+constexpr int sends_per_round = 20000;
 
 template <class F>
 double median_ns(F&& call) {
@@ -81,9 +82,8 @@ bool tcp_pair(int& c, int& s) {
 template <class F>
 double mean_send_ns(int s, std::size_t n, F&& send_one) {
   static std::vector<char> sink(64 * 1024);
-  constexpr int sends = 20000;
   double total = 0;
-  for (int i = 0; i < sends; ++i) {
+  for (int i = 0; i < sends_per_round; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     if (send_one() != static_cast<ssize_t>(n)) std::abort();  // 1 KiB into an empty socket
     const auto t1 = std::chrono::steady_clock::now();
@@ -94,7 +94,7 @@ double mean_send_ns(int s, std::size_t n, F&& send_one) {
       got += static_cast<std::size_t>(k);
     }
   }
-  return total / sends;
+  return total / sends_per_round;
 }
 
 double median(std::vector<double> v) {
@@ -169,7 +169,7 @@ int main(int argc, char** argv) {
   else
     std::printf(
         "a system call here: recv on an empty socket %.0f ns, getppid %.0f ns (medians of %d x %d calls)\n"
-        "1 KiB over loopback TCP: send %.0f ns, sendmsg with one iovec %.0f ns (%.2fx; medians of %d alternating rounds of 20000)\n",
-        recv_ns, getppid_ns, rounds, calls, send_ns, sendmsg_ns, sendmsg_ns / send_ns, rounds);
+        "1 KiB over loopback TCP: send %.0f ns, sendmsg with one iovec %.0f ns (%.2fx; medians of %d alternating rounds of %d)\n",
+        recv_ns, getppid_ns, rounds, calls, send_ns, sendmsg_ns, sendmsg_ns / send_ns, rounds, sends_per_round);
   return 0;
 }

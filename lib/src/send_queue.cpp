@@ -149,15 +149,13 @@ void send_queue::submit() {
       r.op = detail::io_op::send;
       r.buf = iov[0].iov_base;
       r.len = iov[0].iov_len;  // (all that is left: one entry, nothing cut at IOV_MAX)
-      sock_.get_executor().submit(r);
-      state_ = state::sending;
-      return;
+    } else {
+      f_->msg = msghdr{};
+      f_->msg.msg_iov = iov.data();
+      f_->msg.msg_iovlen = iov.size();
+      r.op = detail::io_op::sendmsg;
+      r.buf = &f_->msg;
     }
-    f_->msg = msghdr{};
-    f_->msg.msg_iov = iov.data();
-    f_->msg.msg_iovlen = iov.size();
-    r.op = detail::io_op::sendmsg;
-    r.buf = &f_->msg;
   }
   sock_.get_executor().submit(r);
   state_ = state::sending;
