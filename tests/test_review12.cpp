@@ -103,14 +103,33 @@ TEST_CASE("review12 F1: a grow() of the receive buffers that fails changes nothi
 
 namespace {
 
+// A connection whose next read_message cannot take the fast path: a whole
+// frame and the first byte of the next were sent, and the first was read,
+// so the decoder is mid-frame (read_slow reads the rest). Without provided
+// buffers, so that a read takes no ring buffer.
+task<void> read_first_of_two(connection* conn, ringframe::socket* peer) {
+  std::string two = one_frame + one_frame.substr(0, 1);
+  REQUIRE(::send(peer->fd(), two.data(), two.size(), 0) == static_cast<ssize_t>(two.size()));
+  result<message_view> m = co_await conn->read_message();
+  REQUIRE(m);
+  CHECK(m->content_text() == "abc");
+  conn->done_with_message();
+}
+
+void send_rest_of_second(ringframe::socket* peer) {
+  const std::string rest = one_frame.substr(1);
+  REQUIRE(::send(peer->fd(), rest.data(), rest.size(), 0) == static_cast<ssize_t>(rest.size()));
+}
+
 // The size of read_slow's coroutine frame: the first allocation of a
-// read_message that cannot take the fast path (no provided buffers).
+// read_message that cannot take the fast path (a frame in progress).
 task<void> measure_read_slow_frame(executor* ex, std::size_t* size) {
   auto [s, peer] = co_await testing::tcp_pair(ex);
   connection_options o;
   o.provided_buffers = false;
   connection conn(std::move(s), o);
-  REQUIRE(::send(peer.fd(), one_frame.data(), one_frame.size(), 0) == static_cast<ssize_t>(one_frame.size()));
+  co_await read_first_of_two(&conn, &peer);
+  send_rest_of_second(&peer);
   start_tracing(-1);
   result<message_view> m = co_await conn.read_message();
   stop_tracing();
@@ -120,12 +139,14 @@ task<void> measure_read_slow_frame(executor* ex, std::size_t* size) {
 }
 
 // F2: read_message's slow path cannot allocate its coroutine: the reader
-// sees bad_alloc, and the connection must still be readable afterwards.
+// sees bad_alloc, and the connection must still be readable afterwards,
+// with no byte lost.
 task<void> read_after_failed_frame(executor* ex, bool* threw, std::optional<result<message_view>>* next) {
   auto [s, peer] = co_await testing::tcp_pair(ex);
   connection_options o;
-  o.provided_buffers = false;  // read_slow at once
+  o.provided_buffers = false;
   connection conn(std::move(s), o);
+  co_await read_first_of_two(&conn, &peer);
   start_tracing(0);  // read_slow's frame is the first allocation
   try {
     (void)co_await conn.read_message();
@@ -133,7 +154,7 @@ task<void> read_after_failed_frame(executor* ex, bool* threw, std::optional<resu
     *threw = true;
   }
   stop_tracing();
-  REQUIRE(::send(peer.fd(), one_frame.data(), one_frame.size(), 0) == static_cast<ssize_t>(one_frame.size()));
+  send_rest_of_second(&peer);
   result<message_view> m = co_await conn.read_message();
   next->emplace(m);
   if (m) CHECK(m->content_text() == "abc");

@@ -327,8 +327,9 @@ class connection {
     return opts_.gather_threshold && bytes.size() >= opts_.gather_threshold && decoder_.holds(bytes);
   }
 
-  // read_message without a coroutine frame: between frames, one recv from
-  // the provided buffers (and the queued replies' send beside it). False
+  // read_message without a coroutine frame: between frames, one recv (from
+  // the provided buffers, or straight into the decoder once reads are
+  // large) and the queued replies' send beside it. False
   // when that does not apply; read_slow handles everything else.
   bool start_fast_read(detail::read_message_awaitable* aw);
   void fast_read_done();

@@ -80,9 +80,9 @@ class receive_stream {
   // fed, an end came in while nobody read, a deadline or stop): outcome()
   // has it. True when the reader waits: done(ctx) follows.
   bool start(bool between_frames);
-  // Can a reader between frames wait on the ring right now, with nothing
+  // Can a reader between frames wait for a read right now, with nothing
   // to report first? (The fast path of connection::read_message.)
-  bool can_wait_in_ring();
+  bool can_wait_between_frames();
   // The outcome of the last read (see the header comment). Call it once.
   int outcome() noexcept;
 

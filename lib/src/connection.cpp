@@ -215,7 +215,7 @@ void connection::on_read_done(void* self) {
 
 bool connection::start_fast_read(detail::read_message_awaitable* aw) {
   if (decoder_.mid_frame() || peer_closed_ || send_.failed() ||
-      (unsent_bytes() >= opts_.max_unsent_bytes && !read_while_sending_) || !recv_.can_wait_in_ring())
+      (unsent_bytes() >= opts_.max_unsent_bytes && !read_while_sending_) || !recv_.can_wait_between_frames())
     return false;
   // Nothing buffered: give the receive buffer back before waiting.
   decoder_.shrink_if_idle();
@@ -244,7 +244,7 @@ bool connection::start_fast_read(detail::read_message_awaitable* aw) {
     throw;
   }
   if (waits) return true;
-  // can_wait_in_ring() said nothing was to be reported first: not reached.
+  // can_wait_between_frames() said nothing was to be reported first: not reached.
   fast_ = nullptr;
   idle_after_send_ = false;
   recv_.cancel_deadline();

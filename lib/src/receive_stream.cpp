@@ -67,11 +67,11 @@ int receive_stream::refusal() const noexcept {
   return 0;
 }
 
-bool receive_stream::can_wait_in_ring() {
-  if (!opts_.provided_buffers || last_read_large_ || skip_ring_once_ || state_ == state::receiving ||
-      lost_ || (ms_ && (ms_->ended || ms_->lost)) || has_held() || refusal())
-    return false;
-  return sock_.get_executor().receive_buffers() != nullptr;
+bool receive_stream::can_wait_between_frames() {
+  // Into the ring or straight into the decoder (large reads, no provided
+  // buffers): either way a read between frames reserves nothing and
+  // waits without a coroutine frame.
+  return !(state_ == state::receiving || lost_ || (ms_ && (ms_->ended || ms_->lost)) || has_held() || refusal());
 }
 
 bool receive_stream::start(bool between_frames) {
