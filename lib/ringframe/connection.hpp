@@ -7,9 +7,10 @@
 //     co_await conn.write(message::json("{}"));   // queued; sent in batches
 //   }
 //
-// Between frames a read waits on a recv from the executor's provided buffers
-// with no coroutine frame of its own (the connection owns the completion);
-// the bytes are copied into the decoder and a message's content is handed out
+// Between frames a read waits on a recv with no coroutine frame of its own
+// (the connection owns the completion): from the executor's provided
+// buffers, whose bytes are copied into the decoder, or once reads are large
+// straight into the decoder's buffer; a message's content is handed out
 // without a further copy. Mid-frame, reads go straight into the decoder's
 // buffer. Writes are appended to an output buffer that is sent, in one send,
 // when the reader next waits for the peer (beside that recv), so the replies
