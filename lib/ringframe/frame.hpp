@@ -210,6 +210,8 @@ class frame_decoder {
   // buffer instead), so spans that were handed out stay valid and unchanged
   // for the holder.
   detail::block_ref share() const noexcept { return buf_; }
+  // The buffer itself, to compare with one shared before (no reference).
+  const detail::byte_block* block() const noexcept { return buf_.get(); }
 
  private:
   // next() for the common case, with little to save and restore: a whole

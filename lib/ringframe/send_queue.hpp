@@ -88,6 +88,11 @@ class send_queue {
   // appended) when too many such pieces wait already: copy them instead.
   // Throws std::bad_alloc.
   bool append_shared(detail::block_ref block, std::span<const std::byte> bytes);
+  // Pipelined echoes lie back to back in the receive buffer: bytes that
+  // continue the last piece, which lies in `block`, with nothing queued
+  // after it, extend it (one gather entry for a whole batch). False when
+  // they do not. Per message: no reference taken or dropped.
+  inline bool extend_last(const detail::byte_block* block, std::span<const std::byte> bytes) noexcept;
   // Bytes queued and not yet in the socket. The part of a zero-copy batch
   // the kernel took (`releasing`: it holds the pages until the peer has
   // them) is in the socket, as a copied batch's bytes are once sent.
@@ -204,5 +209,14 @@ class send_queue {
   // carry on, nor wait for pages a peer that does not read never lets go.
   std::atomic<bool> cancelled_{false};
 };
+
+inline bool send_queue::extend_last(const detail::byte_block* block, std::span<const std::byte> bytes) noexcept {
+  if (!f_ || f_->pending.empty()) return false;
+  piece& last = f_->pending.back();
+  if (last.block.get() != block || last.at != queued_.size() || last.data + last.len != bytes.data()) return false;
+  last.len += bytes.size();
+  f_->pending_bytes += bytes.size();
+  return true;
+}
 
 }  // namespace ringframe

@@ -420,7 +420,8 @@ detail::write_awaitable connection::write(const header_fields& h, std::span<cons
 
 detail::write_awaitable connection::write_raw(std::span<const std::byte> frame) {
   if (send_.failed()) return detail::write_awaitable(this, send_.error());
-  if (!can_share(frame) || !send_.append_shared(decoder_.share(), frame))
+  if (!can_share(frame) ||
+      (!send_.extend_last(decoder_.block(), frame) && !send_.append_shared(decoder_.share(), frame)))
     send_.out().append(reinterpret_cast<const char*>(frame.data()), frame.size());
   return queued({});
 }

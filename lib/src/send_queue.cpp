@@ -62,18 +62,8 @@ std::unique_ptr<send_queue::flight> send_queue::new_flight() {
 void send_queue::make_flight() { f_ = new_flight(); }
 
 bool send_queue::append_shared(detail::block_ref block, std::span<const std::byte> bytes) {
+  if (extend_last(block.get(), bytes)) return true;
   if (!f_) make_flight();
-  // Pipelined echoes lie back to back in the receive buffer: one that
-  // continues the last piece, with nothing copied in between, extends it
-  // (one gather entry for a whole batch, however many frames it echoes).
-  if (!f_->pending.empty()) {
-    piece& last = f_->pending.back();
-    if (last.block.get() == block.get() && last.at == queued_.size() && last.data + last.len == bytes.data()) {
-      last.len += bytes.size();
-      f_->pending_bytes += bytes.size();
-      return true;
-    }
-  }
   if (f_->pending.size() >= max_pieces) return false;
   f_->pending.push_back(piece{queued_.size(), bytes.data(), bytes.size(), std::move(block)});
   f_->pending_bytes += bytes.size();
