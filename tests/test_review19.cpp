@@ -67,7 +67,9 @@ void reader_in_slow_path_learns_of_send_failure(backend_kind k, bool mid_frame, 
   executor ex(on(k));
   auto [srv, peer] = testing::socket_pair(ex);  // the peer never reads
   connection_options o;
-  o.provided_buffers = mid_frame;  // without them, every read is read_slow's
+  // Without provided buffers the reader waits on the fast path, its recv
+  // straight into the decoder (since session 28; it was read_slow's).
+  o.provided_buffers = mid_frame;
   o.multishot_recv = multishot;
   o.write_timeout = 20ms;
   o.idle_timeout = 3s;
@@ -100,7 +102,7 @@ void reader_in_slow_path_learns_of_send_failure(backend_kind k, bool mid_frame, 
 
 }  // namespace
 
-TEST_CASE("review19 F1a: a reader waiting in read_slow (no provided buffers) learns at once that another coroutine's send failed") {
+TEST_CASE("review19 F1a: a reader waiting on a read into the decoder (no provided buffers) learns at once that another coroutine's send failed") {
   testing::on_each_backend([](backend_kind k) { reader_in_slow_path_learns_of_send_failure(k, false); });
 }
 
