@@ -337,6 +337,15 @@ static_assert(simdjson::SIMDJSON_PADDING <= detail::byte_block::tail_padding,
               "a decoder's buffer is followed by the padding simdjson reads");
 
 void frame_decoder::reserve_free(std::size_t free_needed) {
+  // The common case first: an idle decoder (it gave its buffer back between
+  // frames) receiving a few bytes takes the pool's smallest block, as the
+  // growth rule below would, without working it out (per message at depth 1).
+  if (!buf_ && free_needed <= detail::byte_block::smallest_class) {
+    buf_ = detail::block_ref(detail::byte_block::make(detail::byte_block::smallest_class));
+    cap_ = buf_->capacity();
+    begin_ = end_ = consume_on_next_ = 0;
+    return;
+  }
   // The bytes kept plus the room asked for must be one allocatable buffer;
   // checked before anything changes.
   const std::size_t live = end_ - begin_ - consume_on_next_;
