@@ -9,6 +9,8 @@
 
 #include <doctest/doctest.h>
 
+#include <sys/socket.h>
+
 #include <chrono>
 #include <coroutine>
 #include <string>
@@ -41,6 +43,33 @@ struct wait_empty {
     got.append(reinterpret_cast<const char*>(buf.data()), *r);
   }
   co_return got;
+}
+
+// Fills `s`'s send buffer (and its peer's receive buffer) with raw bytes,
+// behind the executor's back, so that its next send must wait for room:
+// on epoll a send is made at once when the socket takes it (send_queue
+// starts a batch with io_backend::send_now), and only one that waits is in
+// flight. drain_received() on the peer makes the room.
+inline std::size_t fill_send_buffer(const ringframe::socket& s) {
+  static const char junk[4096] = {};
+  std::size_t n = 0;
+  for (;;) {
+    ssize_t k = ::send(s.fd(), junk, sizeof junk, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (k <= 0) break;
+    n += static_cast<std::size_t>(k);
+  }
+  return n;
+}
+// Reads (and drops) whatever has come, without waiting; returns how much.
+inline std::size_t drain_received(const ringframe::socket& s) {
+  char buf[1 << 16];
+  std::size_t n = 0;
+  for (;;) {
+    ssize_t k = ::recv(s.fd(), buf, sizeof buf, MSG_DONTWAIT);
+    if (k <= 0) break;
+    n += static_cast<std::size_t>(k);
+  }
+  return n;
 }
 
 // `n` bytes of block `b` from `from`, as text.

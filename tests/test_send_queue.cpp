@@ -8,7 +8,10 @@
 
 #include <doctest/doctest.h>
 
+#include <sys/socket.h>
+
 #include <chrono>
+#include <cstring>
 #include <string>
 
 using namespace ringframe;
@@ -116,4 +119,153 @@ TEST_CASE("a stop on the socket's token cancels the send in flight with ECANCELE
   q.cancel();
   while (q.busy()) REQUIRE(ex.run_once(true));
   CHECK(q.error() == std::errc::operation_canceled);
+}
+
+// ---- sends made at once (io_backend::send_now) ----
+//
+// On epoll a batch the socket takes whole leaves inside start(): no
+// completion, no write deadline, and the queue is idle when start()
+// returns. What the socket takes in part goes on as a batch in flight, from
+// the first byte it did not take; a send that fails fails the queue at
+// once. On io_uring every batch is in flight after start(). Both must end
+// with the same bytes at the peer, in order, and the same events.
+
+namespace {
+
+using testing::on;
+using testing::on_each_backend;
+
+struct events {
+  int sent = 0;    // on_event(false): everything queued is out
+  int failed = 0;  // on_event(true)
+};
+void count_event(void* ctx, bool failed) noexcept {
+  auto* e = static_cast<events*>(ctx);
+  if (failed) ++e->failed;
+  else ++e->sent;
+}
+
+// `n` bytes that differ from one offset to the next (a byte lost, sent
+// twice or out of order changes what the peer reads).
+std::string pattern(std::size_t n, std::size_t seed) {
+  std::string s(n, '\0');
+  for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 7 + seed + i / 251) % 256);
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("a batch the socket takes whole leaves inside start() on epoll; in flight on io_uring") {
+  on_each_backend([](backend_kind k) {
+    executor ex(on(k));
+    auto [a, b] = ex.run(testing::tcp_pair(&ex));
+    std::uint64_t out = 0;
+    events ev;
+    send_queue q(a, {}, &out);
+    q.on_event(&count_event, &ev);
+    const std::string first = pattern(200, 1);
+    q.out() = first;
+    q.start();
+    if (k == backend_kind::epoll) {
+      CHECK(q.current() == send_queue::state::idle);
+      CHECK(out == first.size());
+      CHECK(ev.sent == 1);
+      CHECK(q.unsent() == 0);
+    } else {
+      CHECK(q.current() == send_queue::state::sending);
+      CHECK(ev.sent == 0);
+    }
+    CHECK(ex.run(read_exactly(&b, first.size(), 5s)) == first);
+    ex.run_until_idle();
+    CHECK(ev.sent == 1);
+    CHECK(ev.failed == 0);
+    CHECK(out == first.size());
+    // Again, with a piece by reference between two copied runs (a gather).
+    detail::block_ref blk(detail::byte_block::make(300));
+    const std::string mid = pattern(300, 2);
+    std::memcpy(blk->data(), mid.data(), mid.size());
+    q.out() = "head";
+    REQUIRE(q.append_shared(blk, {blk->data(), mid.size()}));
+    q.out() += "tail";
+    q.start();
+    CHECK(q.busy() == (k == backend_kind::io_uring));
+    CHECK(ex.run(read_exactly(&b, 308, 5s)) == "head" + mid + "tail");
+    ex.run_until_idle();
+    CHECK(ev.sent == 2);
+    CHECK(out == first.size() + 308);
+    CHECK(q.current() == send_queue::state::idle);
+  });
+}
+
+TEST_CASE("a batch the socket takes in part goes on from the first byte it did not take, in order") {
+  on_each_backend([](backend_kind k) {
+    for (bool gather : {false, true}) {
+      CAPTURE(gather);
+      executor ex(on(k));
+      auto [a, b] = ex.run(testing::tcp_pair(&ex));
+      REQUIRE(a.set_option(SOL_SOCKET, SO_SNDBUF, 16384));
+      REQUIRE(b.set_option(SOL_SOCKET, SO_RCVBUF, 16384));
+      std::uint64_t out = 0;
+      events ev;
+      send_queue::options o;
+      o.write_timeout = 5s;  // armed for the rest (a batch that waits has its deadline)
+      send_queue q(a, o, &out);
+      q.on_event(&count_event, &ev);
+      const std::string big = pattern(1 << 20, 3);
+      std::string want;
+      detail::block_ref blk(detail::byte_block::make(256 << 10));
+      if (gather) {
+        const std::string mid = pattern(256 << 10, 4);
+        std::memcpy(blk->data(), mid.data(), mid.size());
+        q.out() = big.substr(0, 100000);
+        REQUIRE(q.append_shared(blk, {blk->data(), mid.size()}));
+        q.out() += big.substr(100000);
+        want = big.substr(0, 100000) + mid + big.substr(100000);
+      } else {
+        q.out() = big;
+        want = big;
+      }
+      q.start();
+      // Far more than the socket holds: part of it is in flight.
+      CHECK(q.current() == send_queue::state::sending);
+      CHECK(out < want.size());
+      // Written meanwhile: follows the batch.
+      q.out() += "after";
+      want += "after";
+      std::string got = ex.run(read_exactly(&b, want.size(), 5s));
+      ex.run_until_idle();
+      CHECK(got.size() == want.size());
+      CHECK(got == want);
+      CHECK(out == want.size());
+      CHECK(ev.sent >= 1);
+      CHECK(ev.failed == 0);
+      CHECK(q.current() == send_queue::state::idle);
+      CHECK(q.unsent() == 0);
+    }
+  });
+}
+
+TEST_CASE("a send to a peer that reset the connection fails the queue, and says why") {
+  on_each_backend([](backend_kind k) {
+    executor ex(on(k));
+    auto [a, b] = ex.run(testing::tcp_pair(&ex));
+    // The peer goes with a reset (SO_LINGER 0): the next send fails.
+    linger l{1, 0};
+    REQUIRE(::setsockopt(b.fd(), SOL_SOCKET, SO_LINGER, &l, sizeof l) == 0);
+    { ringframe::socket gone = std::move(b); }
+    events ev;
+    send_queue q(a, {});
+    q.on_event(&count_event, &ev);
+    q.out() = "to nobody";
+    q.start();
+    if (k == backend_kind::epoll) CHECK(q.current() == send_queue::state::failed);  // at once
+    while (q.busy()) REQUIRE(ex.run_once(true));
+    CHECK(q.current() == send_queue::state::failed);
+    CHECK((q.error() == std::errc::connection_reset || q.error() == std::errc::broken_pipe));
+    CHECK(ev.failed == 1);
+    CHECK(ev.sent == 0);
+    q.out() = "more";
+    q.start();  // nothing is sent again
+    CHECK(q.unsent() == 4);
+  });
 }

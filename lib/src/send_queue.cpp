@@ -73,6 +73,30 @@ bool send_queue::append_shared(detail::block_ref block, std::span<const std::byt
 void send_queue::start() {
   if (state_ != state::idle || (queued_.empty() && (!f_ || f_->pending.empty()))) return;
   if (int e = refusal()) return fail(e);
+  executor& ex = sock_.get_executor();
+  if (ex.sends_now() && (!f_ || f_->pending.empty())) {
+    // Only copied bytes, and a backend that sends at once (epoll): sent
+    // from where they were written, with no batch formed. What the socket
+    // does not take goes on as a batch.
+    detail::io_request r;
+    r.op = detail::io_op::send;
+    r.fd = sock_.fd();
+    r.buf = queued_.data();
+    r.len = queued_.size();
+    r.flags = MSG_NOSIGNAL;
+    const int now = ex.send_now(r);
+    if (now < 0 && now != detail::io_backend::not_now) return fail(-now);
+    if (now > 0) {
+      if (bytes_out_) *bytes_out_ += static_cast<std::size_t>(now);
+      if (static_cast<std::size_t>(now) == queued_.size()) {
+        queued_.clear();
+        if (queued_.capacity() > opts_.keep_capacity) std::string().swap(queued_);
+        if (hook_) hook_(hook_ctx_, false);
+        return wake();
+      }
+      queued_.erase(0, static_cast<std::size_t>(now));  // (short: the socket is full, a rare case)
+    }
+  }
   if (!f_) make_flight();
   std::swap(f_->sending, queued_);
   std::swap(f_->sending_pieces, f_->pending);
@@ -82,9 +106,19 @@ void send_queue::start() {
   // A gather list goes out with a plain sendmsg.
   zero_copy_ = opts_.zero_copy_threshold && f_->sending_pieces.empty() &&
                f_->sending.size() >= opts_.zero_copy_threshold;
+  int now = detail::io_backend::not_now;
   try {
-    if (opts_.write_timeout.count() > 0) deadline_.arm(sock_.get_executor(), opts_.write_timeout);
-    submit();
+    const detail::io_request r = request();
+    // Where the backend makes the send here (epoll), its result is taken
+    // here too: a batch that goes out whole never waits, so it needs no
+    // write deadline, no completion and no dispatch.
+    now = ex.send_now(r);
+    if (now == detail::io_backend::not_now) {
+      if (opts_.write_timeout.count() > 0) deadline_.arm(ex, opts_.write_timeout);
+      ex.submit(r);
+      state_ = state::sending;
+      return;
+    }
   } catch (...) {
     // Nothing went to the kernel (bad_alloc for the gather list or the
     // deadline's list, a backend that cannot submit): the batch goes back in
@@ -98,9 +132,24 @@ void send_queue::start() {
     deadline_.cancel();
     throw;
   }
+  // Sent now, in part or whole, or failed: as from a completion. The rest
+  // of a short send waits for room under the write deadline; past the
+  // send, the queue fails rather than throw (the batch cannot go back: part
+  // of it is in the socket).
+  state_ = state::sending;
+  if (now >= 0 && f_->sent + static_cast<std::size_t>(now) < f_->total && opts_.write_timeout.count() > 0) {
+    try {
+      deadline_.arm(ex, opts_.write_timeout);
+    } catch (...) {
+      f_->sent += static_cast<std::size_t>(now);
+      if (bytes_out_) *bytes_out_ += static_cast<std::size_t>(now);
+      return fail(ENOMEM);
+    }
+  }
+  progress(now);
 }
 
-void send_queue::submit() {
+detail::io_request send_queue::request() {
   detail::io_request r;
   r.fd = sock_.fd();
   r.len = f_->total - f_->sent;
@@ -147,7 +196,11 @@ void send_queue::submit() {
       r.buf = &f_->msg;
     }
   }
-  sock_.get_executor().submit(r);
+  return r;
+}
+
+void send_queue::submit() {
+  sock_.get_executor().submit(request());
   state_ = state::sending;
 }
 

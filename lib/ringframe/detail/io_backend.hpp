@@ -29,6 +29,7 @@
 #include <ringframe/buffer_ring.hpp>
 
 #include <chrono>
+#include <climits>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -119,6 +120,19 @@ class io_backend {
   // fails (it cannot submit at all); a request's own failure is its
   // completion's res.
   virtual void submit(const io_request& r) = 0;
+  // A send, zero-copy send or sendmsg made now, on the caller's stack, for
+  // a caller that takes its result at once instead of a completion
+  // (send_queue::start): bytes sent, or -errno. `not_now` when it must be
+  // submitted instead: always on io_uring (a send goes to the kernel with
+  // the loop's next submission, beside the recvs), and on epoll when the
+  // descriptor has sends waiting or said it was full (-EAGAIN, a short
+  // send) since its last edge. Never -EAGAIN or -EINTR (those are
+  // `not_now`). Nothing is posted, nothing is counted in flight.
+  static constexpr int not_now = INT_MIN;
+  virtual int send_now(const io_request& r) noexcept {
+    (void)r;
+    return not_now;
+  }
   // Cancel the request `key` (0: every request), made on descriptor `fd`
   // (-1: none or unknown; a hint that spares the epoll backend a table of
   // keys). Never throws; false when it could not be asked now (no room):

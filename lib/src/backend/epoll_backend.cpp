@@ -135,6 +135,33 @@ class epoll_backend final : public io_backend {
     wait(w, st);
   }
 
+  // The send a completion would report, made here (io_backend::send_now):
+  // what attempt() does for a send, without a waiter, a post and the
+  // executor's dispatch of its result. A descriptor this backend has not
+  // seen yet goes the submit() way (its state may need the table to grow).
+  int send_now(const io_request& r) noexcept override {
+    if (r.fd < 0 || static_cast<std::size_t>(r.fd) >= fds_.size()) return not_now;
+    fd_state& s = at(r.fd);
+    if (s.head[side_write] || !s.ready[side_write]) return not_now;  // behind those waiting, or full
+    ssize_t n;
+    switch (r.op) {
+      case io_op::send:
+      case io_op::send_zero_copy: n = ::send(r.fd, r.buf, r.len, r.flags | MSG_DONTWAIT); break;
+      case io_op::sendmsg: n = ::sendmsg(r.fd, static_cast<const msghdr*>(r.buf), r.flags | MSG_DONTWAIT); break;
+      default: return not_now;
+    }
+    if (n >= 0) {
+      if (static_cast<std::size_t>(n) < r.len) s.ready[side_write] = false;
+      return static_cast<int>(n);
+    }
+    const int e = errno;
+    if (e == EAGAIN || e == EWOULDBLOCK) {
+      s.ready[side_write] = false;
+      return not_now;
+    }
+    return e == EINTR ? not_now : -e;
+  }
+
   bool cancel(std::uint64_t key, int fd) noexcept override {
     // Room for every result posted below, made first: post() must not throw
     // in this noexcept function (it was std::terminate), and a cancellation
