@@ -568,6 +568,12 @@ frame_decoder::status frame_decoder::next_repeat(message_view& out) {
     return next_slow(out);
   const std::size_t begin = begin_ + consume_on_next_;
   const std::size_t avail = end_ - begin;
+  if (avail < 2) {  // the call after a message, with nothing behind it: as next_slow says it
+    begin_ = begin;
+    consume_on_next_ = 0;
+    need_ = 2;
+    return status::need_more;
+  }
   const std::size_t hlen = cached_header_.size();
   const std::size_t frame_len = 2 + hlen + cached_content_length_;
   if (avail < frame_len) return next_slow(out);

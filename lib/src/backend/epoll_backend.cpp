@@ -42,6 +42,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -64,6 +65,38 @@ std::int64_t monotonic_ns() noexcept {
 }
 
 std::int64_t ns_of(const kernel_timespec& t) noexcept { return t.tv_sec * 1000000000 + t.tv_nsec; }
+
+// The calls made for every message, without glibc's cancellation point. In
+// a process with more than one thread (a server has its owner thread and
+// its shards) each wrapper turns asynchronous cancellation on and off around
+// its system call: some 50 instructions a call, a quarter of what the
+// backend itself spends on a recv. ringframe never cancels a thread, and a
+// loop thread that someone else cancelled would unwind through coroutine
+// frames the kernel still writes into: no caller can rely on these calls
+// being cancellation points. Same system calls, same results and errno.
+// Sanitizer builds keep the wrappers, which the sanitizers intercept:
+// AddressSanitizer checks the buffers handed to the kernel, ThreadSanitizer
+// orders a sender's writes before the receiver's reads.
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#define RINGFRAME_LIBC_SOCKET_CALLS 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+#define RINGFRAME_LIBC_SOCKET_CALLS 1
+#endif
+#endif
+#ifdef RINGFRAME_LIBC_SOCKET_CALLS
+ssize_t sys_recv(int fd, void* buf, std::size_t len, int flags) noexcept { return ::recv(fd, buf, len, flags); }
+ssize_t sys_send(int fd, const void* buf, std::size_t len, int flags) noexcept { return ::send(fd, buf, len, flags); }
+ssize_t sys_sendmsg(int fd, const msghdr* msg, int flags) noexcept { return ::sendmsg(fd, msg, flags); }
+#else
+ssize_t sys_recv(int fd, void* buf, std::size_t len, int flags) noexcept {
+  return ::syscall(SYS_recvfrom, fd, buf, len, flags, nullptr, nullptr);
+}
+ssize_t sys_send(int fd, const void* buf, std::size_t len, int flags) noexcept {
+  return ::syscall(SYS_sendto, fd, buf, len, flags, nullptr, 0);
+}
+ssize_t sys_sendmsg(int fd, const msghdr* msg, int flags) noexcept { return ::syscall(SYS_sendmsg, fd, msg, flags); }
+#endif
 
 class epoll_backend final : public io_backend {
  public:
@@ -146,8 +179,8 @@ class epoll_backend final : public io_backend {
     ssize_t n;
     switch (r.op) {
       case io_op::send:
-      case io_op::send_zero_copy: n = ::send(r.fd, r.buf, r.len, r.flags | MSG_DONTWAIT); break;
-      case io_op::sendmsg: n = ::sendmsg(r.fd, static_cast<const msghdr*>(r.buf), r.flags | MSG_DONTWAIT); break;
+      case io_op::send_zero_copy: n = sys_send(r.fd, r.buf, r.len, r.flags | MSG_DONTWAIT); break;
+      case io_op::sendmsg: n = sys_sendmsg(r.fd, static_cast<const msghdr*>(r.buf), r.flags | MSG_DONTWAIT); break;
       default: return not_now;
     }
     if (n >= 0) {
@@ -544,7 +577,7 @@ class epoll_backend final : public io_backend {
           return step::done;
         }
         case io_op::recv: {
-          ssize_t n = ::recv(w.fd, w.buf, w.len, w.flags | MSG_DONTWAIT);
+          ssize_t n = sys_recv(w.fd, w.buf, w.len, w.flags | MSG_DONTWAIT);
           if (n >= 0) {
             if (static_cast<std::size_t>(n) < w.len) drained(w.fd);
             finish(w, static_cast<int>(n));
@@ -562,7 +595,7 @@ class epoll_backend final : public io_backend {
             return step::done;
           }
           const std::size_t size = br->buffer_size();
-          ssize_t n = ::recv(w.fd, br->data(id, size).data(), size, w.flags | MSG_DONTWAIT);
+          ssize_t n = sys_recv(w.fd, br->data(id, size).data(), size, w.flags | MSG_DONTWAIT);
           if (n > 0) {
             const unsigned flags = cqe_buffer | (static_cast<unsigned>(id) << cqe_buffer_shift);
             const bool short_read = static_cast<std::size_t>(n) < size;
@@ -586,7 +619,7 @@ class epoll_backend final : public io_backend {
         }
         case io_op::send:
         case io_op::send_zero_copy: {
-          ssize_t n = ::send(w.fd, w.buf, w.len, w.flags | MSG_DONTWAIT);
+          ssize_t n = sys_send(w.fd, w.buf, w.len, w.flags | MSG_DONTWAIT);
           if (n >= 0) {
             if (static_cast<std::size_t>(n) < w.len) at(w.fd).ready[side_write] = false;
             finish(w, static_cast<int>(n));
@@ -595,7 +628,7 @@ class epoll_backend final : public io_backend {
           break;
         }
         case io_op::sendmsg: {
-          ssize_t n = ::sendmsg(w.fd, static_cast<const msghdr*>(w.buf), w.flags | MSG_DONTWAIT);
+          ssize_t n = sys_sendmsg(w.fd, static_cast<const msghdr*>(w.buf), w.flags | MSG_DONTWAIT);
           if (n >= 0) {
             if (static_cast<std::size_t>(n) < w.len) at(w.fd).ready[side_write] = false;
             finish(w, static_cast<int>(n));
