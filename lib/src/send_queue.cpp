@@ -95,6 +95,12 @@ void send_queue::start() {
         return wake();
       }
       queued_.erase(0, static_cast<std::size_t>(now));  // (short: the socket is full, a rare case)
+      // Past a send the queue fails rather than throw (see below).
+      if (!f_) try {
+          make_flight();
+        } catch (const std::bad_alloc&) {
+          return fail(ENOMEM);
+        }
     }
   }
   if (!f_) make_flight();
@@ -356,10 +362,12 @@ void send_queue::progress_or_throw(int res) {
   // notification was pending, say) came too late to matter.
   timed_out_ = false;
   state_ = state::idle;
-  if (!queued_.empty() || !f_->pending.empty()) return start();  // written while this batch was out
+  // start() arms the deadline again for a batch that waits, and on epoll may
+  // send what follows from queued_ without touching the flight's buffer.
   deadline_.cancel();
   // A burst of large replies should not pin megabytes to an idle connection.
   if (f_->sending.capacity() > opts_.keep_capacity) std::string().swap(f_->sending);
+  if (!queued_.empty() || !f_->pending.empty()) return start();  // written while this batch was out
   if (queued_.capacity() > opts_.keep_capacity) std::string().swap(queued_);
   if (hook_) hook_(hook_ctx_, false);
   wake();
