@@ -338,7 +338,11 @@ class executor {
  private:
   friend struct detail::detached_promise;
   friend class deadline;
-  detail::deadline_list* deadline_list_for(std::chrono::nanoseconds d);
+  detail::deadline_list* deadline_list_for(std::chrono::nanoseconds d) {
+    if (last_deadline_list_ && last_deadline_list_->duration == d) return last_deadline_list_;
+    return find_deadline_list(d);
+  }
+  detail::deadline_list* find_deadline_list(std::chrono::nanoseconds d);
   // The earliest armed coarse deadline, or false when none is armed.
   bool earliest_deadline(std::chrono::steady_clock::time_point& out) const noexcept;
   void expire_deadlines();
@@ -386,6 +390,9 @@ class executor {
   detail::detached_promise* detached_head_ = nullptr;
   // One FIFO list per duration (deadline.hpp); the lists never move.
   std::vector<std::unique_ptr<detail::deadline_list>> deadline_lists_;
+  // The list deadline_list_for() found last: a connection re-arms the same
+  // timeout for every message.
+  detail::deadline_list* last_deadline_list_ = nullptr;
   std::chrono::steady_clock::time_point now_ = std::chrono::steady_clock::now();
   bool deadlines_unstamped_ = false;  // a deadline was armed since stamp_deadlines()
   bool cancel_all_owed_ = false;  // stop() found no SQE: the loop sends it

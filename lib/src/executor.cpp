@@ -451,15 +451,17 @@ std::chrono::steady_clock::time_point executor::stamp_deadlines() noexcept {
   return t;
 }
 
-detail::deadline_list* executor::deadline_list_for(std::chrono::nanoseconds d) {
+detail::deadline_list* executor::find_deadline_list(std::chrono::nanoseconds d) {
   for (auto& l : deadline_lists_)
-    if (l->duration == d) return l.get();
+    if (l->duration == d) return last_deadline_list_ = l.get();
   // A new duration: a server uses a handful (idle, message, write), so a
   // linear search beats a map. Many distinct durations would still be
   // correct, only slower to arm.
-  deadline_lists_.push_back(std::make_unique<detail::deadline_list>());
-  deadline_lists_.back()->duration = d;
-  return deadline_lists_.back().get();
+  deadline_lists_.reserve(deadline_lists_.size() + 1);  // (no list made that cannot be kept)
+  auto l = std::make_unique<detail::deadline_list>();
+  l->duration = d;
+  deadline_lists_.push_back(std::move(l));
+  return last_deadline_list_ = deadline_lists_.back().get();
 }
 
 bool executor::earliest_deadline(std::chrono::steady_clock::time_point& out) const noexcept {
