@@ -95,7 +95,7 @@ void send_queue::start() {
         return wake();
       }
       queued_.erase(0, static_cast<std::size_t>(now));  // (short: the socket is full, a rare case)
-      // Past a send the queue fails rather than throw (see below).
+      // Past a send the queue fails rather than throw: what went cannot be put back.
       if (!f_) try {
           make_flight();
         } catch (const std::bad_alloc&) {
@@ -112,19 +112,13 @@ void send_queue::start() {
   // A gather list goes out with a plain sendmsg.
   zero_copy_ = opts_.zero_copy_threshold && f_->sending_pieces.empty() &&
                f_->sending.size() >= opts_.zero_copy_threshold;
-  int now = detail::io_backend::not_now;
   try {
-    const detail::io_request r = request();
-    // Where the backend makes the send here (epoll), its result is taken
-    // here too: a batch that goes out whole never waits, so it needs no
-    // write deadline, no completion and no dispatch.
-    now = ex.send_now(r);
-    if (now == detail::io_backend::not_now) {
-      if (opts_.write_timeout.count() > 0) deadline_.arm(ex, opts_.write_timeout);
-      ex.submit(r);
-      state_ = state::sending;
-      return;
-    }
+    // (A batch with pieces by reference goes the completion's way on every
+    // backend: made at once, it doubled the system calls a message at
+    // epoll 50 x 16 x 1 KiB, halving the frames each recv and send carried,
+    // at 0.65x the messages a second; see bench/RESULTS.md, session 29.)
+    if (opts_.write_timeout.count() > 0) deadline_.arm(ex, opts_.write_timeout);
+    submit();
   } catch (...) {
     // Nothing went to the kernel (bad_alloc for the gather list or the
     // deadline's list, a backend that cannot submit): the batch goes back in
@@ -138,21 +132,6 @@ void send_queue::start() {
     deadline_.cancel();
     throw;
   }
-  // Sent now, in part or whole, or failed: as from a completion. The rest
-  // of a short send waits for room under the write deadline; past the
-  // send, the queue fails rather than throw (the batch cannot go back: part
-  // of it is in the socket).
-  state_ = state::sending;
-  if (now >= 0 && f_->sent + static_cast<std::size_t>(now) < f_->total && opts_.write_timeout.count() > 0) {
-    try {
-      deadline_.arm(ex, opts_.write_timeout);
-    } catch (...) {
-      f_->sent += static_cast<std::size_t>(now);
-      if (bytes_out_) *bytes_out_ += static_cast<std::size_t>(now);
-      return fail(ENOMEM);
-    }
-  }
-  progress(now);
 }
 
 detail::io_request send_queue::request() {
