@@ -477,6 +477,10 @@ TEST_CASE("a burst of connections to shards sharing one listener is spread over 
     const int a = held_on_shard[0], b = held_on_shard[1];
     INFO("shard 0: " << a << ", shard 1: " << b);
     CHECK(a + b == connections);
-    CHECK(std::min(a, b) >= connections / 4);
+    // Spread, not split evenly: a shard above its share only pauses (500 us
+    // a connection), so a shard the scheduler keeps off the CPU that long
+    // leaves more to the other. Under a parallel test load on 2 cores one
+    // run saw 11 of 60; the defect was 0.
+    CHECK(std::min(a, b) >= connections / 10);
   });
 }

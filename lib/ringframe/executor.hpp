@@ -301,12 +301,11 @@ class executor {
     if (!(r.key & detail::uncounted_tag)) inflight_ += r.deadline ? 2 : 1;
   }
   // A send made at once where the backend can (io_backend::send_now):
-  // epoll. io_backend::not_now when it must be submitted. (Throws only what
-  // a test's submit_test_hook throws: such a send is handed to the backend
-  // as a submitted one is.)
+  // epoll. io_backend::not_now when it must be submitted (always where
+  // sends_now() is false). (Throws only what a test's submit_test_hook
+  // throws: such a send is handed to the backend as a submitted one is.)
   bool sends_now() const noexcept { return kind_ == backend_kind::epoll; }
   int send_now(const detail::io_request& r) {
-    if (kind_ != backend_kind::epoll) return detail::io_backend::not_now;
     if (auto* hook = detail::submit_test_hook.load(std::memory_order_relaxed)) hook(r);
     return backend_->send_now(r);
   }

@@ -31,7 +31,6 @@
 #include <ringframe/deadline.hpp>
 #include <ringframe/detail/byte_block.hpp>
 #include <ringframe/detail/completion.hpp>
-#include <ringframe/detail/io_backend.hpp>
 #include <ringframe/socket.hpp>
 
 #include <atomic>
@@ -183,7 +182,6 @@ class send_queue {
   void orphan_flight() noexcept;
   void orphan_releasing() noexcept;
   int refusal() const noexcept;
-  detail::io_request request();  // the send of what is left of the batch
   void submit();
   void progress(int res);
   void progress_or_throw(int res);

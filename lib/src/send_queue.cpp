@@ -134,7 +134,8 @@ void send_queue::start() {
   }
 }
 
-detail::io_request send_queue::request() {
+// The send of what is left of the batch.
+void send_queue::submit() {
   detail::io_request r;
   r.fd = sock_.fd();
   r.len = f_->total - f_->sent;
@@ -181,11 +182,7 @@ detail::io_request send_queue::request() {
       r.buf = &f_->msg;
     }
   }
-  return r;
-}
-
-void send_queue::submit() {
-  sock_.get_executor().submit(request());
+  sock_.get_executor().submit(r);
   state_ = state::sending;
 }
 

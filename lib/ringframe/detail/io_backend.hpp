@@ -120,9 +120,9 @@ class io_backend {
   // fails (it cannot submit at all); a request's own failure is its
   // completion's res.
   virtual void submit(const io_request& r) = 0;
-  // A send, zero-copy send or sendmsg made now, on the caller's stack, for
-  // a caller that takes its result at once instead of a completion
-  // (send_queue::start): bytes sent, or -errno. `not_now` when it must be
+  // A plain send (io_op::send) made now, on the caller's stack, for a
+  // caller that takes its result at once instead of a completion
+  // (send_queue::start, copied bytes only): bytes sent, or -errno. `not_now` when it must be
   // submitted instead: always on io_uring (a send goes to the kernel with
   // the loop's next submission, beside the recvs), and on epoll when the
   // descriptor has sends waiting or said it was full (-EAGAIN, a short

@@ -176,13 +176,8 @@ class epoll_backend final : public io_backend {
     if (r.fd < 0 || static_cast<std::size_t>(r.fd) >= fds_.size()) return not_now;
     fd_state& s = at(r.fd);
     if (s.head[side_write] || !s.ready[side_write]) return not_now;  // behind those waiting, or full
-    ssize_t n;
-    switch (r.op) {
-      case io_op::send:
-      case io_op::send_zero_copy: n = sys_send(r.fd, r.buf, r.len, r.flags | MSG_DONTWAIT); break;
-      case io_op::sendmsg: n = sys_sendmsg(r.fd, static_cast<const msghdr*>(r.buf), r.flags | MSG_DONTWAIT); break;
-      default: return not_now;
-    }
+    if (r.op != io_op::send) return not_now;  // (gathers and zero-copy go the completion's way)
+    const ssize_t n = sys_send(r.fd, r.buf, r.len, r.flags | MSG_DONTWAIT);
     if (n >= 0) {
       if (static_cast<std::size_t>(n) < r.len) s.ready[side_write] = false;
       return static_cast<int>(n);
