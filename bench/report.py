@@ -20,7 +20,12 @@ print(f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, Linux {mach
 if syscall:
     # The epoll backend pays two system calls per request at depth 1.
     print(f"A system call costs {syscall['recv_eagain_ns']:.0f} ns here (recv on an empty socket; "
-          f"getppid {syscall['getppid_ns']:.0f} ns): read the epoll rows with it.\n")
+          f"getppid {syscall['getppid_ns']:.0f} ns): read the epoll rows with it.", end="")
+    if "page_after_call_ns" in syscall:
+        # Where each call flushes the TLB, so does every page a message's path touches.
+        print(f" A page first touched after a call costs {syscall['page_after_call_ns']:.1f} ns "
+              f"({syscall['page_ns']:.1f} ns without one).", end="")
+    print("\n")
 
 # Google Benchmark builds (bench/codec_jsonl.py) add the repetitions and each
 # median's coefficient of variation; the hand-timed build gives medians only.

@@ -18,10 +18,20 @@
 // same for both) and the bytes drained by an untimed recv. send_queue
 // sends a gather list that comes to one entry with send for this.
 //
+// And what the code between two system calls pays for the memory it
+// touches: getppid(2) followed by one load from each of 64 pages spread
+// over 64 MiB, against getppid alone and against the loads alone. Where
+// every kernel entry flushes the TLB (page-table isolation without PCID, as
+// on the VM ringframe is measured on), each page the user code touches
+// after a call costs a page walk, so a message's cost depends on how many
+// pages of code and data its path touches, more than on its instructions
+// (docs/io-path.md, "A profile-guided build").
+//
 //   ringframe-syscall-cost [--json]
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -97,6 +107,29 @@ double mean_send_ns(int s, std::size_t n, F&& send_one) {
   return total / sends_per_round;
 }
 
+// Loads from `pages` pages spread over a mapping of 64 MiB, 1 MiB (plus a
+// line per page) apart, so that neighbours share no page-table line either.
+struct spread_pages {
+  static constexpr std::size_t span = 64u << 20;
+  static constexpr int pages = 64;
+  char* base = nullptr;
+  spread_pages() {
+    void* p = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return;
+    base = static_cast<char*>(p);
+    for (int k = 0; k < pages; ++k) base[at(k)] = 1;
+  }
+  ~spread_pages() {
+    if (base) ::munmap(base, span);
+  }
+  static std::size_t at(int k) { return static_cast<std::size_t>(k) * (span / pages) + 64 * (k % 64); }
+  int touch() const {
+    int sum = 0;
+    for (int k = 0; k < pages; ++k) sum += *static_cast<volatile char*>(base + at(k));
+    return sum;
+  }
+};
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -111,7 +144,7 @@ int main(int argc, char** argv) {
     } else {
       const bool help = std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0;
       std::fprintf(help ? stdout : stderr,
-                   "usage: %s [--json]\n  the median cost of a recv(2) that finds nothing and of getppid(2), and of\n  sending 1 KiB over loopback TCP with send(2) and with sendmsg(2) of one iovec\n", argv[0]);
+                   "usage: %s [--json]\n  the median cost of a recv(2) that finds nothing and of getppid(2), of\n  sending 1 KiB over loopback TCP with send(2) and with sendmsg(2) of one iovec,\n  and of a page first touched after a system call\n", argv[0]);
       return help ? 0 : 2;
     }
   }
@@ -136,6 +169,20 @@ int main(int argc, char** argv) {
     if (::recv(sv[0], buf, sizeof buf, MSG_DONTWAIT) >= 0) std::abort();  // nothing is ever sent
   });
   const double getppid_ns = median_ns([] { (void)::getppid(); });
+  spread_pages spread;
+  if (!spread.base) {
+    std::perror("ringframe-syscall-cost: mmap");
+    return 1;
+  }
+  int sum = 0;
+  const double touch_ns = median_ns([&] { sum += spread.touch(); });
+  const double getppid_touch_ns = median_ns([&] {
+    (void)::getppid();
+    sum += spread.touch();
+  });
+  if (sum != rounds * calls * spread_pages::pages * 2) std::abort();  // (and the loads are not dropped)
+  const double page_after_call_ns = (getppid_touch_ns - getppid_ns) / spread_pages::pages;
+  const double page_ns = touch_ns / spread_pages::pages;
   int c, s;
   if (!tcp_pair(c, s)) {
     std::perror("ringframe-syscall-cost: a loopback TCP connection");
@@ -164,12 +211,14 @@ int main(int argc, char** argv) {
   if (json)
     std::printf(
         "{\"bench\":\"syscall_cost\",\"recv_eagain_ns\":%.1f,\"getppid_ns\":%.1f,\"send_1k_ns\":%.1f,"
-        "\"sendmsg_1k_ns\":%.1f}\n",
-        recv_ns, getppid_ns, send_ns, sendmsg_ns);
+        "\"sendmsg_1k_ns\":%.1f,\"page_after_call_ns\":%.2f,\"page_ns\":%.2f}\n",
+        recv_ns, getppid_ns, send_ns, sendmsg_ns, page_after_call_ns, page_ns);
   else
     std::printf(
         "a system call here: recv on an empty socket %.0f ns, getppid %.0f ns (medians of %d x %d calls)\n"
-        "1 KiB over loopback TCP: send %.0f ns, sendmsg with one iovec %.0f ns (%.2fx; medians of %d alternating rounds of %d)\n",
-        recv_ns, getppid_ns, rounds, calls, send_ns, sendmsg_ns, sendmsg_ns / send_ns, rounds, sends_per_round);
+        "1 KiB over loopback TCP: send %.0f ns, sendmsg with one iovec %.0f ns (%.2fx; medians of %d alternating rounds of %d)\n"
+        "a page first touched after a system call: %.1f ns (%.1f ns without the call; %d pages 1 MiB apart)\n",
+        recv_ns, getppid_ns, rounds, calls, send_ns, sendmsg_ns, sendmsg_ns / send_ns, rounds, sends_per_round,
+        page_after_call_ns, page_ns, spread_pages::pages);
   return 0;
 }
