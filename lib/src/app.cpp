@@ -121,7 +121,7 @@ task<message> app_handler(message_view req, connection_info) {
   co_return reply;
 }
 
-task<void> app_connection_handler(connection& conn, connection_info info) {
+[[gnu::hot]] task<void> app_connection_handler(connection& conn, connection_info info) {
   // write() copies the reply into the send queue before it returns (only
   // bytes that lie in the connection's receive buffer are sent by
   // reference), so one buffer per thread serves every connection on it.
@@ -141,7 +141,7 @@ task<void> app_connection_handler(connection& conn, connection_info info) {
   }
 }
 
-task<void> frame_echo_handler(connection& conn, connection_info info) {
+[[gnu::hot]] task<void> frame_echo_handler(connection& conn, connection_info info) {
   for (;;) {
     result<message_view> m = co_await conn.read_message();
     if (!m) {

@@ -99,7 +99,7 @@ buffer_ring::~buffer_ring() {
   }
 }
 
-void buffer_ring::recycle(std::uint16_t id) noexcept {
+[[gnu::hot]] void buffer_ring::recycle(std::uint16_t id) noexcept {
   if (!ring_) {
     free_.push_back(id);  // reserved for every id: never allocates
     return;
@@ -120,7 +120,7 @@ void buffer_ring::recycle(std::uint16_t id) noexcept {
   io_uring_buf_ring_advance(p.br, 1);
 }
 
-void buffer_ring::consume_impl(unsigned flags, int res, slice_fn fn, void* ctx) noexcept {
+[[gnu::hot]] void buffer_ring::consume_impl(unsigned flags, int res, slice_fn fn, void* ctx) noexcept {
   const std::uint16_t id = detail::buffer_id_of(flags);
   if (!tracked()) {  // one whole buffer per completion
     if (res > 0 && fn(ctx, slice{id, 0, static_cast<std::uint32_t>(res)})) return;

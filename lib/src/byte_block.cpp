@@ -65,14 +65,14 @@ int large_class(std::size_t cap) noexcept {
 }
 }  // namespace
 
-std::size_t byte_block::round_up(std::size_t n) noexcept {
+[[gnu::hot]] std::size_t byte_block::round_up(std::size_t n) noexcept {
   if (n <= smallest_class) return smallest_class;
   if (n > largest_class) return n;
   const std::size_t step = std::bit_floor(n - 1) / 4;
   return (n + step - 1) / step * step;
 }
 
-byte_block* byte_block::make(std::size_t cap) {
+[[gnu::hot]] byte_block* byte_block::make(std::size_t cap) {
   cap = round_up(cap);
   pool& p = this_thread_pool();
   if (cap == smallest_class && !p.small.empty()) {
@@ -97,7 +97,7 @@ byte_block* byte_block::make(std::size_t cap) {
   return b;
 }
 
-void byte_block::recycle(byte_block* b) noexcept {
+[[gnu::hot]] void byte_block::recycle(byte_block* b) noexcept {
   pool& p = this_thread_pool();
   const std::size_t cap = b->cap_;
   try {

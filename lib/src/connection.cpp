@@ -12,7 +12,7 @@ namespace ringframe {
 
 namespace detail {
 
-bool read_message_awaitable::await_ready() {
+[[gnu::hot]] bool read_message_awaitable::await_ready() {
   if (c_->reading_) {
     // Two readers would share one receive slot and split the stream.
     ready_.emplace(std::make_error_code(std::errc::device_or_resource_busy));
@@ -22,7 +22,7 @@ bool read_message_awaitable::await_ready() {
   return c_->try_read_buffered(ready_);
 }
 
-std::coroutine_handle<> read_message_awaitable::await_suspend(std::coroutine_handle<> h) {
+[[gnu::hot]] std::coroutine_handle<> read_message_awaitable::await_suspend(std::coroutine_handle<> h) {
   c_->reading_ = true;
   wait_.h = h;
   try {
@@ -142,7 +142,7 @@ void connection::set_read_stop(const std::stop_token* t) {
   if (t && t->stop_possible()) stop_cbs().reads.emplace(*t, stop_reads{this});
 }
 
-bool connection::try_read_buffered(std::optional<result<message_view>>& out) {
+[[gnu::hot]] bool connection::try_read_buffered(std::optional<result<message_view>>& out) {
   if (unsent_bytes() >= opts_.max_unsent_bytes && !read_while_sending_) return false;  // send first
   // The reader is done with the last message: what its frame reserved goes back.
   if (std::exchange(budget_frame_out_, false)) recv_.release_budget();
@@ -195,7 +195,7 @@ void connection::done_with_message() noexcept {
   decoder_.drop_message();
 }
 
-void connection::arm_read_deadline(bool between_frames) {
+[[gnu::hot]] void connection::arm_read_deadline(bool between_frames) {
   if (between_frames) {
     if (opts_.idle_timeout.count() > 0) recv_.arm_deadline(opts_.idle_timeout);
   } else if (opts_.message_timeout.count() > 0 && (!message_deadline_ || !recv_.deadline_armed())) {
@@ -207,13 +207,13 @@ void connection::arm_read_deadline(bool between_frames) {
   }
 }
 
-void connection::on_read_done(void* self) {
+[[gnu::hot]] void connection::on_read_done(void* self) {
   auto* c = static_cast<connection*>(self);
   if (c->read_waiter_) return std::exchange(c->read_waiter_, {}).resume();
   if (c->fast_) c->fast_read_done();
 }
 
-bool connection::start_fast_read(detail::read_message_awaitable* aw) {
+[[gnu::hot]] bool connection::start_fast_read(detail::read_message_awaitable* aw) {
   if (decoder_.mid_frame() || peer_closed_ || send_.failed() ||
       (unsent_bytes() >= opts_.max_unsent_bytes && !read_while_sending_) || !recv_.can_wait_between_frames())
     return false;
@@ -251,7 +251,7 @@ bool connection::start_fast_read(detail::read_message_awaitable* aw) {
   return false;
 }
 
-void connection::fast_read_done() {
+[[gnu::hot]] void connection::fast_read_done() {
   detail::read_message_awaitable* aw = std::exchange(fast_, nullptr);
   idle_after_send_ = false;
   recv_.cancel_deadline();
@@ -279,12 +279,12 @@ void connection::fast_read_done() {
   finish_fast_read(aw, errno_code(-r));
 }
 
-void connection::finish_fast_read(detail::read_message_awaitable* aw, result<message_view> r) {
+[[gnu::hot]] void connection::finish_fast_read(detail::read_message_awaitable* aw, result<message_view> r) {
   aw->ready_.emplace(std::move(r));
   finish_fast_read(aw);
 }
 
-void connection::finish_fast_read(detail::read_message_awaitable* aw) {
+[[gnu::hot]] void connection::finish_fast_read(detail::read_message_awaitable* aw) {
   if (send_.busy() && !read_while_sending_) {  // the reader resumes when the send is done too
     send_.wait(&aw->wait_);
     return;
@@ -365,7 +365,7 @@ task<result<message_view>> connection::read_slow() {
 
 // ---- sending ----
 
-void connection::on_send_event(void* self, bool failed) noexcept {
+[[gnu::hot]] void connection::on_send_event(void* self, bool failed) noexcept {
   auto* c = static_cast<connection*>(self);
   if (!failed) {
     // The replies a fast read sent beside its recv are out: the peer's idle
@@ -418,7 +418,7 @@ detail::write_awaitable connection::write(const header_fields& h, std::span<cons
   return queued(encode_frame(h, content, send_.out()));
 }
 
-detail::write_awaitable connection::write_raw(std::span<const std::byte> frame) {
+[[gnu::hot]] detail::write_awaitable connection::write_raw(std::span<const std::byte> frame) {
   if (send_.failed()) return detail::write_awaitable(this, send_.error());
   if (!can_share(frame) ||
       (!send_.extend_last(decoder_.block(), frame) && !send_.append_shared(decoder_.share(), frame)))

@@ -408,7 +408,13 @@ executor::~executor() {
 
 // ---- coarse deadlines (deadline.hpp) ----
 
-void deadline::arm(executor& ex, std::chrono::nanoseconds after) {
+// [[gnu::hot]], here and across lib/src: a function every message passes
+// through. GCC and clang put such functions in .text.hot, which the linker
+// lays out together, so the path spans fewer pages of code (16 became 10 at
+// epoll 50 x 1 x 64 B). Where each system call flushes the TLB, every page
+// touched between two calls costs a page walk (ringframe-syscall-cost
+// prints the price; docs/io-path.md, "A profile-guided build").
+[[gnu::hot]] void deadline::arm(executor& ex, std::chrono::nanoseconds after) {
   cancel();
   // Strictly in the future: a callback that re-arms with 0 must not be
   // expired again in the same pass.
@@ -428,7 +434,7 @@ void deadline::arm(executor& ex, std::chrono::nanoseconds after) {
   ex.deadlines_unstamped_ = true;
 }
 
-void deadline::cancel() noexcept {
+[[gnu::hot]] void deadline::cancel() noexcept {
   if (!list_) return;
   if (list_->unstamped == this) list_->unstamped = next_;
   if (prev_) prev_->next_ = next_;
@@ -439,7 +445,7 @@ void deadline::cancel() noexcept {
   list_ = nullptr;
 }
 
-std::chrono::steady_clock::time_point executor::stamp_deadlines() noexcept {
+[[gnu::hot]] std::chrono::steady_clock::time_point executor::stamp_deadlines() noexcept {
   // After every arm it stamps: a deadline is never measured from a moment
   // before it was armed.
   const auto t = std::chrono::steady_clock::now();
@@ -464,7 +470,7 @@ detail::deadline_list* executor::find_deadline_list(std::chrono::nanoseconds d) 
   return last_deadline_list_ = deadline_lists_.back().get();
 }
 
-bool executor::earliest_deadline(std::chrono::steady_clock::time_point& out) const noexcept {
+[[gnu::hot]] bool executor::earliest_deadline(std::chrono::steady_clock::time_point& out) const noexcept {
   bool any = false;
   for (const auto& l : deadline_lists_)
     if (l->head && (!any || l->head->when_ < out)) {
@@ -496,7 +502,7 @@ std::atomic<bool> said_no_incremental{false};
 std::atomic<bool> said_no_bundles{false};
 }  // namespace
 
-buffer_ring* executor::receive_buffers() {
+[[gnu::hot]] buffer_ring* executor::receive_buffers() {
   if (!buffers_tried_) {
     buffers_tried_ = true;
     if (buffer_count_ == 0) return nullptr;
@@ -576,7 +582,7 @@ void executor::run_until_idle() {
     if (!run_once(true)) break;
 }
 
-bool executor::dispatch_completed() {
+[[gnu::hot]] bool executor::dispatch_completed() {
   if (completed_head_ == completed_.size()) return false;
   // By index, copying each entry out: a dispatch may append (and so move the
   // vector), and must find what it appended dispatched after what is ahead.
@@ -589,7 +595,7 @@ bool executor::dispatch_completed() {
   return true;
 }
 
-void executor::dispatch(std::uint64_t user_data, int res, unsigned flags) {
+[[gnu::hot]] void executor::dispatch(std::uint64_t user_data, int res, unsigned flags) {
   ++stats_.completions;
   if (!(flags & detail::cqe_more) && !(user_data & detail::uncounted_tag)) --inflight_;
   if (user_data == 0) return;
@@ -597,7 +603,7 @@ void executor::dispatch(std::uint64_t user_data, int res, unsigned flags) {
   c->on_cqe(c, res, flags, (user_data & detail::timer_tag) != 0);
 }
 
-bool executor::run_ready() {
+[[gnu::hot]] bool executor::run_ready() {
   // Only what is queued now: a coroutine that posts itself again waits for
   // the next turn, so the loop keeps reaping.
   bool did = false;
@@ -625,7 +631,7 @@ bool executor::run_ready() {
   return did;
 }
 
-void executor::wake(detail::wake_node* n) noexcept {
+[[gnu::hot]] void executor::wake(detail::wake_node* n) noexcept {
   try {
     post(n->h);
   } catch (...) {  // the ready queue could not grow a block
@@ -648,7 +654,7 @@ void executor::unpark(detail::wake_node* n) noexcept {
 
 void detail::wake_node::unpark_from(executor* ex) noexcept { ex->unpark(this); }
 
-bool executor::run_once(bool block) {
+[[gnu::hot]] bool executor::run_once(bool block) {
   bool did = run_ready();
   did |= dispatch_completed();  // reaped while submitting during the last turn
   if (cancel_all_owed_ && try_cancel(0)) cancel_all_owed_ = false;

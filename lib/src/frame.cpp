@@ -336,7 +336,7 @@ frame_decoder::status frame_decoder::fail(frame_errc code, bool in_sync, std::st
 static_assert(simdjson::SIMDJSON_PADDING <= detail::byte_block::tail_padding,
               "a decoder's buffer is followed by the padding simdjson reads");
 
-void frame_decoder::reserve_free(std::size_t free_needed) {
+[[gnu::hot]] void frame_decoder::reserve_free(std::size_t free_needed) {
   // The common case first: an idle decoder (it gave its buffer back between
   // frames) receiving a few bytes takes the pool's smallest block, as the
   // growth rule below would, without working it out (per message at depth 1).
@@ -434,7 +434,7 @@ void frame_decoder::commit_overrun(std::size_t n) const noexcept {
   std::abort();
 }
 
-void frame_decoder::feed(std::span<const std::byte> bytes) {
+[[gnu::hot]] void frame_decoder::feed(std::span<const std::byte> bytes) {
   if (bytes.empty()) return;
   // Room for these bytes (growing as a buffer does), not for the rest of
   // the frame they belong to, as prepare() gives a direct read: copied bytes
@@ -447,7 +447,7 @@ void frame_decoder::feed(std::span<const std::byte> bytes) {
   prepared_ = 0;
 }
 
-void frame_decoder::shrink_if_idle() noexcept {
+[[gnu::hot]] void frame_decoder::shrink_if_idle() noexcept {
   if (end_ - begin_ == 0 && consume_on_next_ == 0 && buf_) {
     buf_.reset();  // to the pool, once no send holds it
     cap_ = begin_ = end_ = prepared_ = consume_on_next_ = need_ = 0;
@@ -563,7 +563,7 @@ bool frame_decoder::validate_content(const std::byte* content, std::size_t len) 
   return false;
 }
 
-frame_decoder::status frame_decoder::next_repeat(message_view& out) {
+[[gnu::hot]] frame_decoder::status frame_decoder::next_repeat(message_view& out) {
   if (broken_ || have_header_ || !cache_valid_ || (is_text_json_ && limits_.validate_json_content))
     return next_slow(out);
   const std::size_t begin = begin_ + consume_on_next_;

@@ -59,7 +59,7 @@ void receive_stream::multishot_slot::retry::run(detail::deferred_call* d, bool r
   if (run && !r->ex->try_cancel(detail::key_of(r->slot), r->slot->fd)) r->ex->defer(r);
 }
 
-int receive_stream::refusal() const noexcept {
+[[gnu::hot]] int receive_stream::refusal() const noexcept {
   if (timed_out_) return ETIMEDOUT;
   if (sock_.get_executor().stopping()) return ECANCELED;
   if (stop_ && stop_->stop_requested()) return ECANCELED;
@@ -67,14 +67,14 @@ int receive_stream::refusal() const noexcept {
   return 0;
 }
 
-bool receive_stream::can_wait_between_frames() {
+[[gnu::hot]] bool receive_stream::can_wait_between_frames() {
   // Into the ring or straight into the decoder (large reads, no provided
   // buffers): either way a read between frames reserves nothing and
   // waits without a coroutine frame.
   return !(state_ == state::receiving || lost_ || (ms_ && (ms_->ended || ms_->lost)) || has_held() || refusal());
 }
 
-bool receive_stream::start(bool between_frames) {
+[[gnu::hot]] bool receive_stream::start(bool between_frames) {
   flags_ = 0;
   direct_ = false;
   if (drain_held()) {
@@ -189,13 +189,13 @@ void receive_stream::on_budget() {
   }
 }
 
-void receive_stream::start_read(buffer_ring* br, std::span<std::byte> room) {
+[[gnu::hot]] void receive_stream::start_read(buffer_ring* br, std::span<std::byte> room) {
   if (state_ == state::multishot || state_ == state::ending) return;  // its next bytes, or its end (never two recvs)
   if (br && multishot_suits()) return arm_multishot(br);
   submit(br, room);
 }
 
-void receive_stream::submit(buffer_ring* br, std::span<std::byte> room) {
+[[gnu::hot]] void receive_stream::submit(buffer_ring* br, std::span<std::byte> room) {
   detail::io_request r;
   r.fd = sock_.fd();
   r.key = detail::key_of(&slot_);
@@ -241,7 +241,7 @@ void receive_stream::mark_lost() noexcept {
   if (state_ == state::multishot) cancel_in_flight();
 }
 
-int receive_stream::outcome() noexcept {
+[[gnu::hot]] int receive_stream::outcome() noexcept {
   int res = res_;
   const unsigned flags = std::exchange(flags_, 0);
   buffer_ring* br = sock_.get_executor().receive_buffers();
@@ -295,14 +295,14 @@ int receive_stream::outcome() noexcept {
   return res;
 }
 
-void receive_stream::deliver(int res, unsigned flags) {
+[[gnu::hot]] void receive_stream::deliver(int res, unsigned flags) {
   res_ = res;
   flags_ = flags;
   waiting_ = false;
   done_(ctx_);
 }
 
-void receive_stream::on_cqe(detail::completion* c, int res, unsigned flags, bool) {
+[[gnu::hot]] void receive_stream::on_cqe(detail::completion* c, int res, unsigned flags, bool) {
   receive_stream* self = static_cast<slot*>(c)->owner;
   self->state_ = state::idle;
   // A cancellation still waiting for an SQE would hit the next read: drop

@@ -42,7 +42,7 @@ void send_queue::orphan_releasing() noexcept {
   orphan_flight();
 }
 
-int send_queue::refusal() const noexcept {
+[[gnu::hot]] int send_queue::refusal() const noexcept {
   if (timed_out_) return ETIMEDOUT;
   if (cancelled_.load(std::memory_order_acquire)) return ECANCELED;
   if (sock_.get_executor().stopping()) return ECANCELED;
@@ -70,7 +70,7 @@ bool send_queue::append_shared(detail::block_ref block, std::span<const std::byt
   return true;
 }
 
-void send_queue::start() {
+[[gnu::hot]] void send_queue::start() {
   if (state_ != state::idle || (queued_.empty() && (!f_ || f_->pending.empty()))) return;
   if (int e = refusal()) return fail(e);
   executor& ex = sock_.get_executor();
@@ -135,7 +135,7 @@ void send_queue::start() {
 }
 
 // The send of what is left of the batch.
-void send_queue::submit() {
+[[gnu::hot]] void send_queue::submit() {
   detail::io_request r;
   r.fd = sock_.fd();
   r.len = f_->total - f_->sent;
@@ -224,7 +224,7 @@ void send_queue::deferred_cancel::run(detail::deferred_call* d, bool run) {
   if (run) static_cast<deferred_cancel*>(d)->q->cancel_here(true);
 }
 
-void send_queue::on_cqe(detail::completion* c, int res, unsigned flags, bool) {
+[[gnu::hot]] void send_queue::on_cqe(detail::completion* c, int res, unsigned flags, bool) {
   auto* f = static_cast<flight*>(c);
   send_queue* self = f->q;
   if (!self) {  // orphaned: free it with the last CQE
@@ -297,7 +297,7 @@ bool send_queue::hand_over_taken_batch() noexcept {
   return true;
 }
 
-void send_queue::progress(int res) {
+[[gnu::hot]] void send_queue::progress(int res) {
   // From a completion: an exception would escape the executor's loop (its
   // run() throws, for every connection of the thread) with nothing in the
   // kernel and the waiters never woken (review12 F5). The queue fails
@@ -313,7 +313,7 @@ void send_queue::progress(int res) {
   }
 }
 
-void send_queue::progress_or_throw(int res) {
+[[gnu::hot]] void send_queue::progress_or_throw(int res) {
   state_ = state::sending;
   if (zero_copy_ && (res == -EOPNOTSUPP || res == -EINVAL)) {  // no zero-copy here: copy
     zero_copy_ = false;
@@ -366,7 +366,7 @@ void send_queue::fail(int err) {
   wake();
 }
 
-void send_queue::wake() noexcept {
+[[gnu::hot]] void send_queue::wake() noexcept {
   // Posted, never resumed from here: a waiter may end the connection (its
   // owner returns and the frame holding this queue goes), and another
   // waiter must not then resume inside it. From the ready queue each runs

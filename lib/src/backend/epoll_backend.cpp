@@ -128,7 +128,7 @@ class epoll_backend final : public io_backend {
   const char* name() const noexcept override { return "epoll"; }
   const char* setup_mode() const noexcept override { return "epoll"; }
 
-  void submit(const io_request& r) override {
+  [[gnu::hot]] void submit(const io_request& r) override {
     switch (r.op) {
       case io_op::nop: return post(r.key, 0, 0);
       case io_op::timeout: {
@@ -172,7 +172,7 @@ class epoll_backend final : public io_backend {
   // what attempt() does for a send, without a waiter, a post and the
   // executor's dispatch of its result. A descriptor this backend has not
   // seen yet goes the submit() way (its state may need the table to grow).
-  int send_now(const io_request& r) noexcept override {
+  [[gnu::hot]] int send_now(const io_request& r) noexcept override {
     if (r.fd < 0 || static_cast<std::size_t>(r.fd) >= fds_.size()) return not_now;
     fd_state& s = at(r.fd);
     if (s.head[side_write] || !s.ready[side_write]) return not_now;  // behind those waiting, or full
@@ -239,7 +239,7 @@ class epoll_backend final : public io_backend {
     return true;
   }
 
-  void run(bool wait, std::chrono::nanoseconds max_wait) override {
+  [[gnu::hot]] void run(bool wait, std::chrono::nanoseconds max_wait) override {
     end_orphans();
     // Results from submit() waiting to be taken, or events of the last
     // batch still to serve: no sleep.
@@ -433,7 +433,7 @@ class epoll_backend final : public io_backend {
   // (A reference into fds_ must not be held across a call that may create a
   // descriptor's state: accept4's fresh() may grow the table.)
   fd_state& at(int fd) noexcept { return fds_[static_cast<std::size_t>(fd)]; }
-  fd_state& state(int fd) {
+  [[gnu::hot]] fd_state& state(int fd) {
     const auto i = static_cast<std::size_t>(fd);
     if (i >= fds_.size()) {
       // An eighth more than needed, not twice: descriptors are dense, and an
@@ -445,7 +445,7 @@ class epoll_backend final : public io_backend {
     return fds_[i];
   }
 
-  static void fill(waiter& w, const io_request& r, std::uint8_t side) noexcept {
+  [[gnu::hot]] static void fill(waiter& w, const io_request& r, std::uint8_t side) noexcept {
     w.key = r.key;
     w.buf = r.buf;
     w.len = r.len;
@@ -460,12 +460,12 @@ class epoll_backend final : public io_backend {
 
   void post(std::uint64_t key, int res, unsigned flags) { posts_.push_back({key, res, flags}); }
   // The request's final result, and its timer's end when it had one.
-  void finish(std::uint64_t key, bool linked, int res, unsigned flags = 0) {
+  [[gnu::hot]] void finish(std::uint64_t key, bool linked, int res, unsigned flags = 0) {
     post(key, res, flags);
     if (linked) post(key | timer_tag, -ECANCELED, 0);
   }
   void finish(const waiter& w, int res, unsigned flags = 0) { finish(w.key, w.linked, res, flags); }
-  void flush() noexcept {
+  [[gnu::hot]] void flush() noexcept {
     if (posts_.empty()) return;
     try {
       completed_.insert(completed_.end(), posts_.begin(), posts_.end());
@@ -475,7 +475,7 @@ class epoll_backend final : public io_backend {
     posts_.clear();
   }
 
-  int wait_events(epoll_event* ev, int max, std::int64_t ns) {
+  [[gnu::hot]] int wait_events(epoll_event* ev, int max, std::int64_t ns) {
     if (use_pwait2_) {
       timespec ts{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
       int n = ::epoll_pwait2(epfd_, ev, max, ns < 0 ? nullptr : &ts, nullptr);
@@ -488,7 +488,7 @@ class epoll_backend final : public io_backend {
 
   // One try of the request's system call. done: its final result is
   // posted. again: it must wait for the next edge (the hint is cleared).
-  step attempt(waiter& w) {
+  [[gnu::hot]] step attempt(waiter& w) {
     for (;;) {
       // Room for this call's results (its own and its timer's) before the
       // call: once bytes are sent or a descriptor accepted, a post() that
@@ -660,7 +660,7 @@ class epoll_backend final : public io_backend {
   // list and goes back to the free list: submit() throws, and nothing of
   // the request is left to post a result the executor never counted.
   // (review15 F6e: it stayed queued, and its result came all the same.)
-  void wait(waiter* w, step st) {
+  [[gnu::hot]] void wait(waiter* w, step st) {
     try {
       if (w->linked && !w->timed) add_timer(w, w->deadline);
       if (st == step::later) retry_later(w);
@@ -677,7 +677,7 @@ class epoll_backend final : public io_backend {
   // Queue `w` behind its descriptor's other waiters of the same direction,
   // and register the descriptor (once) if it is not. Its timer first: a
   // bad_alloc from it leaves `w` on no queue (see wait()).
-  void enqueue(waiter* w) {
+  [[gnu::hot]] void enqueue(waiter* w) {
     if (w->linked && !w->timed) add_timer(w, w->deadline);
     fd_state& s = at(w->fd);
     link(s.head[w->side], w);
@@ -732,7 +732,7 @@ class epoll_backend final : public io_backend {
 
   // Serve the requests waiting on one direction of a descriptor that is
   // ready, in order, until one must wait again.
-  void serve(int fd, std::uint8_t side) {
+  [[gnu::hot]] void serve(int fd, std::uint8_t side) {
     at(fd).ready[side] = true;
     // A listener's exclusive wake-up with no accept waiting here (this loop
     // pauses between accepts: sharded_server's accept balance) was one
@@ -882,7 +882,7 @@ class epoll_backend final : public io_backend {
     }
   }
 
-  waiter* make_waiter(const io_request& r, std::uint8_t side) {
+  [[gnu::hot]] waiter* make_waiter(const io_request& r, std::uint8_t side) {
     if (!free_) {
       constexpr std::size_t per_slab = 256;
       slabs_.push_back(std::make_unique<waiter[]>(per_slab));
@@ -900,7 +900,7 @@ class epoll_backend final : public io_backend {
 
   // Take `w` off its queue and its timer, back to the free list (its
   // result is posted already).
-  void release(waiter* w) noexcept {
+  [[gnu::hot]] void release(waiter* w) noexcept {
     if (w->side != side_none) unlink(at(w->fd).head[w->side], w);
     if (w->orphaned) unlink(orphans_, w);
     if (w->retrying) std::erase(retry_, w);
@@ -971,7 +971,7 @@ class epoll_backend final : public io_backend {
 
   // A short read took everything there was (see short_read_drains): the
   // next read waits for the next edge without asking first.
-  void drained(int fd) noexcept {
+  [[gnu::hot]] void drained(int fd) noexcept {
     fd_state& s = at(fd);
     if (s.short_read_drains) s.ready[side_read] = false;
   }
@@ -983,7 +983,7 @@ class epoll_backend final : public io_backend {
   // False when its entry cannot be made (bad_alloc): the caller closes it.
   // (review12 F6: an accepted descriptor whose entry could not be made was
   // left open, owned by nobody, and the bad_alloc escaped the loop.)
-  bool fresh(int fd) noexcept {
+  [[gnu::hot]] bool fresh(int fd) noexcept {
     try {
       state(fd);
     } catch (const std::bad_alloc&) {

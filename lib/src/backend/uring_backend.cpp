@@ -152,7 +152,7 @@ class uring_backend final : public io_backend {
   const char* name() const noexcept override { return "io_uring"; }
   const char* setup_mode() const noexcept override { return setup_mode_; }
 
-  void submit(const io_request& r) override {
+  [[gnu::hot]] void submit(const io_request& r) override {
     io_uring_sqe* sqe = get_sqe(r.deadline ? 2 : 1);
     switch (r.op) {
       case io_op::nop: io_uring_prep_nop(sqe); break;
@@ -229,7 +229,7 @@ class uring_backend final : public io_backend {
     return false;
   }
 
-  void run(bool wait, std::chrono::nanoseconds max_wait) override {
+  [[gnu::hot]] void run(bool wait, std::chrono::nanoseconds max_wait) override {
     if (io_uring_cq_ready(&ring_) > 0) wait = false;  // left by a reap that had no room for them
     __kernel_timespec wait_for{};
     const bool timed = wait && max_wait.count() >= 0;
@@ -264,7 +264,7 @@ class uring_backend final : public io_backend {
   // for all, only what fits is taken; the rest stays in the kernel's CQ
   // ring, and run() does not sleep while any is there: the next turns take
   // them (the executor empties the list every turn, keeping its capacity).
-  void reap() noexcept override {
+  [[gnu::hot]] void reap() noexcept override {
     const std::size_t ready = io_uring_cq_ready(&ring_);
     if (ready > completed_.capacity() - completed_.size()) {
       try {
@@ -299,14 +299,14 @@ class uring_backend final : public io_backend {
  private:
   // Space for `n` consecutive SQEs is guaranteed (linked SQEs must not be
   // split across submissions).
-  io_uring_sqe* get_sqe(unsigned n) {
+  [[gnu::hot]] io_uring_sqe* get_sqe(unsigned n) {
     if (io_uring_sq_space_left(&ring_) < n) submit_pending();
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
     if (!sqe) throw std::logic_error("ringframe: submission queue full after submit");
     return sqe;
   }
 
-  void submit_pending() {
+  [[gnu::hot]] void submit_pending() {
     for (int attempt = 0;; ++attempt) {
       int r = io_uring_submit(&ring_);
       ++stats_.submits;
