@@ -337,8 +337,12 @@ TEST_CASE("large frames one at a time (depth 1): after the first, each comes in 
       CHECK(messages == before + 1);
       return reads;
     };
-    // The first: a base step shows the header, then its rest.
-    CHECK(one_frame(large) == 2);
+    // The first: a base step (a read_size, or a ring buffer: 64 KiB on
+    // epoll, which takes a 16 KiB frame whole) shows the header, then its rest.
+    const std::size_t base = o.provided_buffers && t.ex.receive_buffers() ? t.ex.receive_buffers()->buffer_size()
+                                                                          : o.read_size;
+    const std::size_t first_reads = large.size() > base ? 2 : 1;
+    CHECK(one_frame(large) == first_reads);
     // The next ones: a read at the frame's start asks for as much as the
     // last frame took, so the whole frame comes at once.
     for (int i = 0; i < 5; ++i) CHECK(one_frame(large) == 1);
@@ -346,7 +350,7 @@ TEST_CASE("large frames one at a time (depth 1): after the first, each comes in 
     // the guess; a large frame after them starts with the base step again.
     CHECK(one_frame(small) == 1);
     CHECK(one_frame(small) == 1);
-    CHECK(one_frame(large) == 2);
+    CHECK(one_frame(large) == first_reads);
   }
 }
 

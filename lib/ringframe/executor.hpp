@@ -104,7 +104,8 @@ struct executor_options {
   unsigned sq_entries = 1024;
   unsigned cq_factor = 4;
   ring_setup setup = ring_setup::fastest;
-  // Provided receive buffers (a power of two; 0: none), 16 KiB each. A
+  // Provided receive buffers (a power of two; 0: none), 16 KiB each (64
+  // KiB on epoll, where one recv then takes a whole pipelined batch). A
   // buffer is held only from a recv's completion until its bytes are copied
   // into the connection's decoder, so a few dozen serve any number of
   // connections; when all are in use a recv fails with ENOBUFS and the

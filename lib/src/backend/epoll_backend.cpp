@@ -296,9 +296,17 @@ class epoll_backend final : public io_backend {
   void reap() noexcept override { flush(); }
 
   // Incremental consumption and bundles are the kernel's buffer ring's:
-  // none here (each recv fills one whole buffer of the free list).
+  // none here (each recv fills one whole buffer of the free list). A buffer
+  // is taken only when its recv is made, on data that is there, and given
+  // back once its bytes are copied out (the same loop turn, for a read
+  // between frames), so it can hold a socket's usual batch: scratch_size.
+  // With 16 KiB ones a pipelined batch of 23 KiB (128 requests of 64 B)
+  // came in two recvs, each answered by its own send: twice the calls of a
+  // hand-written loop, 0.44x its rate. (Memory is touched only where a
+  // recv writes: a 64 B request makes one page of its buffer resident.)
   std::unique_ptr<buffer_ring> make_buffers(unsigned count, std::size_t size, unsigned max_count,
                                             buffer_ring::features) override {
+    size = std::max(size, scratch_size);
     return std::make_unique<buffer_ring>(nullptr, count, size, 1, max_count);
   }
 
@@ -1002,6 +1010,8 @@ class epoll_backend final : public io_backend {
   int epfd_ = -1;
   bool use_pwait2_ = true;
   static constexpr int max_events = 256;
+  // The size of a receive buffer (make_buffers).
+  static constexpr std::size_t scratch_size = 64 * 1024;
   epoll_event events_[max_events];  // the last batch epoll_wait returned:
   int event_count_ = 0;             // its size,
   int next_event_ = 0;              // and the first event not served yet
