@@ -24,8 +24,11 @@
 // a time: receive_stream::read_step; a frame that such a read brings whole,
 // of up to 16 x read_size, reserves nothing. Held within 8 x read_size, the
 // pairs stopped at 63 KiB frames, and 64 KiB ones went back from 1.1 to 1.7
-// recvs and sends per message on epoll: review37 F1, left as it is),
-// replies waiting to be sent (max_unsent_bytes), bytes a multishot recv holds.
+// recvs and sends per message on epoll: review37 F1, left as it is), a
+// read between frames into a ring buffer and what it brings whole (16 KiB;
+// 64 KiB on epoll, whose buffers are that large so that one recv takes a
+// pipelined batch: review47), replies waiting to be sent
+// (max_unsent_bytes), bytes a multishot recv holds.
 //
 // One thread's (like the connections it serves): plain integers, no locks.
 #pragma once
