@@ -162,6 +162,21 @@ class frame_decoder {
   // `bytes`.
   void feed(std::span<const std::byte> bytes);
   void feed(std::string_view bytes) { feed(std::as_bytes(std::span(bytes.data(), bytes.size()))); }
+  // Like feed(), without the copy: `n` bytes received at the start of
+  // `block` (a receive buffer handed over whole: buffer_ring::lend) become
+  // the buffer. Only when nothing is buffered (can_adopt()); the buffer
+  // held so far goes back (a send that shares it keeps it).
+  bool can_adopt() const noexcept { return end_ - begin_ == consume_on_next_ && !have_header_; }
+  void adopt(detail::block_ref block, std::size_t n) noexcept;
+  // Mid-frame, a buffer much larger than the frame in progress needs (an
+  // adopted one, which a batch that ended in a partial frame left behind)
+  // is swapped for the pool's smallest, with the partial frame moved: a
+  // connection waiting for the rest of a small frame keeps 16 KiB, as it
+  // did when its bytes were copied in. Nothing changes when no block can
+  // be had.
+  void trim_partial() noexcept {
+    if (cap_ > detail::byte_block::smallest_class) trim_partial_slow();
+  }
 
   // The next complete message, or need_more, or an error. A message's views
   // stay valid until the next call to next(), prepare() or feed(). After an
@@ -220,6 +235,7 @@ class frame_decoder {
   status next_repeat(message_view& out);
   status next_slow(message_view& out);
   std::span<std::byte> prepare_slow(std::size_t min_free);
+  void trim_partial_slow() noexcept;
   status fail(frame_errc code, bool in_sync, std::string detail);
   status parse_header(const std::byte* header, std::size_t len);
   bool validate_content(const std::byte* content, std::size_t len);

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 #include <system_error>
 
 namespace ringframe {
@@ -34,18 +35,18 @@ void buffer_ring::add_part(unsigned count, std::uint16_t group) {
   // group (io_uring), the group stayed registered and every later grow()
   // failed with EEXIST.
   parts_.reserve(parts_.size() + 1);
-  // Not touched until the kernel (or take()) fills them: resident memory grows with use.
-  p.base.reset(new std::byte[count * stride()]);
-  if (!ring_) {  // handed out by take()
-    for (unsigned i = 0; i < count; ++i) std::memset(p.base.get() + i * stride() + size_, 0, padding);
+  if (!ring_) {  // handed out by take(), each made then (blocks_)
     // Lowest id on top: a quiet server reuses the same few buffers (warm in
-    // the cache, and the rest never touched).
+    // the cache, and the rest never made).
+    blocks_.resize(total_ + count);
     free_.reserve(total_ + count);
     for (unsigned i = count; i-- > 0;) free_.push_back(static_cast<std::uint16_t>(p.first_id + i));
     total_ += count;
     parts_.push_back(std::move(p));
     return;
   }
+  // Not touched until the kernel fills them: resident memory grows with use.
+  p.base.reset(new std::byte[count * stride()]);
   if (tracked()) {  // allocated before the kernel knows of the part: nothing to undo if this throws
     p.at_slot.resize(count);
     used_.resize(total_ + count, 0);
@@ -96,6 +97,18 @@ buffer_ring::~buffer_ring() {
     if (!ring_) continue;
     io_uring_unregister_buf_ring(ring_, p.group);
     ::munmap(p.br, p.br_bytes);
+  }
+}
+
+bool buffer_ring::make_block(std::uint16_t id) noexcept {
+  static_assert(detail::byte_block::tail_padding >= padding);
+  try {
+    // The pool's block of this size (a class of its own: a power of two),
+    // the one the last decoder that adopted a buffer gave back.
+    blocks_[id] = detail::block_ref(detail::byte_block::make(size_));
+    return true;
+  } catch (const std::bad_alloc&) {
+    return false;  // as if every buffer were in use: the recv reads into the decoder instead
   }
 }
 

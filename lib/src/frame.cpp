@@ -6,6 +6,7 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <cassert>
 #include <atomic>
 #include <charconv>
 #include <cstdint>
@@ -445,6 +446,34 @@ void frame_decoder::commit_overrun(std::size_t n) const noexcept {
   std::memcpy(buf_->data() + end_, bytes.data(), bytes.size());
   end_ += bytes.size();
   prepared_ = 0;
+}
+
+[[gnu::hot]] void frame_decoder::adopt(detail::block_ref block, std::size_t n) noexcept {
+  assert(can_adopt() && block && n <= block->capacity());
+  buf_ = std::move(block);
+  cap_ = buf_->capacity();
+  begin_ = consume_on_next_ = prepared_ = need_ = 0;
+  end_ = n;
+}
+
+void frame_decoder::trim_partial_slow() noexcept {
+  const std::size_t live = end_ - begin_ - consume_on_next_;
+  // The frame's length when its header is in, else what is here (its
+  // prefix and part of its header: at most 65,537 bytes to come).
+  const std::size_t need = have_header_ ? frame_len_ : live;
+  constexpr std::size_t small = detail::byte_block::smallest_class;
+  if (live == 0 || need > small / 2) return;  // a longer frame grows the buffer anyway
+  detail::byte_block* b;
+  try {
+    b = detail::byte_block::make(small);
+  } catch (const std::bad_alloc&) {
+    return;
+  }
+  std::memcpy(b->data(), buf_->data() + begin_ + consume_on_next_, live);
+  buf_ = detail::block_ref(b);
+  cap_ = b->capacity();
+  begin_ = consume_on_next_ = prepared_ = 0;
+  end_ = live;
 }
 
 [[gnu::hot]] void frame_decoder::shrink_if_idle() noexcept {

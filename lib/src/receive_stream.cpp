@@ -100,6 +100,9 @@ void receive_stream::multishot_slot::retry::run(detail::deferred_call* d, bool r
     res_ = e == ETIMEDOUT ? -ECANCELED : -e;
     return false;
   }
+  // A frame in progress waits in a buffer of its size, not in the ring
+  // buffer its first bytes came in (adopted: see outcome()).
+  if (!between_frames) sink_.trim_partial();
   executor& ex = sock_.get_executor();
   // Between frames, read into the executor's provided buffers: a waiting
   // connection then holds no receive buffer, and the few bytes that arrive
@@ -250,6 +253,12 @@ void receive_stream::mark_lost() noexcept {
     bool failed = false;
     br->consume(flags, res, [&](const buffer_ring::slice& s) noexcept {
       if (!failed) {
+        // A whole buffer the ring can hand over, to a decoder with nothing
+        // buffered: it becomes the decoder's, no copy (buffer_ring.hpp).
+        if (s.offset == 0 && br->lends() && sink_.can_adopt()) {
+          sink_.adopt(br->lend(s.id), s.len);
+          return false;
+        }
         try {
           sink_.feed(br->data(s));
         } catch (...) {  // the decoder could not grow (bad_alloc): this connection fails, not the process
