@@ -19,6 +19,7 @@
 
 #include <cstring>
 #include <string>
+#include <thread>
 
 using namespace ringframe;
 using namespace std::chrono_literals;
@@ -199,4 +200,25 @@ TEST_CASE("a read between frames lends its ring buffer to the decoder on epoll; 
     CHECK(decoder.capacity() == 2 * small_block);
     CHECK(m.content_text() == std::string(3000, 'c'));
   });
+}
+
+// A block let go after its thread's pool is gone (a thread-local, or a
+// static executor's receive buffers, destroyed after the pool): freed, not
+// pushed onto the destroyed pool (ASan: use after free).
+namespace {
+struct late_holder {
+  detail::block_ref ref;
+};
+}  // namespace
+
+TEST_CASE("a block released after its thread's pool was destroyed is freed") {
+  bool made = false;
+  std::thread t([&made] {
+    // Constructed before the pool (its first use is below), so destroyed after it.
+    thread_local late_holder holder;
+    holder.ref = detail::block_ref(detail::byte_block::make(64 * 1024));
+    made = holder.ref && holder.ref->capacity() == 64 * 1024;
+  });
+  t.join();
+  CHECK(made);
 }

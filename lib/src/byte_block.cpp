@@ -21,11 +21,18 @@ constexpr std::size_t large_budget = 32u << 20;
 constexpr unsigned first_p_log2 = 14;  // 16 KiB
 constexpr unsigned p_count = 8;        // 16 KiB .. 2 MiB: classes up to 4 MiB
 
+// Set once the thread's pool is destroyed: a block let go after that (an
+// executor's receive buffers, or a decoder, that outlive the thread's
+// thread-locals: a static one) is freed instead. Trivially destructible, so
+// it can be read after every other thread-local is gone.
+thread_local bool pool_gone = false;
+
 struct pool {
   std::vector<byte_block*> small;
   std::vector<byte_block*> by_class[p_count * 4];
   std::size_t large_bytes = 0;
   ~pool() {
+    pool_gone = true;
     for (byte_block* b : small) ::operator delete(b);
     for (auto& v : by_class)
       for (byte_block* b : v) ::operator delete(b);
@@ -74,6 +81,8 @@ int large_class(std::size_t cap) noexcept {
 
 [[gnu::hot]] byte_block* byte_block::make(std::size_t cap) {
   cap = round_up(cap);
+  if (pool_gone) [[unlikely]]
+    return fresh(cap);
   pool& p = this_thread_pool();
   if (cap == smallest_class && !p.small.empty()) {
     byte_block* b = p.small.back();
@@ -88,6 +97,10 @@ int large_class(std::size_t cap) noexcept {
     b->refs_ = 1;
     return b;
   }
+  return fresh(cap);
+}
+
+byte_block* byte_block::fresh(std::size_t cap) {
   // Left uninitialised (an idle connection's untouched pages cost nothing);
   // only the padding simdjson may read is cleared. The caller keeps `cap`
   // below PTRDIFF_MAX minus the header and padding (frame.cpp's max_buffer).
@@ -98,6 +111,10 @@ int large_class(std::size_t cap) noexcept {
 }
 
 [[gnu::hot]] void byte_block::recycle(byte_block* b) noexcept {
+  if (pool_gone) [[unlikely]] {
+    ::operator delete(b);
+    return;
+  }
   pool& p = this_thread_pool();
   const std::size_t cap = b->cap_;
   try {

@@ -52,6 +52,7 @@ class byte_block {
 
  private:
   explicit byte_block(std::size_t cap) noexcept : cap_(cap) {}
+  static byte_block* fresh(std::size_t cap);  // a new one, not the pool's
   static void recycle(byte_block* b) noexcept;
 
   std::size_t cap_;
