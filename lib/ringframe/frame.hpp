@@ -168,14 +168,14 @@ class frame_decoder {
   // held so far goes back (a send that shares it keeps it).
   bool can_adopt() const noexcept { return end_ - begin_ == consume_on_next_ && !have_header_; }
   void adopt(detail::block_ref block, std::size_t n) noexcept;
-  // Mid-frame, a buffer much larger than the frame in progress needs (an
-  // adopted one, which a batch that ended in a partial frame left behind)
-  // is swapped for the pool's smallest, with the partial frame moved: a
-  // connection waiting for the rest of a small frame keeps 16 KiB, as it
-  // did when its bytes were copied in. Nothing changes when no block can
-  // be had.
-  void trim_partial() noexcept {
-    if (cap_ > detail::byte_block::smallest_class) trim_partial_slow();
+  // Mid-frame, after adopt(): the bytes of the frame in progress move to
+  // the smallest block of the pool that holds them and `min_free` more (and
+  // the rest of the frame too, when `to_frame_end`) if that is smaller
+  // than the adopted one, so a connection waiting for the rest of its
+  // frame holds what a copy would have left it, not 64 KiB. Nothing
+  // changes when no block can be had.
+  void trim_partial(std::size_t min_free, bool to_frame_end) noexcept {
+    if (cap_ > detail::byte_block::smallest_class) trim_partial_slow(min_free, to_frame_end);
   }
 
   // The next complete message, or need_more, or an error. A message's views
@@ -235,7 +235,7 @@ class frame_decoder {
   status next_repeat(message_view& out);
   status next_slow(message_view& out);
   std::span<std::byte> prepare_slow(std::size_t min_free);
-  void trim_partial_slow() noexcept;
+  void trim_partial_slow(std::size_t min_free, bool to_frame_end) noexcept;
   status fail(frame_errc code, bool in_sync, std::string detail);
   status parse_header(const std::byte* header, std::size_t len);
   bool validate_content(const std::byte* content, std::size_t len);

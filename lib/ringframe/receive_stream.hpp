@@ -287,6 +287,7 @@ class receive_stream {
   bool timed_out_ = false;        // the deadline fired
   bool last_read_large_ = false;
   bool skip_ring_once_ = false;   // the ring was empty: the next read into the sink
+  bool lent_ = false;             // the last read's ring buffer was lent to the sink (trim_partial)
   bool lost_ = false;             // received bytes could not be kept: every read fails with ENOMEM
   std::uint8_t small_reads_ = 4;  // consecutive small reads (see note_read_size)
   std::uint8_t read_shift_ = 0;   // see note_direct_read

@@ -151,11 +151,21 @@ void executor::make_backend(const executor_options& opts) {
 
 namespace {
 // The executors created on this thread and not yet destroyed (usually one).
-thread_local std::vector<const executor*> executors_here;
+// An executor may outlive the list: a static one, or a thread_local made
+// before the list's first use, is destroyed after the thread's
+// thread-locals; `gone` (trivially destructible, readable to the end) then
+// says the list is no more, and nobody is told of closed sockets.
+thread_local bool executors_here_gone = false;
+struct executor_list {
+  std::vector<const executor*> v;
+  ~executor_list() { executors_here_gone = true; }
+};
+thread_local executor_list executors_here;
 }  // namespace
 
 bool executor::alive_here(const executor* ex) noexcept {
-  for (const executor* e : executors_here)
+  if (executors_here_gone) return false;
+  for (const executor* e : executors_here.v)
     if (e == ex) return true;
   return false;
 }
@@ -176,7 +186,7 @@ executor::executor(executor_options opts)
   waker_.ex = this;
   waker_.on_cqe = &executor::on_wake;
   arm_waker();
-  executors_here.push_back(this);
+  if (!executors_here_gone) executors_here.v.push_back(this);
 }
 
 // ---- the inbox (detail/deferred_call.hpp) ----
@@ -340,7 +350,7 @@ void executor::run_inbox(bool run) {
 executor::~executor() {
   // Sockets closed from here on (by coroutine frames torn down below, or
   // after) no longer tell this executor.
-  std::erase(executors_here, this);
+  if (!executors_here_gone) std::erase(executors_here.v, this);
   if (live_ > 0 || inflight_ > 0 || !ready_.empty() || parked_ || completed_head_ < completed_.size()) {
     stop();
     tearing_down_ = true;

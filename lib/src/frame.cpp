@@ -456,16 +456,17 @@ void frame_decoder::commit_overrun(std::size_t n) const noexcept {
   end_ = n;
 }
 
-void frame_decoder::trim_partial_slow() noexcept {
+void frame_decoder::trim_partial_slow(std::size_t min_free, bool to_frame_end) noexcept {
   const std::size_t live = end_ - begin_ - consume_on_next_;
-  // The frame's length when its header is in, else what is here (its
-  // prefix and part of its header: at most 65,537 bytes to come).
-  const std::size_t need = have_header_ ? frame_len_ : live;
-  constexpr std::size_t small = detail::byte_block::smallest_class;
-  if (live == 0 || need > small / 2) return;  // a longer frame grows the buffer anyway
+  if (live == 0) return;
+  std::size_t want = min_free;
+  if (to_frame_end && have_header_ && frame_len_ > live) want = std::max(want, frame_len_ - live);
+  if (want >= cap_ || live >= cap_ - want) return;  // no smaller block would do
+  const std::size_t target = detail::byte_block::round_up(live + want);
+  if (target >= cap_) return;
   detail::byte_block* b;
   try {
-    b = detail::byte_block::make(small);
+    b = detail::byte_block::make(target);
   } catch (const std::bad_alloc&) {
     return;
   }

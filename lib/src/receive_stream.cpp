@@ -100,9 +100,6 @@ void receive_stream::multishot_slot::retry::run(detail::deferred_call* d, bool r
     res_ = e == ETIMEDOUT ? -ECANCELED : -e;
     return false;
   }
-  // A frame in progress waits in a buffer of its size, not in the ring
-  // buffer its first bytes came in (adopted: see outcome()).
-  if (!between_frames) sink_.trim_partial();
   executor& ex = sock_.get_executor();
   // Between frames, read into the executor's provided buffers: a waiting
   // connection then holds no receive buffer, and the few bytes that arrive
@@ -128,6 +125,11 @@ void receive_stream::multishot_slot::retry::run(detail::deferred_call* d, bool r
     if (!br || !multishot_suits()) cancel_in_flight();
     br = ms_->br;
   }
+  // A frame in progress that came in a lent ring buffer (outcome()) waits
+  // for its rest in a buffer of the size it would have had with a copy:
+  // room for the next read (a direct one's step and the rest of the frame;
+  // a ring read's bytes are copied in as they come), not in 64 KiB.
+  if (std::exchange(lent_, false) && !between_frames) sink_.trim_partial(br ? 0 : read_step(), !br);
   // The rest of a frame longer than one read: reserve it first.
   if (reserve && !br && state_ == state::idle && !reserve_or_wait(sink_.frame_length())) {
     waiting_ = true;
@@ -255,8 +257,12 @@ void receive_stream::mark_lost() noexcept {
       if (!failed) {
         // A whole buffer the ring can hand over, to a decoder with nothing
         // buffered: it becomes the decoder's, no copy (buffer_ring.hpp).
-        if (s.offset == 0 && br->lends() && sink_.can_adopt()) {
+        // Only past the pool's smallest block, which a copy would need
+        // anyway: a small request copied holds 16 KiB while its handler
+        // works, where the lent buffer would hold 64 KiB.
+        if (s.len > detail::byte_block::smallest_class && s.offset == 0 && br->lends() && sink_.can_adopt()) {
           sink_.adopt(br->lend(s.id), s.len);
+          lent_ = true;
           return false;
         }
         try {
