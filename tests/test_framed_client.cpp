@@ -14,14 +14,19 @@
 
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <memory>
 #include <optional>
 #include <stop_token>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 using namespace ringframe;
@@ -481,5 +486,84 @@ TEST_CASE("framed_client: more requests in flight than the socket buffers hold a
     CHECK(r.client.is_open());
     CHECK(r.client.pending() == 0);
     CHECK(r.plan.requests_seen == n);
+  });
+}
+
+namespace {
+// Reads exactly n bytes from a blocking socket (false: it ended first).
+bool read_exactly(int fd, std::size_t n) {
+  std::vector<char> buf(n);
+  std::size_t got = 0;
+  while (got < n) {
+    ssize_t r = ::recv(fd, buf.data() + got, n - got, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    got += static_cast<std::size_t>(r);
+  }
+  return true;
+}
+
+// Two calls go out; the server (a thread, blocking I/O) reads both, answers
+// both and resets the connection while the client's loop is held, so the
+// replies and the reset are in the client's socket before its reader looks.
+// Then a third call: its send fails first (on epoll at once, ECONNRESET).
+task<void> answered_then_reset(executor* ex, framed_client* c, int server_fd, std::size_t request_size,
+                               std::vector<result<message>>* out) {
+  int finished = 0;
+  out->assign(3, result<message>(std::make_error_code(std::errc::operation_in_progress)));
+  ex->spawn(call_into(c, &(*out)[0], &finished));
+  ex->spawn(call_into(c, &(*out)[1], &finished));
+  std::atomic<bool> read_both{false};
+  std::thread server([&] {
+    int flags = ::fcntl(server_fd, F_GETFL);
+    REQUIRE(::fcntl(server_fd, F_SETFL, flags & ~O_NONBLOCK) == 0);
+    read_both = read_exactly(server_fd, 2 * request_size);
+  });
+  // The loop runs (the requests go out) until the server has read both.
+  for (int i = 0; i < 2000 && !read_both; ++i) {
+    result<void> slept = co_await sleep_for(*ex, 1ms);
+    REQUIRE(slept);
+  }
+  server.join();
+  REQUIRE(read_both);
+  // The loop is held from here until the third call is made.
+  std::string replies;
+  REQUIRE(encode_frame(text("re:q"), replies));
+  REQUIRE(encode_frame(text("re:q"), replies));
+  REQUIRE(::send(server_fd, replies.data(), replies.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(replies.size()));
+  linger l{1, 0};
+  REQUIRE(::setsockopt(server_fd, SOL_SOCKET, SO_LINGER, &l, sizeof l) == 0);
+  REQUIRE(::close(server_fd) == 0);  // RST: loopback delivers it before close returns
+  ex->spawn(call_into(c, &(*out)[2], &finished));
+  for (int i = 0; i < 5000 && finished < 3; ++i) {
+    result<void> slept = co_await sleep_for(*ex, 1ms);
+    REQUIRE(slept);
+  }
+}
+}  // namespace
+
+TEST_CASE("framed_client: replies in the socket before a send fails on a reset still answer their calls") {
+  testing::on_each_backend([](backend_kind k) {
+    executor ex(testing::on(k));
+    auto [srv, cli] = ex.run(testing::tcp_pair(&ex));
+    framed_client_options o;
+    o.reply_timeout = 5s;
+    framed_client client = framed_client::adopt(std::move(cli), o);
+    std::string request;
+    REQUIRE(encode_frame(text("q"), request));
+    std::vector<result<message>> out;
+    ex.run(answered_then_reset(&ex, &client, srv.release(), request.size(), &out));
+    REQUIRE(out.size() == 3);
+    for (int i = 0; i < 2; ++i) {
+      INFO("call " << i << ": " << (out[i] ? std::string("ok") : out[i].error().message()));
+      REQUIRE(out[i]);
+      CHECK(out[i]->content == "re:q");
+    }
+    // The third was never answered: the reset, or the end after it.
+    REQUIRE(!out[2]);
+    const std::error_code e = out[2].error();
+    CHECK((e == std::errc::connection_reset || e == make_error_code(frame_errc::end_of_stream)));
+    CHECK(!client.is_open());
+    CHECK(client.pending() == 0);
   });
 }

@@ -84,7 +84,10 @@ struct connection_options {
   // With it, each message read restarts the write_timeout of the batch in
   // flight: a deep pipeline's requests are taken only as fast as the peer
   // answers them, and write_timeout bounds a send during which the peer
-  // answers nothing.
+  // answers nothing. And a send that fails because the peer is gone
+  // (ECONNRESET, EPIPE) does not end the reading: what the peer sent before
+  // it went is read, then the end of the stream or the reset (a server's
+  // reader stops at the failed send: its replies could no longer go out).
   bool read_while_sending = false;
   // What a recv straight into the decoder asks for beyond the frame in
   // progress, at first: for frames at most twice this long it doubles, up
@@ -344,6 +347,12 @@ class connection {
   // message timeout. Or everything queued was sent: a fast read's idle
   // timeout starts now.
   static void on_send_event(void* self, bool failed) noexcept;
+  // A failed send ends the reading too (replies could no longer go out),
+  // except for a reader that reads while sending (a client) whose peer is
+  // gone (ECONNRESET, EPIPE): what the peer sent before it went is still in
+  // the socket, replies to requests sent earlier, and the reads after it
+  // end on their own, on the end of the stream or the reset.
+  bool send_failure_ends_reads() const noexcept;
   // Idle (between frames, while a recv waits) or mid-message (from a
   // message's first byte to its last).
   void arm_read_deadline(bool between_frames);

@@ -19,7 +19,10 @@
 // Failure: a broken connection (reset, the server closing, a malformed
 // reply, no reply for reply_timeout, a failed send) fails every pending call
 // with the error (failure_detail() says it in words), and every later call
-// fails at once with the same error. close(), or destroying the client,
+// fails at once with the same error. A send that fails because the server
+// is gone (ECONNRESET, EPIPE) is no exception, except that the replies the
+// server sent before it went are read first and answer their calls.
+// close(), or destroying the client,
 // completes pending calls with ECANCELED (resumed from the executor's ready
 // queue). The client is a handle to a state on the heap that every
 // suspended call and the reply reader hold a reference to, so no coroutine

@@ -310,7 +310,7 @@ task<result<message_view>> connection::read_slow() {
   for (;;) {
     // Replies can no longer go out: reading on would only pile up requests
     // (a multishot recv cancelled by the failure sends the reader round).
-    if (send_.failed()) co_return send_.error();
+    if (send_.failed() && send_failure_ends_reads()) co_return send_.error();
     // Backpressure: a peer that does not take its replies is not read from.
     if (unsent_bytes() >= opts_.max_unsent_bytes && !read_while_sending_) {
       ++backpressure_pauses_;
@@ -325,8 +325,10 @@ task<result<message_view>> connection::read_slow() {
     // (and let a send in flight finish: nothing outlives read_message); a
     // reader that reads while sending starts the send and reads beside it.
     if (read_while_sending_) {
-      if (send_.unsent() > 0 && !send_.busy()) send_.start();
-      if (send_.failed()) continue;  // reported above
+      if (!send_.failed() && send_.unsent() > 0 && !send_.busy()) {
+        send_.start();
+        if (send_.failed()) continue;  // reported above, or read past
+      }
     } else if (send_.unsent() > 0 || send_.busy()) {
       result<void> f = co_await flush();
       if (!f) co_return f.error();
@@ -383,7 +385,13 @@ task<result<message_view>> connection::read_slow() {
   // a frame in progress) while another coroutine's send fails: its recv is
   // cancelled, and read_slow reports the send's error (review19 F1: it
   // waited for its idle or message timeout).
-  if (c->fast_ || c->read_waiter_) c->recv_.stop();
+  if ((c->fast_ || c->read_waiter_) && c->send_failure_ends_reads()) c->recv_.stop();
+}
+
+bool connection::send_failure_ends_reads() const noexcept {
+  if (!read_while_sending_) return true;
+  const std::error_code e = send_.error();
+  return e != std::errc::connection_reset && e != std::errc::broken_pipe;
 }
 
 void connection::record_handling_time(const result<void>& r) noexcept {
