@@ -1,9 +1,11 @@
 // The reader of one receive_stream, for the tests that drive a stream by
-// hand (test_receive_stream.cpp, test_buffer_ring.cpp, test_review27.cpp):
+// hand (test_receive_stream.cpp, test_buffer_ring.cpp, test_review27.cpp,
+// test_ring_lend.cpp, test_review48.cpp):
 // start(), wait for the stream's done() if start() said so, outcome().
 #pragma once
 
 #include <ringframe/receive_stream.hpp>
+#include <ringframe/task.hpp>
 
 #include <coroutine>
 #include <utility>
@@ -25,5 +27,10 @@ struct read_once {
   void await_suspend(std::coroutine_handle<> h) noexcept { r->waiting = h; }
   int await_resume() noexcept { return s->outcome(); }
 };
+
+// One read as a task of its own (executor::run(one_read(...))).
+inline ringframe::task<int> one_read(ringframe::receive_stream* s, reader* r, bool between_frames) {
+  co_return co_await read_once{s, r, between_frames};
+}
 
 }  // namespace testing

@@ -50,6 +50,7 @@ namespace {
 
 using testing::on;
 using testing::on_each_backend;
+using testing::one_read;
 using testing::read_once;
 using testing::reader;
 
@@ -63,10 +64,6 @@ std::string frame_of(const std::string& content) {
 
 void put(int fd, std::string_view s) {
   REQUIRE(::send(fd, s.data(), s.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(s.size()));
-}
-
-task<int> one_read(receive_stream* s, reader* r, bool between_frames) {
-  co_return co_await read_once{s, r, between_frames};
 }
 
 struct pending_read {

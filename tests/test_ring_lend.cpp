@@ -28,6 +28,7 @@ namespace {
 
 using testing::on;
 using testing::on_each_backend;
+using testing::one_read;
 using testing::read_once;
 using testing::reader;
 
@@ -43,10 +44,6 @@ detail::block_ref block_with(const std::string& bytes, std::size_t cap) {
   detail::block_ref b(detail::byte_block::make(cap));
   std::memcpy(b->data(), bytes.data(), bytes.size());
   return b;
-}
-
-task<int> one_read(receive_stream* s, reader* r, bool between_frames) {
-  co_return co_await read_once{s, r, between_frames};
 }
 
 bool inside(const detail::byte_block* b, const void* p) {
