@@ -6,8 +6,8 @@
 #include <simdjson.h>
 
 #include <algorithm>
-#include <cassert>
 #include <atomic>
+#include <cassert>
 #include <charconv>
 #include <cstdint>
 #include <cstdio>
