@@ -261,6 +261,17 @@ class connection {
   bool mid_message() const noexcept { return decoder_.mid_frame(); }
   // Why the replies can no longer be sent (ETIMEDOUT: write_timeout), or none.
   std::error_code send_error() const noexcept { return send_.error(); }
+  // A failed send ends the reading too (replies could no longer go out),
+  // except with read_while_sending (a client) when the send failed because
+  // the peer is gone (ECONNRESET, EPIPE) and the kernel says the peer sends
+  // nothing more either (a reset, or its end of stream): what it sent before
+  // it went, replies to requests sent earlier, is still in the socket, and
+  // the reads after it end on their own. Then this is true, and
+  // read_message() reads on until that end. An EPIPE with the peer still
+  // sending (our own shutdown(SHUT_WR), a Unix peer that shut its read
+  // side) ends the reading at once, as any other failure: nothing bounds a
+  // read there but a timeout, and the request was never delivered.
+  bool reads_past_send_failure() const noexcept { return reads_past_send_failure_; }
   // Times the connection stopped reading until its queued replies were sent
   // (max_unsent_bytes reached).
   std::uint32_t backpressure_pauses() const noexcept { return backpressure_pauses_; }
@@ -347,12 +358,10 @@ class connection {
   // message timeout. Or everything queued was sent: a fast read's idle
   // timeout starts now.
   static void on_send_event(void* self, bool failed) noexcept;
-  // A failed send ends the reading too (replies could no longer go out),
-  // except for a reader that reads while sending (a client) whose peer is
-  // gone (ECONNRESET, EPIPE): what the peer sent before it went is still in
-  // the socket, replies to requests sent earlier, and the reads after it
-  // end on their own, on the end of the stream or the reset.
-  bool send_failure_ends_reads() const noexcept;
+  bool send_failure_ends_reads() const noexcept { return !reads_past_send_failure_; }
+  // Whether the kernel says the peer sends nothing more (a reset, or its
+  // FIN: POLLHUP or POLLRDHUP), so that reads end on their own.
+  bool peer_sends_no_more() const noexcept;
   // Idle (between frames, while a recv waits) or mid-message (from a
   // message's first byte to its last).
   void arm_read_deadline(bool between_frames);
@@ -379,6 +388,7 @@ class connection {
   bool idle_after_send_ = false;   // a read's idle deadline waits for the send beside it
   bool budget_frame_out_ = false;         // the frame recv_ reserved for was handed out
   bool read_while_sending_;                // connection_options::read_while_sending (here: in the padding)
+  bool reads_past_send_failure_ = false;  // see reads_past_send_failure()
   std::uint32_t backpressure_pauses_ = 0;  // in the padding after the flags
   // When the executor has a handling-time sink (executor.hpp), each
   // message's time from the loop turn that received it (executor::now(), no

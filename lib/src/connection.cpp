@@ -2,6 +2,8 @@
 #include <ringframe/detail/saturating_time.hpp>
 #include <ringframe/latency_histogram.hpp>
 
+#include <poll.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <new>
@@ -385,13 +387,31 @@ task<result<message_view>> connection::read_slow() {
   // a frame in progress) while another coroutine's send fails: its recv is
   // cancelled, and read_slow reports the send's error (review19 F1: it
   // waited for its idle or message timeout).
-  if ((c->fast_ || c->read_waiter_) && c->send_failure_ends_reads()) c->recv_.stop();
+  const std::error_code e = c->send_.error();
+  c->reads_past_send_failure_ = c->read_while_sending_ &&
+                                (e == std::errc::connection_reset || e == std::errc::broken_pipe) &&
+                                c->peer_sends_no_more();
+  if (!(c->fast_ || c->read_waiter_)) return;
+  if (!c->reads_past_send_failure_) return c->recv_.stop();
+  // The read goes on: the idle deadline that waited for this send bounds it
+  // now, as when a send completes (without it, a recv beside a send that
+  // failed had no deadline at all on io_uring: review49).
+  if (std::exchange(c->idle_after_send_, false)) {
+    try {
+      c->arm_read_deadline(true);
+    } catch (...) {
+      c->recv_.stop();
+    }
+  }
 }
 
-bool connection::send_failure_ends_reads() const noexcept {
-  if (!read_while_sending_) return true;
-  const std::error_code e = send_.error();
-  return e != std::errc::connection_reset && e != std::errc::broken_pipe;
+bool connection::peer_sends_no_more() const noexcept {
+  pollfd p{sock_.fd(), POLLRDHUP, 0};
+  int r;
+  do {
+    r = ::poll(&p, 1, 0);
+  } while (r < 0 && errno == EINTR);
+  return r == 1 && (p.revents & (POLLHUP | POLLRDHUP)) != 0;
 }
 
 void connection::record_handling_time(const result<void>& r) noexcept {

@@ -182,6 +182,8 @@ namespace {
 // A read that failed breaks the client; the reason in words.
 void fail_reading(client_state& s, std::error_code ec) noexcept {
   if (ec == make_error_code(frame_errc::end_of_stream)) return s.fail(ec, "the server closed the connection");
+  // The reads ended on a send that failed (the reader sends too).
+  if (s.conn->send_error() && ec == s.conn->send_error()) return s.fail(ec, "cannot send: ", true);
   // A malformed reply: the decoder says what exactly was wrong with it.
   if (ec.category() == frame_category() && s.conn->last_frame_error().code != frame_errc{})
     return s.fail(ec, s.conn->last_frame_error().detail);
@@ -221,17 +223,14 @@ task<void> read_replies(client_ref ref) {
 }
 
 // A send that failed because the server is gone (it reset the connection,
-// or closed it and the pipe is broken) fails no call by itself: the
-// replies the server sent before it went are still in the socket. The
-// connection reads past such a failure (connection_options::
-// read_while_sending), so the reader delivers them, and its next read ends
-// on the end of the stream or the reset and fails the calls left then. A
-// pipelined client that failed every call on the send saw "after 1 of 50
-// responses" from a server that had answered 2 (a race: the send's error
-// came before the reader's recv).
-bool replies_may_follow(std::error_code ec) {
-  return ec == std::errc::connection_reset || ec == std::errc::broken_pipe;
-}
+// or closed it) fails no call by itself: the replies the server sent before
+// it went are still in the socket. The connection reads past such a
+// failure (connection::reads_past_send_failure), so the reader delivers
+// them, and its next read ends on the end of the stream or the reset and
+// fails the calls left then. A pipelined client that failed every call on
+// the send saw "after 1 of 50 responses" from a server that had answered 2
+// (a race: the send's error came before the reader's recv).
+bool replies_may_follow(const client_state& s) { return s.conn && s.conn->reads_past_send_failure(); }
 
 // Sends what the calls of one loop turn queued (see do_call).
 task<void> flush_soon(client_ref ref) {
@@ -240,7 +239,7 @@ task<void> flush_soon(client_ref ref) {
   if (s->broken) co_return;
   result<void> f = co_await s->conn->flush();
   // The reader runs (flush_soon is spawned only then): it ends the calls.
-  if (!f && !replies_may_follow(f.error())) s->fail(f.error(), "cannot send: ", true);
+  if (!f && !replies_may_follow(*s)) s->fail(f.error(), "cannot send: ", true);
 }
 
 task<result<message>> do_call(client_ref ref, message request, const std::stop_token* stop) {
@@ -274,7 +273,7 @@ task<result<message>> do_call(client_ref ref, message request, const std::stop_t
   result<void> q;
   if (queued_write.await_ready()) q = queued_write.await_resume();
   // From here on the connection may be gone (broken, closed): check first.
-  if (!q && !replies_may_follow(q.error())) s->fail(q.error(), "cannot send: ", true);
+  if (!q && !replies_may_follow(*s)) s->fail(q.error(), "cannot send: ", true);
   if (s->broken) {
     // fail() has given this call its outcome.
   } else if (!s->reading) {
