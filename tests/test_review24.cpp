@@ -9,6 +9,7 @@
 #include "loopback.hpp"
 
 #include <ringframe/acceptor.hpp>
+#include <ringframe/buffer_ring.hpp>
 #include <ringframe/connection.hpp>
 #include <ringframe/detail/byte_block.hpp>
 #include <ringframe/socket.hpp>
@@ -473,4 +474,38 @@ TEST_CASE("review24 F4: a fast read whose bytes could not be copied out of the r
     REQUIRE(out.second.error);
     CHECK(*out.second.error == errno_code(ENOMEM));
   });
+}
+
+TEST_CASE("review24: out of memory for the top free id's block, take() hands out a free id that still has one") {
+  // On a thread of its own: its block pool starts empty, so the block for
+  // the top free id must be allocated, and that allocation fails.
+  bool ran = false;
+  std::thread([&ran] {
+    namespace fa = testing::failing_allocator;
+    constexpr std::size_t size = 64 * 1024;
+    buffer_ring br(nullptr, 4, size, 1);
+    REQUIRE(br.lends());
+    std::uint16_t a = 0, b = 0;
+    REQUIRE(br.take(a));
+    REQUIRE(br.take(b));
+    br.recycle(b);  // free, with its block
+    detail::block_ref lent = br.lend(a);
+    REQUIRE(lent);
+    br.recycle(a);  // free, on top, without a block (lent, still held)
+    fa::allocations_failed = 0;
+    fa::matching_allocations = 0;
+    fa::allocations_to_pass = 0;
+    fa::fail_allocation_of_size = sizeof(detail::byte_block) + size + detail::byte_block::tail_padding;
+    std::uint16_t got = 0xffff;
+    const bool taken = br.take(got);
+    fa::fail_allocation_of_size = 0;
+    CHECK(fa::allocations_failed == 1);  // the top id's block was tried, and failed
+    CHECK(taken);  // before: false, "every buffer in use", with b free and whole
+    if (!taken) return;  // (a REQUIRE off the test's thread would abort)
+    CHECK(got == b);
+    CHECK(br.data(got, size).data() != nullptr);
+    br.recycle(got);
+    ran = true;
+  }).join();
+  CHECK(ran);
 }

@@ -132,9 +132,10 @@ class buffer_ring {
   // consume() and release().
   void recycle(std::uint16_t id) noexcept;
   // Without a ring: take a free buffer's id; false when every one is in use
-  // (or its block could not be made).
+  // (or none has a block and one could not be made).
   bool take(std::uint16_t& id) noexcept {
-    if (free_.empty() || (!blocks_[free_.back()] && !make_block(free_.back()))) return false;
+    if (free_.empty() || (!blocks_[free_.back()] && !make_block(free_.back()) && !free_id_with_block_on_top()))
+      return false;
     id = free_.back();
     free_.pop_back();
     return true;
@@ -169,6 +170,10 @@ class buffer_ring {
     std::vector<std::uint16_t> at_slot;  // tracked: which buffer sits in each slot
   };
   std::size_t stride() const noexcept { return size_ + padding; }
+  // take() out of memory for the top free id's block: a free id that still
+  // has one (not lent since it was recycled) goes on top instead; false
+  // when there is none.
+  bool free_id_with_block_on_top() noexcept;
   part& part_of(std::uint16_t id) noexcept {
     // Newest first: most buffers are there, and there are few parts.
     for (auto it = parts_.rbegin(); it != parts_.rend(); ++it)

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <new>
 #include <system_error>
+#include <utility>
 
 namespace ringframe {
 
@@ -110,6 +111,16 @@ bool buffer_ring::make_block(std::uint16_t id) noexcept {
   } catch (const std::bad_alloc&) {
     return false;  // as if every buffer were in use: the recv reads into the decoder instead
   }
+}
+
+bool buffer_ring::free_id_with_block_on_top() noexcept {
+  for (auto it = free_.rbegin(); it != free_.rend(); ++it) {
+    if (blocks_[*it]) {
+      std::swap(*it, free_.back());
+      return true;
+    }
+  }
+  return false;
 }
 
 [[gnu::hot]] void buffer_ring::recycle(std::uint16_t id) noexcept {
