@@ -85,9 +85,10 @@ struct connection_options {
   // flight: a deep pipeline's requests are taken only as fast as the peer
   // answers them, and write_timeout bounds a send during which the peer
   // answers nothing. And a send that fails because the peer is gone
-  // (ECONNRESET, EPIPE) does not end the reading: what the peer sent before
-  // it went is read, then the end of the stream or the reset (a server's
-  // reader stops at the failed send: its replies could no longer go out).
+  // (ECONNRESET, EPIPE, with the peer's reset or end of stream in: see
+  // reads_past_send_failure()) does not end the reading: what the peer sent
+  // before it went is read, then that end (a server's reader stops at the
+  // failed send: its replies could no longer go out).
   bool read_while_sending = false;
   // What a recv straight into the decoder asks for beyond the frame in
   // progress, at first: for frames at most twice this long it doubles, up
