@@ -174,12 +174,13 @@ namespace detail {
 class read_message_awaitable {
  public:
   explicit read_message_awaitable(connection* c) noexcept : c_(c) {}
-  bool await_ready();
+  inline bool await_ready();
   std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
   inline result<message_view> await_resume();  // below class connection
 
  private:
   result<message_view> resume_slow();
+  bool refuse_second_reader() noexcept;
   friend class ringframe::connection;
   connection* c_;
   send_waiter wait_;  // wait_.h: the reader
@@ -189,14 +190,18 @@ class read_message_awaitable {
 
 class write_awaitable {
  public:
-  write_awaitable(connection* c, result<void> queued) noexcept : c_(c), queued_(queued) {}
-  inline bool await_ready() const noexcept;  // inline ones: below class connection
+  // `ready`: no wait for the send (decided when the bytes were queued: see
+  // connection::queued). A write that failed never waits.
+  write_awaitable(connection* c, result<void> queued, bool ready = true) noexcept
+      : c_(c), queued_(queued), ready_(ready || !queued) {}
+  bool await_ready() const noexcept { return ready_; }
   std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
   inline result<void> await_resume();
 
  private:
   connection* c_;
   result<void> queued_;
+  bool ready_;
   task<result<void>> flush_;
 };
 
@@ -230,7 +235,13 @@ class connection {
   [[nodiscard]] detail::write_awaitable write(const message& m);
   [[nodiscard]] detail::write_awaitable write(const header_fields& h, std::span<const std::byte> content);
   // Queue bytes that are already a frame (e.g. message_view::wire, to echo).
-  [[nodiscard]] detail::write_awaitable write_raw(std::span<const std::byte> frame);
+  [[nodiscard]] detail::write_awaitable write_raw(std::span<const std::byte> frame) {
+    // Inline, per message: an echo of the frame received just after the
+    // last one echoed only extends the gather entry already queued.
+    if (!send_.failed() && can_share(frame) && send_.extend_last(decoder_.block(), frame)) [[likely]]
+      return queued({});
+    return write_raw_queue(frame);
+  }
   // A framed {"error": detail} reply, text/json.
   [[nodiscard]] detail::write_awaitable write_error(std::string_view detail);
 
@@ -329,14 +340,19 @@ class connection {
   // reader takes it from (each copy of it is 15 words, per message).
   bool try_read_buffered(std::optional<result<message_view>>& out);
   task<result<message_view>> read_slow();
-  // Every write ends here (inline: per message): counts, and the awaitable.
+  // Every write ends here (inline: per message): counts, and the awaitable,
+  // which waits for the send when max_unsent_bytes are now queued (the
+  // backlog is measured once, here, for both).
   detail::write_awaitable queued(result<void> r) {
     if (r) ++messages_out;
     if (sock_.get_executor().handling_time_sink()) [[unlikely]]
       record_handling_time(r);
-    if (const std::size_t u = unsent_bytes(); u > peak_unsent) peak_unsent = u;
-    return detail::write_awaitable(this, r);
+    const std::size_t u = unsent_bytes();
+    if (u > peak_unsent) peak_unsent = u;
+    return detail::write_awaitable(this, r, u < opts_.max_unsent_bytes);
   }
+  // write_raw past its inline case: shared as a new gather entry, or copied.
+  detail::write_awaitable write_raw_queue(std::span<const std::byte> frame);
   void record_handling_time(const result<void>& r) noexcept;
   // Can `bytes` be sent by reference from the receive buffer (write_raw)?
   bool can_share(std::span<const std::byte> bytes) const noexcept {
@@ -400,15 +416,18 @@ class connection {
 
 namespace detail {
 // The awaitables' parts that run for every message, inline.
+inline bool read_message_awaitable::await_ready() {
+  if (c_->reading_) [[unlikely]]
+    return refuse_second_reader();
+  c_->recv_.drain_held();
+  return c_->try_read_buffered(ready_);
+}
 inline result<message_view> read_message_awaitable::await_resume() {
   if (ready_) {
     if (wait_.h) c_->reading_ = false;  // this one waited
     return std::move(*ready_);
   }
   return resume_slow();
-}
-inline bool write_awaitable::await_ready() const noexcept {
-  return !queued_ || c_->unsent_bytes() < c_->opts_.max_unsent_bytes;
 }
 inline result<void> write_awaitable::await_resume() {
   if (!queued_ || !flush_.valid()) return queued_;

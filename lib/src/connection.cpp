@@ -14,14 +14,10 @@ namespace ringframe {
 
 namespace detail {
 
-[[gnu::hot]] bool read_message_awaitable::await_ready() {
-  if (c_->reading_) {
-    // Two readers would share one receive slot and split the stream.
-    ready_.emplace(std::make_error_code(std::errc::device_or_resource_busy));
-    return true;
-  }
-  c_->recv_.drain_held();
-  return c_->try_read_buffered(ready_);
+bool read_message_awaitable::refuse_second_reader() noexcept {
+  // Two readers would share one receive slot and split the stream.
+  ready_.emplace(std::make_error_code(std::errc::device_or_resource_busy));
+  return true;
 }
 
 [[gnu::hot]] std::coroutine_handle<> read_message_awaitable::await_suspend(std::coroutine_handle<> h) {
@@ -446,10 +442,9 @@ detail::write_awaitable connection::write(const header_fields& h, std::span<cons
   return queued(encode_frame(h, content, send_.out()));
 }
 
-[[gnu::hot]] detail::write_awaitable connection::write_raw(std::span<const std::byte> frame) {
+detail::write_awaitable connection::write_raw_queue(std::span<const std::byte> frame) {
   if (send_.failed()) return detail::write_awaitable(this, send_.error());
-  if (!can_share(frame) ||
-      (!send_.extend_last(decoder_.block(), frame) && !send_.append_shared(decoder_.share(), frame)))
+  if (!can_share(frame) || !send_.append_shared(decoder_.share(), frame))
     send_.out().append(reinterpret_cast<const char*>(frame.data()), frame.size());
   return queued({});
 }
