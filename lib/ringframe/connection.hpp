@@ -192,15 +192,25 @@ class write_awaitable {
  public:
   // `ready`: no wait for the send (decided when the bytes were queued: see
   // connection::queued). A write that failed never waits.
-  write_awaitable(connection* c, result<void> queued, bool ready = true) noexcept
-      : c_(c), queued_(queued), ready_(ready || !queued) {}
+  write_awaitable(connection* c, result<void> queued, bool ready = true) noexcept : c_(c), ready_(ready) {
+    if (!queued) [[unlikely]] {
+      const std::error_code e = queued.error();
+      error_ = e.value();
+      category_ = &e.category();
+      ready_ = true;
+    }
+  }
   bool await_ready() const noexcept { return ready_; }
   std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
   inline result<void> await_resume();
 
  private:
   connection* c_;
-  result<void> queued_;
+  // The write's own failure, if any (a result<void> in parts, so that the
+  // flag fits its padding: every framed connection's coroutine frame holds
+  // one of these, and an idle connection's memory counts).
+  const std::error_category* category_ = nullptr;
+  int error_ = 0;
   bool ready_;
   task<result<void>> flush_;
 };
@@ -430,7 +440,9 @@ inline result<message_view> read_message_awaitable::await_resume() {
   return resume_slow();
 }
 inline result<void> write_awaitable::await_resume() {
-  if (!queued_ || !flush_.valid()) return queued_;
+  if (category_) [[unlikely]]
+    return std::error_code(error_, *category_);
+  if (!flush_.valid()) return {};
   return flush_.take_result();
 }
 
