@@ -16,6 +16,7 @@
 
 #include <sys/signalfd.h>
 
+#include <csignal>  // SIGINT, SIGTERM...: what a set is made of
 #include <initializer_list>
 
 namespace ringframe {
