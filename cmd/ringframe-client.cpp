@@ -1,5 +1,6 @@
 // ringframe-client: the tutorial's clients, rebuilt on ringframe.
 #include "endpoint.hpp"
+#include "option_values.hpp"
 #include "python_repr.hpp"
 
 #include <ringframe/connection.hpp>
@@ -88,9 +89,9 @@ options parse(int argc, char** argv) {
   while ((c = getopt_long(argc, argv, "+:t:qn:p:hV", longopts, nullptr)) != -1) {
     switch (c) {
       case 't': {
-        char* end = nullptr;
-        double s = std::strtod(optarg, &end);
-        if (!*optarg || *end || !(s > 0) || s > 86400) fail_usage(std::string("bad --timeout '") + optarg + "'");
+        double s = 0;
+        if (!cli::parse_seconds_value(optarg, s) || !(s > 0) || s > 86400)
+          fail_usage(std::string("bad --timeout '") + optarg + "' (expected seconds, 1e-9 to 86400)");
         o.timeout = std::chrono::nanoseconds(static_cast<long long>(s * 1e9));
         // Below a nanosecond it would truncate to 0, which the library takes
         // as "no deadline": the client would wait for ever.
@@ -100,11 +101,11 @@ options parse(int argc, char** argv) {
       case 'q': o.quiet = true; break;
       case 'n':
       case 'p': {
-        char* end = nullptr;
-        long v = std::strtol(optarg, &end, 10);
-        if (!*optarg || *end || v < 1 || v > 100000000)
-          fail_usage(std::string("bad ") + (c == 'n' ? "--repeat" : "--pipeline") + " '" + optarg + "'");
-        (c == 'n' ? o.repeat : o.pipeline) = v;
+        unsigned long long v = 0;
+        if (!cli::parse_whole(optarg, v) || v < 1 || v > 100000000)
+          fail_usage(std::string("bad ") + (c == 'n' ? "--repeat" : "--pipeline") + " '" + optarg +
+                     "' (expected 1 to 100000000)");
+        (c == 'n' ? o.repeat : o.pipeline) = static_cast<long>(v);
         break;
       }
       case 1:
@@ -427,9 +428,10 @@ int main(int argc, char** argv) {
                              : "usage: multiconn HOST PORT NUM_CONNS");
       address to = endpoint();
       const std::string& num = a[rest];
-      char* end = nullptr;
-      long n = std::strtol(num.c_str(), &end, 10);
-      if (num.empty() || *end || n < 1 || n > 1000000) fail_usage("bad NUM_CONNS '" + num + "'");
+      unsigned long long parsed = 0;
+      if (!cli::parse_whole(num.c_str(), parsed) || parsed < 1 || parsed > 1000000)
+        fail_usage("bad NUM_CONNS '" + num + "' (expected 1 to 1000000)");
+      const long n = static_cast<long>(parsed);
       executor ex(o.exec);
       multiconn_state st{&ex, to, o.timeout, o.quiet};
       for (int i = 1; i <= n; ++i) ex.spawn(multiconn_one(&st, i));

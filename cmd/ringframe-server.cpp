@@ -1,6 +1,7 @@
 // ringframe-server: the tutorial's servers, rebuilt on ringframe.
 // Thin by design: parse arguments, pick a handler, run the library's server.
 #include "endpoint.hpp"
+#include "option_values.hpp"
 
 #include <ringframe/app.hpp>
 #include <ringframe/echo.hpp>
@@ -126,27 +127,19 @@ struct options {
   std::exit(2);
 }
 
+using cli::parse_whole;
+
 // `zero_means_never`: 0 is accepted and means no timeout.
 std::chrono::nanoseconds parse_seconds(const char* what, const char* text, bool zero_means_never = false) {
-  char* end = nullptr;
-  double v = std::strtod(text, &end);
-  bool ok = *text && !*end && v <= 1e6 && (v > 0 || (zero_means_never && v == 0));
+  double v = 0;
+  bool ok = cli::parse_seconds_value(text, v) && v <= 1e6 && (v > 0 || (zero_means_never && v == 0));
   const auto ns = std::chrono::nanoseconds(ok ? static_cast<long long>(v * 1e9) : 0);
   // A positive value below a nanosecond would truncate to 0, which the
   // timeouts take as "never": the opposite of what was asked.
-  if (!ok || (v > 0 && ns.count() == 0)) fail_usage(std::string("bad ") + what + " '" + text + "'");
+  if (!ok || (v > 0 && ns.count() == 0))
+    fail_usage(std::string("bad ") + what + " '" + text + "' (expected seconds, " +
+               (zero_means_never ? "0 for none, or 1e-9" : "1e-9") + " to 1000000)");
   return ns;
-}
-
-// A whole number as typed: strtoull alone skips leading blanks and then
-// takes " -1" as its largest value (the check for a leading '-' missed it).
-// False for anything but digits, or for an overflow (ERANGE).
-bool parse_whole(const char* text, unsigned long long& v) {
-  if (!(*text >= '0' && *text <= '9')) return false;
-  char* end = nullptr;
-  errno = 0;
-  v = std::strtoull(text, &end, 10);
-  return !*end && errno != ERANGE;
 }
 
 options parse(int argc, char** argv) {
@@ -176,27 +169,24 @@ options parse(int argc, char** argv) {
         // "-1" and an overflow are bad usage, not "no limit".
         unsigned long long v = 0;
         if (!parse_whole(optarg, v) || v == 0)
-          fail_usage(std::string("bad --max-connections '") + optarg + "'");
+          fail_usage(std::string("bad --max-connections '") + optarg + "' (expected 1 or more)");
         o.max_connections = static_cast<std::size_t>(v);
         break;
       }
       case 'q': o.quiet = true; break;
       case 't': {
-        char* end = nullptr;
-        unsigned long v = std::strtoul(optarg, &end, 10);
-        if (!*optarg || *end || v == 0 || v > 1024) fail_usage(std::string("bad --threads '") + optarg + "'");
+        unsigned long long v = 0;
+        if (!parse_whole(optarg, v) || v == 0 || v > 1024)
+          fail_usage(std::string("bad --threads '") + optarg + "' (expected 1 to 1024)");
         o.threads = static_cast<unsigned>(v);
         break;
       }
       case 1: {
-        char* end = nullptr;
-        errno = 0;
-        unsigned long long v = std::strtoull(optarg, &end, 10);
-        if (!*optarg || *end || *optarg == '-') fail_usage(std::string("bad --max-content '") + optarg + "'");
+        unsigned long long v = 0;
         // A frame is held whole in one buffer: the codec's ceiling (1 GiB).
-        if (errno == ERANGE || v > frame_limits::hard_max_content_length)
-          fail_usage(std::string("bad --max-content '") + optarg + "': at most " +
-                     std::to_string(frame_limits::hard_max_content_length) + " (1 GiB)");
+        if (!parse_whole(optarg, v) || v > frame_limits::hard_max_content_length)
+          fail_usage(std::string("bad --max-content '") + optarg + "' (expected 0 to " +
+                     std::to_string(frame_limits::hard_max_content_length) + " bytes: at most 1 GiB)");
         o.conn.limits.max_content_length = v;
         break;
       }
@@ -238,10 +228,8 @@ options parse(int argc, char** argv) {
         break;
       }
       case 19: {
-        char* end = nullptr;
-        errno = 0;
-        unsigned long long v = std::strtoull(optarg, &end, 10);
-        if (!*optarg || *end || *optarg == '-' || errno == ERANGE || v < 1024 || v > (16ull << 20))
+        unsigned long long v = 0;
+        if (!parse_whole(optarg, v) || v < 1024 || v > (16ull << 20))
           fail_usage(std::string("bad --read-size '") + optarg + "' (expected 1024 to 16777216 bytes)");
         o.conn.read_size = v;
         break;

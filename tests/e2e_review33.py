@@ -58,9 +58,37 @@ for opt, value in bad_server_args:
     check(rc == 2 and f"bad {opt} '{value}'" in err and "Listening" not in out,
           f"F1 server {opt} {value!r}: a usage error (rc {rc}, {err.strip()[:120]!r})")
 
+# New-user audit (session 33): numbers with a sign or a leading blank, in
+#     hexadecimal, or "inf", were still taken by the options that did not go
+#     through parse_whole, and a refused value did not say what was expected.
+more_bad_server_args = [
+    ("--max-content", " 5", "expected 0 to 1073741824 bytes"),
+    ("--max-content", "+5", "expected 0 to 1073741824 bytes"),
+    ("--threads", " 2", "expected 1 to 1024"),
+    ("--threads", "+1", "expected 1 to 1024"),
+    ("--read-size", " 2048", "expected 1024 to 16777216 bytes"),
+    ("--read-size", "+2048", "expected 1024 to 16777216 bytes"),
+    ("--message-timeout", "0x10", "expected seconds"),
+    ("--idle-timeout", "inf", "expected seconds"),
+    ("--drain-timeout", " 1", "expected seconds"),
+    ("--drain-timeout", "-1", "expected seconds"),
+]
+for opt, value, expected in more_bad_server_args:
+    rc, out, err = run_bounded([server_bin, "-q", "--threads", "1", opt, value, "127.0.0.1", "0"]
+                               if opt != "--threads" else [server_bin, "-q", opt, value, "127.0.0.1", "0"])
+    check(rc == 2 and f"bad {opt} '{value}' ({expected}" in err and "Listening" not in out,
+          f"audit server {opt} {value!r}: a usage error that says what is expected (rc {rc}, {err.strip()[:120]!r})")
+for args, expected in [(["--repeat", "+3", "echo", "127.0.0.1", "9", "x"], "bad --repeat '+3' (expected 1 to 100000000)"),
+                       (["--pipeline", " 4", "echo", "127.0.0.1", "9", "x"], "bad --pipeline ' 4' (expected 1 to 100000000)"),
+                       (["--timeout", "0x5", "echo", "127.0.0.1", "9", "x"], "bad --timeout '0x5' (expected seconds"),
+                       (["multiconn", "127.0.0.1", "9", "+3"], "bad NUM_CONNS '+3' (expected 1 to 1000000)")]:
+    rc, out, err = run_bounded([client_bin, *args])
+    check(rc == 2 and expected in err, f"audit client {args}: a usage error (rc {rc}, {err.strip()[:120]!r})")
+
 # Good values still start (the fix refuses no value that was fine).
 for opt, value in [("--max-connections", "5"), ("--zero-copy-threshold", "4096"), ("--idle-timeout", "0"),
-                   ("--idle-timeout", "0.5"), ("--message-timeout", "1e-9"), ("--receive-budget", "0")]:
+                   ("--idle-timeout", "0.5"), ("--message-timeout", "1e-9"), ("--receive-budget", "0"),
+                   ("--drain-timeout", ".5"), ("--idle-timeout", "1.5e1"), ("--max-content", "0")]:
     p, port = start_server(server_bin, "-q", "--threads", "1", "--mode", "frame-echo", opt, value, "127.0.0.1", "0")
     stop(p)
     check(p.returncode == 0, f"F1 server {opt} {value!r} starts and stops cleanly (rc {p.returncode})")
