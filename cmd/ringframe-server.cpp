@@ -303,7 +303,8 @@ void print_record(const log_record& r) {
   if (r.level <= max_level) emit(r, "");
 }
 void print_event_record(const log_record& r) {
-  if (r.level <= max_level) emit(r, "ringframe-server: ");
+  // The counters answer a request (SIGUSR1): printed whatever --log-level.
+  if (r.level <= max_level || r.event == "counters") emit(r, "ringframe-server: ");
 }
 // The program's own lines (the addresses at start, the summary): always
 // printed, whatever --log-level (scripts read the address from them).
@@ -336,6 +337,9 @@ int main(int argc, char** argv) {
   }
   max_level = o.level;
   log_json = o.log_json;
+  // The library's own lines (the backend fallback...) join the JSON log;
+  // as text they stay on stderr, as they are in any program.
+  if (log_json) set_diagnostic_sink([](const log_record& r) { emit(r, ""); });
   std::vector<address> metrics_addrs;
   if (!o.metrics.empty()) {
     std::string mhost, mport;

@@ -10,6 +10,7 @@ import datetime
 import json
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -158,9 +159,13 @@ try:
         s.sendall(b"\x00\x00")
         read_all(s)
     time.sleep(0.3)
+    srv.send_signal(signal.SIGUSR1)  # asked for: printed whatever the level (it was not)
+    time.sleep(0.3)
 finally:
     srv.terminate()
     out, err = finish(srv)
+check(out.count("ringframe-server: counters: accepted=") == 2,
+      f"--log-level warn: SIGUSR1 and the shutdown print the counters ({out.count('counters: accepted=')} lines)")
 check("Connected by" not in out and "Closing connection" not in out, "--log-level warn: no connection lines")
 check(re.search(r"^Malformed message from \('127\.0\.0\.1', \d+\): header length is 0", out, re.M) is not None,
       "--log-level warn: the malformed line, as text")

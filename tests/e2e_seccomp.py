@@ -399,5 +399,27 @@ check(rc not in (0, None) and "seccomp" in err and "Listening on" not in out,
       f"--backend io_uring under seccomp refuses to start, naming seccomp: exit {rc}, stderr {tail(err)!r}")
 check(FALLBACK not in out + err, "--backend io_uring does not fall back")
 
+# ---- 7. --log-format json: the fallback is a record of the log -------------
+# (it was a text line on stderr beside the JSON ones: "every line" JSON was not)
+
+try:
+    r = subprocess.run([launcher, server_bin, "--log-format", "json", "--threads", "1", "--drain-timeout", "0.1",
+                        HOST, "0"], capture_output=True, text=True, timeout=3)
+    out, err = r.stdout, r.stderr
+except subprocess.TimeoutExpired as e:  # it serves until killed: what it printed so far
+    out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+    err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+records = []
+for line in out.splitlines():
+    try:
+        records.append(json.loads(line))
+    except ValueError:
+        records.append(None)
+check(records and None not in records, f"--log-format json under seccomp: every stdout line is JSON ({tail(out, 300)!r})")
+fallback = [x for x in records if x and x.get("event") == "backend_fallback"]
+check(len(fallback) == 1 and fallback[0]["level"] == "warn" and FALLBACK in fallback[0]["msg"]
+      and "seccomp" in fallback[0]["reason"], f"--log-format json: one backend_fallback record ({fallback!r:.300})")
+check(FALLBACK not in err, f"--log-format json: no text fallback line on stderr ({tail(err, 300)!r})")
+
 print(f"{checks - len(failures)} passed, {len(failures)} failed")
 sys.exit(1 if failures else 0)

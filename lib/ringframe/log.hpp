@@ -57,6 +57,22 @@ void append_json_text(std::string& out, std::string_view s);
 // with %s.
 void append_text_line(std::string& out, std::string_view s);
 
+// The library's own diagnostics, outside any server's records: the backend
+// fallback ("backend_fallback", warn: io_uring refused, epoll used; said once
+// per process), a kernel feature asked for and missing ("feature_missing",
+// warn; once), a spawned task that ended with an exception ("task_error",
+// error). Each is a line on stderr, "ringframe: <text>", unless a sink is set:
+// a program with a log format of its own (ringframe-server --log-format
+// json) sets one, once, before its first executor. Null restores stderr. The
+// sink may be called on any thread, and more than one at once.
+using diagnostic_sink = void (*)(const log_record&);
+void set_diagnostic_sink(diagnostic_sink sink) noexcept;
+
+namespace detail {
+// To the sink, or to stderr.
+void report_diagnostic(log_level level, std::string_view event, std::string_view reason, std::string_view text) noexcept;
+}  // namespace detail
+
 // One JSON object on one line (no newline at the end):
 // {"ts":"2026-12-01T15:45:55.123456Z","level":"info","thread":"0",
 //  "event":"connected","peer":"127.0.0.1:40312","reason":"","msg":"Connected by ('127.0.0.1', 40312)"}

@@ -4,6 +4,7 @@
 #include <ringframe/detail/completion.hpp>
 #include <ringframe/detail/saturating_time.hpp>
 #include <ringframe/executor.hpp>
+#include <ringframe/log.hpp>
 #include <ringframe/result.hpp>
 
 #include <algorithm>
@@ -41,9 +42,10 @@ detached run_detached(executor* /*ex, read by the promise*/, task<void> t) {
   try {
     co_await std::move(t);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "ringframe: a spawned task ended with an exception: %s\n", e.what());
+    report_diagnostic(log_level::error, "task_error", e.what(),
+                      std::string("a spawned task ended with an exception: ") + e.what());
   } catch (...) {
-    std::fprintf(stderr, "ringframe: a spawned task ended with an unknown exception\n");
+    report_diagnostic(log_level::error, "task_error", "unknown exception", "a spawned task ended with an unknown exception");
   }
 }
 }  // namespace
@@ -69,7 +71,8 @@ struct remote_spawn : detail::deferred_call {
     try {
       self->target->spawn(std::move(self->t));
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "ringframe: a task handed over by spawn_on could not be spawned: %s\n", e.what());
+      detail::report_diagnostic(log_level::error, "task_error", e.what(),
+                                std::string("a task handed over by spawn_on could not be spawned: ") + e.what());
     }
   }
 };
@@ -140,7 +143,8 @@ void executor::make_backend(const executor_options& opts) {
         if (why.size() > tail.size() && why.compare(why.size() - tail.size(), tail.size(), tail) == 0)
           why.erase(why.size() - tail.size());
         fallback_why = why;
-        std::fprintf(stderr, "ringframe: io_uring is not available here, falling back to epoll: %s\n", why.c_str());
+        detail::report_diagnostic(log_level::warn, "backend_fallback", why,
+                                  "io_uring is not available here, falling back to epoll: " + why);
       }
     }
     fallback_reason_ = fallback_why;
@@ -524,11 +528,13 @@ std::atomic<bool> said_no_bundles{false};
     // On epoll both are no-ops (documented), not something missing.
     if (buffers_ && kind_ == backend_kind::io_uring) {
       if (buffer_features_.incremental && !buffers_->granted().incremental && !said_no_incremental.exchange(true))
-        std::fprintf(stderr, "ringframe: incremental buffer consumption (IOU_PBUF_RING_INC, Linux 6.12) is not "
-                             "available on this kernel: receive buffers are consumed whole\n");
+        detail::report_diagnostic(log_level::warn, "feature_missing", "IOU_PBUF_RING_INC",
+                                  "incremental buffer consumption (IOU_PBUF_RING_INC, Linux 6.12) is not "
+                                  "available on this kernel: receive buffers are consumed whole");
       if (buffer_features_.bundles && !buffers_->granted().bundles && !said_no_bundles.exchange(true))
-        std::fprintf(stderr, "ringframe: recv bundles (IORING_RECVSEND_BUNDLE, Linux 6.10) are not available on "
-                             "this kernel: one receive buffer per recv\n");
+        detail::report_diagnostic(log_level::warn, "feature_missing", "IORING_RECVSEND_BUNDLE",
+                                  "recv bundles (IORING_RECVSEND_BUNDLE, Linux 6.10) are not available on "
+                                  "this kernel: one receive buffer per recv");
     }
   }
   return buffers_.get();

@@ -1,10 +1,29 @@
 #include <ringframe/log.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
 
 namespace ringframe {
+
+namespace {
+std::atomic<diagnostic_sink> diagnostics{nullptr};
+}  // namespace
+
+void set_diagnostic_sink(diagnostic_sink sink) noexcept { diagnostics.store(sink); }
+
+void detail::report_diagnostic(log_level level, std::string_view event, std::string_view reason,
+                               std::string_view text) noexcept {
+  if (diagnostic_sink sink = diagnostics.load()) {
+    try {
+      sink(log_record{level, event, nullptr, reason, text});
+      return;
+    } catch (...) {  // a sink that cannot write: the line still goes somewhere
+    }
+  }
+  std::fprintf(stderr, "ringframe: %.*s\n", static_cast<int>(text.size()), text.data());
+}
 
 const char* to_string(log_level l) noexcept {
   switch (l) {
