@@ -281,6 +281,30 @@ TEST_CASE("text/json content that is not JSON, not UTF-8, or in another encoding
         "content-encoding \"utf-16\" is not supported for text/json (use utf-8)");
 }
 
+TEST_CASE("text/json integers: 64 bits are taken, beyond is content_not_json (docs/protocol.md section 2)") {
+  for (std::string n : {"18446744073709551615", "-9223372036854775808", "1e400"}) {
+    CAPTURE(n);
+    std::string content = "{\"value\": " + n + "}";
+    frame_decoder d;
+    d.feed(raw_frame(python_header("text/json", "utf-8", content.size()), content));
+    message_view v;
+    if (n == "1e400") {  // a float out of range is not a number the parser holds either
+      REQUIRE(d.next(v) == frame_decoder::status::error);
+      CHECK(d.error().code == frame_errc::content_not_json);
+    } else {
+      CHECK(d.next(v) == frame_decoder::status::message);
+    }
+  }
+  for (std::string n : {"18446744073709551616", "-9223372036854775809"}) {
+    CAPTURE(n);
+    std::string content = "{\"value\": " + n + "}";
+    const frame_error e = reject(raw_frame(python_header("text/json", "utf-8", content.size()), content));
+    CHECK(e.code == frame_errc::content_not_json);
+    CHECK(e.in_sync);
+    CHECK(e.detail == "text/json content is not valid JSON: Problem while parsing a number");
+  }
+}
+
 TEST_CASE("after an out-of-sync error the decoder stays failed") {
   frame_decoder d;
   d.feed(std::string("\0\0", 2) + encoded(message::binary("x", "t")));
