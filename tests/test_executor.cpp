@@ -180,7 +180,13 @@ TEST_CASE("setup errors explain themselves (message format)") {
     o.backend = backend_kind::io_uring;
     executor ex(o);
   } catch (const setup_error& e) {
-    CHECK(std::string(e.what()).find("cannot create an io_uring") != std::string::npos);
+    const std::string what = e.what();
+    CHECK(what.find("cannot create an io_uring") != std::string::npos);
+    // The errno named once, at the end (system_error's what() appended it a second time).
+    const std::string errno_text = e.code().message();
+    CHECK(what.find(errno_text) == what.rfind(errno_text));
+    CHECK(what.size() >= errno_text.size() + 1);
+    CHECK(what.compare(what.size() - errno_text.size() - 1, errno_text.size() + 1, errno_text + ")") == 0);
   }
 }
 

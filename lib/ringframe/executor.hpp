@@ -130,9 +130,17 @@ struct executor_options {
 };
 
 // Thrown by the executor's constructor only (see result.hpp for why).
+// what() is the diagnosis as written, which names the error already
+// (system_error's own would append ": <strerror>" a second time); code()
+// is the errno.
 class setup_error : public std::system_error {
  public:
-  using std::system_error::system_error;
+  setup_error(std::error_code code, const std::string& diagnosis)
+      : std::system_error(code, diagnosis), diagnosis_(std::make_shared<const std::string>(diagnosis)) {}
+  const char* what() const noexcept override { return diagnosis_->c_str(); }
+
+ private:
+  std::shared_ptr<const std::string> diagnosis_;  // shared: copying an exception must not throw
 };
 
 // Events worth counting that the executor absorbs by itself.

@@ -136,12 +136,8 @@ void executor::make_backend(const executor_options& opts) {
         return;
       } catch (const setup_error& e) {
         if (!io_uring_refused(e.code().value(), opts)) throw;
-        std::string why = e.what();
+        std::string why = e.what();  // the diagnosis, which names the errno (setup_error::what)
         if (why.rfind("ringframe: ", 0) == 0) why.erase(0, 11);
-        // system_error appends ": <strerror>"; the explanation names it already.
-        const std::string tail = ": " + e.code().message();
-        if (why.size() > tail.size() && why.compare(why.size() - tail.size(), tail.size(), tail) == 0)
-          why.erase(why.size() - tail.size());
         fallback_why = why;
         detail::report_diagnostic(log_level::warn, "backend_fallback", why,
                                   "io_uring is not available here, falling back to epoll: " + why);
