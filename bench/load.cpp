@@ -14,6 +14,8 @@
 //
 // `idle` opens N connections and reports the server's resident memory per
 // connection (from /proc/PID/status), then the same after one message on each.
+// A --server-pid that names no running process is a usage error (exit 2); a
+// server that exits while it is measured is an error (exit 1, no figures).
 #include <ringframe/app.hpp>
 #include <ringframe/event.hpp>
 #include <ringframe/executor.hpp>
@@ -36,6 +38,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -408,20 +411,53 @@ std::string make_frame(std::size_t size, std::size_t& seq_offset) {
   return f;
 }
 
-// utime + stime of a process, in seconds (clock ticks of /proc/PID/stat).
-double cpu_seconds(pid_t pid) {
+// A process's /proc/PID/stat: its state letter and utime + stime in clock
+// ticks; empty if the file cannot be read (no such process).
+struct proc_stat {
+  char state = '?';
+  unsigned long long ticks = 0;
+};
+
+std::optional<proc_stat> read_proc_stat(pid_t pid) {
   std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  if (!f) return std::nullopt;
   std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   auto close = stat.rfind(')');
-  if (close == std::string::npos) return -1;
+  if (close == std::string::npos || close + 2 >= stat.size()) return std::nullopt;
   std::istringstream rest(stat.substr(close + 2));
   std::string field;
-  unsigned long long ut = 0, st = 0;
-  for (int i = 3; i <= 15 && rest >> field; ++i) {
-    if (i == 14) ut = std::stoull(field);
-    if (i == 15) st = std::stoull(field);
+  proc_stat ps;
+  int i = 3;
+  for (; i <= 15 && rest >> field; ++i) {
+    if (i == 3) ps.state = field[0];
+    if (i == 14 || i == 15) ps.ticks += std::stoull(field);
   }
-  return static_cast<double>(ut + st) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+  if (i <= 15) return std::nullopt;
+  return ps;
+}
+
+// Why the --server-pid process's CPU time and memory cannot be read, or
+// empty if they can: it does not exist, or it has exited (a zombie whose
+// parent has not reaped it yet has no memory left to measure).
+std::string process_gone(pid_t pid) {
+  std::optional<proc_stat> ps = read_proc_stat(pid);
+  if (!ps) return "no such process";
+  if (ps->state == 'Z' || ps->state == 'X') return "the process has exited";
+  return "";
+}
+
+// utime + stime of a process, in seconds; -1 if it is gone (see process_gone).
+double cpu_seconds(pid_t pid) {
+  std::optional<proc_stat> ps = read_proc_stat(pid);
+  if (!ps || ps->state == 'Z' || ps->state == 'X') return -1;
+  return static_cast<double>(ps->ticks) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+// A --server-pid process that went away while it was being measured: the
+// figure would be 0 or -1, so it is not reported.
+void server_exited(const char* who, pid_t pid, const char* when, const char* figure) {
+  std::fprintf(stderr, "%s: the server process %d (--server-pid) exited %s: cannot report its %s\n", who,
+               static_cast<int>(pid), when, figure);
 }
 
 int run_load(const config& c, const address& to) {
@@ -444,15 +480,21 @@ int run_load(const config& c, const address& to) {
     st.reply = st.frame;
     st.seq_room = c.size;
   }
+  double cpu0 = c.server_pid ? cpu_seconds(c.server_pid) : 0;
+  if (cpu0 < 0) {
+    server_exited("ringframe-load", c.server_pid, "before the run", "CPU time per message");
+    return 1;
+  }
   st.start = clk::now();
   st.deadline = c.messages ? clk::time_point::max() : st.start + std::chrono::nanoseconds(static_cast<long long>(c.seconds * 1e9));
   st.running = c.connections;
   for (int i = 0; i < c.connections; ++i) ex.spawn(load_connection(&st, i));
   ex.spawn(stopper(&st));
   if (!c.quiet && !c.messages && c.seconds > 2) ex.spawn(progress(&st));
-  double cpu0 = c.server_pid ? cpu_seconds(c.server_pid) : -1;
   ex.run_until_idle();
-  double server_cpu = c.server_pid ? cpu_seconds(c.server_pid) - cpu0 : -1;
+  double cpu1 = c.server_pid ? cpu_seconds(c.server_pid) : 0;
+  const bool server_lost = cpu1 < 0;
+  double server_cpu = c.server_pid && !server_lost ? cpu1 - cpu0 : -1;
   double secs = c.messages ? std::chrono::duration<double>(clk::now() - st.start).count() : c.seconds;
   std::uint64_t counted = c.messages ? st.completed : st.completed_in_window;
   double mps = counted / secs;
@@ -468,6 +510,12 @@ int run_load(const config& c, const address& to) {
   // stays meaningful when the load generator's own core is the limit.
   double cpu_ns = server_cpu >= 0 && st.completed ? server_cpu * 1e9 / static_cast<double>(st.completed) : -1;
   if (!c.quiet && cpu_ns >= 0) std::printf("server CPU: %.2f s, %.0f ns per message\n", server_cpu, cpu_ns);
+  if (server_lost) {
+    // No JSON line: a script that collects them must not record this run.
+    std::fflush(stdout);
+    server_exited("ringframe-load", c.server_pid, "during the run", "CPU time per message");
+    return 1;
+  }
   std::printf("{\"bench\":\"load\",\"mode\":\"%s\",\"connections\":%d,\"depth\":%d,\"size\":%zu,\"seconds\":%.3f,"
               "\"messages\":%llu,\"msgs_per_s\":%.0f,\"mib_per_s\":%.2f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
               "\"errors\":%llu,\"failed_connections\":%llu,\"server_cpu_ns_per_msg\":%.0f}\n",
@@ -479,6 +527,8 @@ int run_load(const config& c, const address& to) {
 
 // ---- idle: memory per connection ----
 
+// VmRSS of /proc/PID/status in KiB; -1 if the process is gone (a zombie has
+// no VmRSS line).
 long rss_kib(pid_t pid) {
   std::ifstream f("/proc/" + std::to_string(pid) + "/status");
   std::string line;
@@ -532,16 +582,28 @@ int run_idle(const config& c, const address& to) {
   std::size_t seq_off;
   std::string frame = make_frame(c.size, seq_off);
   long before = rss_kib(c.server_pid);
+  if (before < 0) {
+    server_exited("ringframe-load idle", c.server_pid, "before the connections were opened", "memory per connection");
+    return 1;
+  }
   st.pending = c.connections;
   for (int i = 0; i < c.connections; ++i) ex.spawn(idle_connect(&st));
   ex.run_until_idle();
   ex.run(settle(&ex));
   long idle = rss_kib(c.server_pid);
+  if (idle < 0) {
+    server_exited("ringframe-load idle", c.server_pid, "while the connections were opened", "memory per connection");
+    return 1;
+  }
   st.pending = static_cast<int>(st.socks.size());
   for (auto& s : st.socks) ex.spawn(one_message(&st, &s, &frame));
   ex.run_until_idle();
   ex.run(settle(&ex));
   long after = rss_kib(c.server_pid);
+  if (after < 0) {
+    server_exited("ringframe-load idle", c.server_pid, "while the messages were sent", "memory per connection");
+    return 1;
+  }
   double n = static_cast<double>(st.socks.size());
   double idle_b = n ? (idle - before) * 1024.0 / n : 0, used_b = n ? (after - before) * 1024.0 / n : 0;
   if (!c.quiet)
@@ -621,6 +683,13 @@ int main(int argc, char** argv) {
   if (argc - optind != 2) {
     std::fputs(usage_text, stderr);
     return 2;
+  }
+  if (c.server_pid) {
+    std::string gone = process_gone(c.server_pid);
+    if (!gone.empty()) {
+      std::fprintf(stderr, "ringframe-load: bad --server-pid %d: %s\n", static_cast<int>(c.server_pid), gone.c_str());
+      return 2;
+    }
   }
   auto port = parse_port(argv[optind + 1]);
   auto addrs = port ? address::resolve(argv[optind], *port) : result<std::vector<address>>(port.error());

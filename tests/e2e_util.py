@@ -1,5 +1,5 @@
 """Scaffolding shared by the end-to-end test scripts (e2e_binaries.py,
-e2e_fanout.py, e2e_review11.py, e2e_review11_load.py, e2e_review29.py, and
+e2e_fanout.py, e2e_review11.py, e2e_review11_load.py, e2e_load_options.py, e2e_review29.py, and
 e2e_proxy_chat.py for fd_count and wait_for).
 
 A script imports it by name: Python puts the directory of the script it runs

@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""ringframe-load's options as a user meets them.
+
+1. --server-pid naming no running process: the run reported "server CPU:
+   0.00 s, 0 ns per message" (idle: "server RSS -1 KiB -> -1 KiB") and exit
+   0. It is a usage error now (exit 2, naming the PID); a server that exits
+   during the run is an error (exit 1, no JSON line).
+
+Usage: e2e_load_options.py RINGFRAME_SERVER RINGFRAME_LOAD
+"""
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+
+from e2e_util import check, finish, kill_if_running, start_server, stop
+
+server_bin, load_bin = sys.argv[1:3]
+
+
+def load(*args, timeout=30):
+    return subprocess.run([load_bin, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def gone_pid():
+    """The PID of a process that has exited and been reaped."""
+    p = subprocess.Popen(["true"])
+    p.wait(timeout=10)
+    return str(p.pid)
+
+
+srv, port = start_server(server_bin, "-q", "--threads", "1", "--mode", "frame-echo", "127.0.0.1", "0")
+try:
+    # 1. A PID that is gone before the run.
+    pid = gone_pid()
+    r = load("-m", "2000", "--server-pid", pid, "127.0.0.1", port)
+    check(r.returncode == 2 and f"--server-pid {pid}" in r.stderr and "no such process" in r.stderr
+          and "server_cpu_ns_per_msg" not in r.stdout,
+          f"load --server-pid {pid} (gone): rc {r.returncode}, {r.stderr.strip()!r}, {r.stdout.strip()[-80:]!r}")
+    r = load("idle", "-c", "10", "--server-pid", pid, "127.0.0.1", port)
+    check(r.returncode == 2 and f"--server-pid {pid}" in r.stderr and "no such process" in r.stderr
+          and "rss" not in r.stdout,
+          f"idle --server-pid {pid} (gone): rc {r.returncode}, {r.stderr.strip()!r}, {r.stdout.strip()[-80:]!r}")
+
+    # A zombie (exited, not reaped) has no memory left to measure.
+    z = subprocess.Popen(["sleep", "60"])
+    try:
+        z.kill()
+        # Exited, but not reaped: os.waitid with WNOWAIT leaves it a zombie.
+        os.waitid(os.P_PID, z.pid, os.WEXITED | os.WNOWAIT)
+        r = load("idle", "-c", "10", "--server-pid", str(z.pid), "127.0.0.1", port)
+        check(r.returncode == 2 and f"--server-pid {z.pid}" in r.stderr and "exited" in r.stderr,
+              f"idle --server-pid {z.pid} (a zombie): rc {r.returncode}, {r.stderr.strip()!r}, "
+              f"{r.stdout.strip()[-80:]!r}")
+    finally:
+        z.wait(timeout=10)
+
+    # A "server" that exits during the run (after the first progress line).
+    victim = subprocess.Popen(["sleep", "60"])
+    lp = None
+    try:
+        lp = subprocess.Popen([load_bin, "-c", "2", "-d", "1", "-t", "3", "--server-pid", str(victim.pid),
+                               "127.0.0.1", port], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        err = b""
+        deadline = time.monotonic() + 20
+        while b" s: " not in err and time.monotonic() < deadline:
+            ready, _, _ = select.select([lp.stderr], [], [], 0.5)
+            if ready:
+                chunk = os.read(lp.stderr.fileno(), 4096)
+                if not chunk:
+                    break
+                err += chunk
+        victim.kill()
+        victim.wait(timeout=10)
+        out, rest = lp.communicate(timeout=30)
+        err = (err + rest).decode(errors="replace")
+        out = out.decode(errors="replace")
+        check(lp.returncode == 1 and f"server process {victim.pid}" in err and "exited during the run" in err
+              and "server_cpu_ns_per_msg" not in out,
+              f"load: the --server-pid process exits during the run: rc {lp.returncode}, {err.strip()[-160:]!r}, "
+              f"{out.strip()[-80:]!r}")
+    finally:
+        kill_if_running(victim)
+        kill_if_running(lp)
+        victim.wait(timeout=10)
+        if lp is not None:
+            lp.communicate(timeout=10)
+
+    # A live --server-pid still works.
+    r = load("-q", "-c", "2", "-m", "200", "--server-pid", str(srv.pid), "127.0.0.1", port)
+    check(r.returncode == 0 and re.search(r'"server_cpu_ns_per_msg":\d+\}', r.stdout) is not None,
+          f"load --server-pid (the server): rc {r.returncode}, {r.stdout.strip()[-80:]!r}, {r.stderr.strip()!r}")
+
+finally:
+    stop(srv)
+
+finish()
