@@ -625,7 +625,7 @@ const char* const usage_text =
     "  -d, --depth D         requests in flight per connection (default 16)\n"
     "  -s, --size S          content bytes per message (default 64)\n"
     "  -t, --seconds T       run for T seconds (default 5)\n"
-    "  -m, --messages M      stop after M requests instead\n"
+    "  -m, --messages M      stop after M requests instead (not with -t)\n"
     "      --mode MODE       a label (framed, raw, ceiling, ...): the traffic is the same whatever\n"
     "                        the server, and every reply is checked byte for byte\n"
     "      --app             send the tutorial's search request (text/json, {\"action\": \"search\",\n"
@@ -654,6 +654,7 @@ int main(int argc, char** argv) {
       {"app", no_argument, nullptr, 3},
       {"help", no_argument, nullptr, 'h'},              {nullptr, 0, nullptr, 0}};
   int ch;
+  bool seconds_given = false;
   auto number = [](const char* what, const char* s, double lo, double hi) {
     char* end = nullptr;
     double v = std::strtod(s, &end);
@@ -668,7 +669,10 @@ int main(int argc, char** argv) {
       case 'c': c.connections = static_cast<int>(number("--connections", optarg, 1, 1e6)); break;
       case 'd': c.depth = static_cast<int>(number("--depth", optarg, 1, 1e5)); break;
       case 's': c.size = static_cast<std::size_t>(number("--size", optarg, 0, 64 << 20)); break;
-      case 't': c.seconds = number("--seconds", optarg, 0.01, 86400); break;
+      case 't':
+        c.seconds = number("--seconds", optarg, 0.01, 86400);
+        seconds_given = true;
+        break;
       case 'm': c.messages = static_cast<std::uint64_t>(number("--messages", optarg, 1, 1e15)); break;
       case 1:
         c.mode = optarg;
@@ -682,6 +686,10 @@ int main(int argc, char** argv) {
   }
   if (argc - optind != 2) {
     std::fputs(usage_text, stderr);
+    return 2;
+  }
+  if (seconds_given && c.messages) {
+    std::fprintf(stderr, "ringframe-load: give -t/--seconds or -m/--messages, not both\n");
     return 2;
   }
   if (c.server_pid) {

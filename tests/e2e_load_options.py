@@ -5,6 +5,7 @@
    0.00 s, 0 ns per message" (idle: "server RSS -1 KiB -> -1 KiB") and exit
    0. It is a usage error now (exit 2, naming the PID); a server that exits
    during the run is an error (exit 1, no JSON line).
+2. -t with -m: -m was used, silently, though the usage reads [-t T | -m M].
 
 Usage: e2e_load_options.py RINGFRAME_SERVER RINGFRAME_LOAD
 """
@@ -93,6 +94,13 @@ try:
     check(r.returncode == 0 and re.search(r'"server_cpu_ns_per_msg":\d+\}', r.stdout) is not None,
           f"load --server-pid (the server): rc {r.returncode}, {r.stdout.strip()[-80:]!r}, {r.stderr.strip()!r}")
 
+    # 2. -t with -m.
+    r = load("-t", "1", "-m", "100", "127.0.0.1", port)
+    check(r.returncode == 2 and "-t" in r.stderr and "-m" in r.stderr and "not both" in r.stderr
+          and r.stdout == "",
+          f"-t 1 -m 100: rc {r.returncode}, {r.stderr.strip()!r}, {r.stdout.strip()[-80:]!r}")
+    r = load("-q", "-c", "1", "-m", "10", "127.0.0.1", port)
+    check(r.returncode == 0 and '"messages":10,' in r.stdout, f"-m alone: rc {r.returncode}, {r.stdout.strip()[-80:]!r}")
 finally:
     stop(srv)
 
