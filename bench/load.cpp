@@ -700,7 +700,11 @@ int main(int argc, char** argv) {
     }
   }
   auto port = parse_port(argv[optind + 1]);
-  auto addrs = port ? address::resolve(argv[optind], *port) : result<std::vector<address>>(port.error());
+  if (!port || *port == 0) {
+    std::fprintf(stderr, "ringframe-load: bad port '%s' (expected a whole number from 1 to 65535)\n", argv[optind + 1]);
+    return 2;
+  }
+  auto addrs = address::resolve(argv[optind], *port);
   if (!addrs) {
     std::fprintf(stderr, "ringframe-load: bad address %s %s: %s\n", argv[optind], argv[optind + 1], addrs.error().message().c_str());
     return 2;

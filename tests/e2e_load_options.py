@@ -6,6 +6,7 @@
    0. It is a usage error now (exit 2, naming the PID); a server that exits
    during the run is an error (exit 1, no JSON line).
 2. -t with -m: -m was used, silently, though the usage reads [-t T | -m M].
+3. Port 70000: "bad address 127.0.0.1 70000: Invalid argument".
 
 Usage: e2e_load_options.py RINGFRAME_SERVER RINGFRAME_LOAD
 """
@@ -103,5 +104,13 @@ try:
     check(r.returncode == 0 and '"messages":10,' in r.stdout, f"-m alone: rc {r.returncode}, {r.stdout.strip()[-80:]!r}")
 finally:
     stop(srv)
+
+# 3. Ports out of range (no server needed: the arguments are refused first).
+for bad in ("70000", "65536", "0", "http"):
+    r = load("-m", "10", "127.0.0.1", bad)
+    check(r.returncode == 2 and f"bad port '{bad}'" in r.stderr and "1 to 65535" in r.stderr,
+          f"port {bad}: rc {r.returncode}, {r.stderr.strip()!r}")
+r = load("idle", "-c", "1", "--server-pid", str(os.getpid()), "127.0.0.1", "70000")
+check(r.returncode == 2 and "bad port '70000'" in r.stderr, f"idle port 70000: rc {r.returncode}, {r.stderr.strip()!r}")
 
 finish()
