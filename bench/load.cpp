@@ -1,7 +1,7 @@
 // ringframe-load: an end-to-end load generator on its own io_uring executor.
 //
-//   ringframe-load [-c C] [-d D] [-s S] [-t T | -m M] [--mode framed|raw] HOST PORT
-//   ringframe-load idle -c N --server-pid PID [-s S] HOST PORT
+//   ringframe-load [-c C] [-d D] [-s S] [-t T | -m M] [--mode LABEL] [--app] [--server-pid PID] [-q] HOST PORT
+//   ringframe-load idle -c N --server-pid PID [-s S] [-q] HOST PORT
 //
 // C connections each keep D requests in flight: a request is one framed
 // message with S bytes of content whose first bytes carry its sequence
@@ -617,8 +617,8 @@ int run_idle(const config& c, const address& to) {
 }
 
 const char* const usage_text =
-    "Usage: ringframe-load [OPTIONS] HOST PORT\n"
-    "       ringframe-load idle -c N --server-pid PID [-s S] HOST PORT\n"
+    "Usage: ringframe-load [-c C] [-d D] [-s S] [-t T | -m M] [--mode LABEL] [--app] [--server-pid PID] [-q] HOST PORT\n"
+    "       ringframe-load idle -c N --server-pid PID [-s S] [-q] HOST PORT\n"
     "\n"
     "Options:\n"
     "  -c, --connections C   concurrent connections (default 50)\n"
@@ -626,7 +626,7 @@ const char* const usage_text =
     "  -s, --size S          content bytes per message (default 64)\n"
     "  -t, --seconds T       run for T seconds (default 5)\n"
     "  -m, --messages M      stop after M requests instead (not with -t)\n"
-    "      --mode MODE       a label (framed, raw, ceiling, ...): the traffic is the same whatever\n"
+    "      --mode LABEL      a label (framed, raw, ceiling, ...): the traffic is the same whatever\n"
     "                        the server, and every reply is checked byte for byte\n"
     "      --app             send the tutorial's search request (text/json, {\"action\": \"search\",\n"
     "                        \"value\": \"morpheus\"}) instead of binary frames, and expect its\n"

@@ -7,8 +7,10 @@
    during the run is an error (exit 1, no JSON line).
 2. -t with -m: -m was used, silently, though the usage reads [-t T | -m M].
 3. Port 70000: "bad address 127.0.0.1 70000: Invalid argument".
+4. README.md's ringframe-load usage lines are --help's, and every option of
+   --help is in them (the README had no --app, -q or idle's [-s S]).
 
-Usage: e2e_load_options.py RINGFRAME_SERVER RINGFRAME_LOAD
+Usage: e2e_load_options.py RINGFRAME_SERVER RINGFRAME_LOAD README.md
 """
 import os
 import re
@@ -19,7 +21,7 @@ import time
 
 from e2e_util import check, finish, kill_if_running, start_server, stop
 
-server_bin, load_bin = sys.argv[1:3]
+server_bin, load_bin, readme = sys.argv[1:4]
 
 
 def load(*args, timeout=30):
@@ -112,5 +114,29 @@ for bad in ("70000", "65536", "0", "http"):
           f"port {bad}: rc {r.returncode}, {r.stderr.strip()!r}")
 r = load("idle", "-c", "1", "--server-pid", str(os.getpid()), "127.0.0.1", "70000")
 check(r.returncode == 2 and "bad port '70000'" in r.stderr, f"idle port 70000: rc {r.returncode}, {r.stderr.strip()!r}")
+
+# 4. The README's usage lines are --help's.
+help_text = load("--help").stdout
+usage = [line.split(":", 1)[1].strip() if line.startswith("Usage:") else line.strip()
+         for line in help_text.split("\n\n", 1)[0].splitlines()]
+with open(readme, encoding="utf-8") as f:
+    readme_lines = [line.strip() for line in f]
+check(len(usage) == 2 and all(u.startswith("ringframe-load ") for u in usage), f"--help's usage lines: {usage!r}")
+for u in usage:
+    check(u in readme_lines, f"README.md has --help's usage line {u!r}")
+readme_usage = [line for line in readme_lines if line.startswith("ringframe-load ")]
+check(readme_usage == usage, f"README.md's ringframe-load usage lines are --help's: {readme_usage!r}")
+synopsis = " ".join(usage)
+shown = 0
+# An option is in the synopsis by its short form if it has one, else its long one.
+for line in help_text.split("\n\n", 1)[1].splitlines():
+    m = re.match(r" {2}(?:(-[A-Za-z]), | {4})(--[a-z][\w-]*)", line)
+    if not m or m.group(2) == "--help":
+        continue
+    short, long_ = m.group(1), m.group(2)
+    check(re.search(r"(?<![\w-])" + re.escape(short or long_) + r"\b", synopsis) is not None,
+          f"the usage lines show {short or long_}")
+    shown += 1
+check(shown >= 9, f"found {shown} options in --help")
 
 finish()
