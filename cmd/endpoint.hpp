@@ -39,6 +39,11 @@ inline std::vector<address> resolve_endpoint(const std::string& host, const std:
   auto addrs = address::resolve(host, *port);
   if (!addrs) {
     error = "cannot resolve host '" + host + "': " + addrs.error().message();
+    // "127.0.0.1:7000" as HOST: the port is an argument of its own.
+    const std::size_t colon = host.rfind(':');
+    if (colon != std::string::npos && host.find(':') == colon && colon + 1 < host.size() &&
+        host.find_first_not_of("0123456789", colon + 1) == std::string::npos)
+      error += " (HOST and PORT are two arguments: '" + host.substr(0, colon) + "' '" + host.substr(colon + 1) + "')";
     return {};
   }
   return *addrs;

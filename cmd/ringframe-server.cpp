@@ -343,8 +343,9 @@ int main(int argc, char** argv) {
   std::vector<address> metrics_addrs;
   if (!o.metrics.empty()) {
     std::string mhost, mport;
-    if (!split_host_port(o.metrics, mhost, mport) || cli::is_unix_host(mhost))
-      fail_usage("bad --metrics '" + o.metrics + "' (expected HOST:PORT)");
+    if (cli::is_unix_host(o.metrics) || !split_host_port(o.metrics, mhost, mport) ||
+        (o.metrics.front() == '[' && o.metrics.find("]:") == std::string::npos))
+      fail_usage("bad --metrics '" + o.metrics + "' (expected HOST:PORT, an IPv6 HOST in brackets: [::1]:9100)");
     metrics_addrs = cli::resolve_endpoint(mhost, mport, error);
     if (metrics_addrs.empty()) {
       std::fprintf(stderr, "ringframe-server: --metrics: %s\n", error.c_str());

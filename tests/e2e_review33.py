@@ -85,6 +85,14 @@ for args, expected in [(["--repeat", "+3", "echo", "127.0.0.1", "9", "x"], "bad 
     rc, out, err = run_bounded([client_bin, *args])
     check(rc == 2 and expected in err, f"audit client {args}: a usage error (rc {rc}, {err.strip()[:120]!r})")
 
+for metrics in ("[::1]", "[::1", "unix:/tmp/ringframe-metrics.sock"):
+    rc, out, err = run_bounded([server_bin, "-q", "--threads", "1", "--metrics", metrics, "127.0.0.1", "0"])
+    check(rc == 2 and f"bad --metrics '{metrics}' (expected HOST:PORT" in err,
+          f"audit server --metrics {metrics!r}: what is expected, not a bad port (rc {rc}, {err.strip()[:120]!r})")
+rc, out, err = run_bounded([server_bin, "127.0.0.1:7000"])
+check(rc == 2 and "HOST and PORT are two arguments: '127.0.0.1' '7000'" in err,
+      f"audit server HOST:PORT as one argument: the hint (rc {rc}, {err.strip()[:160]!r})")
+
 # Good values still start (the fix refuses no value that was fine).
 for opt, value in [("--max-connections", "5"), ("--zero-copy-threshold", "4096"), ("--idle-timeout", "0"),
                    ("--idle-timeout", "0.5"), ("--message-timeout", "1e-9"), ("--receive-budget", "0"),
