@@ -188,16 +188,17 @@ int main(int argc, char** argv) {
   bool first = false;
   std::chrono::nanoseconds timeout = 5s;
   std::vector<target> targets;
-  bool has_separator = false;
   for (int j = 1; j < argc; ++j) {
     const std::string a = argv[j];
     if (a == "-h" || a == "--help") {
       std::fputs(usage_text, stdout);
       return 0;
     }
-    has_separator = has_separator || a == "--";
   }
-  if (!has_separator) fail_usage("missing '-- ACTION VALUE' after the servers");
+  // The options first, so that a bad one (--timeout without its value, an
+  // unknown one) is named as such, not taken for a missing '--'; then the
+  // '--', then the servers (ACTION VALUE without '--' are not servers).
+  std::vector<std::string> servers;
   int i = 1;
   for (; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -213,9 +214,11 @@ int main(int argc, char** argv) {
     } else if (arg.size() > 1 && arg[0] == '-') {
       fail_usage("unknown option '" + arg + "'");
     } else {
-      targets.push_back(parse_target(arg));
+      servers.push_back(arg);
     }
   }
+  if (i == argc) fail_usage("missing '-- ACTION VALUE' after the servers");
+  for (const std::string& s : servers) targets.push_back(parse_target(s));
   if (targets.empty()) fail_usage("no servers given (HOST:PORT ...)");
   if (argc - i - 1 != 2) fail_usage("expected exactly ACTION VALUE after '--'");
   std::string json = "{\"action\": ";

@@ -95,7 +95,13 @@ try:
                        (("127.0.0.1:http", "--", "search", "x"), "bad port in '127.0.0.1:http'"),
                        (("127.0.0.1", "--", "search", "x"), "'127.0.0.1' is not HOST:PORT"),
                        (("--bogus", eps[0], "--", "a", "b"), "unknown option '--bogus'"),
-                       (("--timeout", "0", eps[0], "--", "a", "b"), "bad --timeout '0'")]:
+                       (("--timeout", "0", eps[0], "--", "a", "b"), "bad --timeout '0'"),
+                       # The options are read before the '--' is looked for:
+                       # a bad one is named, not taken for a missing '--'.
+                       (("--timeout",), "--timeout needs SECONDS"),
+                       ((eps[0], "--timeout"), "--timeout needs SECONDS"),
+                       (("--version",), "unknown option '--version'"),
+                       (("--version", eps[0], "search", "x"), "unknown option '--version'")]:
         r = fanout(*args)
         check(r.returncode == 2 and want in r.stderr and "--help" in r.stderr,
               f"bad usage {args!r}: rc {r.returncode} {r.stderr.strip()!r}")
