@@ -2,15 +2,17 @@
 """End to end: the examples' command lines as a user meets them.
 
 uppercase-server: [IP PORT], --help, bad arguments (one line, exit 2), and
-its "on" line in a file while it runs.
+its "on" line in a file while it runs. ringframe-kvstore --help names every
+op that examples/kvstore/kv_store.hpp serves.
 
 Everything is on loopback and every wait is bounded: a binary that should
 have refused its arguments but started (or hung) instead is killed and
 reported.
 
-Usage: e2e_examples.py UPPERCASE
+Usage: e2e_examples.py UPPERCASE KVSTORE KV_STORE_HPP
 """
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,7 +21,7 @@ import tempfile
 
 from e2e_util import check, finish, frame, kill_if_running, recv_exactly, stop, wait_for
 
-uppercase_bin = sys.argv[1]
+uppercase_bin, kvstore_bin, kv_store_hpp = sys.argv[1:4]
 
 
 def run_bounded(argv, seconds=5.0):
@@ -112,5 +114,14 @@ with tempfile.TemporaryDirectory() as tmp:
               f"uppercase-server: SIGTERM ends it, the file still holds its line (rc {p.returncode})")
     finally:
         kill_if_running(p)
+
+# ringframe-kvstore --help said "ops put, get, del": "count" was left out.
+with open(kv_store_hpp) as f:
+    ops = sorted(set(re.findall(r'\bop [!=]= "(\w+)"', f.read())))
+rc, out, err = run_bounded([kvstore_bin, "--help"])
+ops_line = next((line for line in out.splitlines() if "ops " in line), "")
+missing = [op for op in ops if not re.search(rf"\b{op}\b", ops_line)]
+check(rc == 0 and len(ops) >= 4 and not missing,
+      f"ringframe-kvstore --help names every op of kv_store.hpp {ops} (missing {missing}: {ops_line!r})")
 
 finish()

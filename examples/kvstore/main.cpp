@@ -28,7 +28,7 @@ ringframe::task<void> serve(ringframe::executor* ex, ringframe::server* srv, rin
 namespace {
 const char* const usage_text =
     "usage: ringframe-kvstore [IP] [PORT]\n"
-    "A key-value store on the framed protocol (ops put, get, del; see examples/kvstore).\n"
+    "A key-value store on the framed protocol (ops put, get, del, count; see examples/kvstore).\n"
     "IP defaults to 127.0.0.1, PORT to 65434 (0: any free port). Stops on SIGINT or SIGTERM.\n"
     "Exit status: 0 when stopped, 1 when it cannot run, 2 for bad usage.\n";
 
