@@ -290,11 +290,8 @@ int main(int argc, char** argv) {
   result<std::uint16_t> port = parse_port(args[1]);
   if (!port) usage_error("bad port '" + args[1] + "': expected a whole number from 0 to 65535");
   result<std::vector<address>> at = address::resolve(args[0], *port);  // blocking, before the loop
-  if (!at || at->empty()) {
-    std::fprintf(stderr, "ringframe-example-chat: cannot resolve host '%s': %s\n", args[0].c_str(),
-                 at ? "no address" : at.error().message().c_str());
-    return 1;
-  }
+  if (!at || at->empty())  // a HOST that names nothing is bad usage, as for ringframe-server
+    usage_error("cannot resolve host '" + args[0] + "': " + (at ? "no address" : at.error().message()));
 
   try {
     executor ex;

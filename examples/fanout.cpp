@@ -42,7 +42,7 @@ const char* const usage_text =
     "  -h, --help         show this help\n"
     "\n"
     "Exit status: 0 when every server answered (--first: when one did), 1 otherwise,\n"
-    "2 for bad usage.\n";
+    "2 for bad usage (a HOST that does not resolve is that too).\n";
 
 [[noreturn]] void fail_usage(const std::string& msg) {
   std::fprintf(stderr, "ringframe-example-fanout: %s\nTry 'ringframe-example-fanout --help'.\n", msg.c_str());
@@ -95,7 +95,8 @@ std::string describe(const message& m) {
 
 struct answer {
   bool ok = false;
-  std::string text;  // the reply, or why there is none
+  std::string text;         // the reply, or why there is none
+  bool unresolved = false;  // its HOST names nothing: bad usage, exit 2
 };
 
 // One server: connect (resolving its name off the loop), one call. `st`
@@ -108,6 +109,8 @@ task<answer> ask(executor* ex, const target* t, const message* request, std::chr
                                                ? framed_client::connect(*ex, t->unix_path, o, st)
                                                : framed_client::connect(*ex, t->host, t->port, o, st);
   result<framed_client> c = co_await std::move(connecting);
+  if (!c && c.error().category() == resolver_category())
+    co_return answer{false, "cannot resolve host '" + t->host + "': " + c.error().message(), true};
   if (!c) co_return answer{false, "cannot connect: " + c.error().message()};
   task<result<message>> call = c->call(*request, &st);
   result<message> r = co_await std::move(call);
@@ -126,6 +129,7 @@ struct race {
   event all_failed;
   std::vector<std::string> failures;  // per server, "" while none
   std::size_t failed = 0;
+  bool unresolved = false;
 };
 
 task<answer> ask_first(executor* ex, const target* t, const message* request, std::chrono::nanoseconds timeout,
@@ -134,6 +138,7 @@ task<answer> ask_first(executor* ex, const target* t, const message* request, st
   answer a = co_await std::move(asking);
   if (a.ok || st.stop_requested()) co_return a;
   r->failures[index] = a.text;
+  r->unresolved = r->unresolved || a.unresolved;
   if (++r->failed == r->failures.size()) {
     r->all_failed.set();
     co_return a;
@@ -156,9 +161,10 @@ task<int> fan_out(executor* ex, std::vector<target> targets, message request, bo
         std::printf("%s: %s\n", targets[i].text.c_str(), answers[i].text.c_str());
       } else {
         std::fprintf(stderr, "ringframe-example-fanout: %s: %s\n", targets[i].text.c_str(), answers[i].text.c_str());
-        rc = 1;
+        rc = (answers[i].unresolved || rc == 2) ? 2 : 1;
       }
     }
+    if (rc == 2) std::fputs("Try 'ringframe-example-fanout --help'.\n", stderr);
     co_return rc;
   }
   race r(*ex, targets.size());
@@ -179,7 +185,9 @@ task<int> fan_out(executor* ex, std::vector<target> targets, message request, bo
   }
   for (std::size_t i = 0; i < targets.size(); ++i)
     std::fprintf(stderr, "ringframe-example-fanout: %s: %s\n", targets[i].text.c_str(), r.failures[i].c_str());
-  co_return 1;
+  if (!r.unresolved) co_return 1;
+  std::fputs("Try 'ringframe-example-fanout --help'.\n", stderr);
+  co_return 2;
 }
 
 }  // namespace

@@ -179,11 +179,9 @@ std::vector<address> resolve_or_exit(const std::string& host, const std::string&
   if (!port) usage_error(std::string("bad ") + what + " port '" + port_text + "': expected a whole number from 0 to 65535");
   // Blocking, before the loop runs.
   result<std::vector<address>> addrs = address::resolve(host, *port);
-  if (!addrs || addrs->empty()) {
-    std::fprintf(stderr, "ringframe-example-proxy: cannot resolve %s host '%s': %s\n", what, host.c_str(),
-                 addrs ? "no address" : addrs.error().message().c_str());
-    std::exit(1);
-  }
+  if (!addrs || addrs->empty())  // a host that names nothing is bad usage, as for ringframe-server
+    usage_error(std::string("cannot resolve ") + what + " host '" + host + "': " +
+                (addrs ? "no address" : addrs.error().message()));
   return *addrs;
 }
 

@@ -3,13 +3,14 @@
 
 uppercase-server: [IP PORT], --help, bad arguments (one line, exit 2), and
 its "on" line in a file while it runs. ringframe-kvstore --help names every
-op that examples/kvstore/kv_store.hpp serves.
+op that examples/kvstore/kv_store.hpp serves. ringframe-example-chat and
+-proxy: a host that does not resolve is bad usage (exit 2).
 
 Everything is on loopback and every wait is bounded: a binary that should
 have refused its arguments but started (or hung) instead is killed and
 reported.
 
-Usage: e2e_examples.py UPPERCASE KVSTORE KV_STORE_HPP
+Usage: e2e_examples.py UPPERCASE KVSTORE KV_STORE_HPP CHAT PROXY
 """
 import os
 import re
@@ -21,7 +22,7 @@ import tempfile
 
 from e2e_util import check, finish, frame, kill_if_running, recv_exactly, stop, wait_for
 
-uppercase_bin, kvstore_bin, kv_store_hpp = sys.argv[1:4]
+uppercase_bin, kvstore_bin, kv_store_hpp, chat_bin, proxy_bin = sys.argv[1:6]
 
 
 def run_bounded(argv, seconds=5.0):
@@ -123,5 +124,18 @@ ops_line = next((line for line in out.splitlines() if "ops " in line), "")
 missing = [op for op in ops if not re.search(rf"\b{op}\b", ops_line)]
 check(rc == 0 and len(ops) >= 4 and not missing,
       f"ringframe-kvstore --help names every op of kv_store.hpp {ops} (missing {missing}: {ops_line!r})")
+
+# chat and proxy exited 1 on a host that does not resolve, as for a failure
+# at run time; ringframe-server and ringframe-client (and now fanout) take
+# it for bad usage, exit 2. "bad host!" is refused by the resolver without
+# a query.
+for name, argv, says in [("chat", [chat_bin, "bad host!", "0"], "cannot resolve host 'bad host!'"),
+                         ("proxy", [proxy_bin, "bad host!", "0", "127.0.0.1", "1"],
+                          "cannot resolve listen host 'bad host!'"),
+                         ("proxy", [proxy_bin, "127.0.0.1", "0", "bad host!", "1"],
+                          "cannot resolve target host 'bad host!'")]:
+    rc, out, err = run_bounded(argv)
+    check(rc == 2 and says in err and "Usage: ringframe-example-" + name in err and out == "",
+          f"{name} {argv[1:]}: the host is named, usage, exit 2 (rc {rc}, {err.strip()[:120]!r})")
 
 finish()

@@ -105,6 +105,18 @@ try:
         r = fanout(*args)
         check(r.returncode == 2 and want in r.stderr and "--help" in r.stderr,
               f"bad usage {args!r}: rc {r.returncode} {r.stderr.strip()!r}")
+    # A HOST that names nothing is bad usage (exit 2, as ringframe-client
+    # has it), not a server that did not answer (exit 1). "bad host!" is
+    # refused by the resolver without a query.
+    r = fanout("bad host!:1", eps[0], "--", "search", "morpheus")
+    check(r.returncode == 2 and r.stdout == f"{eps[0]}: {MORPHEUS}\n" and
+          "bad host!:1: cannot resolve host 'bad host!'" in r.stderr and "--help" in r.stderr,
+          f"a host that does not resolve is named, the others answer, exit 2: rc {r.returncode} {r.stdout!r} {r.stderr!r}")
+    r = fanout("--first", "bad host!:1", down, "--", "search", "morpheus")
+    check(r.returncode == 2 and r.stdout == "" and "cannot resolve host 'bad host!'" in r.stderr and
+          f"{down}: cannot connect" in r.stderr,
+          f"--first, no answer and a host that does not resolve: exit 2: rc {r.returncode} {r.stderr!r}")
+
     r = fanout("--help")
     check(r.returncode == 0 and r.stdout.startswith("Usage: ringframe-example-fanout"), "--help")
 finally:
