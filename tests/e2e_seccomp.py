@@ -404,7 +404,7 @@ check(FALLBACK not in out + err, "--backend io_uring does not fall back")
 
 try:
     r = subprocess.run([launcher, server_bin, "--log-format", "json", "--threads", "1", "--drain-timeout", "0.1",
-                        HOST, "0"], capture_output=True, text=True, timeout=3)
+                        HOST, "0"], capture_output=True, text=True, timeout=3, env=env)
     out, err = r.stdout, r.stderr
 except subprocess.TimeoutExpired as e:  # it serves until killed: what it printed so far
     out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
