@@ -20,22 +20,9 @@ import subprocess
 import sys
 import tempfile
 
-from e2e_util import check, finish, frame, kill_if_running, recv_exactly, stop, wait_for
+from e2e_util import check, finish, frame, kill_if_running, recv_exactly, run_bounded, stop, wait_for
 
 uppercase_bin, kvstore_bin, kv_store_hpp, chat_bin, proxy_bin = sys.argv[1:6]
-
-
-def run_bounded(argv, seconds=5.0):
-    """(returncode, stdout, stderr) of argv; returncode None if it was still
-    running after `seconds` (it is killed then)."""
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = p.communicate(timeout=seconds)
-        return p.returncode, out, err
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-        return None, out, err
 
 
 def free_port():

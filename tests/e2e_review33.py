@@ -14,22 +14,9 @@ import sys
 import tempfile
 import time
 
-from e2e_util import check, fake_server, finish, start_server, stop
+from e2e_util import check, fake_server, finish, run_bounded, start_server, stop
 
 server_bin, client_bin, kvstore_bin = sys.argv[1], sys.argv[2], sys.argv[3]
-
-
-def run_bounded(argv, seconds=5.0):
-    """(returncode, stdout, stderr) of argv; returncode None if it was still
-    running after `seconds` (it is killed then)."""
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = p.communicate(timeout=seconds)
-        return p.returncode, out, err
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-        return None, out, err
 
 
 # F1: values that parse but do not mean what was typed. strtoul/strtoull

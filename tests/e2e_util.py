@@ -103,6 +103,19 @@ def stop(p, sig=signal.SIGTERM, timeout=15):
     return wait_or_kill(p, timeout)
 
 
+def run_bounded(argv, seconds=5.0):
+    """(returncode, stdout, stderr) of argv; returncode None if it was still
+    running after `seconds` (it is killed then)."""
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=seconds)
+        return p.returncode, out, err
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        return None, out, err
+
+
 def kill_if_running(p):
     if p is not None and p.poll() is None:
         p.kill()
