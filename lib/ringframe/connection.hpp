@@ -190,28 +190,17 @@ class read_message_awaitable {
 
 class write_awaitable {
  public:
-  // `ready`: no wait for the send (decided when the bytes were queued: see
-  // connection::queued). A write that failed never waits.
-  write_awaitable(connection* c, result<void> queued, bool ready = true) noexcept : c_(c), ready_(ready) {
-    if (!queued) [[unlikely]] {
-      const std::error_code e = queued.error();
-      error_ = e.value();
-      category_ = &e.category();
-      ready_ = true;
-    }
-  }
-  bool await_ready() const noexcept { return ready_; }
+  write_awaitable(connection* c, result<void> queued) noexcept : c_(c), queued_(queued) {}
+  // Whether to wait for the send is decided when the write is awaited, with
+  // the backlog as it is then (an awaitable kept and awaited later sees
+  // what other writes queued, or what was sent, meanwhile: review50).
+  inline bool await_ready() const noexcept;  // inline ones: below class connection
   std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
   inline result<void> await_resume();
 
  private:
   connection* c_;
-  // The write's own failure, if any (a result<void> in parts, so that the
-  // flag fits its padding: every framed connection's coroutine frame holds
-  // one of these, and an idle connection's memory counts).
-  const std::error_category* category_ = nullptr;
-  int error_ = 0;
-  bool ready_;
+  result<void> queued_;
   task<result<void>> flush_;
 };
 
@@ -350,16 +339,13 @@ class connection {
   // reader takes it from (each copy of it is 15 words, per message).
   bool try_read_buffered(std::optional<result<message_view>>& out);
   task<result<message_view>> read_slow();
-  // Every write ends here (inline: per message): counts, and the awaitable,
-  // which waits for the send when max_unsent_bytes are now queued (the
-  // backlog is measured once, here, for both).
+  // Every write ends here (inline: per message): counts, and the awaitable.
   detail::write_awaitable queued(result<void> r) {
     if (r) ++messages_out;
     if (sock_.get_executor().handling_time_sink()) [[unlikely]]
       record_handling_time(r);
-    const std::size_t u = unsent_bytes();
-    if (u > peak_unsent) peak_unsent = u;
-    return detail::write_awaitable(this, r, u < opts_.max_unsent_bytes);
+    if (const std::size_t u = unsent_bytes(); u > peak_unsent) peak_unsent = u;
+    return detail::write_awaitable(this, r);
   }
   // write_raw past its inline case: shared as a new gather entry, or copied.
   detail::write_awaitable write_raw_queue(std::span<const std::byte> frame);
@@ -439,10 +425,11 @@ inline result<message_view> read_message_awaitable::await_resume() {
   }
   return resume_slow();
 }
+inline bool write_awaitable::await_ready() const noexcept {
+  return !queued_ || c_->unsent_bytes() < c_->opts_.max_unsent_bytes;
+}
 inline result<void> write_awaitable::await_resume() {
-  if (category_) [[unlikely]]
-    return std::error_code(error_, *category_);
-  if (!flush_.valid()) return {};
+  if (!queued_ || !flush_.valid()) return queued_;
   return flush_.take_result();
 }
 
