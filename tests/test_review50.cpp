@@ -1,8 +1,9 @@
 // Review 50: whether a write waits for its send (max_unsent_bytes) is
 // decided when its awaitable is awaited, with the backlog as it is then.
 // c9dc92c..584eb22 decided it when the bytes were queued, and these failed
-// there; 83f5a58, before them, and the fix, which went back to that, pass. Each test stores an awaitable and awaits it later;
-// every wait is bounded; both backends run each.
+// there; 83f5a58, before them, and the fix, which went back to that, pass.
+// Each test stores an awaitable and awaits it later; every wait is bounded;
+// both backends run each.
 #include "loopback.hpp"
 #include "send_helpers.hpp"
 
