@@ -69,8 +69,11 @@ using diagnostic_sink = void (*)(const log_record&);
 void set_diagnostic_sink(diagnostic_sink sink) noexcept;
 
 namespace detail {
-// To the sink, or to stderr.
-void report_diagnostic(log_level level, std::string_view event, std::string_view reason, std::string_view text) noexcept;
+// To the sink, or to stderr; the text is `head` then `tail`. Allocates
+// nothing on the way to stderr, so a bad_alloc can be reported: a sink that
+// cannot be given the record (its text not made) gets the line on stderr.
+void report_diagnostic(log_level level, std::string_view event, std::string_view reason, std::string_view head,
+                       std::string_view tail = {}) noexcept;
 }  // namespace detail
 
 // One JSON object on one line (no newline at the end):

@@ -42,8 +42,7 @@ detached run_detached(executor* /*ex, read by the promise*/, task<void> t) {
   try {
     co_await std::move(t);
   } catch (const std::exception& e) {
-    report_diagnostic(log_level::error, "task_error", e.what(),
-                      std::string("a spawned task ended with an exception: ") + e.what());
+    report_diagnostic(log_level::error, "task_error", e.what(), "a spawned task ended with an exception: ", e.what());
   } catch (...) {
     report_diagnostic(log_level::error, "task_error", "unknown exception", "a spawned task ended with an unknown exception");
   }
@@ -72,7 +71,7 @@ struct remote_spawn : detail::deferred_call {
       self->target->spawn(std::move(self->t));
     } catch (const std::exception& e) {
       detail::report_diagnostic(log_level::error, "task_error", e.what(),
-                                std::string("a task handed over by spawn_on could not be spawned: ") + e.what());
+                                "a task handed over by spawn_on could not be spawned: ", e.what());
     }
   }
 };
@@ -140,7 +139,7 @@ void executor::make_backend(const executor_options& opts) {
         if (why.rfind("ringframe: ", 0) == 0) why.erase(0, 11);
         fallback_why = why;
         detail::report_diagnostic(log_level::warn, "backend_fallback", why,
-                                  "io_uring is not available here, falling back to epoll: " + why);
+                                  "io_uring is not available here, falling back to epoll: ", why);
       }
     }
     fallback_reason_ = fallback_why;

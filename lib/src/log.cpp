@@ -14,15 +14,17 @@ std::atomic<diagnostic_sink> diagnostics{nullptr};
 void set_diagnostic_sink(diagnostic_sink sink) noexcept { diagnostics.store(sink); }
 
 void detail::report_diagnostic(log_level level, std::string_view event, std::string_view reason,
-                               std::string_view text) noexcept {
+                               std::string_view head, std::string_view tail) noexcept {
   if (diagnostic_sink sink = diagnostics.load()) {
     try {
+      const std::string text = std::string(head) + std::string(tail);
       sink(log_record{level, event, nullptr, reason, text});
       return;
-    } catch (...) {  // a sink that cannot write: the line still goes somewhere
+    } catch (...) {  // no memory for the text, or a sink that cannot write: the line still goes somewhere
     }
   }
-  std::fprintf(stderr, "ringframe: %.*s\n", static_cast<int>(text.size()), text.data());
+  std::fprintf(stderr, "ringframe: %.*s%.*s\n", static_cast<int>(head.size()), head.data(),
+               static_cast<int>(tail.size()), tail.data());
 }
 
 const char* to_string(log_level l) noexcept {
