@@ -40,8 +40,9 @@ const char* const usage_text =
     "  app unix:/PATH ACTION VALUE        sends a text/json search; any other ACTION sends the\n"
     "                                     bytes ACTION+VALUE as binary/custom-client-binary-type\n"
     "\n"
-    "HOST may be an IPv4 or IPv6 address, a host name, or unix:/path/to/socket for a\n"
-    "Unix-domain socket, which has no port: PORT is then left out.\n"
+    "HOST may be an IPv4 or IPv6 address, a host name (of its addresses, the first\n"
+    "that answers is used), or unix:/path/to/socket for a Unix-domain socket, which\n"
+    "has no port: PORT is then left out.\n"
     "\n"
     "Options:\n"
     "  -t, --timeout SECONDS  give up on any one network operation after this long (default 10)\n"
@@ -127,12 +128,26 @@ options parse(int argc, char** argv) {
 
 std::string describe(const address& a) { return a.to_python(); }
 
+// Where a failed connect tried: every address ("[::1]:7 or 127.0.0.1:7").
+std::string describe_tried(const std::vector<address>& to) {
+  constexpr std::size_t named = 4;
+  std::string s;
+  for (std::size_t i = 0; i < to.size() && i < named; ++i) s += (i ? " or " : "") + to[i].to_string();
+  if (to.size() > named) s += " or " + std::to_string(to.size() - named) + " more";
+  return s;
+}
+
 // ---- echo: the tutorial's echo-client.py ----
 
-task<int> echo_client(executor* ex, address to, std::string text, std::chrono::nanoseconds timeout) {
-  result<ringframe::socket> s = co_await ringframe::connect(*ex, to, {.timeout = timeout});
+// HOST's addresses, all of them: the first that answers (ringframe::connect,
+// RFC 8305), as a name with an IPv6 and an IPv4 address needs when the
+// server listens on one family only.
+task<int> echo_client(executor* ex, std::vector<address> to, std::string text, std::chrono::nanoseconds timeout) {
+  task<result<ringframe::socket>> connecting = ringframe::connect(*ex, to, {.timeout = timeout});
+  result<ringframe::socket> s = co_await std::move(connecting);
   if (!s) {
-    std::fprintf(stderr, "ringframe-client: cannot connect to %s: %s\n", to.to_string().c_str(), s.error().message().c_str());
+    std::fprintf(stderr, "ringframe-client: cannot connect to %s: %s\n", describe_tried(to).c_str(),
+                 s.error().message().c_str());
     co_return 1;
   }
   result<std::size_t> sent = co_await s->send_all(text, {.timeout = timeout});
@@ -166,7 +181,7 @@ task<int> echo_client(executor* ex, address to, std::string text, std::chrono::n
 
 struct multiconn_state {
   executor* ex;
-  address to;
+  std::vector<address> to;  // HOST's addresses: the first that answers
   std::chrono::nanoseconds timeout;
   bool quiet;
   int verified = 0;
@@ -179,8 +194,9 @@ task<void> multiconn_one(multiconn_state* st, int connid) {
   auto say = [st](const std::string& line) {
     if (!st->quiet) std::printf("%s\n", line.c_str());
   };
-  say("Starting connection " + std::to_string(connid) + " to " + describe(st->to));
-  result<ringframe::socket> s = co_await ringframe::connect(*st->ex, st->to, {.timeout = st->timeout});
+  say("Starting connection " + std::to_string(connid) + " to " + describe(st->to.front()));
+  task<result<ringframe::socket>> connecting = ringframe::connect(*st->ex, st->to, {.timeout = st->timeout});
+  result<ringframe::socket> s = co_await std::move(connecting);
   if (!s) {
     std::fprintf(stderr, "connection %d: cannot connect: %s\n", connid, s.error().message().c_str());
     ++st->failed;
@@ -340,8 +356,8 @@ task<void> app_worker(app_run* run) {
 // `host` is resolved here, inside the loop, without blocking it
 // (ringframe::resolve); a unix:/path or a numeric address needs no lookup.
 task<int> app_client(executor* ex, std::string host, std::uint16_t port, address unix_to, app_request r) {
-  address to = unix_to;
-  if (to.family() != AF_UNIX) {
+  std::vector<address> addrs_to{unix_to};
+  if (unix_to.family() != AF_UNIX) {
     task<result<std::vector<address>>> lookup = ringframe::resolve(*ex, host, port, {.timeout = r.timeout});
     result<std::vector<address>> addrs = co_await std::move(lookup);
     if (!addrs) {
@@ -349,17 +365,21 @@ task<int> app_client(executor* ex, std::string host, std::uint16_t port, address
                    host.c_str(), addrs.error().message().c_str());
       co_return 2;
     }
-    to = addrs->front();
+    addrs_to = std::move(*addrs);
   }
-  if (!r.quiet) std::printf("Starting connection to %s\n", to.to_python().c_str());
+  if (!r.quiet) std::printf("Starting connection to %s\n", addrs_to.front().to_python().c_str());
   framed_client_options fo;
   fo.connect_timeout = fo.reply_timeout = fo.connection.write_timeout = r.timeout;
-  task<result<framed_client>> connecting = framed_client::connect(*ex, to, fo);
+  // Every address of HOST, the first that answers (RFC 8305).
+  task<result<framed_client>> connecting = framed_client::connect(*ex, addrs_to, fo);
   result<framed_client> client = co_await std::move(connecting);
   if (!client) {
-    std::fprintf(stderr, "ringframe-client: cannot connect to %s: %s\n", to.to_string().c_str(), client.error().message().c_str());
+    std::fprintf(stderr, "ringframe-client: cannot connect to %s: %s\n", describe_tried(addrs_to).c_str(),
+                 client.error().message().c_str());
     co_return 1;
   }
+  // The address that answered, for what is printed from here on.
+  const address to = client->peer().family() == AF_UNSPEC ? addrs_to.front() : client->peer();
   const message request = build_request(r);
   std::string frame;
   if (auto enc = encode_frame(request, frame); !enc) {
@@ -412,28 +432,28 @@ int main(int argc, char** argv) {
       auto addrs = cli::resolve_endpoint(a.size() > 0 ? a[0] : "127.0.0.1",
                                          unix_host ? "" : a.size() > 1 ? a[1] : "65432", error);
       if (addrs.empty()) fail_usage(error);
-      return addrs.front();
+      return addrs;
     };
     if (cmd == "echo") {
       if (a.size() > rest + 1)
         fail_usage(unix_host ? "echo takes at most unix:/PATH TEXT (a unix: HOST has no PORT)"
                              : "echo takes at most HOST PORT TEXT");
-      address to = endpoint();
+      std::vector<address> to = endpoint();
       executor ex(o.exec);
-      return ex.run(echo_client(&ex, to, a.size() > rest ? a[rest] : "Hello, world", o.timeout));
+      return ex.run(echo_client(&ex, std::move(to), a.size() > rest ? a[rest] : "Hello, world", o.timeout));
     }
     if (cmd == "multiconn") {
       if (a.size() != rest + 1)
         fail_usage(unix_host ? "usage: multiconn unix:/PATH NUM_CONNS (a unix: HOST has no PORT)"
                              : "usage: multiconn HOST PORT NUM_CONNS");
-      address to = endpoint();
+      std::vector<address> to = endpoint();
       const std::string& num = a[rest];
       unsigned long long parsed = 0;
       if (!cli::parse_whole(num.c_str(), parsed) || parsed < 1 || parsed > 1000000)
         fail_usage("bad NUM_CONNS '" + num + "' (expected 1 to 1000000)");
       const long n = static_cast<long>(parsed);
       executor ex(o.exec);
-      multiconn_state st{&ex, to, o.timeout, o.quiet};
+      multiconn_state st{&ex, std::move(to), o.timeout, o.quiet};
       for (int i = 1; i <= n; ++i) ex.spawn(multiconn_one(&st, i));
       ex.run_until_idle();
       int rc = st.failed == 0 && st.verified == n ? 0 : 1;
@@ -450,7 +470,7 @@ int main(int argc, char** argv) {
       address unix_to;
       std::uint16_t port = 0;
       if (unix_host) {
-        unix_to = endpoint();
+        unix_to = endpoint().front();
       } else {
         const std::string port_text = a.size() > 1 ? a[1] : "65432";
         auto p = parse_port(port_text);

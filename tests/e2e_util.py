@@ -103,10 +103,10 @@ def stop(p, sig=signal.SIGTERM, timeout=15):
     return wait_or_kill(p, timeout)
 
 
-def run_bounded(argv, seconds=5.0):
+def run_bounded(argv, seconds=5.0, env=None):
     """(returncode, stdout, stderr) of argv; returncode None if it was still
     running after `seconds` (it is killed then)."""
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         out, err = p.communicate(timeout=seconds)
         return p.returncode, out, err

@@ -368,6 +368,10 @@ task<result<framed_client>> connect_client(executor* ex, address at, framed_clie
   result<framed_client> c = co_await framed_client::connect(*ex, at, o);
   co_return c;
 }
+task<result<framed_client>> connect_list(executor* ex, std::vector<address> to, framed_client_options o) {
+  result<framed_client> c = co_await framed_client::connect(*ex, std::move(to), o);
+  co_return c;
+}
 // A port nobody listens on (bound and released: connecting is refused).
 address refused_address(executor& ex) {
   address at;
@@ -418,6 +422,34 @@ TEST_CASE("framed_client: without retries a refused connect fails at once; with 
     CHECK(timed.error() == std::errc::timed_out);
     CHECK(took >= 150ms);
     CHECK(took < 3s);
+  });
+}
+
+TEST_CASE("framed_client: connect to a list of addresses takes the first that answers; an empty list is EINVAL") {
+  testing::on_each_backend([](backend_kind k) {
+    executor ex(testing::on(k));
+    address refused = refused_address(ex);
+    address at = refused_address(ex);
+    while (at.port() == refused.port()) at = refused_address(ex);
+    server_plan plan;
+    ex.spawn(listen_later(&ex, at, 0ms, &plan));
+    // The refused one first, as a name whose first address's family nobody
+    // listens on (ringframe-client's case).
+    result<framed_client> c = ex.run(connect_list(&ex, {refused, at}, {}));
+    REQUIRE(c);
+    CHECK(c->peer().port() == at.port());
+    result<message> r = ex.run(one_call(&*c, "hi"));
+    REQUIRE(r);
+    CHECK(r->content == "re:hi");
+    c->close();
+    ex.run_until_idle();
+
+    result<framed_client> none = ex.run(connect_list(&ex, {}, {}));
+    REQUIRE(!none);
+    CHECK(none.error() == std::errc::invalid_argument);
+    result<framed_client> all_refused = ex.run(connect_list(&ex, {refused, refused}, {}));
+    REQUIRE(!all_refused);
+    CHECK(all_refused.error() == std::errc::connection_refused);
   });
 }
 

@@ -46,6 +46,7 @@
 #include <cstdint>
 #include <stop_token>
 #include <string>
+#include <vector>
 
 namespace ringframe {
 
@@ -135,6 +136,10 @@ class framed_client {
   static task<result<framed_client>> connect(executor& ex, std::string host, std::uint16_t port,
                                              framed_client_options o = {}, std::stop_token stop = {});
   static task<result<framed_client>> connect(executor& ex, address to, framed_client_options o = {},
+                                             std::stop_token stop = {});
+  // Addresses looked up already: the first of `to` that answers, as above;
+  // EINVAL when `to` is empty.
+  static task<result<framed_client>> connect(executor& ex, std::vector<address> to, framed_client_options o = {},
                                              std::stop_token stop = {});
   // A client over a socket connected already (a Unix socketpair, a test).
   static framed_client adopt(socket s, framed_client_options o = {});

@@ -307,6 +307,7 @@ std::chrono::nanoseconds left_until(std::chrono::steady_clock::time_point deadli
 
 task<result<framed_client>> connect_to(executor* ex, std::vector<address> addrs, framed_client_options o,
                                        std::chrono::steady_clock::time_point deadline, std::stop_token stop) {
+  if (addrs.empty()) co_return errno_code(EINVAL);
   std::error_code last = std::make_error_code(std::errc::host_unreachable);
   std::chrono::nanoseconds delay = o.retry.delay;
   const int attempts = std::max(1, o.retry.attempts);
@@ -347,6 +348,11 @@ framed_client::~framed_client() { close(); }
 task<result<framed_client>> framed_client::connect(executor& ex, address to, framed_client_options o,
                                                    std::stop_token stop) {
   return detail::connect_to(&ex, std::vector<address>{to}, o, detail::deadline_of(o.connect_timeout), std::move(stop));
+}
+
+task<result<framed_client>> framed_client::connect(executor& ex, std::vector<address> to, framed_client_options o,
+                                                   std::stop_token stop) {
+  return detail::connect_to(&ex, std::move(to), o, detail::deadline_of(o.connect_timeout), std::move(stop));
 }
 
 task<result<framed_client>> framed_client::connect(executor& ex, std::string host, std::uint16_t port,

@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""End to end: ringframe-client tries every address of a HOST name.
+
+A name with an IPv6 and an IPv4 address, while the server listens on one
+family only: the client must connect to the address that answers (RFC 8305,
+ringframe::connect over all of them), in whichever order the name lists
+them. It used to take the first address alone and fail with "Connection
+refused" when that one was the family nobody listened on.
+
+The name comes from a hosts file of the test's own, read through
+nss_wrapper (Debian's libnss-wrapper, LD_PRELOAD; the machine's /etc/hosts
+is not touched). Every server is on loopback and every wait is bounded.
+
+Usage: e2e_client_addresses.py SERVER CLIENT NSS_WRAPPER_LIB
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+from e2e_util import check, finish, run_bounded, stop
+
+server_bin, client_bin, nss_wrapper = sys.argv[1:4]
+
+LISTENING_ANY = re.compile(r"Listening on \('([^']*)', (\d+)")
+
+
+def start(ip, mode):
+    """ringframe-server in `mode` on ip, port 0; (process, PORT)."""
+    env = dict(os.environ)
+    p = subprocess.Popen([server_bin, "-q", "--threads", "1", "-m", mode, ip, "0"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    line = p.stdout.readline()
+    m = LISTENING_ANY.match(line)
+    if not m:
+        p.kill()
+        _, err = p.communicate()
+        raise SystemExit(f"the server on {ip} did not start: {line!r} {err[-300:]!r}")
+    return p, m.group(2)
+
+
+def client(hosts_lines, *args):
+    """ringframe-client ARGS with the name 'twoaddrs' resolving as hosts_lines say."""
+    with tempfile.NamedTemporaryFile("w", suffix=".hosts", delete=False) as f:
+        f.write("".join(f"{line}\n" for line in hosts_lines))
+        hosts = f.name
+    env = dict(os.environ, LD_PRELOAD=nss_wrapper, NSS_WRAPPER_HOSTS=hosts)
+    try:
+        return run_bounded([client_bin, "-t", "5", *args], seconds=20, env=env)
+    finally:
+        os.unlink(hosts)
+
+
+V6_FIRST = ["::1 twoaddrs", "127.0.0.1 twoaddrs"]
+V4_FIRST = ["127.0.0.1 twoaddrs", "::1 twoaddrs"]
+
+# The hosts file is read: the name resolves, to the address listed (a
+# check that nss_wrapper is in effect, or every later check would be moot).
+v4, port4 = start("127.0.0.1", "echo")
+rc, out, err = client(["127.0.0.1 onlyv4"], "echo", "onlyv4", port4, "hello")
+check(rc == 0 and "Received b'hello'" in out, f"a name from the test's hosts file resolves: rc={rc} {err.strip()!r}")
+
+# The server on 127.0.0.1 only; the name lists ::1 first.
+rc, out, err = client(V6_FIRST, "echo", "twoaddrs", port4, "both families")
+check(rc == 0 and "Received b'both families'" in out,
+      f"echo: ::1 refused, 127.0.0.1 answers: rc={rc} {err.strip()!r}")
+rc, out, err = client(V6_FIRST, "-q", "multiconn", "twoaddrs", port4, "3")
+check(rc == 0 and "3 of 3 connections echoed every byte" in out,
+      f"multiconn: every connection reaches 127.0.0.1: rc={rc} {out.strip()[-80:]!r} {err.strip()!r}")
+
+# The app server on ::1 only; the name lists 127.0.0.1 first.
+v6, port6 = start("::1", "app")
+rc, out, err = client(V4_FIRST, "app", "twoaddrs", port6, "search", "morpheus")
+check(rc == 0 and "Got result: Follow the white rabbit." in out,
+      f"app: 127.0.0.1 refused, ::1 answers: rc={rc} {err.strip()!r}")
+# What is printed after the connect names the address that answered.
+check(f"Closing connection to ('::1', {port6}, 0, 0)" in out, f"app names the address it reached: {out[-200:]!r}")
+
+# Nobody on either: the error names both addresses.
+stop(v4)
+stop(v6)
+rc, out, err = client(V6_FIRST, "echo", "twoaddrs", port4, "x")
+check(rc == 1 and f"[::1]:{port4}" in err and f"127.0.0.1:{port4}" in err and "refused" in err,
+      f"no address answers: exit 1, both named: rc={rc} {err.strip()!r}")
+finish()
