@@ -196,8 +196,9 @@ int main(int argc, char** argv) {
   bool first = false;
   std::chrono::nanoseconds timeout = 5s;
   std::vector<target> targets;
-  for (int j = 1; j < argc; ++j) {
+  for (int j = 1; j < argc; ++j) {  // (up to the '--': ACTION or VALUE may be "--help")
     const std::string a = argv[j];
+    if (a == "--") break;
     if (a == "-h" || a == "--help") {
       std::fputs(usage_text, stdout);
       return 0;

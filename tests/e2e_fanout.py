@@ -119,6 +119,10 @@ try:
 
     r = fanout("--help")
     check(r.returncode == 0 and r.stdout.startswith("Usage: ringframe-example-fanout"), "--help")
+    # After the '--' it is VALUE, sent as any other (the help was printed).
+    r = fanout(eps[0], "--", "search", "--help")
+    check(r.returncode == 0 and r.stdout == f'{eps[0]}: {{"result": "No match for \\"--help\\"."}}\n',
+          f"'--help' after '--' is the VALUE: rc {r.returncode} {r.stdout!r} {r.stderr!r}")
 finally:
     silent.close()
     for p, _ in servers:
