@@ -14,30 +14,17 @@ is not touched). Every server is on loopback and every wait is bounded.
 Usage: e2e_client_addresses.py SERVER CLIENT NSS_WRAPPER_LIB
 """
 import os
-import re
 import subprocess
 import sys
 import tempfile
 
-from e2e_util import check, finish, run_bounded, stop
+from e2e_util import check, finish, run_bounded, start_server, stop
 
 server_bin, client_bin, nss_wrapper = sys.argv[1:4]
 
-LISTENING_ANY = re.compile(r"Listening on \('([^']*)', (\d+)")
-
-
 def start(ip, mode):
     """ringframe-server in `mode` on ip, port 0; (process, PORT)."""
-    env = dict(os.environ)
-    p = subprocess.Popen([server_bin, "-q", "--threads", "1", "-m", mode, ip, "0"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env)
-    line = p.stdout.readline()
-    m = LISTENING_ANY.match(line)
-    if not m:
-        p.kill()
-        _, err = p.communicate()
-        raise SystemExit(f"the server on {ip} did not start: {line!r} {err[-300:]!r}")
-    return p, m.group(2)
+    return start_server(server_bin, "-q", "--threads", "1", "-m", mode, ip, "0")
 
 
 def client(hosts_lines, *args):

@@ -59,11 +59,12 @@ def finish():
     sys.exit(1 if failures else 0)
 
 
-LISTENING = re.compile(r"Listening on \('127\.0\.0\.1', (\d+)\)")
+# ('127.0.0.1', PORT) or ('::1', PORT, 0, 0)
+LISTENING = re.compile(r"Listening on \('[0-9a-f.:]+', (\d+)(?:, \d+, \d+)?\)")
 
 
 def listening_port(line):
-    """The PORT of a "Listening on ('127.0.0.1', PORT)" line (a string); an
+    """The PORT of a "Listening on ('IP', PORT)" line (a string); an
     error if the line is not one."""
     m = LISTENING.match(line)
     if not m:
