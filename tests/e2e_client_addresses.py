@@ -14,7 +14,6 @@ is not touched). Every server is on loopback and every wait is bounded.
 Usage: e2e_client_addresses.py SERVER CLIENT NSS_WRAPPER_LIB
 """
 import os
-import subprocess
 import sys
 import tempfile
 
