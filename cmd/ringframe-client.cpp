@@ -198,7 +198,8 @@ task<void> multiconn_one(multiconn_state* st, int connid) {
   task<result<ringframe::socket>> connecting = ringframe::connect(*st->ex, st->to, {.timeout = st->timeout});
   result<ringframe::socket> s = co_await std::move(connecting);
   if (!s) {
-    std::fprintf(stderr, "connection %d: cannot connect: %s\n", connid, s.error().message().c_str());
+    std::fprintf(stderr, "connection %d: cannot connect to %s: %s\n", connid, describe_tried(st->to).c_str(),
+                 s.error().message().c_str());
     ++st->failed;
     co_return;
   }
@@ -378,8 +379,12 @@ task<int> app_client(executor* ex, std::string host, std::uint16_t port, address
                  client.error().message().c_str());
     co_return 1;
   }
-  // The address that answered, for what is printed from here on.
-  const address to = client->peer().family() == AF_UNSPEC ? addrs_to.front() : client->peer();
+  // For what is printed from here on: the TCP address that answered (the
+  // first of several need not be it); a Unix path as the user gave it (the
+  // peer's name is the path the server bound, which a symlink or a relative
+  // path differs from).
+  const address to = unix_to.family() == AF_UNIX || client->peer().family() == AF_UNSPEC ? addrs_to.front()
+                                                                                         : client->peer();
   const message request = build_request(r);
   std::string frame;
   if (auto enc = encode_frame(request, frame); !enc) {

@@ -59,12 +59,13 @@ def finish():
     sys.exit(1 if failures else 0)
 
 
-# ('127.0.0.1', PORT) or ('::1', PORT, 0, 0)
-LISTENING = re.compile(r"Listening on \('[0-9a-f.:]+', (\d+)(?:, \d+, \d+)?\)")
+LISTENING = re.compile(r"Listening on \('127\.0\.0\.1', (\d+)\)")
+# start_server's: a server on 127.0.0.1 or on ::1 (its caller chose which).
+LISTENING_LOOPBACK = re.compile(r"Listening on \((?:'127\.0\.0\.1', (\d+)|'::1', (\d+), 0, 0)\)")
 
 
 def listening_port(line):
-    """The PORT of a "Listening on ('IP', PORT)" line (a string); an
+    """The PORT of a "Listening on ('127.0.0.1', PORT)" line (a string); an
     error if the line is not one."""
     m = LISTENING.match(line)
     if not m:
@@ -74,16 +75,17 @@ def listening_port(line):
 
 def start_server(server_bin, *args, **popen_args):
     """Runs `server_bin *args` (which must print its "Listening on" line
-    first) with stdout and stderr piped as text; returns (process, PORT)."""
+    first, on 127.0.0.1 or ::1) with stdout and stderr piped as text;
+    returns (process, PORT)."""
     p = subprocess.Popen([server_bin, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          **popen_args)
     line = p.stdout.readline()
-    m = LISTENING.match(line)
+    m = LISTENING_LOOPBACK.match(line)
     if not m:
         p.kill()
         _, err = p.communicate()
         raise SystemExit(f"{server_bin} {' '.join(args)} did not start: {line!r} {err[-300:]!r}")
-    return p, m.group(1)
+    return p, m.group(1) or m.group(2)
 
 
 def wait_or_kill(p, timeout=15):
