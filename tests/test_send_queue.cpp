@@ -87,6 +87,47 @@ TEST_CASE("a failed queue stays failed, keeps the errno, and posts its waiters")
   CHECK(q.unsent() == 4);
 }
 
+TEST_CASE("peak_unsent() is the largest backlog the queue has had, appended while a batch was out included") {
+  executor ex;
+  auto [a, b] = testing::socket_pair(ex);
+  send_queue q(a, {});
+  CHECK(q.peak_unsent() == 0);
+  q.out() += std::string(1000, 'p');
+  CHECK(q.peak_unsent() == 1000);  // queued, not yet started
+  q.start();
+  std::string got = ex.run(read_exactly(&b, 1000, 5s));
+  ex.run_until_idle();
+  CHECK(q.unsent() == 0);
+  CHECK(q.peak_unsent() == 1000);  // sent: the peak stays
+  // 4 MiB, more than the socket takes at once, then 4 MiB more behind the
+  // batch in flight: the backlog peaks after the second append, a value no
+  // start() sees (the second batch starts once the first has gone).
+  q.out() += std::string(4 << 20, 'x');
+  q.start();
+  ex.run_once(false);
+  q.out() += std::string(4 << 20, 'y');
+  const std::size_t highest = q.unsent();
+  CHECK(highest > (4u << 20));
+  got = ex.run(read_exactly(&b, 8u << 20, 10s));
+  ex.run_until_idle();
+  CHECK(got.size() == (8u << 20));
+  CHECK(q.unsent() == 0);
+  CHECK(q.peak_unsent() >= highest);
+  CHECK(q.peak_unsent() <= (8u << 20));
+  // A failure drops what is queued: it was the backlog all the same.
+  q.out() += std::string(9 << 20, 'z');
+  q.start();
+  std::vector<int> woken;
+  ex.spawn(wait_and_record(&q, 1, &woken));
+  ex.run_once(false);
+  { ringframe::socket gone = std::move(b); }
+  ex.run_until_idle();
+  CHECK(woken.size() == 1);
+  CHECK(q.current() == send_queue::state::failed);
+  CHECK(q.unsent() == 0);
+  CHECK(q.peak_unsent() == (9u << 20));
+}
+
 TEST_CASE("a peer that takes nothing fails the queue at the write deadline with ETIMEDOUT") {
   executor ex;
   auto [a, b] = testing::socket_pair(ex);  // b never reads

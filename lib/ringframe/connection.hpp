@@ -237,7 +237,10 @@ class connection {
   [[nodiscard]] detail::write_awaitable write_raw(std::span<const std::byte> frame) {
     // Inline, per message: an echo of the frame received just after the
     // last one echoed only extends the gather entry already queued.
-    if (!send_.failed() && can_share(frame) && send_.extend_last(decoder_.block(), frame)) [[likely]]
+    // (can_share()'s tests, with holds() folded into extend_last's: bytes
+    // that continue a piece of the decoder's block start inside it.)
+    if (!send_.failed() && opts_.gather_threshold && frame.size() >= opts_.gather_threshold &&
+        send_.extend_last(decoder_.block(), frame)) [[likely]]
       return queued({});
     return write_raw_queue(frame);
   }
@@ -290,7 +293,7 @@ class connection {
   std::uint64_t messages_in = 0, messages_out = 0, bytes_in = 0, bytes_out = 0;
   // The most reply bytes ever queued at once: what max_unsent_bytes bounds
   // (it can be exceeded by at most the one reply that crossed it).
-  std::size_t peak_unsent = 0;
+  std::size_t peak_unsent() const noexcept { return send_.peak_unsent(); }
 
  private:
   friend class detail::read_message_awaitable;
@@ -344,7 +347,6 @@ class connection {
     if (r) ++messages_out;
     if (sock_.get_executor().handling_time_sink()) [[unlikely]]
       record_handling_time(r);
-    if (const std::size_t u = unsent_bytes(); u > peak_unsent) peak_unsent = u;
     return detail::write_awaitable(this, r);
   }
   // write_raw past its inline case: shared as a new gather entry, or copied.

@@ -90,8 +90,9 @@ class send_queue {
   bool append_shared(detail::block_ref block, std::span<const std::byte> bytes);
   // Pipelined echoes lie back to back in the receive buffer: bytes that
   // continue the last piece, which lies in `block`, with nothing queued
-  // after it, extend it (one gather entry for a whole batch). False when
-  // they do not. Per message: no reference taken or dropped.
+  // after it, and end inside `block`, extend it (one gather entry for a
+  // whole batch). False when they do not. Per message: no reference taken
+  // or dropped.
   inline bool extend_last(const detail::byte_block* block, std::span<const std::byte> bytes) noexcept;
   // Bytes queued and not yet in the socket. The part of a zero-copy batch
   // the kernel took (`releasing`: it holds the pages until the peer has
@@ -102,6 +103,13 @@ class send_queue {
     if (state_ == state::sending) n += f_->total - f_->sent;
     else if (state_ == state::releasing) n += f_->total - f_->sent - taken_of_releasing();
     return n;
+  }
+  // The most unsent() has been: it grows only as bytes are appended, and
+  // shrinks only as a completion, a send made at once or a failure takes
+  // them, so it is noted before each of those (per batch, not per write).
+  std::size_t peak_unsent() const noexcept {
+    const std::size_t u = unsent();
+    return u > peak_ ? u : peak_;
   }
   state current() const noexcept { return state_; }
   bool busy() const noexcept { return state_ == state::sending || state_ == state::releasing; }
@@ -164,6 +172,7 @@ class send_queue {
     std::vector<iovec> iov;
     msghdr msg{};
   };
+  void note_peak() noexcept { peak_ = peak_unsent(); }
   std::size_t taken_of_releasing() const noexcept { return f_->res > 0 ? static_cast<std::size_t>(f_->res) : 0; }
   std::unique_ptr<flight> new_flight();
   void make_flight();
@@ -195,6 +204,7 @@ class send_queue {
   std::uint64_t* bytes_out_;
   std::string queued_;  // written, not yet handed to a send
   std::unique_ptr<flight> f_;
+  std::size_t peak_ = 0;  // see peak_unsent()
   timer deadline_{this};
   deferred_cancel deferred_{this};
   detail::send_waiter* waiters_ = nullptr;
@@ -214,6 +224,8 @@ inline bool send_queue::extend_last(const detail::byte_block* block, std::span<c
   if (!f_ || f_->pending.empty()) return false;
   piece& last = f_->pending.back();
   if (last.block.get() != block || last.at != queued_.size() || last.data + last.len != bytes.data()) return false;
+  // They start where the piece ends, inside the block: do they end in it?
+  if (bytes.size() > block->capacity() - static_cast<std::size_t>(bytes.data() - block->data())) return false;
   last.len += bytes.size();
   f_->pending_bytes += bytes.size();
   return true;

@@ -72,6 +72,7 @@ bool send_queue::append_shared(detail::block_ref block, std::span<const std::byt
 
 [[gnu::hot]] void send_queue::start() {
   if (state_ != state::idle || (queued_.empty() && (!f_ || f_->pending.empty()))) return;
+  note_peak();  // before a send made at once takes bytes
   if (int e = refusal()) return fail(e);
   executor& ex = sock_.get_executor();
   if (ex.sends_now() && (!f_ || f_->pending.empty())) {
@@ -208,6 +209,7 @@ void send_queue::cancel() noexcept {
 }
 
 void send_queue::cancel_here(bool stopping) noexcept {
+  note_peak();
   if (state_ == state::releasing && stopping) {
     // Sent, but the kernel holds the pages until the peer takes them, which
     // a peer that does not read never does: the orphan waits for that, the
@@ -231,6 +233,7 @@ void send_queue::deferred_cancel::run(detail::deferred_call* d, bool run) {
     if (!(flags & detail::cqe_more)) f->ex->bury(f);
     return;
   }
+  self->note_peak();  // before the result takes bytes
   // A cancellation still waiting for an SQE would hit the next batch: drop
   // it (a stop is seen again by refusal() before anything more is sent).
   if (!(flags & detail::cqe_more)) self->sock_.get_executor().withdraw(&self->deferred_);
@@ -350,6 +353,7 @@ bool send_queue::hand_over_taken_batch() noexcept {
 }
 
 void send_queue::fail(int err) {
+  note_peak();
   error_ = err;
   state_ = state::failed;
   timed_out_ = false;
@@ -384,6 +388,7 @@ void send_queue::fail(int err) {
 
 void send_queue::on_deadline(deadline* d) {
   send_queue* self = static_cast<timer*>(d)->q;
+  self->note_peak();
   self->timed_out_ = true;
   if (self->state_ == state::releasing) {
     // The first part of a short zero-copy send, whose pages the kernel

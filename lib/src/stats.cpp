@@ -13,7 +13,7 @@ void detail::add_connection_counters(const connection& c, server_stats& st) noex
   st.messages_in += c.messages_in;
   st.messages_out += c.messages_out;
   st.backpressure_pauses += c.backpressure_pauses();
-  st.peak_unsent_bytes = std::max<std::uint64_t>(st.peak_unsent_bytes, c.peak_unsent);
+  st.peak_unsent_bytes = std::max<std::uint64_t>(st.peak_unsent_bytes, c.peak_unsent());
 }
 
 server_stats server::stats_now() const {
