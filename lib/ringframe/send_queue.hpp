@@ -221,7 +221,7 @@ class send_queue {
 };
 
 inline bool send_queue::extend_last(const detail::byte_block* block, std::span<const std::byte> bytes) noexcept {
-  if (!f_ || f_->pending.empty()) return false;
+  if (!block || !f_ || f_->pending.empty()) return false;  // (a null block: append_shared misused)
   piece& last = f_->pending.back();
   if (last.block.get() != block || last.at != queued_.size() || last.data + last.len != bytes.data()) return false;
   // They start where the piece ends, inside the block: do they end in it?
