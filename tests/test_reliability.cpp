@@ -330,9 +330,13 @@ TEST_CASE("backpressure: 100,000 pipelined requests, no reading: the server stop
   CHECK(got == 100000);
   client = ringframe::socket();
   ts.run_until([&] { return ts.srv.live_connections() == 0; });
-  // The reply backlog never exceeded the bound by more than one reply.
+  // The reply backlog never exceeded the bound by more than one reply, and
+  // reached it: the server stops reading only at the bound, so the counter
+  // must have seen it (it is noted once a batch, not at each write).
   INFO("peak unsent bytes: " << ts.srv.stats().peak_unsent_bytes);
   CHECK(ts.srv.stats().peak_unsent_bytes <= co.max_unsent_bytes + reply.size());
+  CHECK(ts.srv.stats().peak_unsent_bytes >= co.max_unsent_bytes);
+  CHECK(ts.srv.stats().backpressure_pauses > 0);
 }
 
 TEST_CASE("faults: resets mid-message and mid-response, a peer vanishing during a 4 MiB reply") {
