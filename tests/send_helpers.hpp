@@ -1,6 +1,8 @@
 // Helpers of the tests that drive a send_queue and read what it sent:
-// test_send_queue.cpp, test_large_frames.cpp, test_review8.cpp.
+// test_send_queue.cpp, test_large_frames.cpp, test_review8.cpp, test_review20.cpp.
 #pragma once
+
+#include "loopback.hpp"
 
 #include <ringframe/detail/byte_block.hpp>
 #include <ringframe/send_queue.hpp>
@@ -14,9 +16,34 @@
 #include <chrono>
 #include <coroutine>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace testing {
+
+// A TCP pair whose receiver holds little: a zero-copy batch larger than
+// both socket buffers is taken in part (SEND_ZC's `releasing`).
+struct zero_copy_pair {
+  ringframe::executor ex;
+  ringframe::socket a, b;
+  explicit zero_copy_pair(ringframe::executor_options eo, int sndbuf = 32 * 1024) : ex(eo) {
+    auto [s, c] = ex.run(tcp_pair(&ex));
+    a = std::move(s);
+    b = std::move(c);
+    REQUIRE(b.set_option(SOL_SOCKET, SO_RCVBUF, 16 * 1024));
+    REQUIRE(a.set_option(SOL_SOCKET, SO_SNDBUF, sndbuf));
+  }
+};
+
+// Turns the loop (without waiting in it) until `done()` or `bound` has passed.
+template <class Done>
+void turn_until(ringframe::executor& ex, Done done, std::chrono::steady_clock::duration bound) {
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!done() && std::chrono::steady_clock::now() - t0 < bound) {
+    ex.run_once(false);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
 
 // co_await: until the queue has nothing in the kernel.
 struct wait_empty {

@@ -4,6 +4,7 @@
 // only on io_uring (epoll sends a copy, with one completion), so these run
 // on io_uring whatever RINGFRAME_BACKEND says. Every wait is bounded.
 #include "loopback.hpp"
+#include "send_helpers.hpp"
 
 #include <ringframe/executor.hpp>
 #include <ringframe/send_queue.hpp>
@@ -63,21 +64,6 @@ void run_until_failed(executor& ex, send_queue& q, clk::duration bound) {
   }
 }
 
-// A TCP pair whose receiver holds little: a zero-copy batch larger than both
-// buffers is taken only in part, and its pages stay in our send queue (no
-// notification) while the peer reads nothing.
-struct zc_pair {
-  executor ex;
-  ringframe::socket a, b;
-  explicit zc_pair(executor_options eo, int sndbuf = 32 * 1024) : ex(eo) {
-    auto [s, c] = ex.run(testing::tcp_pair(&ex));
-    a = std::move(s);
-    b = std::move(c);
-    REQUIRE(b.set_option(SOL_SOCKET, SO_RCVBUF, 16 * 1024));
-    REQUIRE(a.set_option(SOL_SOCKET, SO_SNDBUF, sndbuf));
-  }
-};
-
 // ---- F1: a short SEND_ZC result that comes after the write deadline ----
 
 // An io_uring executor whose ring is set up as `s`.
@@ -90,7 +76,7 @@ executor_options ring(ring_setup s) {
 void short_result_after_deadline(ring_setup setup) {
   // Our send buffer well over the peer's window: the part of the batch the
   // kernel takes once there is room does not all fit in the peer's window.
-  zc_pair p(ring(setup), 256 * 1024);
+  testing::zero_copy_pair p(ring(setup), 256 * 1024);
   INFO("ring: " << std::string(p.ex.setup_mode()));
   // Our send buffer and the peer's window full of bytes sent directly: the
   // queue's SEND_ZC finds no room and waits in the kernel (state sending).
@@ -163,7 +149,7 @@ namespace {
 enum class give_up { deadline, cancel };
 
 void given_up_short_batch_is_counted(give_up how) {
-  zc_pair p(testing::on_io_uring());
+  testing::zero_copy_pair p(testing::on_io_uring());
   std::uint64_t out = 0;
   send_queue::options so;
   so.zero_copy_threshold = 1;
@@ -204,7 +190,7 @@ namespace {
 // ---- F4: send_queue::cancel() (no stop token) that reaches the kernel too late ----
 
 void short_result_after_cancel(ring_setup setup, bool zero_copy) {
-  zc_pair p(ring(setup), 256 * 1024);
+  testing::zero_copy_pair p(ring(setup), 256 * 1024);
   INFO("ring: " << std::string(p.ex.setup_mode()) << ", zero-copy: " << zero_copy);
   // As in F1: the queue's send waits in the kernel for room.
   const std::string filler(64 * 1024, 'f');
@@ -261,7 +247,7 @@ namespace {
 // ---- F5: a short zero-copy batch, seen from outside while the kernel holds its pages ----
 
 void releasing_counts(bool destroy) {
-  zc_pair p(testing::on_io_uring());
+  testing::zero_copy_pair p(testing::on_io_uring());
   std::uint64_t out = 0;
   send_queue::options so;
   so.zero_copy_threshold = 1;

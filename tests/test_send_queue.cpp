@@ -14,7 +14,6 @@
 #include <cstring>
 #include <optional>
 #include <string>
-#include <thread>
 
 using namespace ringframe;
 using namespace std::chrono_literals;
@@ -130,35 +129,12 @@ TEST_CASE("peak_unsent() is the largest backlog the queue has had, appended whil
   CHECK(q.peak_unsent() == (9u << 20));
 }
 
-namespace {
-// Over TCP with small socket buffers, so a 4 MiB zero-copy batch goes in part.
-struct zero_copy_pair {
-  executor ex;
-  ringframe::socket a, b;
-  zero_copy_pair() : ex(testing::on_io_uring()) {
-    auto [s, c] = ex.run(testing::tcp_pair(&ex));
-    a = std::move(s);
-    b = std::move(c);
-    REQUIRE(b.set_option(SOL_SOCKET, SO_RCVBUF, 16 * 1024));
-    REQUIRE(a.set_option(SOL_SOCKET, SO_SNDBUF, 32 * 1024));
-  }
-};
-template <class Done>
-void turn_until(executor& ex, Done done, std::chrono::steady_clock::duration bound = 3s) {
-  const auto t0 = std::chrono::steady_clock::now();
-  while (!done() && std::chrono::steady_clock::now() - t0 < bound) {
-    ex.run_once(false);
-    std::this_thread::sleep_for(1ms);
-  }
-}
-}  // namespace
-
 // (Helper review of the per-batch peak: the zero-copy paths, where part of
 // a batch counts as sent while the kernel still holds its pages.)
 TEST_CASE("peak_unsent() through a zero-copy batch in part taken, then ended by the deadline, cancel() or the queue going") {
   for (int how = 0; how < 3; ++how) {
     CAPTURE(how);
-    zero_copy_pair p;
+    testing::zero_copy_pair p(testing::on_io_uring());
     send_queue::options so;
     so.zero_copy_threshold = 1;
     if (how == 0) so.write_timeout = 300ms;
@@ -166,13 +142,13 @@ TEST_CASE("peak_unsent() through a zero-copy batch in part taken, then ended by 
     std::optional<send_queue> q(std::in_place, p.a, so);
     q->out() = std::string(batch, 'z');
     q->start();
-    turn_until(p.ex, [&] { return q->current() == send_queue::state::releasing; });
+    testing::turn_until(p.ex, [&] { return q->current() == send_queue::state::releasing; }, 3s);
     REQUIRE(q->current() == send_queue::state::releasing);
     CHECK(q->unsent() < batch);  // the part the kernel took is out
     q->out() += std::string(batch, 'y');  // waits behind
     const std::size_t highest = q->unsent();
     CHECK(q->peak_unsent() == std::max(batch, highest));
-    if (how == 0) turn_until(p.ex, [&] { return q->current() == send_queue::state::failed; });
+    if (how == 0) testing::turn_until(p.ex, [&] { return q->current() == send_queue::state::failed; }, 3s);
     else if (how == 1) q->cancel();
     if (how < 2) {
       CHECK(q->current() == send_queue::state::failed);
@@ -180,7 +156,7 @@ TEST_CASE("peak_unsent() through a zero-copy batch in part taken, then ended by 
       CHECK(q->peak_unsent() == std::max(batch, highest));
     }
     q.reset();  // (how 2: with the pages still held; the orphan takes them)
-    turn_until(p.ex, [] { return false; }, 100ms);
+    testing::turn_until(p.ex, [] { return false; }, 100ms);
   }
 }
 
@@ -194,7 +170,7 @@ TEST_CASE("peak_unsent() through a zero-copy batch taken whole, with bytes appen
   q.start();
   q.out() += std::string(3000, 'b');
   CHECK(q.peak_unsent() == 4000);
-  turn_until(ex, [&] { return q.current() == send_queue::state::idle && q.unsent() == 0; });
+  testing::turn_until(ex, [&] { return q.current() == send_queue::state::idle && q.unsent() == 0; }, 3s);
   CHECK(q.unsent() == 0);
   CHECK(q.peak_unsent() == 4000);
 }
