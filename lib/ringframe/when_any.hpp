@@ -31,9 +31,14 @@
 // fixed set: a std::variant whose active index is that index; task<void>
 // gives std::monostate). If that first task threw, its exception is rethrown
 // (after every task has finished). The losers' values and exceptions are
-// discarded. Errors reported as values (a result<T> holding ECANCELED) are
-// values: the first task to finish wins, whatever it returns. An empty vector
-// throws std::invalid_argument.
+// discarded, even a value a loser got before the stop reached it: a channel
+// element or a semaphore permit handed to its waiter in the turn the winner
+// finished is then gone (review51). For a receive or an acquire against a
+// deadline use with_timeout, which returns such a value; with when_any, a
+// task that must not drop what it received keeps it somewhere the caller
+// sees (or releases the permit) itself. Errors reported as values (a
+// result<T> holding ECANCELED) are values: the first task to finish wins,
+// whatever it returns. An empty vector throws std::invalid_argument.
 //
 // Same thread only: the tasks must resume on the awaiter's executor.
 #pragma once

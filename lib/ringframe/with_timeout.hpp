@@ -17,10 +17,16 @@
 // The result: result<U> for a task<result<U>> (its own errors pass through),
 // result<void> for task<void>, result<T> otherwise. An exception thrown by
 // the task is rethrown, unless the deadline fired first (then the task was
-// cancelled and its outcome is discarded). If the executor stops (stop())
-// before either finishes, the result is ECANCELED, whichever then finishes
-// first: a value the task returns after the stop is discarded (an exception
-// it throws is still rethrown).
+// cancelled and its outcome is discarded). A task<result<U>> that finishes
+// with a value is never reported as timed out: when its operation completed
+// in the turn the deadline fired (a channel element or a semaphore permit
+// handed to it, a reply that came in), the stop reaches it too late and it
+// returns the value, which with_timeout returns (the element or permit is
+// the caller's, not lost). A task of another type cannot say whether it was
+// cut short: after the deadline its value is discarded. If the executor
+// stops (stop()) before either finishes, the result is ECANCELED, whichever
+// then finishes first: a value the task returns after the stop is
+// discarded (an exception it throws is still rethrown).
 #pragma once
 
 #include <ringframe/detail/join.hpp>
@@ -33,6 +39,7 @@
 #include <cerrno>
 #include <chrono>
 #include <concepts>
+#include <exception>
 #include <stop_token>
 #include <vector>
 
@@ -50,6 +57,12 @@ struct timeout_result<result<U>> {
 };
 template <class T>
 using timeout_result_t = typename timeout_result<T>::type;
+// A task that reports its own errors (task<result<U>>) says whether it
+// finished with a value or was cut short.
+template <class T>
+inline constexpr bool reports_errors_v = false;
+template <class U>
+inline constexpr bool reports_errors_v<result<U>> = true;
 
 template <class = void>
 static task<result<void>> deadline_timer(executor* ex, std::chrono::nanoseconds d, std::stop_token st) {
@@ -84,8 +97,26 @@ static task<timeout_result_t<factory_value_t<F>>> with_timeout_impl(executor* ex
   co_await both;
   if (st.first == 1) {
     result<void> slept = timer.take_result();
-    if (slept) co_return timeout_result_t<T>(errno_code(ETIMEDOUT));
-    co_return timeout_result_t<T>(slept.error());  // the executor stopped
+    if (!slept) {  // the executor stopped
+      // executor::stop() wakes a waiting task through the ready queue, after
+      // the timer's cancellation is dispatched: the timer comes first then,
+      // and an exception the task throws must not be lost (review51 F1).
+      if (std::exception_ptr e = error_of(work)) std::rethrow_exception(e);
+      co_return timeout_result_t<T>(slept.error());
+    }
+    // The deadline fired. A task whose operation had finished in the same
+    // turn, before the stop could reach it (a channel element or a
+    // semaphore permit handed to its waiter, a reply received), returns
+    // with a value: that value is the caller's, not dropped as if the task
+    // had been cut short (review51 F2: the element was gone from the
+    // channel, and a permit for good).
+    if constexpr (reports_errors_v<T>) {
+      if (!error_of(work)) {
+        T r = work.take_result();
+        if (r) co_return r;
+      }
+    }
+    co_return timeout_result_t<T>(errno_code(ETIMEDOUT));
   }
   if (st.first_error) std::rethrow_exception(st.first_error);
   if (stopped_first) co_return timeout_result_t<T>(errno_code(ECANCELED));  // its value is dropped
