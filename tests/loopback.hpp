@@ -33,6 +33,11 @@ inline ringframe::executor_options on_io_uring(ringframe::executor_options o = {
 }
 
 // Options for an executor on backend `k`.
+// N turns of the loop that never sleep (what a test steps through by hand).
+inline void turns(ringframe::executor& ex, int n) {
+  for (int i = 0; i < n; ++i) ex.run_once(false);
+}
+
 inline ringframe::executor_options on(ringframe::backend_kind k) {
   ringframe::executor_options o;
   o.backend = k;

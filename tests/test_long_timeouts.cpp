@@ -26,14 +26,11 @@
 using namespace ringframe;
 using namespace std::chrono_literals;
 using testing::on;
+using testing::turns;
 
 namespace {
 
 constexpr auto forever = std::chrono::nanoseconds::max();
-
-void turns(executor& ex, int n) {
-  for (int i = 0; i < n; ++i) ex.run_once(false);
-}
 
 struct outcome {
   bool done = false;

@@ -23,12 +23,9 @@
 using namespace ringframe;
 using namespace std::chrono_literals;
 using testing::on;
+using testing::turns;
 
 namespace {
-
-void turns(executor& ex, int n) {
-  for (int i = 0; i < n; ++i) ex.run_once(false);
-}
 
 // ---- F1: with_timeout loses the task's exception after executor::stop() ----
 
