@@ -1,6 +1,6 @@
 // ringframe-example-proxy: a TCP proxy. Every accepted connection gets a
 // connection to the target, and two coroutines pump the bytes, one per
-// direction, joined with when_any.
+// direction, joined with when_any (with a third that watches for resets).
 //
 //   ringframe-example-proxy 127.0.0.1 8000 127.0.0.1 65432 &
 //   build/cmd/ringframe-client multiconn 127.0.0.1 8000 10     # through the proxy
@@ -13,7 +13,9 @@
 // * A side that fails (a reset, any error) ends everything at once: the
 //   direction that failed wins the when_any, the other is cancelled (its
 //   operations end with ECANCELED) and awaited, and both sockets are closed.
-//   So for a side that fails after its FIN, seen within about a second.
+//   A reset that no operation waits for (a side after its FIN, or a side
+//   whose pump is blocked sending to a peer that does not read) is seen by
+//   a third task, which looks at both sockets' pending error every second.
 // Either way nothing outlives the handler: the sockets are its frame's, the
 // pumps are joined by when_any before it returns.
 #include <ringframe/event.hpp>
@@ -98,19 +100,8 @@ task<result<void>> pump(ringframe::socket* from, ringframe::socket* to, event* m
   result<void> sh = co_await to->shutdown(SHUT_WR, {.stop = &tok});
   if (!sh) co_return sh.error();
   my_end->set();
-  // Nothing reads or writes `from` any more, so a reset of its peer after
-  // its FIN went unseen for as long as the other direction lasted: both
-  // connections held for a peer that had gone (review29 F1). No operation
-  // waits for just that, so look now and then. The other pump ends at once
-  // when the other direction does, and when_any stops this wait.
-  while (!other_end->is_set()) {
-    result<void> slept = co_await sleep_for(from->get_executor(), 1s, &tok);
-    if (!slept) co_return slept.error();
-    int err = 0;
-    socklen_t len = sizeof err;
-    if (::getsockopt(from->fd(), SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-    if (err != 0) co_return errno_code(err);
-  }
+  result<void> other = co_await other_end->wait(&tok);
+  if (!other) co_return other.error();
   co_return result<void>{};
 }
 
@@ -121,6 +112,39 @@ struct pump_factory {
   event* other_end;
   std::uint64_t* bytes;
   task<result<void>> operator()(std::stop_token st) const { return pump(from, to, my_end, other_end, bytes, st); }
+};
+
+// A reset that no operation waits for goes unseen by the pumps: after a
+// side's FIN nothing reads it any more (review29 F1), and a pump blocked
+// sending to a peer that does not read leaves its own side unread while the
+// other pump waits for that silent peer (review 51: a client that reset
+// then held both connections for as long as the target stayed silent). So
+// look at both sockets' pending error now and then; the first one found
+// ends everything, as a failed pump does. `side`: 0 the client, 1 the target.
+task<result<void>> watch_resets(ringframe::socket* client, ringframe::socket* target, int* side, std::stop_token st) {
+  either_stop stop(st, client->stop_token());
+  std::stop_token tok = stop.token();
+  for (;;) {
+    result<void> slept = co_await sleep_for(client->get_executor(), 1s, &tok);
+    if (!slept) co_return slept.error();
+    const ringframe::socket* sides[2] = {client, target};
+    for (int i = 0; i < 2; ++i) {
+      int err = 0;
+      socklen_t len = sizeof err;
+      if (::getsockopt(sides[i]->fd(), SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+      if (err != 0) {
+        *side = i;
+        co_return errno_code(err);
+      }
+    }
+  }
+}
+
+struct watch_factory {
+  ringframe::socket* client;
+  ringframe::socket* target;
+  int* side;
+  task<result<void>> operator()(std::stop_token st) const { return watch_resets(client, target, side, st); }
 };
 
 void say(const proxy_config* cfg, const std::string& line) {
@@ -145,11 +169,16 @@ task<void> proxy_one(const proxy_config* cfg, ringframe::socket client, connecti
   target->set_stop_token(client.stop_token());
   event up_end(ex), down_end(ex);
   std::uint64_t up = 0, down = 0;
-  auto both = when_any(pump_factory{&client, &*target, &up_end, &down_end, &up},
-                       pump_factory{&*target, &client, &down_end, &up_end, &down});
-  std::pair<std::size_t, std::variant<result<void>, result<void>>> first = co_await std::move(both);
-  result<void> r = first.first == 0 ? std::get<0>(first.second) : std::get<1>(first.second);
-  std::string how = r ? "closed" : (first.first == 0 ? "client side failed: " : "target side failed: ") + r.error().message();
+  int reset_side = -1;
+  auto all = when_any(pump_factory{&client, &*target, &up_end, &down_end, &up},
+                      pump_factory{&*target, &client, &down_end, &up_end, &down},
+                      watch_factory{&client, &*target, &reset_side});
+  std::pair<std::size_t, std::variant<result<void>, result<void>, result<void>>> first = co_await std::move(all);
+  result<void> r = first.first == 0   ? std::get<0>(first.second)
+                   : first.first == 1 ? std::get<1>(first.second)
+                                      : std::get<2>(first.second);
+  const bool client_side = first.first == 0 || (first.first == 2 && reset_side == 0);
+  std::string how = r ? "closed" : (client_side ? "client side failed: " : "target side failed: ") + r.error().message();
   say(cfg, who + ": " + how + " (" + std::to_string(up) + " bytes up, " + std::to_string(down) + " bytes down)");
   // Both sockets close here; on a failure the other peer sees the close at once.
 }

@@ -4,7 +4,8 @@
 Proxy: the tutorial's Python app client through it against ringframe-server
 --mode app; ringframe-client multiconn through it against --mode echo; a
 target that resets one connection mid-stream (that client is closed, the
-others go on, and the proxy's descriptors come back to where they were).
+others go on, and the proxy's descriptors come back to where they were); a
+side that resets while the other is silent and the path is full.
 Chat: three clients and the order of broadcasts; bad input answered with an
 error; a client that stops reading is disconnected while the others keep
 receiving. Every wait is bounded.
@@ -233,6 +234,47 @@ def resetting_target(proxy):
     check(rc == 0 and "target side failed: Connection reset by peer" in out, f"proxy: logs the reset: {out.strip()[-300:]!r}")
 
 
+def reset_under_backpressure(proxy):
+    """A side that resets while its pump is blocked sending to a peer that
+    never reads, and that peer stays silent: no operation waits on the reset
+    socket, yet the proxy must close both connections (review 51: it held
+    them for as long as the silent peer lasted). Both directions."""
+    for resetter in ("client", "target"):
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(4)
+        px, px_port = start([proxy, "127.0.0.1", "0", "127.0.0.1", str(lsock.getsockname()[1])])
+        try:
+            base = fd_count(px.pid)
+            c = socket.socket()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.connect(("127.0.0.1", px_port))
+            lsock.settimeout(10)
+            t, _ = lsock.accept()
+            t.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sender, silent = (c, t) if resetter == "client" else (t, c)
+            sender.setblocking(False)
+            idle, deadline = 0, time.monotonic() + 20
+            while idle < 10 and time.monotonic() < deadline:  # until the whole path is full
+                try:
+                    sender.send(b"x" * 65536)
+                    idle = 0
+                except BlockingIOError:
+                    idle += 1
+                    time.sleep(0.05)
+            check(fd_count(px.pid) == base + 2, f"proxy ({resetter} resets under backpressure): both connections open while the path is full")
+            sender.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sender.close()  # RST
+            closed = wait_for(lambda: fd_count(px.pid) == base, seconds=5.0)
+            check(closed, f"proxy ({resetter} resets under backpressure): both connections closed within 5 s ({fd_count(px.pid)} descriptors, {base} before)")
+            silent.close()
+        finally:
+            rc, out = stop(px)
+            lsock.close()
+        check(rc == 0 and f"{resetter} side failed: Connection reset by peer" in out,
+              f"proxy ({resetter} resets under backpressure): logs which side reset: {out.strip()[-200:]!r}")
+
+
 # ---- chat ----
 
 def chat_tests(chat):
@@ -355,6 +397,7 @@ def chat_tests(chat):
 
 def main(proxy, chat, server, client, tutorial):
     proxy_tests(proxy, server, client, tutorial)
+    reset_under_backpressure(proxy)
     chat_tests(chat)
     print(f"{len(failures)} failed")
     return 1 if failures else 0
