@@ -53,7 +53,7 @@ using namespace ringframe;
 namespace {
 
 const char* const usage_text =
-    "Usage: ringframe-example-chat [-q] [--queue N] HOST PORT\n"
+    "Usage: ringframe-example-chat [-q] [--queue N] [--max-message BYTES] HOST PORT\n"
     "\n"
     "A chat room on the framed protocol: each text/json message\n"
     "{\"action\": \"say\", \"value\": TEXT} is sent to every other connected client as\n"
@@ -63,6 +63,9 @@ const char* const usage_text =
     "SIGINT or SIGTERM stops it.\n"
     "\n"
     "  --queue N     messages queued per client before it is disconnected (default 64)\n"
+    "  --max-message BYTES\n"
+    "                the largest message content accepted (default 65536, at most 1048576);\n"
+    "                a larger one is answered with an error and its connection closed\n"
     "  -q, --quiet   no line per connection\n"
     "  -h, --help    this help\n";
 
@@ -81,6 +84,16 @@ struct member {
 
 struct room {
   std::size_t capacity = 64;
+  // The largest say accepted (its frame's content). A client that does not
+  // read holds, besides its share of the queued frames, a copy of what its
+  // writer has queued on the connection: up to max_unsent_bytes (1 MiB) and
+  // one frame. With 16 MiB says, each such client could hold a 16 MiB copy
+  // of one say (review 51: 40 of them, 660 MB after one say), and a say at
+  // that limit came back to the others over the library's default limit
+  // (its wrapper adds the sender's name and escapes). 64 KiB by default;
+  // at most 1 MiB, whose broadcast (escaped at worst 6 bytes a byte) stays
+  // far below a receiver's default 16 MiB.
+  std::size_t max_message = 64 * 1024;
   bool quiet = false;
   member* head = nullptr;
   std::size_t size = 0;
@@ -250,7 +263,14 @@ task<void> stop_on_signal(signal_set* sigs, server* srv, std::stop_token st) {
 task<void> run(executor* ex, server* srv, signal_set* sigs, room* r) {
   task_group g(*ex);
   g.spawn(stop_on_signal(sigs, srv, g.get_stop_token()));
-  task<void> serving = srv->serve(framed(std::bind_front(&serve_member, r)));
+  connection_options o;
+  o.limits.max_content_length = r->max_message;
+  // A member who only listens sends nothing for as long as it likes (review
+  // 51: the default idle timeout cut off a reader after 5 minutes while
+  // messages reached it). One that has gone is found by its writes
+  // (write_timeout, the full queue) once something is said.
+  o.idle_timeout = std::chrono::nanoseconds(0);
+  task<void> serving = srv->serve(framed(std::bind_front(&serve_member, r), o));
   co_await std::move(serving);
   g.request_stop();
   co_await g.join();
@@ -280,6 +300,13 @@ int main(int argc, char** argv) {
       unsigned long n = std::strtoul(argv[++i], &end, 10);
       if (!*argv[i] || *end || n < 1 || n > 1000000) usage_error(std::string("bad --queue '") + argv[i] + "': expected 1 to 1000000");
       r.capacity = n;
+    } else if (a == "--max-message") {
+      if (i + 1 >= argc) usage_error("--max-message needs a number");
+      char* end = nullptr;
+      unsigned long n = std::strtoul(argv[++i], &end, 10);
+      if (!*argv[i] || *end || n < 1 || n > 1024 * 1024)
+        usage_error(std::string("bad --max-message '") + argv[i] + "': expected 1 to 1048576 bytes");
+      r.max_message = n;
     } else if (a.size() > 1 && a[0] == '-') {
       usage_error("unknown option '" + a + "'");
     } else {

@@ -319,7 +319,7 @@ def chat_tests(chat):
         slow = FramedClient(port, rcvbuf=4096)
         d = FramedClient(port)
         time.sleep(0.1)
-        n, big = 300, "x" * 65536
+        n, big = 300, "x" * 60000  # under --max-message (64 KiB by default)
         received = []
         counts = [0, 0]  # per reading client
 
@@ -395,10 +395,42 @@ def chat_tests(chat):
     check(r.returncode == 2 and "expected HOST PORT" in r.stderr, f"chat: missing port: {r.stderr[:120]!r}")
 
 
+def chat_max_message(chat):
+    """--max-message: a say over it is answered with an error naming the
+    limit and its connection closed; the others go on (review 51: says up
+    to 16 MiB let each client that did not read hold a 16 MiB copy)."""
+    r = subprocess.run([chat, "--max-message", "0", "127.0.0.1", "0"], capture_output=True, text=True, timeout=10)
+    check(r.returncode == 2 and "bad --max-message '0'" in r.stderr, f"chat: bad --max-message: {r.stderr[:120]!r}")
+    ch, port = start([chat, "--max-message", "1000", "127.0.0.1", "0"])
+    try:
+        a, b = FramedClient(port), FramedClient(port)
+        time.sleep(0.1)
+        a.send(say("y" * 900))  # content under 1000 bytes
+        check(a.recv() == {"result": "said to 1 other"}, "chat --max-message 1000: a say under it is acknowledged")
+        check(b.recv()["said"] == "y" * 900, "chat --max-message 1000: and broadcast")
+        a.send(say("x" * 2000))
+        reply = a.recv()
+        check("exceeds the limit of 1000 bytes" in reply.get("error", ""), f"chat --max-message 1000: a larger say is refused: {reply}")
+        try:
+            a.recv()
+            closed = False
+        except (EOFError, ConnectionResetError):
+            closed = True
+        check(closed, "chat --max-message 1000: and its connection closed")
+        b.send(say("still here"))
+        check(b.recv() == {"result": "said to 0 others"}, "chat --max-message 1000: the others go on")
+        a.close()
+        b.close()
+    finally:
+        rc, out = stop(ch)
+    check(rc == 0, f"chat --max-message: stops cleanly: {out.strip()[-200:]!r}")
+
+
 def main(proxy, chat, server, client, tutorial):
     proxy_tests(proxy, server, client, tutorial)
     reset_under_backpressure(proxy)
     chat_tests(chat)
+    chat_max_message(chat)
     print(f"{len(failures)} failed")
     return 1 if failures else 0
 
